@@ -1,0 +1,367 @@
+/*
+ * 2-D convolution, NCHW, groups = 1, on cblas_sgemm.
+ *
+ * The pixels of the whole batch form one index space of batch * out_h * out_w columns. It is cut
+ * into tiles of n_tile columns (see MR_CONV_TILE_FLOATS); each tile is unfolded (im2col) into a
+ * [K, n_tile] column matrix, K = in_c * k_h * k_w, and multiplied by the [out_c, K] weights.
+ *  - When a tile lies inside one image, the GEMM writes straight into y (leading dimension
+ *    out_h * out_w): no copy.
+ *  - When images are small (8x8, 16x16), one tile spans several whole images, so a batch gives
+ *    one wide GEMM instead of several thin ones; the result is scattered back to NCHW.
+ * 1x1, stride 1, unpadded convolutions use the input as the column matrix directly.
+ */
+#include "millrace_kernels.h"
+
+#include <cblas.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+int mr_conv2d_out_h(const mr_conv2d_shape *s) {
+    return (s->in_h + s->pad_top + s->pad_bottom - s->k_h) / s->stride + 1;
+}
+
+int mr_conv2d_out_w(const mr_conv2d_shape *s) {
+    return (s->in_w + s->pad_left + s->pad_right - s->k_w) / s->stride + 1;
+}
+
+/* ---- per-thread workspace ---------------------------------------------------------------- */
+
+typedef struct { float *data; size_t cap; } workspace;
+static pthread_key_t ws_key;
+static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
+
+static void ws_free(void *p) {
+    workspace *w = p;
+    if (w) { free(w->data); free(w); }
+}
+static void ws_init(void) { pthread_key_create(&ws_key, ws_free); }
+
+/* Returns a buffer of at least n floats owned by the calling thread (NULL if out of memory). */
+static float *ws_get(size_t n) {
+    pthread_once(&ws_once, ws_init);
+    workspace *w = pthread_getspecific(ws_key);
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w) return NULL;
+        pthread_setspecific(ws_key, w);
+    }
+    if (w->cap < n) {
+        free(w->data);
+        size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+        w->data = aligned_alloc(64, bytes);
+        w->cap = w->data ? n : 0;
+    }
+    return w->data;
+}
+
+/* ---- tiling -------------------------------------------------------------------------------- */
+
+static long tile_floats = MR_CONV_TILE_FLOATS;
+
+void mr_conv2d_set_tile_floats(long floats) {
+    tile_floats = floats > 0 ? floats : MR_CONV_TILE_FLOATS;
+}
+
+typedef struct {
+    int oh, ow, P;     /* output size, pixels per image */
+    int K;             /* rows of the column matrix */
+    int n_tile;        /* columns per tile */
+    int whole_images;  /* 1: a tile is a run of whole images; 0: a tile lies inside one image */
+} conv_plan;
+
+static conv_plan make_plan(const mr_conv2d_shape *s) {
+    conv_plan p;
+    p.oh = mr_conv2d_out_h(s);
+    p.ow = mr_conv2d_out_w(s);
+    p.P = p.oh * p.ow;
+    p.K = s->in_c * s->k_h * s->k_w;
+    long cap = tile_floats / (p.K + s->out_c);
+    if (cap < 64) cap = 64;
+    if (cap >= p.P) {
+        long images = cap / p.P;
+        if (images > s->batch) images = s->batch;
+        p.n_tile = (int)(images * p.P);
+        p.whole_images = 1;
+    } else {
+        p.n_tile = (int)cap;
+        p.whole_images = 0;
+    }
+    return p;
+}
+
+/* Unfolds pixels [p0, p0 + n) of one image into col[k * ld + j], j < n. */
+static void im2col(const mr_conv2d_shape *s, const conv_plan *pl, const float *x, int p0, int n,
+                   float *col, int ld) {
+    const int ih = s->in_h, iw = s->in_w, ow = pl->ow, st = s->stride;
+    for (int ci = 0; ci < s->in_c; ci++) {
+        const float *xc = x + (size_t)ci * ih * iw;
+        for (int ky = 0; ky < s->k_h; ky++) {
+            for (int kx = 0; kx < s->k_w; kx++) {
+                float *dst = col + (size_t)((ci * s->k_h + ky) * s->k_w + kx) * ld;
+                int p = p0, end = p0 + n, j = 0;
+                while (p < end) {
+                    int oy = p / ow, ox0 = p % ow;
+                    int ox1 = ox0 + (end - p);
+                    if (ox1 > ow) ox1 = ow;
+                    int cnt = ox1 - ox0;
+                    int iy = oy * st - s->pad_top + ky;
+                    float *d = dst + j;
+                    if (iy < 0 || iy >= ih) {
+                        memset(d, 0, (size_t)cnt * sizeof(float));
+                    } else {
+                        const float *row = xc + (size_t)iy * iw;
+                        int shift = kx - s->pad_left;
+                        if (st == 1) {
+                            /* valid ox: 0 <= ox + shift < iw */
+                            int lo = -shift, hi = iw - shift;
+                            if (lo < ox0) lo = ox0;
+                            if (hi > ox1) hi = ox1;
+                            if (hi < lo) hi = lo;
+                            int a = lo - ox0, b = hi - ox0;
+                            if (a > 0) memset(d, 0, (size_t)a * sizeof(float));
+                            if (b > a) memcpy(d + a, row + lo + shift, (size_t)(b - a) * sizeof(float));
+                            if (cnt > b) memset(d + b, 0, (size_t)(cnt - b) * sizeof(float));
+                        } else {
+                            for (int ox = ox0; ox < ox1; ox++) {
+                                int ix = ox * st + shift;
+                                d[ox - ox0] = (ix >= 0 && ix < iw) ? row[ix] : 0.0f;
+                            }
+                        }
+                    }
+                    j += cnt;
+                    p += cnt;
+                }
+            }
+        }
+    }
+}
+
+/* Adds col[k * ld + j] back into the image gradient dx (the adjoint of im2col). */
+static void col2im(const mr_conv2d_shape *s, const conv_plan *pl, const float *col, int p0, int n,
+                   int ld, float *dx) {
+    const int ih = s->in_h, iw = s->in_w, ow = pl->ow, st = s->stride;
+    for (int ci = 0; ci < s->in_c; ci++) {
+        float *dxc = dx + (size_t)ci * ih * iw;
+        for (int ky = 0; ky < s->k_h; ky++) {
+            for (int kx = 0; kx < s->k_w; kx++) {
+                const float *src = col + (size_t)((ci * s->k_h + ky) * s->k_w + kx) * ld;
+                int p = p0, end = p0 + n, j = 0;
+                while (p < end) {
+                    int oy = p / ow, ox0 = p % ow;
+                    int ox1 = ox0 + (end - p);
+                    if (ox1 > ow) ox1 = ow;
+                    int cnt = ox1 - ox0;
+                    int iy = oy * st - s->pad_top + ky;
+                    if (iy >= 0 && iy < ih) {
+                        float *row = dxc + (size_t)iy * iw;
+                        const float *sv = src + j;
+                        int shift = kx - s->pad_left;
+                        if (st == 1) {
+                            int lo = -shift, hi = iw - shift;
+                            if (lo < ox0) lo = ox0;
+                            if (hi > ox1) hi = ox1;
+                            for (int ox = lo; ox < hi; ox++) row[ox + shift] += sv[ox - ox0];
+                        } else {
+                            for (int ox = ox0; ox < ox1; ox++) {
+                                int ix = ox * st + shift;
+                                if (ix >= 0 && ix < iw) row[ix] += sv[ox - ox0];
+                            }
+                        }
+                    }
+                    j += cnt;
+                    p += cnt;
+                }
+            }
+        }
+    }
+}
+
+static int is_pointwise(const mr_conv2d_shape *s) {
+    return s->k_h == 1 && s->k_w == 1 && s->stride == 1 && s->pad_top == 0 &&
+           s->pad_left == 0 && s->pad_bottom == 0 && s->pad_right == 0;
+}
+
+static void add_bias(const mr_conv2d_shape *s, int P, const float *b, float *y) {
+    if (!b) return;
+    for (int n = 0; n < s->batch; n++)
+        for (int c = 0; c < s->out_c; c++) {
+            float *yc = y + ((size_t)n * s->out_c + c) * P;
+            const float bc = b[c];
+            for (int i = 0; i < P; i++) yc[i] += bc;
+        }
+}
+
+/* ---- forward -------------------------------------------------------------------------------- */
+
+void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
+                       float *y) {
+    conv_plan pl = make_plan(s);
+    const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w;
+    const size_t y_img = (size_t)s->out_c * pl.P;
+    if (pl.P <= 0 || s->batch <= 0) return;
+
+    if (is_pointwise(s)) {
+        for (int n = 0; n < s->batch; n++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->out_c, pl.P, s->in_c, 1.0f,
+                        w, s->in_c, x + n * x_img, pl.P, 0.0f, y + n * y_img, pl.P);
+        add_bias(s, pl.P, b, y);
+        return;
+    }
+
+    float *col = ws_get((size_t)(pl.K + s->out_c) * pl.n_tile);
+    if (!col) { mr_ref_conv2d_forward(s, x, w, b, y); return; }
+    float *tmp = col + (size_t)pl.K * pl.n_tile;
+
+    if (!pl.whole_images) {
+        for (int n = 0; n < s->batch; n++) {
+            for (int p0 = 0; p0 < pl.P; p0 += pl.n_tile) {
+                int cnt = pl.P - p0 < pl.n_tile ? pl.P - p0 : pl.n_tile;
+                im2col(s, &pl, x + n * x_img, p0, cnt, col, cnt);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->out_c, cnt, pl.K, 1.0f,
+                            w, pl.K, col, cnt, 0.0f, y + n * y_img + p0, pl.P);
+            }
+        }
+    } else {
+        int per = pl.n_tile / pl.P;
+        for (int n0 = 0; n0 < s->batch; n0 += per) {
+            int imgs = s->batch - n0 < per ? s->batch - n0 : per;
+            int cols = imgs * pl.P;
+            for (int i = 0; i < imgs; i++)
+                im2col(s, &pl, x + (n0 + i) * x_img, 0, pl.P, col + (size_t)i * pl.P, cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->out_c, cols, pl.K, 1.0f, w,
+                        pl.K, col, cols, 0.0f, tmp, cols);
+            for (int i = 0; i < imgs; i++)
+                for (int c = 0; c < s->out_c; c++)
+                    memcpy(y + (n0 + i) * y_img + (size_t)c * pl.P,
+                           tmp + (size_t)c * cols + (size_t)i * pl.P, (size_t)pl.P * sizeof(float));
+        }
+    }
+    add_bias(s, pl.P, b, y);
+}
+
+/* ---- backward ------------------------------------------------------------------------------- */
+
+void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w, const float *dy,
+                        float *dx, float *dw, float *db) {
+    conv_plan pl = make_plan(s);
+    const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w;
+    const size_t y_img = (size_t)s->out_c * pl.P;
+    if (dx) memset(dx, 0, (size_t)s->batch * x_img * sizeof(float));
+    if (pl.P <= 0 || s->batch <= 0) return;
+
+    if (db) {
+        for (int n = 0; n < s->batch; n++)
+            for (int c = 0; c < s->out_c; c++) {
+                const float *g = dy + n * y_img + (size_t)c * pl.P;
+                float acc = 0;
+                for (int i = 0; i < pl.P; i++) acc += g[i];
+                db[c] += acc;
+            }
+    }
+    if (!dx && !dw) return;
+
+    if (is_pointwise(s)) {
+        for (int n = 0; n < s->batch; n++) {
+            if (dw)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->out_c, s->in_c, pl.P, 1.0f,
+                            dy + n * y_img, pl.P, x + n * x_img, pl.P, 1.0f, dw, s->in_c);
+            if (dx)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s->in_c, pl.P, s->out_c, 1.0f,
+                            w, s->in_c, dy + n * y_img, pl.P, 0.0f, dx + n * x_img, pl.P);
+        }
+        return;
+    }
+
+    float *col = ws_get((size_t)(pl.K + s->out_c) * pl.n_tile);
+    if (!col) { mr_ref_conv2d_backward(s, x, w, dy, dx, dw, NULL); return; }
+    float *tmp = col + (size_t)pl.K * pl.n_tile;
+
+    if (!pl.whole_images) {
+        for (int n = 0; n < s->batch; n++) {
+            for (int p0 = 0; p0 < pl.P; p0 += pl.n_tile) {
+                int cnt = pl.P - p0 < pl.n_tile ? pl.P - p0 : pl.n_tile;
+                const float *g = dy + n * y_img + p0;
+                if (dw) {
+                    im2col(s, &pl, x + n * x_img, p0, cnt, col, cnt);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->out_c, pl.K, cnt, 1.0f,
+                                g, pl.P, col, cnt, 1.0f, dw, pl.K);
+                }
+                if (dx) {
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, pl.K, cnt, s->out_c, 1.0f,
+                                w, pl.K, g, pl.P, 0.0f, col, cnt);
+                    col2im(s, &pl, col, p0, cnt, cnt, dx + n * x_img);
+                }
+            }
+        }
+    } else {
+        int per = pl.n_tile / pl.P;
+        for (int n0 = 0; n0 < s->batch; n0 += per) {
+            int imgs = s->batch - n0 < per ? s->batch - n0 : per;
+            int cols = imgs * pl.P;
+            for (int i = 0; i < imgs; i++)
+                for (int c = 0; c < s->out_c; c++)
+                    memcpy(tmp + (size_t)c * cols + (size_t)i * pl.P,
+                           dy + (n0 + i) * y_img + (size_t)c * pl.P, (size_t)pl.P * sizeof(float));
+            if (dw) {
+                for (int i = 0; i < imgs; i++)
+                    im2col(s, &pl, x + (n0 + i) * x_img, 0, pl.P, col + (size_t)i * pl.P, cols);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->out_c, pl.K, cols, 1.0f,
+                            tmp, cols, col, cols, 1.0f, dw, pl.K);
+            }
+            if (dx) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, pl.K, cols, s->out_c, 1.0f, w,
+                            pl.K, tmp, cols, 0.0f, col, cols);
+                for (int i = 0; i < imgs; i++)
+                    col2im(s, &pl, col + (size_t)i * pl.P, 0, pl.P, cols, dx + (n0 + i) * x_img);
+            }
+        }
+    }
+}
+
+/* ---- reference ------------------------------------------------------------------------------ */
+
+void mr_ref_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w,
+                           const float *b, float *y) {
+    const int oh = mr_conv2d_out_h(s), ow = mr_conv2d_out_w(s);
+    for (int n = 0; n < s->batch; n++)
+        for (int co = 0; co < s->out_c; co++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    double acc = b ? b[co] : 0.0;
+                    for (int ci = 0; ci < s->in_c; ci++)
+                        for (int ky = 0; ky < s->k_h; ky++)
+                            for (int kx = 0; kx < s->k_w; kx++) {
+                                int iy = oy * s->stride - s->pad_top + ky;
+                                int ix = ox * s->stride - s->pad_left + kx;
+                                if (iy < 0 || iy >= s->in_h || ix < 0 || ix >= s->in_w) continue;
+                                acc += (double)x[((size_t)(n * s->in_c + ci) * s->in_h + iy) * s->in_w + ix] *
+                                       w[((size_t)(co * s->in_c + ci) * s->k_h + ky) * s->k_w + kx];
+                            }
+                    y[((size_t)(n * s->out_c + co) * oh + oy) * ow + ox] = (float)acc;
+                }
+}
+
+void mr_ref_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w,
+                            const float *dy, float *dx, float *dw, float *db) {
+    const int oh = mr_conv2d_out_h(s), ow = mr_conv2d_out_w(s);
+    if (dx) memset(dx, 0, (size_t)s->batch * s->in_c * s->in_h * s->in_w * sizeof(float));
+    for (int n = 0; n < s->batch; n++)
+        for (int co = 0; co < s->out_c; co++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    float g = dy[((size_t)(n * s->out_c + co) * oh + oy) * ow + ox];
+                    if (db) db[co] += g;
+                    for (int ci = 0; ci < s->in_c; ci++)
+                        for (int ky = 0; ky < s->k_h; ky++)
+                            for (int kx = 0; kx < s->k_w; kx++) {
+                                int iy = oy * s->stride - s->pad_top + ky;
+                                int ix = ox * s->stride - s->pad_left + kx;
+                                if (iy < 0 || iy >= s->in_h || ix < 0 || ix >= s->in_w) continue;
+                                size_t xi = ((size_t)(n * s->in_c + ci) * s->in_h + iy) * s->in_w + ix;
+                                size_t wi = ((size_t)(co * s->in_c + ci) * s->k_h + ky) * s->k_w + kx;
+                                if (dx) dx[xi] += g * w[wi];
+                                if (dw) dw[wi] += g * x[xi];
+                            }
+                }
+}

@@ -1,0 +1,82 @@
+/* CPU feature detection, OpenBLAS thread control and core-type selection. */
+#define _GNU_SOURCE
+#include "millrace_kernels.h"
+
+#include <cblas.h>
+#include <cpuid.h>
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* These are OpenBLAS extensions; Debian's cblas.h declares them, but not every BLAS does. */
+extern char *openblas_get_corename(void);
+extern void openblas_set_num_threads(int num_threads);
+extern int openblas_get_num_threads(void);
+
+static unsigned long long read_xcr0(void) {
+    unsigned int eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((unsigned long long)edx << 32) | eax;
+}
+
+static int os_saves_ymm(void) {
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!(c & (1u << 27))) return 0; /* OSXSAVE */
+    return (read_xcr0() & 0x6) == 0x6;  /* XMM and YMM state */
+}
+
+int mr_cpu_has_avx2_fma(void) {
+    unsigned int a, b, c, d;
+    if (!os_saves_ymm()) return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    int fma = (c >> 12) & 1;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    int avx2 = (b >> 5) & 1;
+    return fma && avx2;
+}
+
+int mr_cpu_has_avx512f(void) {
+    unsigned int a, b, c, d;
+    if (!os_saves_ymm()) return 0;
+    if ((read_xcr0() & 0xe6) != 0xe6) return 0; /* opmask, ZMM_Hi256, Hi16_ZMM */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b >> 16) & 1;
+}
+
+const char *mr_blas_corename(void) {
+    const char *name = openblas_get_corename();
+    return name ? name : "unknown";
+}
+
+int mr_get_threads(void) { return openblas_get_num_threads(); }
+
+void mr_set_threads(int n) {
+    if (n < 1) n = 1;
+    openblas_set_num_threads(n);
+}
+
+static int core_is_avx512(const char *name) {
+    char lower[64];
+    size_t i = 0;
+    for (; name[i] && i + 1 < sizeof lower; i++) lower[i] = (char)tolower((unsigned char)name[i]);
+    lower[i] = 0;
+    return strstr(lower, "skylakex") || strstr(lower, "cooperlake") ||
+           strstr(lower, "sapphirerapids");
+}
+
+void mr_prefer_avx512_blas(int argc, char **argv) {
+    (void)argc;
+    const char *off = getenv("MILLRACE_NO_REEXEC");
+    if (off && *off && strcmp(off, "0") != 0) return;
+    if (getenv("OPENBLAS_CORETYPE")) return;   /* the user chose; respect it */
+    if (getenv("MILLRACE_REEXECED")) return;   /* never loop */
+    if (!mr_cpu_has_avx512f()) return;
+    if (core_is_avx512(mr_blas_corename())) return;
+    setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
+    setenv("MILLRACE_REEXECED", "1", 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed: carry on with the kernels OpenBLAS chose. */
+    unsetenv("OPENBLAS_CORETYPE");
+}

@@ -1,0 +1,253 @@
+/*
+ * millrace_kernels.h — the C kernel library under Millrace.
+ *
+ * Read this file as the manual. Every op states the shapes of its arguments. Conventions:
+ *
+ *  - All tensors are contiguous float32, row-major. Feature maps are NCHW: [B, C, H, W], and
+ *    "HW" means H*W. A weight of a linear layer is [out, in] (PyTorch's layout).
+ *  - Outputs are overwritten, except parameter gradients (dw, db, dgamma, dbeta), which are
+ *    ACCUMULATED (+=) so that a caller can sum gradients over calls. Zero them before a step.
+ *  - A pointer documented as "nullable" may be NULL: that output is not computed.
+ *  - Every fast op `mr_X` has a plain reference `mr_ref_X` with the same arguments, written as the
+ *    definition reads (nested loops, double accumulators where it matters). Tests compare the two;
+ *    the references are not meant to be fast.
+ *  - Nothing here allocates memory that outlives a call, except the per-thread convolution
+ *    workspace (see mr_conv2d_forward), which is bounded and reused.
+ *
+ * Threads: OpenBLAS owns the cores. Every GEMM goes through cblas_sgemm, which uses OpenBLAS's
+ * pthread pool (mr_set_threads). The non-GEMM kernels here run on the calling thread. Pipelines
+ * above serialise model calls on one lock, so the two never compete for the two cores.
+ */
+#ifndef MILLRACE_KERNELS_H
+#define MILLRACE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * CPU features, BLAS threads
+ * ------------------------------------------------------------------------------------------ */
+
+/** 1 if the CPU and the OS support AVX-512F (zmm state enabled in XCR0), else 0. */
+int mr_cpu_has_avx512f(void);
+/** 1 if the CPU and the OS support AVX2 and FMA, else 0. */
+int mr_cpu_has_avx2_fma(void);
+/** The name of the kernel set OpenBLAS chose when it loaded ("Haswell", "SkylakeX", ...). */
+const char *mr_blas_corename(void);
+/** Number of threads OpenBLAS uses for one GEMM. */
+int mr_get_threads(void);
+/** Sets the number of OpenBLAS threads (1 .. number of cores). */
+void mr_set_threads(int n);
+
+/**
+ * OpenBLAS picks its kernels when the library loads, before main(). Debian's 0.3.21 does not know
+ * newer AMD CPUs with AVX-512 and falls back to its AVX2 kernels there. When the CPU has AVX-512F,
+ * OPENBLAS_CORETYPE is unset and the loaded core is not an AVX-512 one, this sets
+ * OPENBLAS_CORETYPE=SKYLAKEX and re-executes the running program (/proc/self/exe) with the same
+ * arguments; it returns only when nothing needs doing, or when the re-exec failed.
+ * Set MILLRACE_NO_REEXEC=1 to turn it off.
+ */
+void mr_prefer_avx512_blas(int argc, char **argv);
+
+/* ------------------------------------------------------------------------------------------
+ * Convolution (groups = 1)
+ * ------------------------------------------------------------------------------------------ */
+
+/**
+ * Shape of a 2-D convolution, NCHW.
+ *   x: [batch, in_c, in_h, in_w]   w: [out_c, in_c, k_h, k_w]   b: [out_c]
+ *   y: [batch, out_c, out_h, out_w] with
+ *      out_h = (in_h + pad_top + pad_bottom - k_h) / stride + 1   (integer division)
+ *      out_w = (in_w + pad_left + pad_right - k_w) / stride + 1
+ * Padding is zeros and may differ per side (diffusers' Downsample2D with padding 0 pads only the
+ * bottom and right by one).
+ */
+typedef struct mr_conv2d_shape {
+    int batch, in_c, in_h, in_w;
+    int out_c, k_h, k_w;
+    int stride;
+    int pad_top, pad_left, pad_bottom, pad_right;
+} mr_conv2d_shape;
+
+int mr_conv2d_out_h(const mr_conv2d_shape *s);
+int mr_conv2d_out_w(const mr_conv2d_shape *s);
+
+/**
+ * Largest workspace (in floats) one convolution call uses, per calling thread: the column tile
+ * [K, n_tile] plus the output tile [out_c, n_tile], K = in_c*k_h*k_w, where n_tile (pixels of
+ * the batch handled per GEMM) is chosen so that (K + out_c) * n_tile <= MR_CONV_TILE_FLOATS,
+ * and at least 64 pixels. So memory stays bounded however large the image: at most
+ * max(MR_CONV_TILE_FLOATS, 64 * (K + out_c)) floats (16 MiB at the default).
+ */
+#define MR_CONV_TILE_FLOATS (1 << 22)
+
+/**
+ * Overrides the tile budget (in floats) for the calling process; 0 restores MR_CONV_TILE_FLOATS.
+ * Tests use a small budget to exercise tiles that split an image.
+ */
+void mr_conv2d_set_tile_floats(long floats);
+
+/**
+ * y = conv2d(x, w) + b.  b nullable (no bias).
+ * Implementation: im2col over a tile of pixels of the whole batch, one cblas_sgemm per tile
+ * ([out_c, K] x [K, n_tile]); 1x1 stride-1 unpadded convolutions skip im2col.
+ */
+void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
+                       float *y);
+/**
+ * Gradients of mr_conv2d_forward given dy: [batch, out_c, out_h, out_w].
+ *   dx: [batch, in_c, in_h, in_w]  overwritten; nullable
+ *   dw: [out_c, in_c, k_h, k_w]    accumulated; nullable
+ *   db: [out_c]                    accumulated; nullable
+ */
+void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w, const float *dy,
+                        float *dx, float *dw, float *db);
+
+void mr_ref_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w,
+                           const float *b, float *y);
+void mr_ref_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w,
+                            const float *dy, float *dx, float *dw, float *db);
+
+/* ------------------------------------------------------------------------------------------
+ * Linear
+ * ------------------------------------------------------------------------------------------ */
+
+/**
+ * y[n, out] = x[n, in] · w[out, in]^T + b[out].   b nullable.
+ */
+void mr_linear_forward(int n, int in, int out, const float *x, const float *w, const float *b,
+                       float *y);
+/**
+ * dx[n, in] = dy · w (overwritten, nullable); dw[out, in] += dy^T · x (nullable);
+ * db[out] += column sums of dy (nullable).
+ */
+void mr_linear_backward(int n, int in, int out, const float *x, const float *w, const float *dy,
+                        float *dx, float *dw, float *db);
+
+void mr_ref_linear_forward(int n, int in, int out, const float *x, const float *w,
+                           const float *b, float *y);
+void mr_ref_linear_backward(int n, int in, int out, const float *x, const float *w,
+                            const float *dy, float *dx, float *dw, float *db);
+
+/* ------------------------------------------------------------------------------------------
+ * GroupNorm, SiLU
+ * ------------------------------------------------------------------------------------------ */
+
+/**
+ * GroupNorm over x: [batch, channels, hw], `groups` dividing `channels`.
+ * For each (b, g): mean and variance (biased) over its channels/groups * hw values;
+ *   y = (x - mean) * rstd * gamma[c] + beta[c],  rstd = 1 / sqrt(var + eps).
+ *   gamma, beta: [channels].  mean, rstd: [batch, groups], written (nullable) for backward.
+ * If `fuse_silu` is nonzero, y = silu(groupnorm(x)) instead (the common GroupNorm -> SiLU pair).
+ */
+void mr_group_norm_forward(int batch, int channels, int hw, int groups, float eps, const float *x,
+                           const float *gamma, const float *beta, float *y, float *mean,
+                           float *rstd, int fuse_silu);
+/**
+ * Backward of the un-fused GroupNorm given the saved mean and rstd.
+ *   dx: [batch, channels, hw] overwritten (nullable); dgamma, dbeta: [channels] accumulated.
+ */
+void mr_group_norm_backward(int batch, int channels, int hw, int groups, const float *x,
+                            const float *gamma, const float *mean, const float *rstd,
+                            const float *dy, float *dx, float *dgamma, float *dbeta);
+
+void mr_ref_group_norm_forward(int batch, int channels, int hw, int groups, float eps,
+                               const float *x, const float *gamma, const float *beta, float *y,
+                               float *mean, float *rstd, int fuse_silu);
+void mr_ref_group_norm_backward(int batch, int channels, int hw, int groups, const float *x,
+                                const float *gamma, const float *mean, const float *rstd,
+                                const float *dy, float *dx, float *dgamma, float *dbeta);
+
+/** y[i] = x[i] * sigmoid(x[i]), i < n.  y may equal x. */
+void mr_silu_forward(size_t n, const float *x, float *y);
+/** dx[i] = dy[i] * (s + x s (1 - s)), s = sigmoid(x[i]).  dx may equal dy. */
+void mr_silu_backward(size_t n, const float *x, const float *dy, float *dx);
+void mr_ref_silu_forward(size_t n, const float *x, float *y);
+void mr_ref_silu_backward(size_t n, const float *x, const float *dy, float *dx);
+
+/* ------------------------------------------------------------------------------------------
+ * Resampling
+ * ------------------------------------------------------------------------------------------ */
+
+/** Nearest 2x upsample: x [planes, h, w] -> y [planes, 2h, 2w], y[p, i, j] = x[p, i/2, j/2]. */
+void mr_upsample_nearest2x_forward(int planes, int h, int w, const float *x, float *y);
+/** dx [planes, h, w] (overwritten) = sum of the 4 entries of dy [planes, 2h, 2w] each feeds. */
+void mr_upsample_nearest2x_backward(int planes, int h, int w, const float *dy, float *dx);
+void mr_ref_upsample_nearest2x_forward(int planes, int h, int w, const float *x, float *y);
+void mr_ref_upsample_nearest2x_backward(int planes, int h, int w, const float *dy, float *dx);
+
+/* ------------------------------------------------------------------------------------------
+ * Softmax and attention
+ * ------------------------------------------------------------------------------------------ */
+
+/** Row softmax: x, y [rows, n]; y may equal x.  Subtracts the row max first. */
+void mr_softmax_forward(int rows, int n, const float *x, float *y);
+/** Given y = softmax(x) and dy: dx[r, i] = y[r, i] * (dy[r, i] - sum_j dy[r, j] y[r, j]). */
+void mr_softmax_backward(int rows, int n, const float *y, const float *dy, float *dx);
+void mr_ref_softmax_forward(int rows, int n, const float *x, float *y);
+void mr_ref_softmax_backward(int rows, int n, const float *y, const float *dy, float *dx);
+
+/**
+ * Multi-head scaled dot-product attention over the L pixels of a feature map, in the layout that
+ * the q/k/v projections produce: q, k, v, o: [batch, L, heads * d], head h of token l occupying
+ * columns h*d .. h*d + d - 1.  For each (b, h):
+ *   P = softmax(scale · Q K^T)  [L, L],   O = P V.
+ * probs: [batch, heads, L, L], written when non-NULL (backward needs it).
+ */
+void mr_attention_forward(int batch, int heads, int L, int d, float scale, const float *q,
+                          const float *k, const float *v, float *o, float *probs);
+/**
+ * Backward given the saved probs and dO: [batch, L, heads * d].
+ * dq, dk, dv: [batch, L, heads * d], overwritten.
+ */
+void mr_attention_backward(int batch, int heads, int L, int d, float scale, const float *q,
+                           const float *k, const float *v, const float *probs, const float *dout,
+                           float *dq, float *dk, float *dv);
+void mr_ref_attention_forward(int batch, int heads, int L, int d, float scale, const float *q,
+                              const float *k, const float *v, float *o, float *probs);
+void mr_ref_attention_backward(int batch, int heads, int L, int d, float scale, const float *q,
+                               const float *k, const float *v, const float *probs,
+                               const float *dout, float *dq, float *dk, float *dv);
+
+/* ------------------------------------------------------------------------------------------
+ * Elementwise, layout
+ * ------------------------------------------------------------------------------------------ */
+
+/** y = a + b, n elements. y may alias a or b. */
+void mr_add(size_t n, const float *a, const float *b, float *y);
+/** y = a * b, n elements. y may alias a or b. */
+void mr_mul(size_t n, const float *a, const float *b, float *y);
+/** y += alpha * x, n elements. */
+void mr_axpy(size_t n, float alpha, const float *x, float *y);
+/** y = alpha * x, n elements. y may equal x. */
+void mr_scale(size_t n, float alpha, const float *x, float *y);
+
+/** y[b, c, :] = x[b, c, :] + bias[b * channels + c] for x, y [batch, channels, hw]; y may equal x. */
+void mr_add_channel_bias(int batch, int channels, int hw, const float *x, const float *bias,
+                         float *y);
+/** dbias[b * channels + c] += sum over hw of dy[b, c, :]. */
+void mr_channel_bias_backward(int batch, int channels, int hw, const float *dy, float *dbias);
+
+/** y [batch, c1 + c2, hw] = concat(a [batch, c1, hw], b [batch, c2, hw]) along channels. */
+void mr_concat_channels(int batch, int c1, int c2, int hw, const float *a, const float *b,
+                        float *y);
+/** Inverse of concat: da [batch, c1, hw], db [batch, c2, hw] from dy; either nullable. */
+void mr_split_channels(int batch, int c1, int c2, int hw, const float *dy, float *da, float *db);
+
+/** Per-batch transpose: x [batch, rows, cols] -> y [batch, cols, rows]  (NCL <-> NLC). */
+void mr_transpose(int batch, int rows, int cols, const float *x, float *y);
+
+void mr_ref_add(size_t n, const float *a, const float *b, float *y);
+void mr_ref_mul(size_t n, const float *a, const float *b, float *y);
+void mr_ref_concat_channels(int batch, int c1, int c2, int hw, const float *a, const float *b,
+                            float *y);
+void mr_ref_transpose(int batch, int rows, int cols, const float *x, float *y);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MILLRACE_KERNELS_H */

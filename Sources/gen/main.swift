@@ -1,0 +1,2 @@
+import Millrace
+print("gen")
