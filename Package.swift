@@ -31,7 +31,8 @@ let package = Package(
         .target(name: "Millrace",
                 dependencies: ["MillraceKernels", "MillraceCodecs", "CMicroHTTPD", "CFreeType", "CHarfBuzz"]),
         .executableTarget(name: "gen", dependencies: [
-            "Millrace", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Millrace", "MillraceKernels",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "MillraceTests", dependencies: ["Millrace", "MillraceKernels"],
                     resources: [.copy("Fixtures")]),

@@ -80,3 +80,7 @@ void mr_prefer_avx512_blas(int argc, char **argv) {
     /* exec failed: carry on with the kernels OpenBLAS chose. */
     unsetenv("OPENBLAS_CORETYPE");
 }
+
+void mr_sgemm(int m, int n, int k, const float *a, const float *b, float *c) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+}

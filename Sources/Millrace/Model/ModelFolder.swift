@@ -159,3 +159,22 @@ extension UNet2DModel {
         for (name, p) in params { p.value = byName[name]! }
     }
 }
+
+extension ModelFolder {
+    /// Where the shipped emoji model is looked for: $MILLRACE_MODEL, then assets/models/emoji32
+    /// under the current directory or any parent of the running executable (so `swift run gen`
+    /// and `.build/release/gen` both find the repo's copy).
+    public static func defaultPath() -> String {
+        if let env = ProcessInfo.processInfo.environment["MILLRACE_MODEL"], !env.isEmpty { return env }
+        let relative = "assets/models/emoji32"
+        let fm = FileManager.default
+        if fm.fileExists(atPath: relative + "/config.json") { return relative }
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        for _ in 0..<6 {
+            let candidate = dir.appendingPathComponent(relative).path
+            if fm.fileExists(atPath: candidate + "/config.json") { return candidate }
+            dir.deleteLastPathComponent()
+        }
+        return relative
+    }
+}

@@ -12,7 +12,10 @@
  *    definition reads (nested loops, double accumulators where it matters). Tests compare the two;
  *    the references are not meant to be fast.
  *  - Nothing here allocates memory that outlives a call, except the per-thread convolution
- *    workspace (see mr_conv2d_forward), which is bounded and reused.
+ *    workspace (see mr_conv2d_forward), which is bounded and reused. Attention allocates a
+ *    bounded scratch buffer within a call (see mr_attention_forward).
+ *  - exp in the fast SiLU, GroupNorm + SiLU, softmax and attention is a vectorised approximation
+ *    (relative error <= 1e-6, see mr_exp_approx); the references use libm.
  *
  * Threads: OpenBLAS owns the cores. Every GEMM goes through cblas_sgemm, which uses OpenBLAS's
  * pthread pool (mr_set_threads). The non-GEMM kernels here run on the calling thread. Pipelines
@@ -52,6 +55,9 @@ void mr_set_threads(int n);
  * Set MILLRACE_NO_REEXEC=1 to turn it off.
  */
 void mr_prefer_avx512_blas(int argc, char **argv);
+
+/** c[m, n] = a[m, k] · b[k, n] through cblas_sgemm (benchmarks use it for the machine's peak). */
+void mr_sgemm(int m, int n, int k, const float *a, const float *b, float *c);
 
 /* ------------------------------------------------------------------------------------------
  * Convolution (groups = 1)
@@ -141,15 +147,19 @@ void mr_ref_linear_backward(int n, int in, int out, const float *x, const float 
  * GroupNorm over x: [batch, channels, hw], `groups` dividing `channels`.
  * For each (b, g): mean and variance (biased) over its channels/groups * hw values;
  *   y = (x - mean) * rstd * gamma[c] + beta[c],  rstd = 1 / sqrt(var + eps).
- *   gamma, beta: [channels].  mean, rstd: [batch, groups], written (nullable) for backward.
+ *   gamma, beta: [channels], each nullable: NULL means all ones (gamma) / all zeros (beta).
+ *   mean, rstd: [batch, groups], written (nullable) for backward.
  * If `fuse_silu` is nonzero, y = silu(groupnorm(x)) instead (the common GroupNorm -> SiLU pair).
+ * y may equal x (in place).
  */
 void mr_group_norm_forward(int batch, int channels, int hw, int groups, float eps, const float *x,
                            const float *gamma, const float *beta, float *y, float *mean,
                            float *rstd, int fuse_silu);
 /**
  * Backward of the un-fused GroupNorm given the saved mean and rstd.
- *   dx: [batch, channels, hw] overwritten (nullable); dgamma, dbeta: [channels] accumulated.
+ *   gamma: [channels], nullable (NULL means all ones, as in the forward).
+ *   dx: [batch, channels, hw] overwritten (nullable); it may equal dy (in place).
+ *   dgamma, dbeta: [channels] accumulated (+=), each nullable.
  */
 void mr_group_norm_backward(int batch, int channels, int hw, int groups, const float *x,
                             const float *gamma, const float *mean, const float *rstd,
@@ -162,7 +172,7 @@ void mr_ref_group_norm_backward(int batch, int channels, int hw, int groups, con
                                 const float *gamma, const float *mean, const float *rstd,
                                 const float *dy, float *dx, float *dgamma, float *dbeta);
 
-/** y[i] = x[i] * sigmoid(x[i]), i < n.  y may equal x. */
+/** y[i] = x[i] * sigmoid(x[i]), i < n.  y may equal x.  sigmoid through mr_exp_approx's exp. */
 void mr_silu_forward(size_t n, const float *x, float *y);
 /** dx[i] = dy[i] * (s + x s (1 - s)), s = sigmoid(x[i]).  dx may equal dy. */
 void mr_silu_backward(size_t n, const float *x, const float *dy, float *dx);
@@ -184,9 +194,11 @@ void mr_ref_upsample_nearest2x_backward(int planes, int h, int w, const float *d
  * Softmax and attention
  * ------------------------------------------------------------------------------------------ */
 
-/** Row softmax: x, y [rows, n]; y may equal x.  Subtracts the row max first. */
+/** Row softmax: x, y [rows, n]; y may equal x.  Subtracts the row max first, then exp as in
+ *  mr_exp_approx (an entry more than 87.683 below its row max becomes exactly 0). */
 void mr_softmax_forward(int rows, int n, const float *x, float *y);
-/** Given y = softmax(x) and dy: dx[r, i] = y[r, i] * (dy[r, i] - sum_j dy[r, j] y[r, j]). */
+/** Given y = softmax(x) and dy: dx[r, i] = y[r, i] * (dy[r, i] - sum_j dy[r, j] y[r, j]).
+ *  dx may equal y or dy (each row's sum is taken before the row is written). */
 void mr_softmax_backward(int rows, int n, const float *y, const float *dy, float *dx);
 void mr_ref_softmax_forward(int rows, int n, const float *x, float *y);
 void mr_ref_softmax_backward(int rows, int n, const float *y, const float *dy, float *dx);
@@ -196,13 +208,22 @@ void mr_ref_softmax_backward(int rows, int n, const float *y, const float *dy, f
  * the q/k/v projections produce: q, k, v, o: [batch, L, heads * d], head h of token l occupying
  * columns h*d .. h*d + d - 1.  For each (b, h):
  *   P = softmax(scale · Q K^T)  [L, L],   O = P V.
- * probs: [batch, heads, L, L], written when non-NULL (backward needs it).
+ * probs: [batch, heads, L, L], nullable; written when non-NULL (backward can reuse it).
+ * Scratch: when probs is NULL, the scores are computed in blocks of rows in a buffer of at most
+ * max(2^20, L) floats (4 MiB while L <= 2^20), malloc'ed and freed within the call (on malloc
+ * failure the block is halved; the call aborts if even one row, L floats, cannot be had).
+ * With probs non-NULL the forward allocates nothing.
  */
 void mr_attention_forward(int batch, int heads, int L, int d, float scale, const float *q,
                           const float *k, const float *v, float *o, float *probs);
 /**
- * Backward given the saved probs and dO: [batch, L, heads * d].
+ * Backward given dO: [batch, L, heads * d] and the probs saved by the forward, or probs = NULL:
+ * then P is recomputed from q and k, a block of rows at a time, by the forward's GEMM and
+ * softmax (trading that compute for the [batch, heads, L, L] of memory probs takes).
  * dq, dk, dv: [batch, L, heads * d], overwritten.
+ * Scratch, malloc'ed and freed within every call: one buffer (dP) of at most max(2^20, L) floats,
+ * two (dP and P) when probs is NULL, so at most 2 * max(2^20, L) floats (8 MiB while
+ * L <= 2^20); the same halving / abort rule as the forward.
  */
 void mr_attention_backward(int batch, int heads, int L, int d, float scale, const float *q,
                            const float *k, const float *v, const float *probs, const float *dout,
@@ -217,6 +238,17 @@ void mr_ref_attention_backward(int batch, int heads, int L, int d, float scale, 
  * Elementwise, layout
  * ------------------------------------------------------------------------------------------ */
 
+/**
+ * y[i] ≈ e^x[i], i < n; y may equal x.  The vectorised approximation that the fast SiLU,
+ * GroupNorm + SiLU, softmax and attention use (exposed for tests and benchmarks).
+ *   x in [-87.33, 88.37]:  relative error <= 1e-6 (2.2e-7 measured over every float there)
+ *   x in [-87.683, -87.33): a denormal, e^x to within the precision denormals have
+ *   x < -87.683, -inf:     0 (where e^x < 8.32e-39)
+ *   x > 88.37, +inf:       e^88.37 ≈ 2.4e38, finite (expf gives up to 3.4e38, +inf from 88.73)
+ *   NaN:                   NaN
+ */
+void mr_exp_approx(size_t n, const float *x, float *y);
+
 /** y = a + b, n elements. y may alias a or b. */
 void mr_add(size_t n, const float *a, const float *b, float *y);
 /** y = a * b, n elements. y may alias a or b. */
@@ -229,7 +261,8 @@ void mr_scale(size_t n, float alpha, const float *x, float *y);
 /** y[b, c, :] = x[b, c, :] + bias[b * channels + c] for x, y [batch, channels, hw]; y may equal x. */
 void mr_add_channel_bias(int batch, int channels, int hw, const float *x, const float *bias,
                          float *y);
-/** dbias[b * channels + c] += sum over hw of dy[b, c, :]. */
+/** dbias[b * channels + c] += sum over hw of dy[b, c, :].  ACCUMULATES into dbias (like every
+ *  parameter gradient here): zero dbias [batch * channels] before the first call. */
 void mr_channel_bias_backward(int batch, int channels, int hw, const float *dy, float *dbias);
 
 /** y [batch, c1 + c2, hw] = concat(a [batch, c1, hw], b [batch, c2, hw]) along channels. */

@@ -1,0 +1,112 @@
+import Foundation
+
+/// ODE solvers for the flow `dx/dt = v(x, t)` (ALGORITHMS.md §2).
+public enum Solver: String, Sendable, CaseIterable {
+    /// One evaluation per step.
+    case euler
+    /// Heun's second-order method: an Euler predictor, then the mean of the velocities at both
+    /// ends of the step; two evaluations per step.
+    case heun
+}
+
+/// Step schedules: strictly increasing grids from 0 to 1.
+public enum Schedule {
+    /// `τ_k = k / N`, k = 0…N.
+    public static func uniform(steps: Int) -> [Float] {
+        precondition(steps >= 1)
+        return (0...steps).map { Float($0) / Float(steps) }
+    }
+
+    /// Throws unless `grid` starts at 0, ends at 1 and strictly increases.
+    public static func validate(_ grid: [Float]) throws {
+        guard grid.count >= 2, grid.first == 0, grid.last == 1,
+              zip(grid, grid.dropFirst()).allSatisfy({ $0 < $1 }) else {
+            throw ModelError("a schedule must increase strictly from 0 to 1, got \(grid)")
+        }
+    }
+}
+
+/// Runs a flow-matching model: velocity evaluations with classifier-free guidance, and
+/// Euler/Heun integration over a schedule.
+public struct FlowSampler {
+    public let model: UNet2DModel
+    public let flow: FlowConfig
+
+    public init(model: UNet2DModel, flow: FlowConfig) {
+        self.model = model
+        self.flow = flow
+    }
+
+    /// Number of network rows one velocity evaluation costs per sample.
+    public func rowsPerSample(guidance: Float) -> Int { guidance == 1 || flow.nullClass == nil ? 1 : 2 }
+
+    /// v_g = v_u + g (v_c − v_u) (§1), with conditional and null-class rows in one batched call.
+    /// `t` holds one time per row of `x`.
+    public func velocity(_ x: Tensor, t: [Float], labels: [Int]?, guidance: Float) -> Tensor {
+        let b = x.shape[0]
+        let scale = Float(flow.timestepScale)
+        guard model.config.numClassEmbeds != nil else {
+            return model.forward(x, timesteps: t.map { $0 * scale })
+        }
+        let null = flow.nullClass ?? 0
+        let cond = labels ?? [Int](repeating: null, count: b)
+        if guidance == 1 {
+            return model.forward(x, timesteps: t.map { $0 * scale }, classLabels: cond)
+        }
+        let both = model.forward(Tensor.stack(rows: [x, x]), timesteps: (t + t).map { $0 * scale },
+                                 classLabels: cond + [Int](repeating: null, count: b))
+        let vc = both.rows(0..<b), vu = both.rows(b..<(2 * b))
+        var out = vu
+        for i in 0..<out.count { out.data[i] += guidance * (vc.data[i] - vu.data[i]) }
+        return out
+    }
+
+    /// Integrates from the source samples `x0` over `schedule`. After each step `progress`
+    /// receives (step, steps, data estimate x̂1 in model space) and returns false to cancel.
+    /// Returns x1 in model space (not divided by the norm scale, not clipped).
+    public func integrate(_ x0: Tensor, schedule: [Float], labels: [Int]?, guidance: Float,
+                          solver: Solver = .euler,
+                          progress: ((Int, Int, Tensor) -> Bool)? = nil) -> Tensor {
+        var x = x0
+        let b = x.shape[0]
+        let steps = schedule.count - 1
+        for k in 0..<steps {
+            let (t0, t1) = (schedule[k], schedule[k + 1])
+            let v = velocity(x, t: [Float](repeating: t0, count: b), labels: labels, guidance: guidance)
+            var next = x
+            next.addScaled(v, t1 - t0)
+            if solver == .heun {
+                let v1 = velocity(next, t: [Float](repeating: t1, count: b), labels: labels, guidance: guidance)
+                next = x
+                next.addScaled(v, (t1 - t0) / 2)
+                next.addScaled(v1, (t1 - t0) / 2)
+            }
+            if let progress {
+                var estimate = x
+                estimate.addScaled(v, 1 - t0)
+                x = next
+                if !progress(k + 1, steps, k + 1 == steps ? x : estimate) { return x }
+            } else {
+                x = next
+            }
+        }
+        return x
+    }
+
+    /// Model space → image space: divide by the norm scale s, clip to [−1, 1].
+    public func toImageSpace(_ x: Tensor) -> Tensor {
+        let inv = Float(1 / flow.normScale)
+        return Tensor(shape: x.shape, data: x.data.map { min(max($0 * inv, -1), 1) })
+    }
+
+    /// Images of a batch [B, 3, H, W] in [−1, 1].
+    public static func images(_ x: Tensor) -> [RGBImage] {
+        let (b, h, w) = (x.shape[0], x.shape[2], x.shape[3])
+        precondition(x.shape[1] == 3, "images need 3 channels, got \(x.shape)")
+        let per = 3 * h * w
+        return (0..<b).map { i in
+            RGBImage(width: w, height: h,
+                     planes: x.data[(i * per)..<((i + 1) * per)].map { min(max(($0 + 1) / 2, 0), 1) })
+        }
+    }
+}

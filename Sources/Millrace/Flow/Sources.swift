@@ -1,0 +1,41 @@
+/// Source samples x0 ~ N(0, I), one seeded stream per sample: sample i of seed S is the same
+/// whatever the batch size, so a grid of 16 starts with the 8 images of a grid of 8.
+public enum GaussianSource {
+    public static func draw(count: Int, shape: [Int], seed: UInt64) -> Tensor {
+        let per = shape.reduce(1, *)
+        var data = [Float](repeating: 0, count: count * per)
+        for i in 0..<count {
+            var rng = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(i) &* 0xD1B5_4A32_D192_ED03)
+            let g = rng.gaussians(per)
+            data.replaceSubrange((i * per)..<((i + 1) * per), with: g)
+        }
+        return Tensor(shape: [count] + shape, data: data)
+    }
+}
+
+/// Parses `--class NAME|INDEX|all` against a model's classes.
+public enum ClassSelection {
+    public static func parse(_ text: String, flow: FlowConfig, config: UNetConfig) throws -> [Int] {
+        guard let k = config.numClassEmbeds else {
+            guard text == "all" || text == "0" else { throw ModelError("this model has no classes; omit --class") }
+            return [0]
+        }
+        let names = flow.classNames
+        let real = names.isEmpty ? (0..<k).filter { $0 != flow.nullClass } : Array(names.indices)
+        if text.lowercased() == "all" { return real }
+        if let i = Int(text) {
+            guard i >= 0 && i < k else {
+                throw ModelError("class index \(i) is out of range: this model has classes 0...\(k - 1)")
+            }
+            return [i]
+        }
+        if text.lowercased() == "null" || text.lowercased() == "none", let null = flow.nullClass { return [null] }
+        let lower = text.lowercased()
+        if let exact = names.firstIndex(where: { $0.lowercased() == lower }) { return [exact] }
+        let matches = names.indices.filter { names[$0].lowercased().hasPrefix(lower) }
+        if matches.count == 1 { return matches }
+        let list = names.enumerated().map { "\($0.offset): \($0.element)" }.joined(separator: ", ")
+        throw ModelError(matches.isEmpty ? "unknown class '\(text)'; classes are \(list), or 'all'"
+                                         : "class '\(text)' is ambiguous; classes are \(list)")
+    }
+}

@@ -1,0 +1,61 @@
+import Foundation
+
+/// A one-line progress bar on stderr: `label [#####.....] 12/100 12% · extra · 3.1 it/s · ETA 0:28`.
+/// Redraws at most ~10 times a second; prints plain lines instead when stderr is not a terminal
+/// (every 10% of the work), so logs stay readable.
+public final class ProgressBar {
+    let label: String
+    let total: Int
+    let start = Date()
+    var lastDraw = Date.distantPast
+    var lastPercentLogged = -1
+    let isTTY = isatty(STDERR_FILENO) != 0
+    let unit: String
+
+    public init(_ label: String, total: Int, unit: String = "it") {
+        self.label = label
+        self.total = max(total, 1)
+        self.unit = unit
+    }
+
+    /// Reports `done` of `total` items finished; `extra` is shown after the count (loss, ...).
+    /// `rateScale` converts items/s into the unit shown (e.g. batch size for images/s).
+    public func update(_ done: Int, extra: String = "", rateScale: Double = 1, force: Bool = false) {
+        let now = Date()
+        let elapsed = now.timeIntervalSince(start)
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let eta = rate > 0 ? Double(total - done) / rate : 0
+        let pct = Int(100 * Double(done) / Double(total))
+        var parts = ["\(done)/\(total)", "\(pct)%"]
+        if !extra.isEmpty { parts.append(extra) }
+        parts.append(String(format: "%.1f %@/s", rate * rateScale, unit))
+        parts.append("ETA \(Self.clock(eta))")
+        let text = parts.joined(separator: " · ")
+        if isTTY {
+            guard force || done >= total || now.timeIntervalSince(lastDraw) >= 0.1 else { return }
+            lastDraw = now
+            let width = 24
+            let filled = min(width, width * done / total)
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            FileHandle.standardError.write(Data("\r\u{1B}[2K\(label) [\(bar)] \(text)".utf8))
+        } else {
+            let decile = pct / 10
+            guard force || decile > lastPercentLogged || done >= total else { return }
+            lastPercentLogged = decile
+            FileHandle.standardError.write(Data("\(label): \(text)\n".utf8))
+        }
+    }
+
+    /// Ends the bar's line.
+    public func finish() {
+        if isTTY { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    /// h:mm:ss or m:ss.
+    public static func clock(_ seconds: Double) -> String {
+        guard seconds.isFinite, seconds >= 0 else { return "?" }
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60)
+                         : String(format: "%d:%02d", s / 60, s % 60)
+    }
+}

@@ -1,0 +1,208 @@
+import ArgumentParser
+import Foundation
+import Millrace
+import MillraceKernels
+
+/// `gen bench ...`: speed figures. Benchmarks print numbers; tests never depend on timing.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure kernel, model and training speed.",
+        subcommands: [BenchKernels.self, BenchTrain.self])
+}
+
+/// Repeats `body` until `minSeconds` have passed (at least `minReps` times) after one warm-up
+/// call, and returns the fastest single call in seconds (the least disturbed by a noisy machine).
+func bestTime(minSeconds: Double = 0.6, minReps: Int = 3, _ body: () -> Void) -> Double {
+    body()
+    var best = Double.infinity
+    let start = Date()
+    var reps = 0
+    while reps < minReps || Date().timeIntervalSince(start) < minSeconds {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        body()
+        let t = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        best = min(best, t)
+        reps += 1
+    }
+    return best
+}
+
+/// cblas_sgemm at n×n×n: this machine's practical single-precision peak.
+func measureSgemm(n: Int = 2048) -> Double {
+    var rng = SplitMix64(seed: 1)
+    let a = (0..<(n * n)).map { _ in rng.nextUnitFloat() - 0.5 }
+    let b = (0..<(n * n)).map { _ in rng.nextUnitFloat() - 0.5 }
+    var c = [Float](repeating: 0, count: n * n)
+    let t = bestTime(minSeconds: 1.5, minReps: 4) {
+        c.withUnsafeMutableBufferPointer { cp in
+            mr_sgemm(Int32(n), Int32(n), Int32(n), a, b, cp.baseAddress)
+        }
+    }
+    return 2 * Double(n * n * n) / t / 1e9
+}
+
+/// The reference UNet of the kernel benchmark: 32×32, [64, 128, 256], 2 layers per block,
+/// attention at 8×8 (the third level), head dim 32.
+func benchUNetConfig() -> UNetConfig {
+    var c = UNetConfig()
+    c.sampleSize = 32
+    c.blockOutChannels = [64, 128, 256]
+    c.layersPerBlock = 2
+    c.downBlockTypes = [.down, .down, .attnDown]
+    c.upBlockTypes = [.attnUp, .up, .up]
+    c.attentionHeadDim = 32
+    c.normNumGroups = 32
+    c.numClassEmbeds = 10
+    return c
+}
+
+struct BenchKernels: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels",
+        abstract: "sgemm peak, conv 3x3 forward/backward at UNet shapes, and a whole UNet forward.",
+        discussion: """
+        Every figure is GFLOP/s and a fraction of the sgemm figure measured in the same run.
+        Example:
+          gen bench kernels --json > kernels.json
+        """)
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+    @Flag(help: "Fewer, shorter measurements (for a smoke test).")
+    var quick = false
+    @OptionGroup var threads: ThreadOptions
+
+    struct ConvCase { let channels, size: Int }
+
+    func run() throws {
+        threads.apply()
+        let log: (String) -> Void = { msg in if !json { print(msg) } else { FileHandle.standardError.write(Data((msg + "\n").utf8)) } }
+        log("machine: \(Runtime.describe())")
+        let sgemm = measureSgemm(n: quick ? 512 : 2048)
+        log(String(format: "sgemm %d³: %.1f GFLOP/s", quick ? 512 : 2048, sgemm))
+
+        let cases = [ConvCase(channels: 32, size: 64), ConvCase(channels: 64, size: 32),
+                     ConvCase(channels: 128, size: 16), ConvCase(channels: 256, size: 8)]
+        let batches = quick ? [1, 2] : [1, 2, 4]
+        var forward: [[String: Any]] = [], backward: [[String: Any]] = []
+        var rng = SplitMix64(seed: 2)
+        for cc in cases {
+            for b in batches {
+                var s = mr_conv2d_shape(batch: Int32(b), in_c: Int32(cc.channels), in_h: Int32(cc.size), in_w: Int32(cc.size),
+                                        out_c: Int32(cc.channels), k_h: 3, k_w: 3, stride: 1,
+                                        pad_top: 1, pad_left: 1, pad_bottom: 1, pad_right: 1)
+                let n = b * cc.channels * cc.size * cc.size
+                let x = (0..<n).map { _ in rng.nextUnitFloat() - 0.5 }
+                let w = (0..<(cc.channels * cc.channels * 9)).map { _ in rng.nextUnitFloat() - 0.5 }
+                let bias = [Float](repeating: 0.1, count: cc.channels)
+                var y = [Float](repeating: 0, count: n), dx = y
+                var dw = w, db = bias
+                let flops = 2.0 * Double(b * cc.channels * cc.channels * 9 * cc.size * cc.size)
+                let secs = quick ? 0.1 : 0.4
+                let tf = bestTime(minSeconds: secs) { mr_conv2d_forward(&s, x, w, bias, &y) }
+                let tb = bestTime(minSeconds: secs) { mr_conv2d_backward(&s, x, w, y, &dx, &dw, &db) }
+                let gf = flops / tf / 1e9, gb = 2 * flops / tb / 1e9
+                forward.append(["batch": b, "channels": cc.channels, "size": cc.size,
+                                "gflops": round2(gf), "fraction": round3(gf / sgemm)])
+                backward.append(["batch": b, "channels": cc.channels, "size": cc.size,
+                                 "gflops": round2(gb), "fraction": round3(gb / sgemm)])
+                log(String(format: "conv3x3 %3d ch %2dx%-2d batch %d: forward %6.1f GFLOP/s (%.2f), backward %6.1f GFLOP/s (%.2f)",
+                           cc.channels, cc.size, cc.size, b, gf, gf / sgemm, gb, gb / sgemm))
+            }
+        }
+
+        let config = benchUNetConfig()
+        let model = UNet2DModel(config: config, seed: 1)
+        let perImage = Double(model.forwardFLOPs(height: 32, width: 32))
+        var unet: [[String: Any]] = []
+        for b in (quick ? [1, 2] : [1, 2, 4]) {
+            let x = GaussianSource.draw(count: b, shape: [3, 32, 32], seed: 3)
+            let labels = (0..<b).map { $0 % 9 }
+            let t = bestTime(minSeconds: quick ? 0.2 : 1.0) {
+                _ = model.forward(x, timesteps: [500], classLabels: labels)
+            }
+            let g = perImage * Double(b) / t / 1e9
+            unet.append(["batch": b, "gflops": round2(g), "fraction": round3(g / sgemm),
+                         "ms": round2(t * 1000), "images_per_second": round2(Double(b) / t)])
+            log(String(format: "unet forward 32x32 [64,128,256] batch %d: %.2f ms, %.1f GFLOP/s (%.2f of sgemm)",
+                       b, t * 1000, g, g / sgemm))
+        }
+        if json {
+            let obj: [String: Any] = [
+                "machine": Runtime.describe(), "sgemm_gflops": round2(sgemm),
+                "conv3x3_forward": forward, "conv3x3_backward": backward, "unet_forward": unet,
+                "unet_forward_gflop_per_image": round3(perImage / 1e9),
+            ]
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+}
+
+func round2(_ x: Double) -> Double { (x * 100).rounded() / 100 }
+func round3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }
+
+struct BenchTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Images/s and GFLOP/s of a training step for the shipped architecture.",
+        discussion: """
+        Uses the architecture of --model (default: the shipped emoji model) at --batch, on random
+        data. FLOPs of a step are counted as 3 × the forward FLOPs (backward ≈ 2 × forward).
+        Example:
+          gen bench train --json
+        """)
+
+    @Option(help: "Model folder whose architecture is measured (default: the shipped model).")
+    var model: String?
+    @Option(help: "Images per step.")
+    var batch: Int = 64
+    @Option(help: "Timed steps.")
+    var steps: Int = 8
+    @Flag(help: "Print JSON.")
+    var json = false
+    @OptionGroup var threads: ThreadOptions
+
+    func run() throws {
+        threads.apply()
+        try runReportingErrors {
+            let path = model ?? ModelFolder.defaultPath()
+            let config = try UNetConfig(json: try Data(contentsOf: URL(fileURLWithPath: path + "/config.json")))
+            let log: (String) -> Void = { msg in if !json { print(msg) } else { FileHandle.standardError.write(Data((msg + "\n").utf8)) } }
+            log("machine: \(Runtime.describe())")
+            let sgemm = measureSgemm()
+            let size = config.sampleSize
+            let classes = max((config.numClassEmbeds ?? 2) - 1, 1)
+            var rng = SplitMix64(seed: 9)
+            let n = 4 * batch
+            let images = (0..<(n * 3 * size * size)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            let data = FlowTrainingData(images: images, labels: (0..<n).map { $0 % classes }, size: size,
+                                        classNames: (0..<classes).map { "class \($0)" })
+            var opts = TrainOptions()
+            opts.batchSize = batch
+            var cfg = config
+            cfg.numClassEmbeds = classes + 1
+            let trainer = try FlowTrainer(config: cfg, data: data, options: opts)
+            trainer.trainStep()  // warm-up
+            var best = Double.infinity
+            for _ in 0..<steps {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                trainer.trainStep()
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            }
+            let flops = 3 * Double(trainer.model.forwardFLOPs(height: size, width: size)) * Double(batch)
+            let ips = Double(batch) / best
+            let gflops = flops / best / 1e9
+            log(String(format: "sgemm %.1f GFLOP/s; train step batch %d: %.1f ms, %.1f images/s, %.1f GFLOP/s (%.2f of sgemm)",
+                       sgemm, batch, best * 1000, ips, gflops, gflops / sgemm))
+            if json {
+                let obj: [String: Any] = ["machine": Runtime.describe(), "model": path, "batch": batch,
+                                          "images_per_second": round2(ips), "gflops": round2(gflops),
+                                          "fraction": round3(gflops / sgemm), "sgemm_gflops": round2(sgemm),
+                                          "step_ms": round2(best * 1000)]
+                let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+                print(String(decoding: d, as: UTF8.self))
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+import ArgumentParser
+import Foundation
+import Millrace
+
+/// `gen`: Millrace's command line. `gen --steps N` generates with the shipped model.
+struct Gen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gen",
+        abstract: "Millrace: run, train and serve small flow-matching image models on the CPU.",
+        discussion: """
+        Examples:
+          gen --steps 32 --class all --out grid.png    generate one emoji per group
+          gen info assets/models/emoji32               config, parameters, FLOPs
+          gen bench kernels --json                     kernel and model speed
+          gen dataset emoji --out data/emoji32.mrds    build the training set
+          gen train --data data/emoji32.mrds --out runs/emoji32
+        """,
+        subcommands: [Generate.self, Info.self, Bench.self, DatasetCommand.self, Train.self],
+        defaultSubcommand: Generate.self)
+}
+
+/// Turns library errors into one clean line on stderr and exit code 1.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do { try body() } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch let e as ValidationError {
+        throw e
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+/// Options every compute-heavy command shares.
+struct ThreadOptions: ParsableArguments {
+    @Option(help: "OpenBLAS threads (default: all cores).")
+    var threads: Int?
+
+    func apply() {
+        Runtime.configureThreads(threads)
+    }
+}

@@ -1,0 +1,102 @@
+import ArgumentParser
+import Foundation
+import Millrace
+
+/// `gen generate` (the default command): sample images from a flow model.
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate images with a flow model (the default command).",
+        discussion: """
+        Integrates the model's flow from Gaussian noise (t = 0) to data (t = 1) with N steps and
+        writes a PNG (a grid when more than one image: one row per class).
+
+        Examples:
+          gen --steps 32                                   8 samples of every class, out/generated.png
+          gen --steps 8 --class "Food & Drink" --count 16 --seed 3 --out food.png
+          gen --steps 4 --class 8 --guidance 2 --upscale 4
+        """)
+
+    @Option(help: "Number of integration steps (NFE with Euler and no guidance).")
+    var steps: Int = 32
+    @Option(help: "Model folder (default: the shipped emoji model, assets/models/emoji32).")
+    var model: String?
+    @Option(name: .customLong("class"), help: "Class name (or a unique prefix), index, or 'all'.")
+    var className: String = "all"
+    @Option(help: "Images per class.")
+    var count: Int = 8
+    @Option(help: "Random seed of the source samples.")
+    var seed: UInt64 = 0
+    @Option(help: "Classifier-free guidance scale (1 = off).")
+    var guidance: Float?
+    @Option(help: "Step schedule: uniform.")
+    var schedule: String = "uniform"
+    @Option(help: "Source distribution: gaussian.")
+    var source: String = "gaussian"
+    @Option(help: "ODE solver: euler or heun.")
+    var solver: String = "euler"
+    @Option(help: "Output PNG path.")
+    var out: String = "out/generated.png"
+    @Option(help: "Nearest-neighbour upscale factor for viewing.")
+    var upscale: Int = 2
+    @Option(help: "Initial source samples: safetensors with key 'latents', shape [K, C, H, W].")
+    var latents: String?
+    @Option(help: "Write the final floats (before quantisation) to this safetensors file, key 'latents'.")
+    var saveLatents: String?
+    @OptionGroup var threads: ThreadOptions
+
+    func validate() throws {
+        guard steps >= 1 && steps <= 10_000 else { throw ValidationError("--steps must be between 1 and 10000, got \(steps)") }
+        guard count >= 1 && count <= 1024 else { throw ValidationError("--count must be between 1 and 1024") }
+        guard upscale >= 1 && upscale <= 32 else { throw ValidationError("--upscale must be between 1 and 32") }
+        guard Solver(rawValue: solver) != nil else { throw ValidationError("--solver must be euler or heun, got '\(solver)'") }
+        guard schedule == "uniform" else { throw ValidationError("--schedule must be uniform, got '\(schedule)'") }
+        guard source == "gaussian" else { throw ValidationError("--source must be gaussian, got '\(source)'") }
+        if let g = guidance, !(g.isFinite && g >= 0 && g <= 50) { throw ValidationError("--guidance must be between 0 and 50") }
+    }
+
+    func run() throws {
+        threads.apply()
+        try runReportingErrors {
+            let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
+            let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            let classes = try ClassSelection.parse(className, flow: folder.flow, config: folder.config)
+            let c = folder.config
+            let k = classes.count * count
+            var labels: [Int] = []
+            for cls in classes { labels += [Int](repeating: cls, count: count) }
+
+            var x0: Tensor
+            if let latents {
+                let file = try SafetensorsFile.read(path: latents)
+                guard let t = file.tensors["latents"] else { throw ModelError("\(latents) has no tensor 'latents'") }
+                guard t.shape == [k, c.inChannels, c.sampleSize, c.sampleSize] else {
+                    throw ModelError("\(latents): 'latents' has shape \(t.shape), expected \([k, c.inChannels, c.sampleSize, c.sampleSize]) for \(classes.count) class(es) × --count \(count)")
+                }
+                x0 = t
+            } else {
+                x0 = GaussianSource.draw(count: k, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: seed)
+            }
+            let g = guidance ?? Float(folder.flow.defaultGuidance)
+            let grid = Schedule.uniform(steps: steps)
+            let bar = ProgressBar("generate", total: steps, unit: "steps")
+            let x1 = sampler.integrate(x0, schedule: grid, labels: folder.config.numClassEmbeds == nil ? nil : labels,
+                                       guidance: g, solver: Solver(rawValue: solver)!) { done, _, _ in
+                bar.update(done)
+                return true
+            }
+            bar.finish()
+            if let saveLatents {
+                let unscaled = x1.scaled(Float(1 / folder.flow.normScale))
+                try SafetensorsFile(tensors: ["latents": unscaled]).write(path: saveLatents)
+            }
+            let images = FlowSampler.images(sampler.toImageSpace(x1))
+            var picture = images.count == 1 ? images[0] : RGBImage.grid(images, columns: count, padding: 2)
+            if upscale > 1 { picture = picture.resizedNearest(width: picture.width * upscale, height: picture.height * upscale) }
+            let dir = (out as NSString).deletingLastPathComponent
+            if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+            try picture.writePNG(path: out)
+            let names = classes.map { folder.flow.classNames.indices.contains($0) ? folder.flow.classNames[$0] : "class \($0)" }
+            print("wrote \(out): \(k) image(s), \(steps) steps, classes: \(names.joined(separator: ", "))")
+        }
+    }
+}

@@ -1,0 +1,222 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Millrace
+
+/// `gen dataset emoji`: build the emoji training set.
+struct DatasetCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dataset", abstract: "Build training datasets.", subcommands: [EmojiCommand.self])
+
+    struct EmojiCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "emoji",
+            abstract: "Render Noto Color Emoji into a labelled dataset file (docs/DATASET.md).",
+            discussion: """
+            Needs Debian's fonts-noto-color-emoji and unicode-data. Classes are the groups of
+            emoji-test.txt (Component left out); 10% of each group is held out.
+            Example:
+              gen dataset emoji --out data/emoji32.mrds --size 32
+            """)
+        @Option(help: "Output dataset file.")
+        var out: String
+        @Option(help: "Image side in pixels.")
+        var size: Int = 32
+        @Option(help: "Font file.")
+        var font: String = EmojiDatasetBuilder.defaultFontPath
+        @Option(help: "emoji-test.txt.")
+        var emojiTest: String = EmojiDatasetBuilder.defaultEmojiTestPath
+
+        func validate() throws {
+            guard size >= 8 && size <= 512 else { throw ValidationError("--size must be between 8 and 512") }
+        }
+
+        func run() throws {
+            try runReportingErrors {
+                var bar: ProgressBar?
+                let ds = try EmojiDatasetBuilder.build(size: size, fontPath: font, emojiTestPath: emojiTest) { done, total in
+                    if bar == nil { bar = ProgressBar("render", total: total, unit: "glyphs") }
+                    bar?.update(done)
+                }
+                bar?.finish()
+                let dir = (out as NSString).deletingLastPathComponent
+                if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+                try ds.write(path: out)
+                print("wrote \(out): \(ds.count) emoji, \(ds.indices(split: 0).count) train / \(ds.indices(split: 1).count) held out")
+                for (i, name) in ds.classNames.enumerated() {
+                    let n = ds.labels.filter { Int($0) == i }.count
+                    print(String(format: "  %d %-20@ %5d", i, name as NSString, n))
+                }
+            }
+        }
+    }
+}
+
+/// Sets a flag on SIGINT/SIGTERM so that a long loop can checkpoint and stop cleanly.
+final class InterruptFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var raised = false
+    private var sources: [DispatchSourceSignal] = []
+
+    init() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            src.setEventHandler { [weak self] in self?.raise() }
+            src.resume()
+            sources.append(src)
+        }
+    }
+
+    func raise() { lock.lock(); raised = true; lock.unlock() }
+    var isRaised: Bool { lock.lock(); defer { lock.unlock() }; return raised }
+}
+
+/// `gen train`: rectified-flow training of a class-conditional UNet2DModel.
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a class-conditional flow-matching UNet2DModel on a dataset file.",
+        discussion: """
+        Writes a model folder to --out (config.json, model.safetensors with the EMA weights,
+        flow.json), plus checkpoint.safetensors every --checkpoint-every steps, loss.csv and
+        loss.png. Ctrl-C writes a checkpoint and exits; --resume continues exactly where it stopped.
+
+        Examples:
+          gen train --data data/emoji32.mrds --out runs/emoji32 --steps 20000
+          gen train --data data/emoji32.mrds --out runs/emoji32 --steps 30000 --resume
+          gen train --data data/emoji32.mrds --out runs/emoji32-na --norm-align
+        """)
+
+    @Option(help: "Dataset file from `gen dataset emoji`.")
+    var data: String
+    @Option(help: "Output folder.")
+    var out: String
+    @Option(help: "Total optimisation steps (with --resume: the total to reach).")
+    var steps: Int = 20_000
+    @Option(help: "Images per step.")
+    var batch: Int = 32
+    @Option(help: "Peak learning rate.")
+    var lr: Double = 1e-3
+    @Option(help: "Linear warm-up steps.")
+    var warmup: Int = 200
+    @Option(help: "AdamW weight decay.")
+    var weightDecay: Double = 0.01
+    @Option(help: "Global gradient-norm clip (0 = off).")
+    var clip: Double = 1
+    @Option(help: "EMA decay of the shipped weights.")
+    var ema: Double = 0.999
+    @Option(help: "Write a checkpoint every N steps.")
+    var checkpointEvery: Int = 500
+    @Option(help: "Random seed (initial weights, batches, noise).")
+    var seed: UInt64 = 0
+    @Flag(help: "Norm alignment (ALGORITHMS.md §4.1): train on s·x1, s written to flow.json.")
+    var normAlign = false
+    @Flag(inversion: .prefixedNo, help: "Sample classes uniformly (then an image of the class).")
+    var balance = true
+    @Flag(help: "Continue from --out/checkpoint.safetensors.")
+    var resume = false
+    @Option(help: "UNet block channels, comma-separated.")
+    var channels: String = "32,64,128"
+    @Option(help: "ResNet layers per block.")
+    var layers: Int = 1
+    @Option(help: "Levels with attention, comma-separated 0/1 (default: the lowest resolution only).")
+    var attention: String?
+    @Option(help: "Channels per attention head.")
+    var headDim: Int = 32
+    @Option(help: "GroupNorm groups.")
+    var groups: Int = 8
+    @OptionGroup var threads: ThreadOptions
+
+    func makeConfig(classes: Int, size: Int) throws -> UNetConfig {
+        let ch = channels.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !ch.isEmpty, ch.count == channels.split(separator: ",").count else {
+            throw ValidationError("--channels must be integers like 64,128,128")
+        }
+        let attn: [Bool]
+        if let attention {
+            attn = attention.split(separator: ",").map { $0 == "1" || $0 == "true" }
+            guard attn.count == ch.count else { throw ValidationError("--attention needs \(ch.count) entries") }
+        } else {
+            attn = ch.indices.map { $0 == ch.count - 1 }
+        }
+        var c = UNetConfig()
+        c.sampleSize = size
+        c.blockOutChannels = ch
+        c.layersPerBlock = layers
+        c.downBlockTypes = attn.map { $0 ? .attnDown : .down }
+        c.upBlockTypes = attn.reversed().map { $0 ? .attnUp : .up }
+        c.attentionHeadDim = headDim
+        c.normNumGroups = groups
+        c.numClassEmbeds = classes + 1
+        do { try c.validate() } catch { throw ValidationError("\(error)") }
+        return c
+    }
+
+    func run() throws {
+        threads.apply()
+        try runReportingErrors {
+            let ds = try ImageDataset.read(path: data)
+            let trainData = FlowTrainingData(dataset: ds)
+            let config = try makeConfig(classes: ds.classNames.count, size: ds.size)
+            var opts = TrainOptions()
+            opts.steps = steps
+            opts.batchSize = batch
+            opts.seed = seed
+            opts.normAlign = normAlign
+            opts.balanceClasses = balance
+            opts.checkpointEvery = checkpointEvery
+            opts.optimizer.learningRate = lr
+            opts.optimizer.warmupSteps = warmup
+            opts.optimizer.weightDecay = weightDecay
+            opts.optimizer.gradClip = clip
+            opts.optimizer.emaDecay = ema
+            let trainer = try FlowTrainer(config: config, data: trainData, options: opts)
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let checkpoint = out + "/checkpoint.safetensors"
+            let csvPath = out + "/loss.csv"
+            if resume {
+                guard FileManager.default.fileExists(atPath: checkpoint) else {
+                    throw TrainError("--resume: no checkpoint at \(checkpoint)")
+                }
+                try trainer.loadCheckpoint(path: checkpoint)
+                FileHandle.standardError.write(Data("resumed at step \(trainer.step) from \(checkpoint)\n".utf8))
+            } else if FileManager.default.fileExists(atPath: checkpoint) {
+                throw TrainError("\(checkpoint) exists: pass --resume to continue it, or choose another --out")
+            }
+            var log = try LossLog(path: csvPath, keepUpTo: trainer.step)
+            let interrupt = InterruptFlag()
+            FileHandle.standardError.write(Data("training \(trainer.model.parameterCount) parameters on \(trainData.count) images, batch \(batch), \(Runtime.describe())\n".utf8))
+            let bar = ProgressBar("train", total: steps, unit: "img")
+            let startStep = trainer.step
+            let t0 = Date()
+            // Wall time of earlier runs of this training (from the log), so elapsed adds up across resumes.
+            let wallBefore = LossLog.lastElapsed(path: csvPath) ?? 0
+            while trainer.step < steps && !interrupt.isRaised {
+                let loss = trainer.trainStep()
+                let elapsed = Date().timeIntervalSince(t0)
+                let ips = Double((trainer.step - startStep) * batch) / max(elapsed, 1e-9)
+                try log.append(step: trainer.step, loss: loss, smoothed: trainer.smoothedLoss,
+                               lr: trainer.optimizer.currentLearningRate, imagesPerSecond: ips,
+                               elapsed: wallBefore + elapsed)
+                bar.update(trainer.step, extra: String(format: "loss %.4f", trainer.smoothedLoss), rateScale: Double(batch))
+                if trainer.step % checkpointEvery == 0 || trainer.step == steps {
+                    try save(trainer, checkpoint: checkpoint)
+                }
+            }
+            bar.finish()
+            if interrupt.isRaised {
+                try save(trainer, checkpoint: checkpoint)
+                FileHandle.standardError.write(Data("interrupted: checkpoint written at step \(trainer.step); continue with --resume\n".utf8))
+            }
+            try log.close()
+            try LossPlot.write(csv: csvPath, png: out + "/loss.png")
+            print("wrote \(out) (step \(trainer.step), smoothed loss \(String(format: "%.4f", trainer.smoothedLoss)))")
+        }
+    }
+
+    func save(_ trainer: FlowTrainer, checkpoint: String) throws {
+        try trainer.saveCheckpoint(path: checkpoint)
+        try ModelFolder.write(model: trainer.emaModel(), flow: trainer.flow, to: out,
+                              metadata: ["step": String(trainer.step), "weights": "ema"])
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+@testable import Millrace
+import Testing
+
+/// Flow training on a tiny synthetic dataset: loss goes down, resume is exact, bad checkpoints are refused.
+@Suite(.serialized) struct TrainerTests {
+    /// Two classes of 8×8 images: a red square top-left, a blue disc in the middle, with jitter.
+    static func syntheticData(count: Int = 24) -> FlowTrainingData {
+        var rng = SplitMix64(seed: 1)
+        let size = 8
+        var images: [Float] = [], labels: [Int] = []
+        for n in 0..<count {
+            let cls = n % 2
+            var img = [Float](repeating: 1, count: 3 * size * size)
+            let j = Int(rng.next() % 2)
+            for y in 0..<size {
+                for x in 0..<size {
+                    let inside = cls == 0 ? (x >= j && x < 4 + j && y >= j && y < 4 + j)
+                                          : ((x - 4) * (x - 4) + (y - 4 + j) * (y - 4 + j) <= 6)
+                    if inside {
+                        let rgb: [Float] = cls == 0 ? [-1, -1, -1] : [-1, -1, 1]
+                        if cls == 0 { img[0 * 64 + y * 8 + x] = 1; img[64 + y * 8 + x] = -1; img[128 + y * 8 + x] = -1 } else {
+                            for c in 0..<3 { img[c * 64 + y * 8 + x] = rgb[c] }
+                        }
+                    }
+                }
+            }
+            images += img
+            labels.append(cls)
+        }
+        return FlowTrainingData(images: images, labels: labels, size: size, classNames: ["square", "disc"])
+    }
+
+    static func tinyConfig() -> UNetConfig {
+        var c = UNetConfig()
+        c.sampleSize = 8
+        c.blockOutChannels = [8, 16]
+        c.layersPerBlock = 1
+        c.downBlockTypes = [.down, .attnDown]
+        c.upBlockTypes = [.attnUp, .up]
+        c.normNumGroups = 4
+        c.attentionHeadDim = 8
+        c.numClassEmbeds = 3
+        return c
+    }
+
+    static func options(steps: Int) -> TrainOptions {
+        var o = TrainOptions()
+        o.steps = steps
+        o.batchSize = 8
+        o.seed = 42
+        o.optimizer.learningRate = 3e-3
+        o.optimizer.warmupSteps = 5
+        return o
+    }
+
+    static func tempPath(_ name: String) -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-tests-\(getpid())")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir.appendingPathComponent(name).path
+    }
+
+    @Test func aFewDozenStepsLowerTheLoss() throws {
+        let trainer = try FlowTrainer(config: Self.tinyConfig(), data: Self.syntheticData(), options: Self.options(steps: 60))
+        var losses: [Double] = []
+        for _ in 0..<60 { losses.append(trainer.trainStep()) }
+        let first = losses.prefix(10).reduce(0, +) / 10, last = losses.suffix(10).reduce(0, +) / 10
+        #expect(last < 0.8 * first, "loss \(first) → \(last)")
+        #expect(trainer.step == 60)
+    }
+
+    @Test func resumeGivesTheSameWeightsAsAnUninterruptedRun() throws {
+        let data = Self.syntheticData(), config = Self.tinyConfig()
+        let straight = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+        for _ in 0..<12 { straight.trainStep() }
+
+        let first = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+        for _ in 0..<5 { first.trainStep() }
+        let path = Self.tempPath("resume.safetensors")
+        try first.saveCheckpoint(path: path)
+        let second = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+        try second.loadCheckpoint(path: path)
+        #expect(second.step == 5)
+        for _ in 0..<7 { second.trainStep() }
+
+        for ((name, a), (_, b)) in zip(straight.model.namedParameters(), second.model.namedParameters()) {
+            #expect(a.value.data == b.value.data, "weights of \(name) differ after resume")
+        }
+        #expect(straight.optimizer.ema == second.optimizer.ema)
+        #expect(straight.optimizer.m == second.optimizer.m && straight.optimizer.v == second.optimizer.v)
+        #expect(straight.rng == second.rng)
+    }
+
+    @Test func corruptOrForeignCheckpointsAreRefusedAndChangeNothing() throws {
+        let data = Self.syntheticData(), config = Self.tinyConfig()
+        let trainer = try FlowTrainer(config: config, data: data, options: Self.options(steps: 4))
+        trainer.trainStep()
+        let good = Self.tempPath("good.safetensors")
+        try trainer.saveCheckpoint(path: good)
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: good)))
+        let fresh = try FlowTrainer(config: config, data: data, options: Self.options(steps: 4))
+        let before = fresh.model.stateDict()
+
+        let truncated = Self.tempPath("truncated.safetensors")
+        try Data(bytes.prefix(bytes.count / 2)).write(to: URL(fileURLWithPath: truncated))
+        #expect(throws: TrainError.self) { try fresh.loadCheckpoint(path: truncated) }
+
+        let missing = Self.tempPath("does-not-exist.safetensors")
+        #expect(throws: TrainError.self) { try fresh.loadCheckpoint(path: missing) }
+
+        // A valid safetensors file that is not a checkpoint.
+        let weightsOnly = Self.tempPath("weights.safetensors")
+        try SafetensorsFile(tensors: fresh.model.stateDict()).write(path: weightsOnly)
+        #expect(throws: TrainError.self) { try fresh.loadCheckpoint(path: weightsOnly) }
+
+        // A checkpoint of another architecture.
+        var other = config
+        other.blockOutChannels = [8, 8]
+        let otherTrainer = try FlowTrainer(config: other, data: data, options: Self.options(steps: 4))
+        let foreign = Self.tempPath("foreign.safetensors")
+        try otherTrainer.saveCheckpoint(path: foreign)
+        #expect(throws: TrainError.self) { try fresh.loadCheckpoint(path: foreign) }
+
+        #expect(fresh.model.stateDict() == before)
+        #expect(fresh.step == 0)
+    }
+
+    @Test func badTrainingInputIsRefused() throws {
+        var config = Self.tinyConfig()
+        config.numClassEmbeds = 5
+        #expect(throws: TrainError.self) {
+            _ = try FlowTrainer(config: config, data: Self.syntheticData(), options: Self.options(steps: 1))
+        }
+    }
+
+    @Test func normAlignmentScaleMatchesItsDefinition() {
+        let data = Self.syntheticData(count: 4)
+        let d = 3 * 8 * 8
+        var mean = 0.0
+        for n in 0..<4 { mean += (0..<d).reduce(0.0) { $0 + Double(data.images[n * d + $1] * data.images[n * d + $1]) }.squareRoot() }
+        mean /= 4
+        #expect(abs(data.normAlignmentScale() - (Double(d) - 0.5).squareRoot() / mean) < 1e-9)
+    }
+}
