@@ -6,6 +6,9 @@
  * copies are needed. The score matrix is processed in blocks of rows; when the caller passes
  * `probs` the blocks are written straight into it, otherwise into a scratch buffer of at most
  * max(MR_ATT_SCRATCH_FLOATS, L) floats, allocated and freed within the call.
+ *
+ * The fast softmax (row max, exp, sum, scale: vectorised passes over a row held in cache) uses
+ * the exp of fastmath.h; the references use libm in double.
  */
 #include "millrace_kernels.h"
 
@@ -72,19 +75,32 @@ static double sum_f(const float *restrict x, size_t n) {
 }
 
 /* y = softmax(x) for one row of n >= 1 values; y may equal x. Three vectorised passes (max;
- * exp; sum and scale), the row staying in cache between them. */
+ * exp; sum and scale), the row staying in cache between them. The in-place case (attention's
+ * score blocks) gets its own exp loop: the compiler's run-time overlap check rejects y == x and
+ * would fall back to the scalar loop. */
 static void softmax_row(int n, const float *x, float *y) {
     const size_t m = (size_t)n;
     const float mx = max_f(x, m);
-    for (size_t i = 0; i < m; i++) y[i] = mr_fast_expf(x[i] - mx);
+    if (x == y) {
+        for (size_t i = 0; i < m; i++) y[i] = mr_fast_expf(y[i] - mx);
+    } else {
+        for (size_t i = 0; i < m; i++) y[i] = mr_fast_expf(x[i] - mx);
+    }
     const float inv = (float)(1.0 / sum_f(y, m));
     for (size_t i = 0; i < m; i++) y[i] *= inv;
 }
 
-/* dx = y * (dy - <dy, y>); dx may alias y or dy (the dot product is taken first). */
+/* dx = y * (dy - <dy, y>); dx may alias y or dy (the dot product is taken first, and the
+ * in-place cases get loops the compiler vectorises without an overlap check). */
 static void softmax_backward_row(int n, const float *y, const float *dy, float *dx) {
     const float dot = (float)dot_f(y, dy, (size_t)n);
-    for (int i = 0; i < n; i++) dx[i] = y[i] * (dy[i] - dot);
+    if (dx == dy) {
+        for (int i = 0; i < n; i++) dx[i] = y[i] * (dx[i] - dot);
+    } else if (dx == y) {
+        for (int i = 0; i < n; i++) dx[i] = dx[i] * (dy[i] - dot);
+    } else {
+        for (int i = 0; i < n; i++) dx[i] = y[i] * (dy[i] - dot);
+    }
 }
 
 void mr_softmax_forward(int rows, int n, const float *x, float *y) {

@@ -58,6 +58,7 @@ static float *ws_get(size_t n) {
 /* ---- tiling -------------------------------------------------------------------------------- */
 
 static long tile_floats = MR_CONV_TILE_FLOATS;
+enum { MIN_WIDE = 512 };
 
 void mr_conv2d_set_tile_floats(long floats) {
     tile_floats = floats > 0 ? floats : MR_CONV_TILE_FLOATS;
@@ -78,13 +79,15 @@ static conv_plan make_plan(const mr_conv2d_shape *s) {
     p.K = s->in_c * s->k_h * s->k_w;
     long cap = tile_floats / (p.K + s->out_c);
     if (cap < 64) cap = 64;
-    if (cap >= p.P) {
+    /* Images of at least MIN_WIDE pixels get their own GEMM (written straight into y); only
+       smaller ones are grouped into one wide GEMM, whose result must be scattered back. */
+    if (cap >= p.P && p.P < MIN_WIDE) {
         long images = cap / p.P;
         if (images > s->batch) images = s->batch;
         p.n_tile = (int)(images * p.P);
         p.whole_images = 1;
     } else {
-        p.n_tile = (int)cap;
+        p.n_tile = (int)(cap < p.P ? cap : p.P);
         p.whole_images = 0;
     }
     return p;
@@ -247,8 +250,10 @@ void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w
     conv_plan pl = make_plan(s);
     const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w;
     const size_t y_img = (size_t)s->out_c * pl.P;
-    if (dx) memset(dx, 0, (size_t)s->batch * x_img * sizeof(float));
-    if (pl.P <= 0 || s->batch <= 0) return;
+    if (pl.P <= 0 || s->batch <= 0) {
+        if (dx) memset(dx, 0, (size_t)s->batch * x_img * sizeof(float));
+        return;
+    }
 
     if (db) {
         for (int n = 0; n < s->batch; n++)
@@ -272,6 +277,30 @@ void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w
         }
         return;
     }
+
+    /* Stride 1: dx is the convolution of dy with the kernel flipped and its channels swapped,
+       padded by k - 1 - pad. That reuses im2col + GEMM and avoids the scattered adds of col2im. */
+    int transposed_dx = dx && s->stride == 1 && s->pad_top < s->k_h && s->pad_bottom < s->k_h &&
+                        s->pad_left < s->k_w && s->pad_right < s->k_w;
+    if (transposed_dx) {
+        float *wt = malloc((size_t)s->out_c * s->in_c * s->k_h * s->k_w * sizeof(float));
+        if (wt) {
+            const int kk = s->k_h * s->k_w;
+            for (int co = 0; co < s->out_c; co++)
+                for (int ci = 0; ci < s->in_c; ci++)
+                    for (int t = 0; t < kk; t++)
+                        wt[((size_t)ci * s->out_c + co) * kk + (kk - 1 - t)] = w[((size_t)co * s->in_c + ci) * kk + t];
+            mr_conv2d_shape ts = *s;
+            ts.in_c = s->out_c; ts.in_h = pl.oh; ts.in_w = pl.ow; ts.out_c = s->in_c;
+            ts.pad_top = s->k_h - 1 - s->pad_top; ts.pad_bottom = s->k_h - 1 - s->pad_bottom;
+            ts.pad_left = s->k_w - 1 - s->pad_left; ts.pad_right = s->k_w - 1 - s->pad_right;
+            mr_conv2d_forward(&ts, dy, wt, NULL, dx);
+            free(wt);
+            dx = NULL;
+        }
+    }
+    if (!dw && !dx) return;
+    if (dx) memset(dx, 0, (size_t)s->batch * x_img * sizeof(float));  /* col2im adds into it */
 
     float *col = ws_get((size_t)(pl.K + s->out_c) * pl.n_tile);
     if (!col) { mr_ref_conv2d_backward(s, x, w, dy, dx, dw, NULL); return; }

@@ -4,11 +4,12 @@
  * libm's expf is a call per value, so a loop that uses it stays scalar; SiLU, the fused
  * GroupNorm + SiLU and the softmaxes spent nearly all their time there. mr_fast_expf is plain C
  * (no intrinsics, no branches, no calls), so a loop over it is vectorised at -O3 by gcc and clang
- * for whatever vector width the build targets (SSE2 with no -march).
+ * for whatever vector width the build targets (SSE2 with no -march; checked with clang
+ * -Rpass=loop-vectorize and gcc -fopt-info-vec).
  *
  *   exp(x) = 2^n · e^r,   n = round(x / ln 2),   r = x - n ln 2  in [-ln2/2, ln2/2]
  *
- *  - x is clamped to [MR_EXP_LO, MR_EXP_HI] first (comparisons, so a NaN passes through).
+ *  - x is clamped to [MR_EXP_LO, MR_EXP_HI] first.
  *  - n is rounded by the magic-add trick: t = x·log2(e) + 1.5·2^23 lands in [2^23, 2^24), where
  *    the float spacing is 1, so the addition rounds to nearest and the low bits of t hold n.
  *  - r uses ln 2 split in two (Cody–Waite): n · LN2_HI is exact (9-bit constant times |n| <= 127)
@@ -36,12 +37,30 @@
 #include <stdint.h>
 #include <string.h>
 
+/*
+ * c ? a : b, as bit operations on a mask. gcc (with its default -ftrapping-math) does not
+ * if-convert a ?: whose arms hold floating-point arithmetic, and it moves arithmetic that follows
+ * a ?: into the arms (where one arm folds to a constant), so a loop over a plain ?: stays scalar.
+ * Masks leave no branch to convert; clang turns the pattern back into maxps / minps / blends.
+ */
+static inline float mr_select_f(int c, float a, float b) {
+    uint32_t ua, ub;
+    memcpy(&ua, &a, sizeof ua);
+    memcpy(&ub, &b, sizeof ub);
+    const uint32_t m = 0u - (uint32_t)(c != 0);
+    const uint32_t r = (ua & m) | (ub & ~m);
+    float f;
+    memcpy(&f, &r, sizeof f);
+    return f;
+}
+
 #define MR_EXP_LO (-88.0f)  /* round(-88 / ln 2) = -127: 2^n = +0.0 */
 #define MR_EXP_HI 88.37f    /* < 127.5 ln 2 = 88.376: n <= 127, p · 2^127 < FLT_MAX */
 
 static inline float mr_fast_expf(float x) {
-    float c = x < MR_EXP_LO ? MR_EXP_LO : x;
-    c = c > MR_EXP_HI ? MR_EXP_HI : c;
+    /* Comparisons, not fmaxf / fminf: a NaN fails both and passes through. */
+    float c = mr_select_f(x < MR_EXP_LO, MR_EXP_LO, x);
+    c = mr_select_f(c > MR_EXP_HI, MR_EXP_HI, c);
 
     const float magic = 12582912.0f; /* 1.5 * 2^23 */
     const float t = c * 1.44269504088896341f + magic;
@@ -73,7 +92,7 @@ static inline float mr_fast_expf(float x) {
 static inline float mr_fast_sigmoidf(float x) {
     const float e = mr_fast_expf(-fabsf(x));
     const float s = 1.0f / (1.0f + e);
-    return x >= 0.0f ? s : e * s;
+    return mr_select_f(x >= 0.0f, s, e * s);
 }
 
 #endif /* MILLRACE_FASTMATH_H */

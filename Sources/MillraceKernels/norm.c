@@ -4,7 +4,11 @@
  * Reductions: sums run in float over blocks of at most MR_SUM_BLOCK values, split across
  * MR_LANES independent accumulators (so the compiler can vectorise them without reassociating),
  * and the block totals are added in double. The variance is a second pass over (x - mean)^2, so
- * inputs with a large mean lose nothing to cancellation.
+ * inputs with a large mean lose nothing to cancellation. A group (channels/groups * hw floats)
+ * stays in cache between its passes, so memory still sees one read and one write per value.
+ *
+ * The sigmoid of the fast SiLU and of the fused GroupNorm + SiLU uses the vectorisable exp of
+ * fastmath.h; the references use libm in double.
  */
 #include "millrace_kernels.h"
 
@@ -76,6 +80,7 @@ static double dot_dev(const float *restrict dy, const float *restrict x, size_t 
     return total;
 }
 
+/* sigmoid in double for the references (libm exp of a non-positive argument only). */
 static inline double sigmoid_d(double x) {
     const double e = exp(-fabs(x));
     const double s = 1.0 / (1.0 + e);
@@ -86,19 +91,36 @@ static inline double sigmoid_d(double x) {
 /* SiLU                                                                                      */
 /* ---------------------------------------------------------------------------------------- */
 
-/* y may equal x, dx may equal dy: no restrict (the vectorised loops check overlap at run time). */
+/*
+ * y may equal x, dx may equal dy: no restrict. The compiler vectorises the loops behind a run-time
+ * overlap check, but that check rejects y == x exactly too (and the scalar fallback is several
+ * times slower), so the in-place case gets its own loop over one pointer. The same holds for
+ * every in-place path below.
+ */
 void mr_silu_forward(size_t n, const float *x, float *y) {
-    for (size_t i = 0; i < n; i++) {
-        const float v = x[i];
-        y[i] = v * mr_fast_sigmoidf(v);
+    if (x == y) {
+        for (size_t i = 0; i < n; i++) {
+            const float v = y[i];
+            y[i] = v * mr_fast_sigmoidf(v);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            const float v = x[i];
+            y[i] = v * mr_fast_sigmoidf(v);
+        }
     }
 }
 
+static inline float silu_grad(float v) {
+    const float s = mr_fast_sigmoidf(v);
+    return s + v * s * (1.0f - s);
+}
+
 void mr_silu_backward(size_t n, const float *x, const float *dy, float *dx) {
-    for (size_t i = 0; i < n; i++) {
-        const float v = x[i];
-        const float s = mr_fast_sigmoidf(v);
-        dx[i] = dy[i] * (s + v * s * (1.0f - s));
+    if (dx == dy) {
+        for (size_t i = 0; i < n; i++) dx[i] *= silu_grad(x[i]);
+    } else {
+        for (size_t i = 0; i < n; i++) dx[i] = dy[i] * silu_grad(x[i]);
     }
 }
 
@@ -151,14 +173,14 @@ void mr_group_norm_forward(int batch, int channels, int hw, int groups, float ep
                 const float sh = beta ? beta[c] : 0.0f;
                 const float *xp = xg + (size_t)cc * plane;  /* y may equal x: no restrict */
                 float *yp = y + base + (size_t)cc * plane;
-                if (fuse_silu) {
-                    for (size_t i = 0; i < plane; i++) {
-                        const float t = (xp[i] - mf) * a + sh;
-                        yp[i] = t * mr_fast_sigmoidf(t);
-                    }
+                if (yp == xp) {
+                    for (size_t i = 0; i < plane; i++) yp[i] = (yp[i] - mf) * a + sh;
                 } else {
                     for (size_t i = 0; i < plane; i++) yp[i] = (xp[i] - mf) * a + sh;
                 }
+                /* SiLU over the plane just written, still in cache: measured faster than one
+                 * fused loop, whose many live constants spill out of the 16 SSE registers. */
+                if (fuse_silu) mr_silu_forward(plane, yp, yp);
             }
         }
     }
@@ -202,7 +224,11 @@ void mr_group_norm_backward(int batch, int channels, int hw, int groups, const f
                 const float *dp = dy + base + (size_t)cc * plane;
                 float *op = dx + base + (size_t)cc * plane;
                 /* dx = rstd * (gamma dy - mean(dxhat) - xhat mean(dxhat xhat)) */
-                for (size_t i = 0; i < plane; i++) op[i] = a * dp[i] + k0 + k1 * (xp[i] - mf);
+                if (op == dp) {
+                    for (size_t i = 0; i < plane; i++) op[i] = a * op[i] + k0 + k1 * (xp[i] - mf);
+                } else {
+                    for (size_t i = 0; i < plane; i++) op[i] = a * dp[i] + k0 + k1 * (xp[i] - mf);
+                }
             }
         }
     }

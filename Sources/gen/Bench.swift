@@ -159,6 +159,8 @@ struct BenchTrain: ParsableCommand {
     var batch: Int = 64
     @Option(help: "Timed steps.")
     var steps: Int = 8
+    @Option(help: "Data-parallel workers (default: all cores; 1 = one model on OpenBLAS's threads).")
+    var workers: Int?
     @Flag(help: "Print JSON.")
     var json = false
     @OptionGroup var threads: ThreadOptions
@@ -180,6 +182,7 @@ struct BenchTrain: ParsableCommand {
                                         classNames: (0..<classes).map { "class \($0)" })
             var opts = TrainOptions()
             opts.batchSize = batch
+            opts.workers = max(1, min(workers ?? ProcessInfo.processInfo.activeProcessorCount, batch))
             var cfg = config
             cfg.numClassEmbeds = classes + 1
             let trainer = try FlowTrainer(config: cfg, data: data, options: opts)
@@ -197,6 +200,7 @@ struct BenchTrain: ParsableCommand {
                        sgemm, batch, best * 1000, ips, gflops, gflops / sgemm))
             if json {
                 let obj: [String: Any] = ["machine": Runtime.describe(), "model": path, "batch": batch,
+                                          "workers": opts.workers,
                                           "images_per_second": round2(ips), "gflops": round2(gflops),
                                           "fraction": round3(gflops / sgemm), "sgemm_gflops": round2(sgemm),
                                           "step_ms": round2(best * 1000)]

@@ -113,6 +113,8 @@ struct Train: ParsableCommand {
     var normAlign = false
     @Flag(inversion: .prefixedNo, help: "Sample classes uniformly (then an image of the class).")
     var balance = true
+    @Option(help: "Data-parallel workers, each on its own core with single-threaded BLAS (default: all cores).")
+    var workers: Int?
     @Flag(help: "Continue from --out/checkpoint.safetensors.")
     var resume = false
     @Option(help: "UNet block channels, comma-separated.")
@@ -164,6 +166,7 @@ struct Train: ParsableCommand {
             opts.seed = seed
             opts.normAlign = normAlign
             opts.balanceClasses = balance
+            opts.workers = max(1, min(workers ?? ProcessInfo.processInfo.activeProcessorCount, batch))
             opts.checkpointEvery = checkpointEvery
             opts.optimizer.learningRate = lr
             opts.optimizer.warmupSteps = warmup
@@ -185,8 +188,8 @@ struct Train: ParsableCommand {
             }
             var log = try LossLog(path: csvPath, keepUpTo: trainer.step)
             let interrupt = InterruptFlag()
-            FileHandle.standardError.write(Data("training \(trainer.model.parameterCount) parameters on \(trainData.count) images, batch \(batch), \(Runtime.describe())\n".utf8))
-            let bar = ProgressBar("train", total: steps, unit: "img")
+            FileHandle.standardError.write(Data("training \(trainer.model.parameterCount) parameters on \(trainData.count) images, batch \(batch), \(opts.workers) worker(s), \(Runtime.describe())\n".utf8))
+            let bar = ProgressBar("train", total: steps, unit: "img", initial: trainer.step)
             let startStep = trainer.step
             let t0 = Date()
             // Wall time of earlier runs of this training (from the log), so elapsed adds up across resumes.
@@ -201,6 +204,7 @@ struct Train: ParsableCommand {
                 bar.update(trainer.step, extra: String(format: "loss %.4f", trainer.smoothedLoss), rateScale: Double(batch))
                 if trainer.step % checkpointEvery == 0 || trainer.step == steps {
                     try save(trainer, checkpoint: checkpoint)
+                    log.flush()
                 }
             }
             bar.finish()

@@ -1,10 +1,12 @@
+import Foundation
 import MillraceKernels
 import Testing
 
 /// The non-convolution kernels (linear, GroupNorm, SiLU, softmax, attention, elementwise and
 /// layout ops): each fast kernel against its plain reference on several shapes (odd ones
 /// included), the references' backward passes against central finite differences, and the
-/// accumulate / overwrite / aliasing rules of the header.
+/// accumulate / overwrite / aliasing rules of the header. The fast exp (mr_exp_approx) that the
+/// fast SiLU, softmax and attention share is checked against libm on a dense sweep.
 ///
 /// Tolerance for fast vs reference: max|a - b| <= rel * (1 + max|ref|), rel = 1e-4 unless stated.
 /// Tolerance for finite differences (h = 1e-2, losses summed in double from the float
@@ -225,15 +227,92 @@ import Testing
         let (batch, ch, hw, groups) = (2, 6, 11, 3)
         let x = rng.array(batch * ch * hw, scale: 2, offset: 1)
         let gamma = rng.array(ch), beta = rng.array(ch)
-        var y = [Float](repeating: 0, count: x.count)
-        mr_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, gamma, beta, &y,
-                              nil, nil, 1)
-        var buf = x
-        buf.withUnsafeMutableBufferPointer { p in
-            mr_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, p.baseAddress,
-                                  gamma, beta, p.baseAddress, nil, nil, 1)
+        for fuse in [Int32(0), 1] {
+            var y = [Float](repeating: 0, count: x.count)
+            mr_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, gamma, beta,
+                                  &y, nil, nil, fuse)
+            var buf = x
+            buf.withUnsafeMutableBufferPointer { p in
+                mr_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, p.baseAddress,
+                                      gamma, beta, p.baseAddress, nil, nil, fuse)
+            }
+            Self.expectSame(buf, y, "gn in place, fuse \(fuse)")
         }
-        Self.expectSame(buf, y, "gn in place")
+    }
+
+    /// gamma = NULL means ones, beta = NULL zeros, in the forward and backward, fast and reference.
+    @Test func groupNormNullGammaBeta() {
+        var rng = RNG(22)
+        let (batch, ch, hw, groups) = (2, 6, 13, 3)
+        let n = batch * ch * hw
+        let x = rng.array(n, scale: 2, offset: 0.5), dy = rng.array(n)
+        let ones = [Float](repeating: 1, count: ch), zeros = [Float](repeating: 0, count: ch)
+        for fast in [true, false] {
+            let fwd = fast ? mr_group_norm_forward : mr_ref_group_norm_forward
+            let bwd = fast ? mr_group_norm_backward : mr_ref_group_norm_backward
+            for fuse in [Int32(0), 1] {
+                var y = [Float](repeating: .nan, count: n), yNull = y
+                var mean = [Float](repeating: 0, count: batch * groups), rstd = mean
+                fwd(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, ones, zeros, &y, &mean,
+                    &rstd, fuse)
+                fwd(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, nil, nil, &yNull, nil, nil,
+                    fuse)
+                Self.expectSame(yNull, y, "gn NULL gamma/beta = ones/zeros (fast \(fast), fuse \(fuse))")
+                var y2 = [Float](repeating: .nan, count: n)
+                let beta = rng.array(ch)
+                fwd(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, nil, beta, &y2, nil, nil, fuse)
+                fwd(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, ones, beta, &y, nil, nil, fuse)
+                Self.expectSame(y2, y, "gn NULL gamma alone (fast \(fast), fuse \(fuse))")
+                let gamma = rng.array(ch)
+                fwd(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, gamma, nil, &y2, nil, nil, fuse)
+                fwd(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, gamma, zeros, &y, nil, nil, fuse)
+                Self.expectSame(y2, y, "gn NULL beta alone (fast \(fast), fuse \(fuse))")
+            }
+            var y = [Float](repeating: 0, count: n)
+            var mean = [Float](repeating: 0, count: batch * groups), rstd = mean
+            fwd(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, nil, nil, &y, &mean, &rstd, 0)
+            var dx = [Float](repeating: .nan, count: n), dxNull = dx
+            var dg = zeros, db = zeros, dgNull = zeros, dbNull = zeros
+            bwd(i32(batch), i32(ch), i32(hw), i32(groups), x, ones, mean, rstd, dy, &dx, &dg, &db)
+            bwd(i32(batch), i32(ch), i32(hw), i32(groups), x, nil, mean, rstd, dy, &dxNull, &dgNull,
+                &dbNull)
+            Self.expectSame(dxNull, dx, "gn bwd NULL gamma dx (fast \(fast))")
+            Self.expectSame(dgNull, dg, "gn bwd NULL gamma dgamma (fast \(fast))")
+            Self.expectSame(dbNull, db, "gn bwd NULL gamma dbeta (fast \(fast))")
+        }
+        // and the fast NULL case against the reference NULL case
+        var y = [Float](repeating: .nan, count: n), yr = y
+        mr_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, nil, nil, &y, nil,
+                              nil, 1)
+        mr_ref_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, nil, nil, &yr,
+                                  nil, nil, 1)
+        Self.expectClose(y, yr, "gn+silu NULL gamma/beta vs reference")
+    }
+
+    @Test func groupNormBackwardInPlace() {
+        var rng = RNG(23)
+        let (batch, ch, hw, groups) = (2, 8, 9, 4)
+        let n = batch * ch * hw
+        let x = rng.array(n, offset: 0.2), gamma = rng.array(ch), beta = rng.array(ch)
+        let dy = rng.array(n)
+        var y = [Float](repeating: 0, count: n)
+        var mean = [Float](repeating: 0, count: batch * groups), rstd = mean
+        mr_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, gamma, beta, &y,
+                              &mean, &rstd, 0)
+        for fast in [true, false] {
+            let f = fast ? mr_group_norm_backward : mr_ref_group_norm_backward
+            var dx = [Float](repeating: 0, count: n)
+            var dg = [Float](repeating: 0, count: ch), db = dg, dg2 = dg, db2 = dg
+            f(i32(batch), i32(ch), i32(hw), i32(groups), x, gamma, mean, rstd, dy, &dx, &dg, &db)
+            var buf = dy
+            buf.withUnsafeMutableBufferPointer { p in
+                f(i32(batch), i32(ch), i32(hw), i32(groups), x, gamma, mean, rstd, p.baseAddress,
+                  p.baseAddress, &dg2, &db2)
+            }
+            Self.expectSame(buf, dx, "gn backward dx = dy in place (fast \(fast))")
+            Self.expectSame(dg2, dg, "gn backward in place dgamma (fast \(fast))")
+            Self.expectSame(db2, db, "gn backward in place dbeta (fast \(fast))")
+        }
     }
 
     @Test func groupNormBackwardMatchesReference() {
@@ -322,6 +401,55 @@ import Testing
                 loss(x, gamma, $0)
             }
         }
+    }
+
+    // MARK: - Fast exp
+
+    /// mr_exp_approx against libm's exp (in double) over [-87, 88]: evenly spaced points, the
+    /// points where the range reduction switches n (odd multiples of ln2 / 2, and their float
+    /// neighbours), and a dense patch around 0.  Bound: relative error <= 1e-6 (2.2e-7 measured
+    /// over every float of [-87.33, 88.37]).
+    @Test func expApproxMatchesLibm() {
+        var xs = [Float]()
+        let steps = 1 << 20
+        for i in 0...steps { xs.append(-87 + 175 * Float(i) / Float(steps)) }
+        let ln2 = 0.6931471805599453
+        for k in -126...126 {
+            let b = Float((Double(k) + 0.5) * ln2)
+            guard b >= -87, b <= 88 else { continue }
+            var lo = b, hi = b
+            for _ in 0..<8 { lo = lo.nextDown; hi = hi.nextUp; xs.append(lo); xs.append(hi) }
+            xs.append(b)
+        }
+        for i in 0..<(1 << 16) { xs.append(Float(i - (1 << 15)) / Float(1 << 15)) }
+        xs += [0, -0.0, 1, -1, Float.leastNormalMagnitude, -Float.leastNormalMagnitude, 1e-30,
+               -87, 88, -86.99, 87.99]
+        var y = [Float](repeating: .nan, count: xs.count)
+        mr_exp_approx(xs.count, xs, &y)
+        var worst = 0.0, worstX: Float = 0
+        for i in xs.indices {
+            let e = Foundation.exp(Double(xs[i]))
+            let rel = abs(Double(y[i]) - e) / e
+            if !(rel <= worst) { worst = rel; worstX = xs[i] }  // a NaN lands here too
+        }
+        #expect(worst <= 1e-6, "exp approx: max relative error \(worst) at x = \(worstX)")
+        #expect(y[xs.count - 11] == 1 && y[xs.count - 10] == 1, "exp(±0) = 1 exactly")
+
+        // Outside the range: finite saturation above, 0 far below, NaN through.
+        let special: [Float] = [.infinity, 1000, 88.5, -.infinity, -1000, -87.7, .nan,
+                                -.greatestFiniteMagnitude, .greatestFiniteMagnitude]
+        var ys = [Float](repeating: -1, count: special.count)
+        mr_exp_approx(special.count, special, &ys)
+        #expect(ys[0].isFinite && ys[0] > 2.3e38 && ys[1] == ys[0] && ys[2] == ys[0],
+                "exp saturates finitely: \(ys)")
+        #expect(ys[3] == 0 && ys[4] == 0 && ys[5] == 0 && ys[7] == 0, "exp underflows to 0: \(ys)")
+        #expect(ys[6].isNaN, "exp(NaN) = NaN: \(ys[6])")
+        #expect(ys[8] == ys[0], "exp(FLT_MAX) saturates: \(ys[8])")
+
+        // in place, y = x
+        var a = Array(xs.prefix(1001))
+        a.withUnsafeMutableBufferPointer { mr_exp_approx($0.count, $0.baseAddress, $0.baseAddress) }
+        Self.expectSame(a, Array(y.prefix(1001)), "exp approx in place")
     }
 
     // MARK: - SiLU
@@ -414,6 +542,38 @@ import Testing
                 mr_softmax_forward(i32(rows), i32(n), $0.baseAddress, $0.baseAddress)
             }
             Self.expectSame(a, y, "softmax in place")
+            // backward in place: dx = dy, and dx = y
+            var g = dy
+            g.withUnsafeMutableBufferPointer {
+                mr_softmax_backward(i32(rows), i32(n), y, $0.baseAddress, $0.baseAddress)
+            }
+            Self.expectSame(g, dx, "softmax backward dx = dy")
+            var yy = y
+            yy.withUnsafeMutableBufferPointer {
+                mr_softmax_backward(i32(rows), i32(n), $0.baseAddress, dy, $0.baseAddress)
+            }
+            Self.expectSame(yy, dx, "softmax backward dx = y")
+        }
+    }
+
+    /// Entries far below the row max (beyond exp's range) come out as 0, never NaN, and the rows
+    /// still sum to 1; -inf entries (masking) too.
+    @Test func softmaxWideRange() {
+        let n = 37
+        var x = [Float](repeating: 0, count: 2 * n)
+        for i in 0..<n { x[i] = Float(i) * -10; x[n + i] = i % 3 == 0 ? -.infinity : Float(i) }
+        var y = [Float](repeating: .nan, count: x.count), yr = y
+        mr_softmax_forward(2, i32(n), x, &y)
+        mr_ref_softmax_forward(2, i32(n), x, &yr)
+        Self.expectClose(y, yr, rel: 1e-6, "softmax wide range")
+        // row 0: x = 0, -10, ..., -360; from -90 on (beyond -87.68) exp is exactly 0
+        #expect(y[0] > 0.9999 && y[1...8].allSatisfy { $0 > 0 && $0 < 1e-4 }
+                    && y[9...(n - 1)].allSatisfy { $0 == 0 },
+                "softmax: far entries are 0: \(Array(y[0..<n]))")
+        #expect(stride(from: n, to: 2 * n, by: 3).allSatisfy { y[$0] == 0 }, "softmax: -inf entries are 0")
+        for r in 0..<2 {
+            let s = y[(r * n)..<((r + 1) * n)].reduce(0, +)
+            #expect(abs(s - 1) < 1e-6, "softmax wide row \(r) sums to \(s)")
         }
     }
 
@@ -547,6 +707,19 @@ import Testing
             s = b
             s.withUnsafeMutableBufferPointer { mr_mul(n, a, $0.baseAddress, $0.baseAddress) }
             Self.expectSame(s, zip(a, b).map { $0 * $1 }, "mul in place n \(n)")
+            s = b
+            s.withUnsafeMutableBufferPointer { mr_add(n, a, $0.baseAddress, $0.baseAddress) }
+            Self.expectSame(s, zip(a, b).map { $0 + $1 }, "add in place (y = b) n \(n)")
+            s = a
+            s.withUnsafeMutableBufferPointer { mr_mul(n, $0.baseAddress, b, $0.baseAddress) }
+            Self.expectSame(s, zip(a, b).map { $0 * $1 }, "mul in place (y = a) n \(n)")
+            // y = a = b
+            s = a
+            s.withUnsafeMutableBufferPointer { mr_add(n, $0.baseAddress, $0.baseAddress, $0.baseAddress) }
+            Self.expectSame(s, a.map { $0 + $0 }, "add y = a = b n \(n)")
+            s = a
+            s.withUnsafeMutableBufferPointer { mr_mul(n, $0.baseAddress, $0.baseAddress, $0.baseAddress) }
+            Self.expectSame(s, a.map { $0 * $0 }, "mul y = a = b n \(n)")
             // axpy, scale
             var ax = b
             mr_axpy(n, 0.75, a, &ax)

@@ -142,3 +142,20 @@ import Testing
         #expect(abs(data.normAlignmentScale() - (Double(d) - 0.5).squareRoot() / mean) < 1e-9)
     }
 }
+
+extension TrainerTests {
+    /// Two data-parallel workers compute the same step as one worker (to float rounding).
+    @Test func dataParallelWorkersMatchOneWorker() throws {
+        var one = Self.options(steps: 3), two = one
+        two.workers = 2
+        let a = try FlowTrainer(config: Self.tinyConfig(), data: Self.syntheticData(), options: one)
+        let b = try FlowTrainer(config: Self.tinyConfig(), data: Self.syntheticData(), options: two)
+        for _ in 0..<3 {
+            let la = a.trainStep(), lb = b.trainStep()
+            #expect(abs(la - lb) < 1e-5 * max(1, abs(la)))
+        }
+        for ((name, p), (_, q)) in zip(a.model.namedParameters(), b.model.namedParameters()) {
+            #expect(relativeError(q.value.data, p.value.data) < 1e-4, "\(name)")
+        }
+    }
+}

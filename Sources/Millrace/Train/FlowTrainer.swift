@@ -1,4 +1,5 @@
 import Foundation
+import MillraceKernels
 
 /// Options of a rectified-flow training run (ALGORITHMS.md §1, §4.1).
 public struct TrainOptions: Codable, Sendable, Equatable {
@@ -13,6 +14,10 @@ public struct TrainOptions: Codable, Sendable, Equatable {
     /// Train on s·x1 with s = E‖x0‖ / E‖x1‖ (§4.1).
     public var normAlign = false
     public var checkpointEvery = 500
+    /// Data-parallel workers: the batch is split into this many parts, each run forward and
+    /// backward on its own thread and model replica with single-threaded BLAS; gradients are
+    /// summed in a fixed order. 1 = one model, BLAS threads as configured.
+    public var workers = 1
     public var optimizer = AdamW.Options()
     public init() {}
 }
@@ -99,7 +104,11 @@ public final class FlowTrainer {
             throw TrainError("a label is outside 0..<\(data.classNames.count)")
         }
         guard options.batchSize >= 1, options.steps >= 1 else { throw TrainError("steps and batch size must be positive") }
+        guard options.workers >= 1 && options.workers <= options.batchSize else {
+            throw TrainError("workers must be between 1 and the batch size")
+        }
         self.model = UNet2DModel(config: config, seed: options.seed)
+        self.replicas = (1..<options.workers).map { _ in UNet2DModel(config: config) }
         self.data = data
         self.options = options
         var flow = FlowConfig()
@@ -153,24 +162,70 @@ public final class FlowTrainer {
         return (xt, ts, labels, target)
     }
 
+    /// Extra copies of the model for data-parallel workers (weights shared by reference each step).
+    let replicas: [UNet2DModel]
+
+    /// Forward and backward of rows `range` of the batch on `net`; returns the summed squared
+    /// error. Gradients are scaled for the mean over the whole batch.
+    static func lossAndGradients(_ net: UNet2DModel, _ xt: Tensor, _ ts: [Float], _ labels: [Int],
+                                 _ target: Tensor, range: Range<Int>, batchElements: Int) -> Double {
+        let x = xt.rows(range), y = target.rows(range)
+        let pred = net.forward(x, timesteps: Array(ts[range]), classLabels: Array(labels[range]), training: true)
+        var grad = Tensor(uninitialized: pred.shape)
+        var sse = 0.0
+        let inv = 2 / Float(batchElements)
+        pred.data.withUnsafeBufferPointer { p in
+            y.data.withUnsafeBufferPointer { t in
+                grad.data.withUnsafeMutableBufferPointer { g in
+                    for i in 0..<p.count {
+                        let d = p[i] - t[i]
+                        sse += Double(d * d)
+                        g[i] = inv * d
+                    }
+                }
+            }
+        }
+        net.backward(grad)
+        return sse
+    }
+
     /// One optimisation step; returns the batch loss.
     @discardableResult
     public func trainStep() -> Double {
         let (xt, ts, labels, target) = drawBatch()
         let scale = Float(flow.timestepScale)
-        let pred = model.forward(xt, timesteps: ts.map { $0 * scale }, classLabels: labels, training: true)
-        var grad = Tensor(uninitialized: pred.shape)
-        var loss = 0.0
-        let inv = 2 / Float(pred.count)
-        for i in 0..<pred.count {
-            let d = pred.data[i] - target.data[i]
-            loss += Double(d * d)
-            grad.data[i] = inv * d
-        }
-        loss /= Double(pred.count)
+        let tsScaled = ts.map { $0 * scale }
+        let b = options.batchSize
         optimizer.zeroGrad()
-        model.backward(grad)
+        var sse = 0.0
+        if replicas.isEmpty {
+            sse = Self.lossAndGradients(model, xt, tsScaled, labels, target, range: 0..<b, batchElements: target.count)
+        } else {
+            let workers = [model] + replicas
+            let params = workers.map { $0.namedParameters().map(\.1) }
+            for k in 1..<workers.count {
+                for (p, q) in zip(params[0], params[k]) { q.value = p.value; q.zeroGrad() }
+            }
+            let n = workers.count
+            let ranges = (0..<n).map { k in (k * b / n)..<((k + 1) * b / n) }
+            let box = UncheckedSendable((workers, xt, tsScaled, labels, target))
+            let results = UncheckedSendable(ResultSlots(count: n))
+            let blasThreads = mr_get_threads()
+            mr_set_threads(1)
+            DispatchQueue.concurrentPerform(iterations: n) { k in
+                let (w, x, t, l, y) = box.value
+                results.value.sse[k] = Self.lossAndGradients(w[k], x, t, l, y, range: ranges[k], batchElements: y.count)
+            }
+            mr_set_threads(blasThreads)
+            for k in 1..<n {
+                for (p, q) in zip(params[0], params[k]) {
+                    p.grad.withUnsafeMutableBufferPointer { g in mr_axpy(g.count, 1, q.grad, g.baseAddress) }
+                }
+            }
+            sse = results.value.sse.reduce(0, +)
+        }
         optimizer.update()
+        let loss = sse / Double(target.count)
         smoothedLoss = smoothedLoss.isNaN ? loss : 0.98 * smoothedLoss + 0.02 * loss
         return loss
     }
@@ -256,4 +311,21 @@ public final class FlowTrainer {
             flow = f
         }
     }
+}
+
+/// Per-worker results, each slot written by one worker only (raw storage: no exclusivity
+/// tracking across threads).
+final class ResultSlots: @unchecked Sendable {
+    let sse: UnsafeMutableBufferPointer<Double>
+    init(count: Int) {
+        sse = .allocate(capacity: count)
+        sse.initialize(repeating: 0)
+    }
+    deinit { sse.deallocate() }
+}
+
+/// Hands values to worker threads that touch disjoint state (documented at each use).
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }

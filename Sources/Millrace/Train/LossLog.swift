@@ -27,7 +27,8 @@ public struct LossLog {
         if pending.utf8.count > 4096 { flush() }
     }
 
-    mutating func flush() {
+    /// Writes buffered rows to the file.
+    public mutating func flush() {
         handle.write(Data(pending.utf8))
         pending = ""
     }

@@ -2,7 +2,7 @@ import Foundation
 
 /// A one-line progress bar on stderr: `label [#####.....] 12/100 12% · extra · 3.1 it/s · ETA 0:28`.
 /// Redraws at most ~10 times a second; prints plain lines instead when stderr is not a terminal
-/// (every 10% of the work), so logs stay readable.
+/// (at every 10% of the work and at least once a minute), so logs stay readable.
 public final class ProgressBar {
     let label: String
     let total: Int
@@ -12,10 +12,14 @@ public final class ProgressBar {
     let isTTY = isatty(STDERR_FILENO) != 0
     let unit: String
 
-    public init(_ label: String, total: Int, unit: String = "it") {
+    let initial: Int
+
+    /// `initial`: work already done before this run (a resumed job); rates count from it.
+    public init(_ label: String, total: Int, unit: String = "it", initial: Int = 0) {
         self.label = label
         self.total = max(total, 1)
         self.unit = unit
+        self.initial = initial
     }
 
     /// Reports `done` of `total` items finished; `extra` is shown after the count (loss, ...).
@@ -23,7 +27,7 @@ public final class ProgressBar {
     public func update(_ done: Int, extra: String = "", rateScale: Double = 1, force: Bool = false) {
         let now = Date()
         let elapsed = now.timeIntervalSince(start)
-        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let rate = elapsed > 0 ? Double(done - initial) / elapsed : 0
         let eta = rate > 0 ? Double(total - done) / rate : 0
         let pct = Int(100 * Double(done) / Double(total))
         var parts = ["\(done)/\(total)", "\(pct)%"]
@@ -40,8 +44,10 @@ public final class ProgressBar {
             FileHandle.standardError.write(Data("\r\u{1B}[2K\(label) [\(bar)] \(text)".utf8))
         } else {
             let decile = pct / 10
-            guard force || decile > lastPercentLogged || done >= total else { return }
+            guard force || decile > lastPercentLogged || done >= total
+                    || now.timeIntervalSince(lastDraw) >= 60 else { return }
             lastPercentLogged = decile
+            lastDraw = now
             FileHandle.standardError.write(Data("\(label): \(text)\n".utf8))
         }
     }

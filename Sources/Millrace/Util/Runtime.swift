@@ -1,4 +1,6 @@
 import Foundation
+import CHarfBuzz
+import CMicroHTTPD
 import MillraceKernels
 
 /// Process-wide runtime settings: who owns the cores.
@@ -19,5 +21,16 @@ public enum Runtime {
             .split(separator: "\n").first { $0.hasPrefix("model name") }
             .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
         return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) BLAS threads"
+    }
+}
+
+extension Runtime {
+    /// Versions of the system libraries Millrace is linked against (a link check as much as a report).
+    public static func libraryVersions() -> [String: String] {
+        [
+            "openblas": String(cString: mr_blas_corename()),
+            "libmicrohttpd": MHD_get_version().map { String(cString: $0) } ?? "unknown",
+            "harfbuzz": String(cString: hb_version_string()),
+        ]
     }
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Millrace builds and runs with, if any is missing.
+# Needs root (uses sudo when not root). Safe to rerun: does nothing when all are present.
+set -euo pipefail
+
+packages=(
+  pkg-config
+  libopenblas-dev        # BLAS (cblas_sgemm) under the kernels
+  libpng-dev             # PNG codec
+  libjpeg-dev            # JPEG codec (libjpeg-turbo)
+  libmicrohttpd-dev      # HTTP server
+  libfreetype-dev        # emoji rendering
+  libharfbuzz-dev        # emoji sequences (flags, keycaps, ZWJ)
+  fonts-noto-color-emoji # the dataset's source font
+  unicode-data           # emoji-test.txt: the dataset's labels
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "install-deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
