@@ -14,6 +14,9 @@
 
 #include <cblas.h>
 #include <pthread.h>
+
+extern int openblas_get_num_threads(void);
+extern void openblas_set_num_threads(int num_threads);
 #include <stdlib.h>
 #include <string.h>
 
@@ -197,8 +200,8 @@ static void add_bias(const mr_conv2d_shape *s, int P, const float *b, float *y) 
 
 /* ---- forward -------------------------------------------------------------------------------- */
 
-void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
-                       float *y) {
+static void conv_forward_serial(const mr_conv2d_shape *s, const float *x, const float *w,
+                                const float *b, float *y) {
     conv_plan pl = make_plan(s);
     const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w;
     const size_t y_img = (size_t)s->out_c * pl.P;
@@ -245,8 +248,8 @@ void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w,
 
 /* ---- backward ------------------------------------------------------------------------------- */
 
-void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w, const float *dy,
-                        float *dx, float *dw, float *db) {
+static void conv_backward_serial(const mr_conv2d_shape *s, const float *x, const float *w,
+                                 const float *dy, float *dx, float *dw, float *db) {
     conv_plan pl = make_plan(s);
     const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w;
     const size_t y_img = (size_t)s->out_c * pl.P;
@@ -346,6 +349,88 @@ void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w
             }
         }
     }
+}
+
+/* ---- batch split over cores ------------------------------------------------------------ */
+
+typedef struct {
+    const mr_conv2d_shape *s;
+    const float *x, *w, *b, *dy;
+    float *y, *dx, *dw, *db;
+    float *private_grads; /* parts - 1 blocks of (dw, db) for the parts other than 0 */
+    int parts;
+} split_job;
+
+static void part_range(const split_job *j, int part, int *n0, int *n1) {
+    *n0 = (int)((long)part * j->s->batch / j->parts);
+    *n1 = (int)((long)(part + 1) * j->s->batch / j->parts);
+}
+
+static void forward_part(void *ctx, int part) {
+    split_job *j = ctx;
+    int n0, n1;
+    part_range(j, part, &n0, &n1);
+    mr_conv2d_shape sub = *j->s;
+    sub.batch = n1 - n0;
+    const size_t x_img = (size_t)sub.in_c * sub.in_h * sub.in_w;
+    const size_t y_img = (size_t)sub.out_c * mr_conv2d_out_h(&sub) * mr_conv2d_out_w(&sub);
+    conv_forward_serial(&sub, j->x + n0 * x_img, j->w, j->b, j->y + n0 * y_img);
+}
+
+static void backward_part(void *ctx, int part) {
+    split_job *j = ctx;
+    int n0, n1;
+    part_range(j, part, &n0, &n1);
+    mr_conv2d_shape sub = *j->s;
+    sub.batch = n1 - n0;
+    const size_t x_img = (size_t)sub.in_c * sub.in_h * sub.in_w;
+    const size_t y_img = (size_t)sub.out_c * mr_conv2d_out_h(&sub) * mr_conv2d_out_w(&sub);
+    const size_t wn = (size_t)sub.out_c * sub.in_c * sub.k_h * sub.k_w;
+    float *dw = j->dw, *db = j->db;
+    if (part > 0) {
+        float *mine = j->private_grads + (size_t)(part - 1) * (wn + sub.out_c);
+        dw = j->dw ? mine : NULL;
+        db = j->db ? mine + wn : NULL;
+    }
+    conv_backward_serial(&sub, j->x + n0 * x_img, j->w, j->dy + n0 * y_img,
+                         j->dx ? j->dx + n0 * x_img : NULL, dw, db);
+}
+
+/* Number of parts to split a batch into: OpenBLAS's thread count, if it has several. */
+static int split_parts(const mr_conv2d_shape *s) {
+    int threads = openblas_get_num_threads();
+    if (threads <= 1 || s->batch < 2) return 1;
+    return threads < s->batch ? threads : s->batch;
+}
+
+void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
+                       float *y) {
+    int parts = split_parts(s);
+    if (parts <= 1) { conv_forward_serial(s, x, w, b, y); return; }
+    split_job j = {s, x, w, b, NULL, y, NULL, NULL, NULL, NULL, parts};
+    int threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    mr_run_parts(parts, forward_part, &j);
+    openblas_set_num_threads(threads);
+}
+
+void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w, const float *dy,
+                        float *dx, float *dw, float *db) {
+    int parts = split_parts(s);
+    const size_t wn = (size_t)s->out_c * s->in_c * s->k_h * s->k_w;
+    float *priv = parts > 1 ? calloc((size_t)(parts - 1) * (wn + s->out_c), sizeof(float)) : NULL;
+    if (!priv) { conv_backward_serial(s, x, w, dy, dx, dw, db); return; }
+    split_job j = {s, x, w, NULL, dy, NULL, dx, dw, db, priv, parts};
+    int threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    mr_run_parts(parts, backward_part, &j);
+    openblas_set_num_threads(threads);
+    for (int p = 1; p < parts; p++) {  /* fixed order: results do not depend on timing */
+        const float *mine = priv + (size_t)(p - 1) * (wn + s->out_c);
+        if (dw) for (size_t i = 0; i < wn; i++) dw[i] += mine[i];
+        if (db) for (int i = 0; i < s->out_c; i++) db[i] += mine[wn + i];
+    }
+    free(priv);
 }
 
 /* ---- reference ------------------------------------------------------------------------------ */

@@ -56,6 +56,13 @@ void mr_set_threads(int n);
  */
 void mr_prefer_avx512_blas(int argc, char **argv);
 
+/**
+ * Runs fn(ctx, part) for part = 0 .. parts - 1 concurrently: part 0 on the calling thread, the
+ * others on persistent parked worker threads; returns when all have finished. One parallel
+ * region runs at a time (a second caller waits).
+ */
+void mr_run_parts(int parts, void (*fn)(void *ctx, int part), void *ctx);
+
 /** c[m, n] = a[m, k] · b[k, n] through cblas_sgemm (benchmarks use it for the machine's peak). */
 void mr_sgemm(int m, int n, int k, const float *a, const float *b, float *c);
 
@@ -101,6 +108,9 @@ void mr_conv2d_set_tile_floats(long floats);
  * y = conv2d(x, w) + b.  b nullable (no bias).
  * Implementation: im2col over a tile of pixels of the whole batch, one cblas_sgemm per tile
  * ([out_c, K] x [K, n_tile]); 1x1 stride-1 unpadded convolutions skip im2col.
+ * Threads: when OpenBLAS has more than one thread and batch >= 2, the batch is split over that
+ * many parts (mr_run_parts), each running with single-threaded BLAS: independent images need no
+ * synchronisation inside a GEMM. With one image, OpenBLAS's own threads split the GEMMs.
  */
 void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                        float *y);
