@@ -13,6 +13,7 @@ packages=(
   libharfbuzz-dev        # emoji sequences (flags, keycaps, ZWJ)
   fonts-noto-color-emoji # the dataset's source font
   unicode-data           # emoji-test.txt: the dataset's labels
+  fonts-dejavu-core      # labels on grids and plots
 )
 
 missing=()

@@ -42,6 +42,8 @@ struct Generate: ParsableCommand {
     var latents: String?
     @Option(help: "Write the final floats (before quantisation) to this safetensors file, key 'latents'.")
     var saveLatents: String?
+    @Flag(name: .customLong("labels"), inversion: .prefixedNo, help: "Label the rows of a grid with their class names.")
+    var rowLabels = true
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
@@ -89,13 +91,22 @@ struct Generate: ParsableCommand {
                 let unscaled = x1.scaled(Float(1 / folder.flow.normScale))
                 try SafetensorsFile(tensors: ["latents": unscaled]).write(path: saveLatents)
             }
-            let images = FlowSampler.images(sampler.toImageSpace(x1))
-            var picture = images.count == 1 ? images[0] : RGBImage.grid(images, columns: count, padding: 2)
-            if upscale > 1 { picture = picture.resizedNearest(width: picture.width * upscale, height: picture.height * upscale) }
+            let images = FlowSampler.images(sampler.toImageSpace(x1)).map {
+                upscale > 1 ? $0.resizedNearest(width: $0.width * upscale, height: $0.height * upscale) : $0
+            }
+            let names = classes.map { folder.flow.classNames.indices.contains($0) ? folder.flow.classNames[$0] : "class \($0)" }
+            let picture: RGBImage
+            if images.count == 1 {
+                picture = images[0]
+            } else if rowLabels && classes.count > 1 {
+                let rows = (0..<classes.count).map { Array(images[($0 * count)..<(($0 + 1) * count)]) }
+                picture = RGBImage.labeledRows(rows, labels: names, padding: 2)
+            } else {
+                picture = RGBImage.grid(images, columns: count, padding: 2)
+            }
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try picture.writePNG(path: out)
-            let names = classes.map { folder.flow.classNames.indices.contains($0) ? folder.flow.classNames[$0] : "class \($0)" }
             print("wrote \(out): \(k) image(s), \(steps) steps, classes: \(names.joined(separator: ", "))")
         }
     }

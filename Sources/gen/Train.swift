@@ -222,5 +222,6 @@ struct Train: ParsableCommand {
         try trainer.saveCheckpoint(path: checkpoint)
         try ModelFolder.write(model: trainer.emaModel(), flow: trainer.flow, to: out,
                               metadata: ["step": String(trainer.step), "weights": "ema"])
+        try? LossPlot.write(csv: out + "/loss.csv", png: out + "/loss.png")
     }
 }

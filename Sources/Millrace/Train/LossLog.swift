@@ -62,7 +62,7 @@ public enum LossPlot {
         let rows = try LossLog.read(path: csv)
         var img = RGBImage(width: width, height: height, fill: (1, 1, 1))
         guard rows.count >= 2 else { try img.writePNG(path: png); return }
-        let margin = 24
+        let margin = 48
         let maxStep = Double(rows.last!.step)
         let values = rows.flatMap { [$0.loss, $0.smoothed] }.filter { $0 > 0 && $0.isFinite }
         let lo = log10(values.min() ?? 1e-3), hi = log10(values.max() ?? 1)
@@ -91,6 +91,18 @@ public enum LossPlot {
         for decade in Int(lo.rounded(.up))...max(Int(lo.rounded(.up)), Int(hi.rounded(.down))) {
             let y = px(0, pow(10, Double(decade))).1
             line((margin, y), (width - margin, y), (0.85, 0.85, 0.85))
+        }
+        if let text = TextRenderer(pixelSize: 11) {
+            for decade in Int(lo.rounded(.up))...max(Int(lo.rounded(.up)), Int(hi.rounded(.down))) {
+                let y = px(0, pow(10, Double(decade))).1
+                text.draw(decade >= 0 ? String(format: "%g", pow(10, Double(decade))) : "1e\(decade)", x: 4, y: y + 4, into: &img)
+            }
+            for k in 0...4 {
+                let step = Int(maxStep) * k / 4
+                let label = String(step)
+                text.draw(label, x: px(step, 1).0 - text.width(of: label) / 2, y: height - margin + 16, into: &img)
+            }
+            text.draw("training loss (mean squared velocity error, log scale) by step; dark: smoothed", x: margin, y: 16, into: &img)
         }
         let stride = max(1, rows.count / (4 * width))
         var prev: (Int, Int)?
