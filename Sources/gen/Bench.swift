@@ -7,7 +7,7 @@ import MillraceKernels
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure kernel, model and training speed.",
-        subcommands: [BenchKernels.self, BenchTrain.self])
+        subcommands: [BenchKernels.self, BenchTrain.self, BenchStream.self])
 }
 
 /// Repeats `body` until `minSeconds` have passed (at least `minReps` times) after one warm-up
@@ -204,6 +204,89 @@ struct BenchTrain: ParsableCommand {
                                           "images_per_second": round2(ips), "gflops": round2(gflops),
                                           "fraction": round3(gflops / sgemm), "sgemm_gflops": round2(sgemm),
                                           "step_ms": round2(best * 1000)]
+                let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+                print(String(decoding: d, as: UTF8.self))
+            }
+        }
+    }
+}
+
+struct BenchStream: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stream",
+        abstract: "Frames/s of the stream pipeline: sequential vs stream batch, guidance modes, the filter.",
+        discussion: """
+        Uses the shipped model and the sample clips in assets/clips (make them with `gen clips`).
+        Example:
+          gen bench stream --json
+        """)
+
+    @Option(help: "Model folder (default: the shipped emoji model).")
+    var model: String?
+    @Option(help: "Folder with the still/ and moving/ clips.")
+    var clips: String = "assets/clips"
+    @Option(help: "Timed frames per figure.")
+    var frames: Int = 16
+    @Flag(help: "Print JSON.")
+    var json = false
+    @OptionGroup var threads: ThreadOptions
+
+    func loadClip(_ name: String) throws -> [RGBImage] {
+        let dir = (clips as NSString).appendingPathComponent(name)
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".png") }.sorted()
+        guard !names.isEmpty else { throw StreamError("no frames in \(dir); run `gen clips --data data/emoji32.mrds`") }
+        return try names.map { try RGBImage.load(path: (dir as NSString).appendingPathComponent($0)) }
+    }
+
+    func run() throws {
+        threads.apply()
+        try runReportingErrors {
+            let log: (String) -> Void = { msg in if !json { print(msg) } else { FileHandle.standardError.write(Data((msg + "\n").utf8)) } }
+            log("machine: \(Runtime.describe())")
+            let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
+            let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            let still = try loadClip("still"), moving = try loadClip("moving")
+
+            func fps(n: Int, mode: StreamGuidance, sequential: Bool) throws -> Double {
+                var settings = StreamSettings(classIndex: 0)
+                settings.guidance = mode
+                settings.scale = 1.5
+                let pipeline = try StreamPipeline(sampler: sampler, times: try StreamPipeline.times(strength: 0.6, steps: n),
+                                                  settings: settings, seed: 1)
+                let session = StreamSession(pipeline: pipeline, filter: nil)
+                let inputs = moving.map { session.prepare($0) }
+                _ = try pipeline.process(inputs[0])  // warm-up
+                let start = Date()
+                for k in 0..<frames {
+                    let f = inputs[(k + 1) % inputs.count]
+                    if sequential { _ = pipeline.sequential(f) } else { _ = try pipeline.process(f) }
+                }
+                return Double(frames) / Date().timeIntervalSince(start)
+            }
+            var seq: [String: Double] = [:], batch: [String: Double] = [:], guidance: [String: Double] = [:]
+            for n in 1...4 {
+                seq["\(n)"] = round2(try fps(n: n, mode: .none, sequential: true))
+                batch["\(n)"] = round2(try fps(n: n, mode: .none, sequential: false))
+                log(String(format: "n = %d: sequential %.2f frames/s, stream batch %.2f frames/s (%.2fx)",
+                           n, seq["\(n)"]!, batch["\(n)"]!, batch["\(n)"]! / seq["\(n)"]!))
+            }
+            for mode in StreamGuidance.allCases {
+                guidance[mode.rawValue] = round2(try fps(n: 2, mode: mode, sequential: false))
+                log(String(format: "guidance %@ at n = 2: %.2f frames/s", mode.rawValue, guidance[mode.rawValue]!))
+            }
+            var filter: [String: Double] = [:]
+            for (name, clip) in [("static", still), ("moving", moving)] {
+                var f = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: folder.config.sampleSize, seed: 1)
+                let processed = clip.filter { !f.shouldSkip($0) }.count
+                filter[name] = round3(Double(processed) / Double(clip.count))
+                log(String(format: "filter η 0.98, max_skip 10 on the %@ clip: %d of %d frames processed (%.3f)",
+                           name, processed, clip.count, filter[name]!))
+            }
+            log(String(format: "ratios: stream batch / sequential at n = 4: %.2fx; self / full: %.2fx",
+                       batch["4"]! / seq["4"]!, guidance["self"]! / guidance["full"]!))
+            if json {
+                let obj: [String: Any] = ["machine": Runtime.describe(), "sequential": seq, "stream_batch": batch,
+                                          "guidance": guidance, "filter": filter, "frames": frames]
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }

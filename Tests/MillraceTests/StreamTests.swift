@@ -87,3 +87,81 @@ import Testing
         }
     }
 }
+
+@Suite struct SimilarityFilterTests {
+    static func image(_ value: Float, size: Int = 16) -> RGBImage {
+        RGBImage(width: size, height: size, fill: (value, value * 0.5, 1 - value))
+    }
+
+    /// A static input with η = 0.98, max_skip = 10: cs = 1 so p_skip = 1, and exactly one frame
+    /// in 11 is processed (the one after every run of 10 skips).
+    @Test func staticInputProcessesOneFrameInEleven() {
+        var f = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 8, seed: 1)
+        var pattern: [Bool] = []
+        for _ in 0..<33 { pattern.append(f.shouldSkip(Self.image(0.4))) }
+        let expected = (0..<33).map { $0 % 11 != 0 }
+        #expect(pattern == expected)
+        #expect(f.processed == 3 && f.skipped == 30)
+    }
+
+    /// The skip pattern with a fixed seed on a slightly varying input is reproducible.
+    @Test func skipPatternIsDeterministicForASeed() {
+        func run(seed: UInt64) -> [Bool] {
+            var f = SimilarityFilter(threshold: 0.9, maxSkip: 3, side: 8, seed: seed)
+            return (0..<40).map { f.shouldSkip(Self.image(0.4 + 0.002 * Float($0 % 5))) }
+        }
+        #expect(run(seed: 5) == run(seed: 5))
+        #expect(run(seed: 5).contains(true) && run(seed: 5).contains(false))
+    }
+
+    @Test func dissimilarFramesAreAlwaysProcessed() {
+        var f = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 8, seed: 2)
+        var white = RGBImage(width: 8, height: 8, fill: (1, 1, 1))
+        let black = RGBImage(width: 8, height: 8, fill: (0.05, 0.05, 0.05))
+        for i in 0..<20 {
+            // alternate between a white frame and one with a dark half
+            if i % 2 == 0 { white = RGBImage(width: 8, height: 8, fill: (1, 1, 1)) }
+            var half = white
+            for y in 0..<4 { for x in 0..<8 { for c in 0..<3 { half.planes[c * 64 + y * 8 + x] = black.planes[0] } } }
+            let skipped = f.shouldSkip(i % 2 == 0 ? white : half)
+            #expect(!skipped)
+        }
+    }
+
+    @Test func skipProbabilityFollowsTheFormula() {
+        let f = SimilarityFilter(threshold: 0.98, maxSkip: 10, seed: 0)
+        #expect(f.skipProbability(1) == 1)
+        #expect(f.skipProbability(0.98) == 0)
+        #expect(abs(f.skipProbability(0.99) - 0.5) < 1e-5)
+        #expect(f.skipProbability(0.5) == 0)
+    }
+}
+
+@Suite struct StreamSessionTests {
+    /// A skipped frame returns the previous output and leaves the pipeline as it was.
+    @Test func skippedFrameLeavesThePipelineUnchanged() throws {
+        let s = StreamTests.sampler()
+        let pipeline = try StreamPipeline(sampler: s, times: [0.3, 0.6], settings: StreamSettings(classIndex: 0), seed: 4)
+        let session = StreamSession(pipeline: pipeline, filter: SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 8, seed: 1))
+        let frame = RGBImage(width: 20, height: 12, fill: (0.2, 0.7, 0.4))
+        let first = try session.process(frame)
+        #expect(!first.skipped)
+        let buffer = pipeline.buffer, calls = pipeline.modelCalls
+        let second = try session.process(frame)  // identical: p_skip = 1
+        #expect(second.skipped)
+        #expect(second.image == first.image)
+        #expect(pipeline.buffer == buffer && pipeline.modelCalls == calls)
+        #expect(session.framesIn == 2 && session.framesProcessed == 1 && session.framesSkipped == 1)
+    }
+
+    /// Frames of odd sizes are centre-cropped and resized; outputs come at the asked size.
+    @Test func oddSizedFramesAndOutputSize() throws {
+        let pipeline = try StreamPipeline(sampler: StreamTests.sampler(), times: [0.5], settings: StreamSettings(classIndex: 1), seed: 4)
+        let session = StreamSession(pipeline: pipeline, filter: nil)
+        session.outputSize = (24, 24)
+        for (w, h) in [(1, 1), (7, 3), (33, 65)] {
+            let out = try session.process(RGBImage(width: w, height: h, fill: (0.5, 0.5, 0.5)))
+            #expect(out.image.width == 24 && out.image.height == 24)
+        }
+    }
+}
