@@ -1,0 +1,186 @@
+import Foundation
+
+/// A processed stream frame as viewers receive it.
+public struct StreamFrame: Sendable {
+    /// Output number (1, 2, …).
+    public let index: Int
+    public let image: RGBImage
+    /// The frame encoded once (fast PNG), shared by every viewer.
+    public let png: [UInt8]
+    /// Whether the input was skipped by the similarity filter (the previous output repeated).
+    public let skipped: Bool
+    /// Seconds from the input's arrival to this output.
+    public let latency: Double
+}
+
+/// Serves many streams on one worker thread, round-robin, one frame per stream per turn.
+///
+/// Model calls of different streams are serialised: each call already uses both cores (the
+/// convolutions split a stream's rows over them, OpenBLAS splits single rows), and one call at a
+/// time keeps latency per frame low and the cores free of contention. Each stream has a
+/// latest-frame-wins input slot and a broadcast output, so a slow producer or viewer never
+/// blocks the worker, and a busy stream cannot starve the others.
+public final class StreamScheduler: @unchecked Sendable {
+    public final class Entry: @unchecked Sendable {
+        public let id: String
+        public let session: StreamSession
+        public let input = LatestSlot<(RGBImage, Date)>()
+        public let output = Broadcast<StreamFrame>()
+        let lock = NSLock()
+        public private(set) var outputs = 0, errors = 0
+        public private(set) var lastError: String?
+        public private(set) var lastActivity = Date()
+
+        init(id: String, session: StreamSession) {
+            self.id = id
+            self.session = session
+        }
+
+        /// Runs `body` with the session locked (settings changes between frames).
+        public func withSession<T>(_ body: (StreamSession) throws -> T) rethrows -> T {
+            lock.lock()
+            defer { lock.unlock() }
+            return try body(session)
+        }
+
+        func touch() { lock.lock(); lastActivity = Date(); lock.unlock() }
+
+        func process(_ frame: RGBImage, arrived: Date) {
+            lock.lock()
+            defer { lock.unlock() }
+            lastActivity = Date()
+            do {
+                let result = try session.process(frame)
+                outputs += 1
+                let png = try result.image.pngData(fast: true)
+                output.publish(StreamFrame(index: outputs, image: result.image, png: png, skipped: result.skipped,
+                                           latency: Date().timeIntervalSince(arrived)))
+            } catch {
+                errors += 1
+                lastError = "\(error)"
+            }
+        }
+    }
+
+    private let lock = NSCondition()
+    private var entries: [String: Entry] = [:]
+    private var order: [String] = []
+    private var cursor = 0
+    private var thread: Thread?
+    private var running = false
+    private var nextID = 1
+
+    public init() {}
+
+    /// All streams, in service order.
+    public var streams: [Entry] {
+        lock.lock()
+        defer { lock.unlock() }
+        return order.compactMap { entries[$0] }
+    }
+
+    public func stream(_ id: String) -> Entry? {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries[id]
+    }
+
+    /// Adds a stream; returns its id.
+    @discardableResult
+    public func add(_ session: StreamSession, id: String? = nil) -> Entry {
+        lock.lock()
+        defer { lock.unlock() }
+        let name = id ?? "s\(nextID)"
+        nextID += 1
+        let e = Entry(id: name, session: session)
+        entries[name] = e
+        order.append(name)
+        return e
+    }
+
+    /// Removes a stream and ends its output.
+    public func remove(_ id: String) {
+        lock.lock()
+        let e = entries.removeValue(forKey: id)
+        order.removeAll { $0 == id }
+        lock.unlock()
+        e?.input.close()
+        e?.output.close()
+    }
+
+    /// Queues a frame for a stream (replacing one still waiting) and wakes the worker.
+    public func submit(_ frame: RGBImage, to id: String) -> Bool {
+        guard let e = stream(id) else { return false }
+        e.input.put((frame, Date()))
+        e.touch()
+        lock.lock()
+        lock.signal()
+        lock.unlock()
+        return true
+    }
+
+    /// Serves the next stream (after the last one served) that has a frame waiting; returns its
+    /// id, or nil when no stream has one.
+    @discardableResult
+    public func runOnce() -> String? {
+        lock.lock()
+        let n = order.count
+        var chosen: (Entry, (RGBImage, Date))?
+        for k in 0..<n {
+            let idx = (cursor + k) % n
+            if let e = entries[order[idx]], let item = e.input.poll() {
+                chosen = (e, item)
+                cursor = (idx + 1) % n
+                break
+            }
+        }
+        lock.unlock()
+        guard let (entry, (frame, arrived)) = chosen else { return nil }
+        entry.process(frame, arrived: arrived)
+        return entry.id
+    }
+
+    /// Starts the worker thread.
+    public func start() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !running else { return }
+        running = true
+        let t = Thread { [weak self] in self?.loop() }
+        t.name = "millrace-streams"
+        thread = t
+        t.start()
+    }
+
+    private func loop() {
+        while true {
+            lock.lock()
+            let keepGoing = running
+            lock.unlock()
+            if !keepGoing { return }
+            if runOnce() == nil {
+                lock.lock()
+                if running { _ = lock.wait(until: Date().addingTimeInterval(0.05)) }
+                lock.unlock()
+            }
+        }
+    }
+
+    /// Stops the worker after the frame in progress and ends every stream's output.
+    public func stop() {
+        lock.lock()
+        running = false
+        lock.broadcast()
+        lock.unlock()
+        for e in streams { e.output.close(); e.input.close() }
+    }
+
+    /// Removes streams with no activity for `idle` seconds; returns their ids.
+    @discardableResult
+    public func expire(idle: TimeInterval) -> [String] {
+        let now = Date()
+        let stale = streams.filter { e in e.withSession { _ in now.timeIntervalSince(e.lastActivity) } > idle }.map(\.id)
+        for id in stale { remove(id) }
+        return stale
+    }
+}
