@@ -28,8 +28,10 @@ let package = Package(
                        providers: [.apt(["libharfbuzz-dev"])]),
         .target(name: "MillraceKernels", dependencies: ["CBLAS"], cSettings: cOptimise),
         .target(name: "MillraceCodecs", dependencies: ["CPNG", "CJPEG"], cSettings: cOptimise),
+        .target(name: "CMillraceHTTP", dependencies: ["CMicroHTTPD"]),
         .target(name: "Millrace",
-                dependencies: ["MillraceKernels", "MillraceCodecs", "CMicroHTTPD", "CFreeType", "CHarfBuzz"]),
+                dependencies: ["MillraceKernels", "MillraceCodecs", "CMicroHTTPD", "CMillraceHTTP",
+                               "CFreeType", "CHarfBuzz"]),
         .executableTarget(name: "gen", dependencies: [
             "Millrace", "MillraceKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -62,6 +62,9 @@ public final class StreamScheduler: @unchecked Sendable {
         }
     }
 
+    /// Held around every model call the worker makes; other model users (HTTP generation) take
+    /// it too, because layers keep per-call state and one call at a time owns the cores.
+    public let modelLock = NSLock()
     private let lock = NSCondition()
     private var entries: [String: Entry] = [:]
     private var order: [String] = []
@@ -136,7 +139,9 @@ public final class StreamScheduler: @unchecked Sendable {
         }
         lock.unlock()
         guard let (entry, (frame, arrived)) = chosen else { return nil }
+        modelLock.lock()
         entry.process(frame, arrived: arrived)
+        modelLock.unlock()
         return entry.id
     }
 

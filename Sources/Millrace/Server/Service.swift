@@ -1,0 +1,455 @@
+import Foundation
+
+/// Request counters and latency histograms, rendered in Prometheus' text format.
+public final class ServiceMetrics: @unchecked Sendable {
+    private let lock = NSLock()
+    private var requests: [String: Int] = [:]          // "route|status" → count
+    private var latency: [String: [Int]] = [:]         // route → bucket counts
+    private var latencySum: [String: Double] = [:]
+    public static let buckets: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+    public init() {}
+
+    public func record(route: String, status: Int, seconds: Double) {
+        lock.lock()
+        defer { lock.unlock() }
+        requests["\(route)|\(status)", default: 0] += 1
+        var b = latency[route] ?? [Int](repeating: 0, count: Self.buckets.count + 1)
+        let i = Self.buckets.firstIndex { seconds <= $0 } ?? Self.buckets.count
+        b[i] += 1
+        latency[route] = b
+        latencySum[route, default: 0] += seconds
+    }
+
+    /// The exposition text, with the stream counters appended.
+    public func render(streams: [StreamScheduler.Entry], modelCalls: Int) -> String {
+        lock.lock()
+        defer { lock.unlock() }
+        var out = "# HELP millrace_requests_total HTTP requests by route and status.\n# TYPE millrace_requests_total counter\n"
+        for key in requests.keys.sorted() {
+            let parts = key.split(separator: "|")
+            out += "millrace_requests_total{route=\"\(parts[0])\",status=\"\(parts[1])\"} \(requests[key]!)\n"
+        }
+        out += "# HELP millrace_request_seconds Request latency by route.\n# TYPE millrace_request_seconds histogram\n"
+        for route in latency.keys.sorted() {
+            var cumulative = 0
+            for (i, le) in Self.buckets.enumerated() {
+                cumulative += latency[route]![i]
+                out += "millrace_request_seconds_bucket{route=\"\(route)\",le=\"\(le)\"} \(cumulative)\n"
+            }
+            cumulative += latency[route]!.last!
+            out += "millrace_request_seconds_bucket{route=\"\(route)\",le=\"+Inf\"} \(cumulative)\n"
+            out += "millrace_request_seconds_sum{route=\"\(route)\"} \(latencySum[route]!)\n"
+            out += "millrace_request_seconds_count{route=\"\(route)\"} \(cumulative)\n"
+        }
+        let framesIn = streams.reduce(0) { $0 + $1.input.received }
+        let dropped = streams.reduce(0) { $0 + $1.input.dropped }
+        let processed = streams.reduce(0) { $0 + $1.withSession { $0.framesProcessed } }
+        let skipped = streams.reduce(0) { $0 + $1.withSession { $0.framesSkipped } }
+        let outFrames = streams.reduce(0) { $0 + $1.outputs }
+        for (name, help, value) in [
+            ("millrace_stream_frames_in_total", "Frames received by live streams.", framesIn),
+            ("millrace_stream_frames_processed_total", "Frames run through the pipeline.", processed),
+            ("millrace_stream_frames_skipped_total", "Frames skipped by the similarity filter.", skipped),
+            ("millrace_stream_frames_dropped_total", "Frames replaced before the worker took them.", dropped),
+            ("millrace_stream_frames_out_total", "Frames published to viewers.", outFrames),
+            ("millrace_model_calls_total", "Batched model calls.", modelCalls),
+        ] {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
+        }
+        out += "# HELP millrace_streams_active Live streams.\n# TYPE millrace_streams_active gauge\nmillrace_streams_active \(streams.count)\n"
+        return out
+    }
+}
+
+/// Millrace's HTTP service: generation, streams, static files (docs/API.md).
+public final class MillraceService: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var staticDir = "web-static"
+        /// Sample clips served under /clips/ for the page's stream panel.
+        public var clipsDir = "assets/clips"
+        public var maxStreams = 8
+        public var token: String?
+        public var maxImagePixels = 4_000_000
+        public var idleStreamSeconds: Double = 120
+        public var maxFramesPerSecond: Double = 60
+        public init() {}
+    }
+
+    public let folder: ModelFolder
+    public let sampler: FlowSampler
+    public let options: Options
+    public let scheduler = StreamScheduler()
+    public let metrics = ServiceMetrics()
+    /// Serialises every model call (the layers keep per-call state).
+    let modelLock: NSLock
+    private let stateLock = NSLock()
+    private var shuttingDown = false
+    private var generateCalls = 0
+    private var lastFrameTime: [String: Date] = [:]
+
+    public init(folder: ModelFolder, options: Options) {
+        self.folder = folder
+        self.sampler = FlowSampler(model: folder.model, flow: folder.flow)
+        self.options = options
+        self.modelLock = scheduler.modelLock
+    }
+
+    /// Refuse new work (503) from now on and end the streams.
+    public func beginShutdown() {
+        stateLock.lock()
+        shuttingDown = true
+        stateLock.unlock()
+        scheduler.stop()
+    }
+
+    var modelCalls: Int {
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        return generateCalls + scheduler.streams.reduce(0) { $0 + $1.withSession { $0.pipeline.modelCalls } }
+    }
+
+    /// Entry point for the HTTP server.
+    public func handle(_ request: HTTPRequest) -> HTTPResponse {
+        let start = Date()
+        let (route, response) = route(request)
+        metrics.record(route: route, status: response.status, seconds: Date().timeIntervalSince(start))
+        return response
+    }
+
+    func route(_ r: HTTPRequest) -> (String, HTTPResponse) {
+        let parts = r.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        stateLock.lock()
+        let down = shuttingDown
+        stateLock.unlock()
+        if parts.first == "v1" {
+            if down { return ("v1", .error(503, "the server is shutting down")) }
+            if let token = options.token {
+                guard r.headers["authorization"] == "Bearer \(token)" else {
+                    return ("v1", .error(401, "missing or wrong bearer token"))
+                }
+            }
+            if r.bodyTooLarge { return ("v1", .error(413, "request body is over the limit")) }
+        }
+        let m = r.method
+        // The stream id, when the path is /v1/streams/{id} or /v1/streams/{id}/<rest>.
+        let id = parts.count >= 3 && parts[0] == "v1" && parts[1] == "streams" ? parts[2] : ""
+        if parts == ["healthz"] {
+            return ("/healthz", m == "GET" ? .json(["status": down ? "shutting down" : "ok"]) : methodNotAllowed("GET"))
+        }
+        if parts == ["metrics"] {
+            guard m == "GET" else { return ("/metrics", methodNotAllowed("GET")) }
+            let text = metrics.render(streams: scheduler.streams, modelCalls: modelCalls)
+            return ("/metrics", HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4")], body: .bytes(Array(text.utf8))))
+        }
+        if parts == ["v1", "info"] {
+            guard m == "GET" else { return ("/v1/info", methodNotAllowed("GET")) }
+            let c = folder.config
+            return ("/v1/info", .json(["classes": folder.flow.classNames, "null_class": folder.flow.nullClass as Any? ?? NSNull(),
+                                       "sample_size": c.sampleSize, "default_guidance": folder.flow.defaultGuidance,
+                                       "max_streams": options.maxStreams]))
+        }
+        if parts == ["v1", "generate"] { return ("/v1/generate", m == "POST" ? generate(r) : methodNotAllowed("POST")) }
+        if parts == ["v1", "generate", "stream"] {
+            return ("/v1/generate/stream", m == "GET" ? generateStream(r) : methodNotAllowed("GET"))
+        }
+        if parts == ["v1", "streams"] { return ("/v1/streams", m == "POST" ? createStream(r) : methodNotAllowed("POST")) }
+        if parts.count == 4 && !id.isEmpty && parts[3] == "frames" {
+            return ("/v1/streams/{id}/frames", m == "POST" ? postFrame(r, id: id) : methodNotAllowed("POST"))
+        }
+        if parts.count == 4 && !id.isEmpty && parts[3] == "output" {
+            return ("/v1/streams/{id}/output", m == "GET" ? streamOutput(id: id) : methodNotAllowed("GET"))
+        }
+        if parts.count == 3 && !id.isEmpty {
+            switch m {
+            case "PATCH": return ("/v1/streams/{id}", patchStream(r, id: id))
+            case "GET": return ("/v1/streams/{id}", streamStats(id: id))
+            case "DELETE":
+                guard scheduler.stream(id) != nil else { return ("/v1/streams/{id}", .error(404, "no stream '\(id)'")) }
+                scheduler.remove(id)
+                return ("/v1/streams/{id}", .json(["deleted": id]))
+            default: return ("/v1/streams/{id}", methodNotAllowed("GET, PATCH, DELETE"))
+            }
+        }
+        if parts.first == "v1" { return ("v1", .error(404, "no route \(m) \(r.path)")) }
+        if m == "GET" || m == "HEAD" {
+            if parts.first == "clips" { return ("clips", staticFile(Array(parts.dropFirst()), root: options.clipsDir)) }
+            return ("static", staticFile(parts, root: options.staticDir))
+        }
+        return ("other", methodNotAllowed("GET"))
+    }
+
+    func methodNotAllowed(_ allowed: String) -> HTTPResponse {
+        var r = HTTPResponse.error(405, "method not allowed; use \(allowed)")
+        r.headers.append(("Allow", allowed))
+        return r
+    }
+
+    // MARK: Static files
+
+    static let contentTypes = ["html": "text/html; charset=utf-8", "css": "text/css; charset=utf-8",
+                               "js": "text/javascript; charset=utf-8", "png": "image/png", "jpg": "image/jpeg",
+                               "json": "application/json", "svg": "image/svg+xml", "ico": "image/x-icon", "txt": "text/plain; charset=utf-8"]
+
+    /// A file under `root`; no path escapes it (no "..", no hidden names, no symlinks out).
+    func staticFile(_ parts: [String], root rootPath: String) -> HTTPResponse {
+        let rel = parts.isEmpty ? ["index.html"] : parts
+        // No component may climb out of the folder or be hidden.
+        guard rel.allSatisfy({ !$0.isEmpty && $0 != ".." && $0 != "." && !$0.hasPrefix(".") && !$0.contains("\\") && !$0.contains("\0") }) else {
+            return .error(404, "not found")
+        }
+        let root = URL(fileURLWithPath: rootPath).standardizedFileURL.resolvingSymlinksInPath()
+        let file = rel.reduce(root) { $0.appendingPathComponent($1) }.standardizedFileURL.resolvingSymlinksInPath()
+        guard file.path.hasPrefix(root.path + "/") else { return .error(404, "not found") }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: file.path, isDirectory: &isDir), !isDir.boolValue,
+              let data = FileManager.default.contents(atPath: file.path) else {
+            return .error(404, "not found")
+        }
+        let type = Self.contentTypes[file.pathExtension.lowercased()] ?? "application/octet-stream"
+        return HTTPResponse(status: 200, headers: [("Content-Type", type), ("Cache-Control", "no-cache")], body: .bytes([UInt8](data)))
+    }
+
+    // MARK: Generation
+
+    struct GenerateParams {
+        var classes: [Int]
+        var steps = 16
+        var seed: UInt64 = 0
+        var guidance: Float = 1
+        var count = 1
+        var upscale = 4
+    }
+
+    func parseJSONObject(_ body: [UInt8]) throws -> [String: Any] {
+        if body.isEmpty { return [:] }
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(body)), let dict = obj as? [String: Any] else {
+            throw StreamError("body is not a JSON object")
+        }
+        return dict
+    }
+
+    func generateParams(_ d: [String: Any]) throws -> GenerateParams {
+        func int(_ key: String, _ range: ClosedRange<Int>) throws -> Int? {
+            guard let v = d[key] else { return nil }
+            guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(),
+                  range.contains(Int(exactly: n.doubleValue.rounded()) ?? Int.min) else {
+                throw StreamError("'\(key)' must be an integer in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return n.intValue
+        }
+        let known: Set = ["class", "steps", "seed", "guidance", "schedule", "source", "count", "upscale"]
+        if let unknown = d.keys.first(where: { !known.contains($0) }) { throw StreamError("unknown parameter '\(unknown)'") }
+        let cls = d["class"].map { "\($0)" } ?? "0"
+        var p = GenerateParams(classes: try ClassSelection.parse(cls, flow: folder.flow, config: folder.config))
+        p.steps = try int("steps", 1...200) ?? p.steps
+        p.seed = UInt64(try int("seed", 0...Int(Int32.max)) ?? 0)
+        p.count = try int("count", 1...16) ?? p.count
+        p.upscale = try int("upscale", 1...16) ?? p.upscale
+        if let g = d["guidance"] {
+            guard let n = g as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite, n.doubleValue >= 0, n.doubleValue <= 20 else {
+                throw StreamError("'guidance' must be a number in 0...20")
+            }
+            p.guidance = n.floatValue
+        } else {
+            p.guidance = Float(folder.flow.defaultGuidance)
+        }
+        if let s = d["schedule"] as? String, s != "uniform" { throw StreamError("'schedule' must be uniform") }
+        if let s = d["source"] as? String, s != "gaussian" { throw StreamError("'source' must be gaussian") }
+        return p
+    }
+
+    /// Runs generation under the model lock; `progress` gets every step's data estimate.
+    func runGeneration(_ p: GenerateParams, progress: ((Int, Int, Tensor) -> Bool)? = nil) -> RGBImage {
+        let c = folder.config
+        var labels: [Int] = []
+        for cls in p.classes { labels += [Int](repeating: cls, count: p.count) }
+        let x0 = GaussianSource.draw(count: labels.count, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: p.seed)
+        modelLock.lock()
+        let x1 = sampler.integrate(x0, schedule: Schedule.uniform(steps: p.steps),
+                                   labels: c.numClassEmbeds == nil ? nil : labels, guidance: p.guidance, progress: progress)
+        stateLock.lock(); generateCalls += p.steps; stateLock.unlock()
+        modelLock.unlock()
+        return picture(x1, p)
+    }
+
+    func picture(_ x: Tensor, _ p: GenerateParams) -> RGBImage {
+        let images = FlowSampler.images(sampler.toImageSpace(x)).map {
+            p.upscale > 1 ? $0.resizedNearest(width: $0.width * p.upscale, height: $0.height * p.upscale) : $0
+        }
+        return images.count == 1 ? images[0] : RGBImage.grid(images, columns: p.count, padding: 2)
+    }
+
+    func generate(_ r: HTTPRequest) -> HTTPResponse {
+        do {
+            let p = try generateParams(try parseJSONObject(r.body))
+            let png = try runGeneration(p).pngData()
+            return HTTPResponse(status: 200, headers: [("Content-Type", "image/png")], body: .bytes(png))
+        } catch {
+            return .error(400, "\(error)")
+        }
+    }
+
+    static let boundary = "millraceframe"
+
+    static func multipartPart(_ png: [UInt8]) -> [UInt8] {
+        Array("--\(boundary)\r\nContent-Type: image/png\r\nContent-Length: \(png.count)\r\n\r\n".utf8) + png + Array("\r\n".utf8)
+    }
+
+    /// The data estimate after every step, then the final image, as multipart PNG parts.
+    func generateStream(_ r: HTTPRequest) -> HTTPResponse {
+        var d: [String: Any] = [:]
+        for (k, v) in r.query { d[k] = k == "class" || k == "schedule" || k == "source" ? v : (Double(v).map { NSNumber(value: $0) } ?? v) }
+        let p: GenerateParams
+        do { p = try generateParams(d) } catch { return .error(400, "\(error)") }
+        let frames = FIFOQueue<[UInt8]>()
+        let job = UncheckedSendable((self, p))
+        Thread.detachNewThread {
+            let (service, params) = job.value
+            let final = service.runGeneration(params) { step, steps, estimate in
+                if step < steps, let png = try? service.picture(estimate, params).pngData(fast: true) { frames.push(png) }
+                return true
+            }
+            if let png = try? final.pngData() { frames.push(png) }
+            frames.close()
+        }
+        var ended = false
+        let body = HTTPStreamBody {
+            if ended { return nil }
+            if let png = frames.pop(timeout: 120) { return Self.multipartPart(png) }
+            ended = true
+            return Array("--\(Self.boundary)--\r\n".utf8)
+        }
+        return HTTPResponse(status: 200, headers: [("Content-Type", "multipart/x-mixed-replace; boundary=\(Self.boundary)"),
+                                                   ("Cache-Control", "no-cache")], body: .stream(body))
+    }
+
+    // MARK: Streams
+
+    func streamSettings(_ d: [String: Any], base: StreamSettings?) throws -> StreamSettings {
+        var s = base ?? StreamSettings(classIndex: 0)
+        if let c = d["class"] { s.classIndex = try ClassSelection.parse("\(c)", flow: folder.flow, config: folder.config)[0] }
+        if let g = d["rcfg"] {
+            guard let str = g as? String, let mode = StreamGuidance(rawValue: str) else { throw StreamError("'rcfg' must be none, full, self or onetime") }
+            s.guidance = mode
+        }
+        if let g = d["guidance"] {
+            guard let n = g as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw StreamError("'guidance' must be a number") }
+            s.scale = n.floatValue
+        }
+        if let g = d["delta"] {
+            guard let n = g as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw StreamError("'delta' must be a number") }
+            s.delta = n.floatValue
+        }
+        return s
+    }
+
+    func createStream(_ r: HTTPRequest) -> HTTPResponse {
+        do {
+            let d = try parseJSONObject(r.body)
+            let known: Set = ["class", "rcfg", "guidance", "delta", "strength", "steps", "t_list", "similarity", "max_skip", "filter", "size", "seed"]
+            if let unknown = d.keys.first(where: { !known.contains($0) }) { throw StreamError("unknown parameter '\(unknown)'") }
+            guard scheduler.streams.count < options.maxStreams else { return .error(429, "too many streams (limit \(options.maxStreams))") }
+            func num(_ key: String) throws -> Double? {
+                guard let v = d[key] else { return nil }
+                guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw StreamError("'\(key)' must be a number") }
+                return n.doubleValue
+            }
+            let times: [Float]
+            if let list = d["t_list"] {
+                guard let arr = list as? [NSNumber], !arr.isEmpty, arr.count <= 8 else { throw StreamError("'t_list' must be a list of 1 to 8 numbers") }
+                times = arr.map(\.floatValue)
+            } else {
+                let steps = try num("steps") ?? 2
+                guard steps == steps.rounded(), steps >= 1, steps <= 8 else { throw StreamError("'steps' must be an integer in 1...8") }
+                times = try StreamPipeline.times(strength: Float(try num("strength") ?? 0.6), steps: Int(steps))
+            }
+            let settings = try streamSettings(d, base: nil)
+            let seed = UInt64(max(0, min(try num("seed") ?? 0, Double(Int32.max))))
+            let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
+            let filterOn = (d["filter"] as? Bool) ?? true
+            let eta = Float(try num("similarity") ?? 0.98), maxSkip = Int(try num("max_skip") ?? 10)
+            guard eta >= 0 && eta <= 1, maxSkip >= 0 && maxSkip <= 1000 else { throw StreamError("'similarity' must be in 0...1 and 'max_skip' in 0...1000") }
+            let session = StreamSession(pipeline: pipeline, filter: filterOn ? SimilarityFilter(threshold: eta, maxSkip: maxSkip, side: folder.config.sampleSize, seed: seed) : nil)
+            if let size = try num("size") {
+                guard size >= 8 && size <= 1024 && size == size.rounded() else { throw StreamError("'size' must be an integer in 8...1024") }
+                session.outputSize = (Int(size), Int(size))
+            }
+            let entry = scheduler.add(session)
+            scheduler.start()
+            return .json(["id": entry.id], status: 201)
+        } catch {
+            return .error(400, "\(error)")
+        }
+    }
+
+    func postFrame(_ r: HTTPRequest, id: String) -> HTTPResponse {
+        guard scheduler.stream(id) != nil else { return .error(404, "no stream '\(id)'") }
+        let type = (r.headers["content-type"] ?? "").lowercased()
+        guard type.hasPrefix("image/png") || type.hasPrefix("image/jpeg") else {
+            return .error(415, "frames must be image/png or image/jpeg")
+        }
+        stateLock.lock()
+        let now = Date()
+        if let last = lastFrameTime[id], now.timeIntervalSince(last) < 1 / options.maxFramesPerSecond {
+            stateLock.unlock()
+            return .error(429, "more than \(Int(options.maxFramesPerSecond)) frames per second")
+        }
+        lastFrameTime[id] = now
+        stateLock.unlock()
+        do {
+            let image = try RGBImage.decode(r.body, maxPixels: options.maxImagePixels)
+            guard scheduler.submit(image, to: id) else { return .error(404, "no stream '\(id)'") }
+            return .json(["accepted": true], status: 202)
+        } catch {
+            return .error(415, "\(error)")
+        }
+    }
+
+    func streamOutput(id: String) -> HTTPResponse {
+        guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
+        var seen = entry.output.currentSequence
+        let body = HTTPStreamBody {
+            while true {
+                if let (frame, seq) = entry.output.next(after: seen, timeout: 1) {
+                    seen = seq
+                    return Self.multipartPart(frame.png)
+                }
+                if entry.output.isClosed { return nil }
+            }
+        }
+        return HTTPResponse(status: 200, headers: [("Content-Type", "multipart/x-mixed-replace; boundary=\(Self.boundary)"),
+                                                   ("Cache-Control", "no-cache")], body: .stream(body))
+    }
+
+    func streamStats(id: String) -> HTTPResponse {
+        guard let e = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
+        let (processed, skipped, settings, times) = e.withSession { ($0.framesProcessed, $0.framesSkipped, $0.pipeline.settings, $0.pipeline.times) }
+        return .json(["id": id, "frames_in": e.input.received, "dropped": e.input.dropped, "processed": processed,
+                      "skipped": skipped, "out": e.outputs, "errors": e.errors, "last_error": e.lastError as Any? ?? NSNull(),
+                      "class": settings.classIndex, "rcfg": settings.guidance.rawValue, "guidance": settings.scale,
+                      "slots": times])
+    }
+
+    func patchStream(_ r: HTTPRequest, id: String) -> HTTPResponse {
+        guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
+        do {
+            let d = try parseJSONObject(r.body)
+            let known: Set = ["class", "rcfg", "guidance", "delta", "filter", "similarity", "max_skip"]
+            if let unknown = d.keys.first(where: { !known.contains($0) }) { throw StreamError("unknown or fixed parameter '\(unknown)'") }
+            try entry.withSession { session in
+                let s = try streamSettings(d, base: session.pipeline.settings)
+                try session.pipeline.update(s)
+                if let on = d["filter"] as? Bool {
+                    session.filter = on ? (session.filter ?? SimilarityFilter(seed: 0)) : nil
+                }
+                if let eta = d["similarity"] as? NSNumber { session.filter?.threshold = eta.floatValue }
+                if let m = d["max_skip"] as? NSNumber { session.filter?.maxSkip = m.intValue }
+            }
+            return .json(["id": id, "updated": true])
+        } catch {
+            return .error(400, "\(error)")
+        }
+    }
+}
+

@@ -1,0 +1,195 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+@testable import Millrace
+import Testing
+
+/// The HTTP service on a real libmicrohttpd server on loopback, with real clients: URLSession,
+/// and raw sockets for what URLSession would normalise (paths) or hide (disconnecting).
+@Suite(.serialized) struct ServerTests {
+    final class Running: @unchecked Sendable {
+        let service: MillraceService
+        let server: HTTPServer
+        init(maxStreams: Int = 4, maxBody: Int = 64 << 10, token: String? = nil) throws {
+            let folder = try ModelFolder.load(DiffusersParityTests.fixture("unet-tiny-a"))
+            var o = MillraceService.Options()
+            o.maxStreams = maxStreams
+            o.token = token
+            o.staticDir = Running.staticDir()
+            o.maxFramesPerSecond = 1000
+            let service = MillraceService(folder: folder, options: o)
+            self.service = service
+            server = HTTPServer(host: "127.0.0.1", port: 0, maxBodyBytes: maxBody) { service.handle($0) }
+            try server.start()
+        }
+        deinit { service.beginShutdown(); server.stop() }
+
+        static func staticDir() -> String {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-static-\(getpid())").path
+            try? FileManager.default.createDirectory(atPath: dir + "/sub", withIntermediateDirectories: true)
+            try? Data("<!doctype html><title>t</title>".utf8).write(to: URL(fileURLWithPath: dir + "/index.html"))
+            try? Data("body{}".utf8).write(to: URL(fileURLWithPath: dir + "/sub/app.css"))
+            try? Data("secret".utf8).write(to: URL(fileURLWithPath: dir + "/.hidden"))
+            return dir
+        }
+
+        struct Reply { let status: Int; let type: String; let body: [UInt8]; var text: String { String(decoding: body, as: UTF8.self) } }
+
+        func call(_ method: String, _ path: String, body: [UInt8]? = nil, type: String? = nil, headers: [String: String] = [:]) -> Reply {
+            var req = URLRequest(url: URL(string: "http://127.0.0.1:\(server.port)\(path)")!)
+            req.httpMethod = method
+            if let body { req.httpBody = Data(body) }
+            if let type { req.setValue(type, forHTTPHeaderField: "Content-Type") }
+            for (k, v) in headers { req.setValue(v, forHTTPHeaderField: k) }
+            req.timeoutInterval = 60
+            let done = DispatchSemaphore(value: 0)
+            let box = ReplyBox()
+            URLSession.shared.dataTask(with: req) { data, response, _ in
+                let http = response as? HTTPURLResponse
+                box.reply = Reply(status: http?.statusCode ?? -1, type: http?.value(forHTTPHeaderField: "Content-Type") ?? "",
+                                  body: data.map { [UInt8]($0) } ?? [])
+                done.signal()
+            }.resume()
+            done.wait()
+            return box.reply!
+        }
+
+        /// Sends raw bytes, reads until `until` bytes or EOF or timeout; `close` right after.
+        func raw(_ request: String, readAtMost: Int = 1 << 20, timeout: Double = 5) -> [UInt8] {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = server.port.bigEndian
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            guard ok == 0 else { return [] }
+            _ = request.withCString { send(fd, $0, strlen($0), 0) }
+            var out: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while out.count < readAtMost {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n <= 0 { break }
+                out += buf[0..<n]
+            }
+            return out
+        }
+    }
+
+    final class ReplyBox: @unchecked Sendable { var reply: Running.Reply? }
+
+    static func png(_ w: Int = 12, _ h: Int = 10) throws -> [UInt8] {
+        try RGBImage(width: w, height: h, fill: (0.8, 0.3, 0.2)).pngData()
+    }
+
+    @Test func healthMetricsInfoAndStaticFiles() throws {
+        let s = try Running()
+        #expect(s.call("GET", "/healthz").text.contains("\"ok\""))
+        #expect(s.call("POST", "/healthz").status == 405)
+        let index = s.call("GET", "/")
+        #expect(index.status == 200 && index.type.hasPrefix("text/html"))
+        let css = s.call("GET", "/sub/app.css")
+        #expect(css.status == 200 && css.type.hasPrefix("text/css"))
+        #expect(s.call("GET", "/missing.js").status == 404)
+        #expect(s.call("GET", "/.hidden").status == 404)
+        #expect(s.call("GET", "/v1/nothing").status == 404)
+        // Path traversal, sent raw so no client normalises it.
+        for path in ["/../../../etc/passwd", "/sub/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/sub/..%2f..%2fetc/passwd"] {
+            let reply = String(decoding: s.raw("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), as: UTF8.self)
+            #expect(reply.hasPrefix("HTTP/1.1 404"), "\(path): \(reply.prefix(40))")
+            #expect(!reply.contains("root:"))
+        }
+        let info = s.call("GET", "/v1/info")
+        #expect(info.text.contains("class 0"))
+        let metrics = s.call("GET", "/metrics")
+        #expect(metrics.status == 200 && metrics.text.contains("millrace_requests_total{route=\"/healthz\",status=\"200\"} 1"))
+        #expect(metrics.text.contains("millrace_request_seconds_bucket"))
+    }
+
+    @Test func generateAndItsErrors() throws {
+        let s = try Running()
+        let ok = s.call("POST", "/v1/generate", body: Array(#"{"class": 1, "steps": 3, "count": 2, "seed": 4}"#.utf8), type: "application/json")
+        #expect(ok.status == 200 && ok.type == "image/png")
+        let image = try RGBImage.decode(ok.body)
+        #expect(image.width > 8)
+        let again = s.call("POST", "/v1/generate", body: Array(#"{"class": 1, "steps": 3, "count": 2, "seed": 4}"#.utf8))
+        #expect(again.body == ok.body, "same inputs, same bytes")
+        for bad in [#"{"class": 9}"#, #"{"steps": 0}"#, #"{"steps": "many"}"#, "not json", #"[1, 2]"#, #"{"unknown": 1}"#, #"{"guidance": true}"#] {
+            let r = s.call("POST", "/v1/generate", body: Array(bad.utf8))
+            #expect(r.status == 400, "\(bad)")
+            #expect(r.text.contains("\"error\""))
+        }
+        #expect(s.call("GET", "/v1/generate").status == 405)
+        let big = [UInt8](repeating: 0x20, count: 100 << 10)
+        #expect(s.call("POST", "/v1/generate", body: big).status == 413)
+        // The progress stream: one part per step's estimate, then the final image, then the end.
+        let stream = s.call("GET", "/v1/generate/stream?class=0&steps=4")
+        #expect(stream.type.hasPrefix("multipart/x-mixed-replace"))
+        #expect(stream.text.components(separatedBy: "Content-Type: image/png").count - 1 == 4)
+        #expect(stream.text.hasSuffix("--millraceframe--\r\n"))
+    }
+
+    @Test func tokenIsRequiredWhenSet() throws {
+        let s = try Running(token: "t0ken")
+        #expect(s.call("GET", "/v1/info").status == 401)
+        #expect(s.call("GET", "/v1/info", headers: ["Authorization": "Bearer wrong"]).status == 401)
+        #expect(s.call("GET", "/v1/info", headers: ["Authorization": "Bearer t0ken"]).status == 200)
+        #expect(s.call("GET", "/healthz").status == 200)
+    }
+
+    @Test func streamLifecycleAndErrors() throws {
+        let s = try Running(maxStreams: 1)
+        let created = s.call("POST", "/v1/streams", body: Array(#"{"class": 0, "steps": 2, "strength": 0.5, "filter": false}"#.utf8))
+        #expect(created.status == 201)
+        let id = try #require(try JSONSerialization.jsonObject(with: Data(created.body)) as? [String: Any])["id"] as! String
+        #expect(s.call("POST", "/v1/streams", body: Array("{}".utf8)).status == 429)
+        #expect(s.call("POST", "/v1/streams/\(id)/frames", body: try Self.png(), type: "image/png").status == 202)
+        #expect(s.call("POST", "/v1/streams/\(id)/frames", body: [0x89, 0x50, 0x4E, 0x47, 0, 1], type: "image/png").status == 415)
+        #expect(s.call("POST", "/v1/streams/\(id)/frames", body: try Self.png(), type: "text/plain").status == 415)
+        #expect(s.call("POST", "/v1/streams/nope/frames", body: try Self.png(), type: "image/png").status == 404)
+        #expect(s.call("PATCH", "/v1/streams/\(id)", body: Array(#"{"class": 1, "rcfg": "self"}"#.utf8)).status == 200)
+        #expect(s.call("PATCH", "/v1/streams/\(id)", body: Array(#"{"class": 99}"#.utf8)).status == 400)
+        // A viewer reads the output stream; frames posted meanwhile arrive as PNG parts.
+        let viewer = DispatchQueue(label: "viewer")
+        let got = ReplyBox()
+        let done = DispatchSemaphore(value: 0)
+        viewer.async {
+            let bytes = s.raw("GET /v1/streams/\(id)/output HTTP/1.1\r\nHost: x\r\n\r\n", readAtMost: 3000, timeout: 20)
+            got.reply = Running.Reply(status: 0, type: "", body: bytes)
+            done.signal()
+        }
+        for _ in 0..<40 {
+            _ = s.call("POST", "/v1/streams/\(id)/frames", body: try Self.png(9, 9), type: "image/png")
+            if done.wait(timeout: .now() + 0.1) == .success { break }
+        }
+        let text = String(decoding: got.reply?.body ?? [], as: UTF8.self)
+        #expect(text.contains("multipart/x-mixed-replace"))
+        #expect(text.contains("Content-Type: image/png"))
+        // The viewer has disconnected mid-stream: the server carries on.
+        #expect(s.call("GET", "/healthz").status == 200)
+        let stats = s.call("GET", "/v1/streams/\(id)")
+        #expect(stats.text.contains("\"processed\""))
+        #expect(s.call("DELETE", "/v1/streams/\(id)").status == 200)
+        #expect(s.call("DELETE", "/v1/streams/\(id)").status == 404)
+        #expect(s.call("GET", "/v1/streams/\(id)/output").status == 404)
+    }
+
+    @Test func shutdownEndsOpenStreamsAndRefusesNewWork() throws {
+        let s = try Running()
+        let created = s.call("POST", "/v1/streams", body: Array("{}".utf8))
+        let id = try #require(try JSONSerialization.jsonObject(with: Data(created.body)) as? [String: Any])["id"] as! String
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            _ = s.raw("GET /v1/streams/\(id)/output HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 30)
+            ended.signal()
+        }
+        Thread.sleep(forTimeInterval: 0.3)
+        s.service.beginShutdown()
+        #expect(s.call("GET", "/v1/info").status == 503)
+        s.server.stop()
+        #expect(ended.wait(timeout: .now() + 10) == .success, "the open stream ended")
+    }
+}
