@@ -14,6 +14,7 @@ packages=(
   fonts-noto-color-emoji # the dataset's source font
   unicode-data           # emoji-test.txt: the dataset's labels
   fonts-dejavu-core      # labels on grids and plots
+  chromium               # the browser test of the page
 )
 
 missing=()

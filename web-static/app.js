@@ -181,3 +181,24 @@ $("#stream-form").addEventListener("submit", async (ev) => {
     el.textContent = `output ${el.dataset.fps || 0} fps · post latency ${el.dataset.latency || "-"} ms · in ${s.frames_in} · processed ${s.processed} · skipped ${s.skipped} · dropped ${s.dropped} · errors ${s.errors}`;
   }, 1000);
 });
+
+// --- self-test: index.html#autorun runs Generate, then a stream from the sample clip, and
+// records what arrived on <body data-generate-frames data-stream-frames data-autorun>. The
+// browser test (Tests/MillraceTests/BrowserTests.swift) reads these from the DOM.
+async function autorun() {
+  const until = async (cond, ms) => { const t = Date.now(); while (!cond() && Date.now() - t < ms) await new Promise((r) => setTimeout(r, 100)); };
+  await until(() => info.classes.length > 0, 10000);
+  const g = $("#gen-form");
+  g.steps.value = "3"; g.count.value = "1";
+  g.requestSubmit();
+  await until(() => document.body.dataset.generateFrames, 60000);
+  const s = $("#stream-form");
+  s.fps.value = "5"; s.filter.checked = false;
+  $("#stream-input").value = "clip";
+  s.requestSubmit();
+  await until(() => +(document.body.dataset.streamFrames || 0) >= 3, 60000);
+  await stopStream();
+  document.body.dataset.autorun = "done";
+  status("self-test done");
+}
+if (location.hash.includes("autorun")) autorun();
