@@ -39,7 +39,7 @@ struct EvalGenerate: ParsableCommand {
     var guidance: Float?
     @Option(help: "Number of samples.")
     var samples: Int = 300
-    @Option(help: "Steps of the uniform Euler reference.")
+    @Option(help: "Steps of the uniform Euler reference (0: skip the discrepancy).")
     var referenceSteps: Int = 100
     @Option(help: "Evaluation classifier folder.")
     var classifier: String = "assets/models/emoji-classifier"
@@ -55,6 +55,7 @@ struct EvalGenerate: ParsableCommand {
 
     func validate() throws {
         guard steps >= 1 && steps <= 1000 else { throw ValidationError("--steps must be between 1 and 1000") }
+        guard referenceSteps >= 0 else { throw ValidationError("--reference-steps must be ≥ 0") }
         guard samples >= 2 else { throw ValidationError("--samples must be at least 2") }
         guard ["uniform", "boss"].contains(schedule) else { throw ValidationError("--schedule must be uniform or boss") }
         guard source == "gaussian" else { throw ValidationError("--source must be gaussian") }
@@ -72,7 +73,7 @@ struct EvalGenerate: ParsableCommand {
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             let c = folder.config
             let grid = schedule == "boss" ? try BOSS.Schedules.times(steps: steps, modelFolder: modelPath) : Schedule.uniform(steps: steps)
-            let reference = Schedule.uniform(steps: referenceSteps)
+            let reference = Schedule.uniform(steps: max(referenceSteps, 1))
             let g = guidance ?? Float(folder.flow.defaultGuidance)
             let classes = try ClassSelection.parse("all", flow: folder.flow, config: c)
             let labels = (0..<samples).map { classes[$0 % classes.count] }
@@ -88,8 +89,10 @@ struct EvalGenerate: ParsableCommand {
                 let xb = x0.rows(range)
                 let lb = Array(labels[range])
                 let out = sampler.toImageSpace(sampler.integrate(xb, schedule: grid, labels: lb, guidance: g, solver: Solver(rawValue: solver)!))
-                let ref = sampler.toImageSpace(sampler.integrate(xb, schedule: reference, labels: lb, guidance: g))
-                sse += Metrics.meanSquaredError(out.data, ref.data) * Double(out.count)
+                if referenceSteps > 0 {
+                    let ref = sampler.toImageSpace(sampler.integrate(xb, schedule: reference, labels: lb, guidance: g))
+                    sse += Metrics.meanSquaredError(out.data, ref.data) * Double(out.count)
+                }
                 let (f, logits) = cls.featuresAndLogits(out)
                 genFeatures += f.data
                 predictions += EmojiClassifier.argmax(logits)
@@ -99,7 +102,7 @@ struct EvalGenerate: ParsableCommand {
             let held = ds.indices(split: 1)
             let heldFeatures = cls.features(EmojiClassifier.inputBatch(ds, indices: held)).data
             let frechet = Metrics.frechetDistance(genFeatures, heldFeatures, dim: cls.featureDim)
-            let discrepancy = sse / Double(x0.count)
+            let discrepancy: Double? = referenceSteps > 0 ? sse / Double(x0.count) : nil
             var correct = [Int](repeating: 0, count: classes.count), total = correct
             for (i, p) in predictions.enumerated() {
                 let k = classes.firstIndex(of: labels[i])!
@@ -114,14 +117,15 @@ struct EvalGenerate: ParsableCommand {
                 let obj: [String: Any] = [
                     "model": modelPath, "steps": steps, "schedule": schedule, "source": source, "solver": solver,
                     "guidance": g, "samples": samples, "seed": seed, "reference_steps": referenceSteps,
-                    "discrepancy": discrepancy, "frechet": frechet, "accuracy": accuracy,
+                    "discrepancy": discrepancy as Any? ?? NSNull(), "frechet": frechet, "accuracy": accuracy,
                     "accuracy_per_class": perClass, "heldout_images": held.count,
                 ]
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             } else {
                 print(String(format: "%@, %d steps, %@ schedule, %@ source, guidance %.2f, %d samples", modelPath, steps, schedule, source, g, samples))
-                print(String(format: "discrepancy %.5f   frechet %.3f   accuracy %.3f", discrepancy, frechet, accuracy))
+                print(String(format: "discrepancy %@   frechet %.3f   accuracy %.3f",
+                             discrepancy.map { String(format: "%.5f", $0) } ?? "-", frechet, accuracy))
                 for (k, n) in names.enumerated() {
                     print(String(format: "  %-20@ %.2f", n as NSString, Double(correct[k]) / Double(max(total[k], 1))))
                 }
