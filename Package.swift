@@ -28,10 +28,12 @@ let package = Package(
                        providers: [.apt(["libharfbuzz-dev"])]),
         .target(name: "MillraceKernels", dependencies: ["CBLAS"], cSettings: cOptimise),
         .target(name: "MillraceCodecs", dependencies: ["CPNG", "CJPEG"], cSettings: cOptimise),
+        .systemLibrary(name: "CKissFFT", pkgConfig: "kissfft-float",
+                       providers: [.apt(["libkissfft-dev"])]),
         .target(name: "CMillraceHTTP", dependencies: ["CMicroHTTPD"]),
         .target(name: "Millrace",
                 dependencies: ["MillraceKernels", "MillraceCodecs", "CMicroHTTPD", "CMillraceHTTP",
-                               "CFreeType", "CHarfBuzz"]),
+                               "CFreeType", "CHarfBuzz", "CKissFFT"]),
         .executableTarget(name: "gen", dependencies: [
             "Millrace", "MillraceKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -15,6 +15,7 @@ packages=(
   unicode-data           # emoji-test.txt: the dataset's labels
   fonts-dejavu-core      # labels on grids and plots
   chromium               # the browser test of the page
+  libkissfft-dev         # FFT for Batch Styles Standardization
 )
 
 missing=()
