@@ -83,7 +83,7 @@ public final class HTTPServer: @unchecked Sendable {
         let me = Unmanaged.passUnretained(self).toOpaque()
         guard let d = mr_http_start(host, port, UInt32(connectionLimit), 60, HTTPServer.access, me,
                                     HTTPServer.completed, me, &err, err.count) else {
-            throw ModelError(String(cString: err))
+            throw ModelError(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         daemon = d
         port = mr_http_port(d)
