@@ -28,9 +28,9 @@ struct Generate: ParsableCommand {
     var seed: UInt64 = 0
     @Option(help: "Classifier-free guidance scale (1 = off).")
     var guidance: Float?
-    @Option(help: "Step schedule: uniform.")
+    @Option(help: "Step schedule: uniform, or boss (the model folder's schedules.json; see `gen schedule boss`).")
     var schedule: String = "uniform"
-    @Option(help: "Source distribution: gaussian.")
+    @Option(help: "Source distribution: gaussian, or pruned (SourceFM §4.3; needs the model folder's prune-axes.safetensors from `gen prune-axes`).")
     var source: String = "gaussian"
     @Option(help: "ODE solver: euler or heun.")
     var solver: String = "euler"
@@ -51,15 +51,18 @@ struct Generate: ParsableCommand {
         guard count >= 1 && count <= 1024 else { throw ValidationError("--count must be between 1 and 1024") }
         guard upscale >= 1 && upscale <= 32 else { throw ValidationError("--upscale must be between 1 and 32") }
         guard Solver(rawValue: solver) != nil else { throw ValidationError("--solver must be euler or heun, got '\(solver)'") }
-        guard schedule == "uniform" else { throw ValidationError("--schedule must be uniform, got '\(schedule)'") }
-        guard source == "gaussian" else { throw ValidationError("--source must be gaussian, got '\(source)'") }
+        guard schedule == "uniform" || schedule == "boss" else {
+            throw ValidationError("--schedule must be uniform or boss, got '\(schedule)'")
+        }
+        guard source == "gaussian" || source == "pruned" else { throw ValidationError("--source must be gaussian or pruned, got '\(source)'") }
         if let g = guidance, !(g.isFinite && g >= 0 && g <= 50) { throw ValidationError("--guidance must be between 0 and 50") }
     }
 
     func run() throws {
         threads.apply()
         try runReportingErrors {
-            let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
+            let folderPath = model ?? ModelFolder.defaultPath()
+            let folder = try ModelFolder.load(folderPath)
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             let classes = try ClassSelection.parse(className, flow: folder.flow, config: folder.config)
             let c = folder.config
@@ -75,11 +78,27 @@ struct Generate: ParsableCommand {
                     throw ModelError("\(latents): 'latents' has shape \(t.shape), expected \([k, c.inChannels, c.sampleSize, c.sampleSize]) for \(classes.count) class(es) × --count \(count)")
                 }
                 x0 = t
+            } else if source == "pruned" {
+                let pruned = try PrunedSource.load(modelFolder: folder.path)
+                let drawn = try pruned.draw(count: k, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: seed)
+                x0 = drawn.samples
+                print(String(format: "pruned source: %d signed axes, τ_r %.3f, acceptance rate %.4f of attempts",
+                             pruned.set.count, pruned.tauR, drawn.acceptanceRate))
             } else {
                 x0 = GaussianSource.draw(count: k, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: seed)
             }
             let g = guidance ?? Float(folder.flow.defaultGuidance)
-            let grid = Schedule.uniform(steps: steps)
+            let grid: [Float]
+            if schedule == "boss" {
+                grid = try BOSS.Schedules.times(steps: steps, modelFolder: folderPath)
+                try Schedule.validate(grid)
+                let file = BOSS.Schedules.path(inModelFolder: folderPath)
+                if let made = try? BOSS.Schedules.read(path: file), made.guidance != Double(g) {
+                    FileHandle.standardError.write(Data("note: the BOSS schedules were made with guidance \(made.guidance), generating with \(g)\n".utf8))
+                }
+            } else {
+                grid = Schedule.uniform(steps: steps)
+            }
             let bar = ProgressBar("generate", total: steps, unit: "steps")
             let x1 = sampler.integrate(x0, schedule: grid, labels: folder.config.numClassEmbeds == nil ? nil : labels,
                                        guidance: g, solver: Solver(rawValue: solver)!) { done, _, _ in
@@ -107,7 +126,7 @@ struct Generate: ParsableCommand {
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try picture.writePNG(path: out)
-            print("wrote \(out): \(k) image(s), \(steps) steps, classes: \(names.joined(separator: ", "))")
+            print("wrote \(out): \(k) image(s), \(steps) \(schedule == "boss" ? "BOSS " : "")steps, classes: \(names.joined(separator: ", "))")
         }
     }
 }
