@@ -31,7 +31,7 @@ struct EvalGenerate: ParsableCommand {
     var steps: Int = 8
     @Option(help: "Step schedule: uniform or boss.")
     var schedule: String = "uniform"
-    @Option(help: "Source distribution: gaussian.")
+    @Option(help: "Source distribution: gaussian or pruned (needs `gen prune-axes`).")
     var source: String = "gaussian"
     @Option(help: "ODE solver: euler or heun.")
     var solver: String = "euler"
@@ -58,7 +58,7 @@ struct EvalGenerate: ParsableCommand {
         guard referenceSteps >= 0 else { throw ValidationError("--reference-steps must be ≥ 0") }
         guard samples >= 2 else { throw ValidationError("--samples must be at least 2") }
         guard ["uniform", "boss"].contains(schedule) else { throw ValidationError("--schedule must be uniform or boss") }
-        guard source == "gaussian" else { throw ValidationError("--source must be gaussian") }
+        guard source == "gaussian" || source == "pruned" else { throw ValidationError("--source must be gaussian or pruned") }
         guard Solver(rawValue: solver) != nil else { throw ValidationError("--solver must be euler or heun") }
         guard batch >= 1 else { throw ValidationError("--batch must be positive") }
     }
@@ -78,7 +78,15 @@ struct EvalGenerate: ParsableCommand {
             let classes = try ClassSelection.parse("all", flow: folder.flow, config: c)
             let labels = (0..<samples).map { classes[$0 % classes.count] }
             let shape = [c.inChannels, c.sampleSize, c.sampleSize]
-            let x0 = GaussianSource.draw(count: samples, shape: shape, seed: seed)
+            var acceptance: Double?
+            let x0: Tensor
+            if source == "pruned" {
+                let drawn = try PrunedSource.load(modelFolder: modelPath).draw(count: samples, shape: shape, seed: seed)
+                x0 = drawn.samples
+                acceptance = drawn.acceptanceRate
+            } else {
+                x0 = GaussianSource.draw(count: samples, shape: shape, seed: seed)
+            }
 
             var sse = 0.0
             var genFeatures: [Float] = []
@@ -119,6 +127,7 @@ struct EvalGenerate: ParsableCommand {
                     "guidance": g, "samples": samples, "seed": seed, "reference_steps": referenceSteps,
                     "discrepancy": discrepancy as Any? ?? NSNull(), "frechet": frechet, "accuracy": accuracy,
                     "accuracy_per_class": perClass, "heldout_images": held.count,
+                    "acceptance_rate": acceptance as Any? ?? NSNull(),
                 ]
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
