@@ -33,39 +33,43 @@ import Testing
     ]
 
     @Test(arguments: cases) func forwardMatchesReference(c: Case) {
-        var rng = TestRNG(seed: 7)
-        var s = c.shape
-        let oh = Int(mr_conv2d_out_h(&s)), ow = Int(mr_conv2d_out_w(&s))
-        let x = rng.floats(c.batch * c.inC * c.inH * c.inW)
-        let w = rng.floats(c.outC * c.inC * c.k * c.k)
-        let b = rng.floats(c.outC)
-        var fast = [Float](repeating: .nan, count: c.batch * c.outC * oh * ow)
-        var ref = fast
-        mr_conv2d_set_tile_floats(c.tile)
-        defer { mr_conv2d_set_tile_floats(0) }
-        mr_conv2d_forward(&s, x, w, b, &fast)
-        mr_ref_conv2d_forward(&s, x, w, b, &ref)
-        #expect(relativeError(fast, ref) < 1e-5, "\(c)")
+        GlobalKernelSettings.exclusive {
+            var rng = TestRNG(seed: 7)
+            var s = c.shape
+            let oh = Int(mr_conv2d_out_h(&s)), ow = Int(mr_conv2d_out_w(&s))
+            let x = rng.floats(c.batch * c.inC * c.inH * c.inW)
+            let w = rng.floats(c.outC * c.inC * c.k * c.k)
+            let b = rng.floats(c.outC)
+            var fast = [Float](repeating: .nan, count: c.batch * c.outC * oh * ow)
+            var ref = fast
+            mr_conv2d_set_tile_floats(c.tile)
+            defer { mr_conv2d_set_tile_floats(0) }
+            mr_conv2d_forward(&s, x, w, b, &fast)
+            mr_ref_conv2d_forward(&s, x, w, b, &ref)
+            #expect(relativeError(fast, ref) < 1e-5, "\(c)")
+        }
     }
 
     @Test(arguments: cases) func backwardMatchesReference(c: Case) {
-        var rng = TestRNG(seed: 11)
-        var s = c.shape
-        let oh = Int(mr_conv2d_out_h(&s)), ow = Int(mr_conv2d_out_w(&s))
-        let x = rng.floats(c.batch * c.inC * c.inH * c.inW)
-        let w = rng.floats(c.outC * c.inC * c.k * c.k)
-        let dy = rng.floats(c.batch * c.outC * oh * ow)
-        // Parameter gradients accumulate: start both from the same non-zero values.
-        let dw0 = rng.floats(w.count), db0 = rng.floats(c.outC)
-        var dx = [Float](repeating: .nan, count: x.count), dxRef = dx
-        var dw = dw0, dwRef = dw0, db = db0, dbRef = db0
-        mr_conv2d_set_tile_floats(c.tile)
-        defer { mr_conv2d_set_tile_floats(0) }
-        mr_conv2d_backward(&s, x, w, dy, &dx, &dw, &db)
-        mr_ref_conv2d_backward(&s, x, w, dy, &dxRef, &dwRef, &dbRef)
-        #expect(relativeError(dx, dxRef) < 1e-5, "dx \(c)")
-        #expect(relativeError(dw, dwRef) < 1e-5, "dw \(c)")
-        #expect(relativeError(db, dbRef) < 1e-5, "db \(c)")
+        GlobalKernelSettings.exclusive {
+            var rng = TestRNG(seed: 11)
+            var s = c.shape
+            let oh = Int(mr_conv2d_out_h(&s)), ow = Int(mr_conv2d_out_w(&s))
+            let x = rng.floats(c.batch * c.inC * c.inH * c.inW)
+            let w = rng.floats(c.outC * c.inC * c.k * c.k)
+            let dy = rng.floats(c.batch * c.outC * oh * ow)
+            // Parameter gradients accumulate: start both from the same non-zero values.
+            let dw0 = rng.floats(w.count), db0 = rng.floats(c.outC)
+            var dx = [Float](repeating: .nan, count: x.count), dxRef = dx
+            var dw = dw0, dwRef = dw0, db = db0, dbRef = db0
+            mr_conv2d_set_tile_floats(c.tile)
+            defer { mr_conv2d_set_tile_floats(0) }
+            mr_conv2d_backward(&s, x, w, dy, &dx, &dw, &db)
+            mr_ref_conv2d_backward(&s, x, w, dy, &dxRef, &dwRef, &dbRef)
+            #expect(relativeError(dx, dxRef) < 1e-5, "dx \(c)")
+            #expect(relativeError(dw, dwRef) < 1e-5, "dw \(c)")
+            #expect(relativeError(db, dbRef) < 1e-5, "db \(c)")
+        }
     }
 
     /// The reference itself against finite differences of the reference forward pass.

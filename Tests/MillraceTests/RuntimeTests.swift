@@ -12,11 +12,13 @@ import Testing
     }
 
     @Test func blasThreadsCanBeSet() {
-        let before = mr_get_threads()
-        Runtime.configureThreads(1)
-        #expect(mr_get_threads() == 1)
-        mr_set_threads(before)
-        #expect(mr_get_threads() == before)
+        GlobalKernelSettings.exclusive {
+            let before = mr_get_threads()
+            Runtime.configureThreads(1)
+            #expect(mr_get_threads() == 1)
+            mr_set_threads(before)
+            #expect(mr_get_threads() == before)
+        }
     }
 
     @Test func sgemmMultiplies() {

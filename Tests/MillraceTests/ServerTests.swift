@@ -110,26 +110,28 @@ import Testing
     }
 
     @Test func generateAndItsErrors() throws {
-        let s = try Running()
-        let ok = s.call("POST", "/v1/generate", body: Array(#"{"class": 1, "steps": 3, "count": 2, "seed": 4}"#.utf8), type: "application/json")
-        #expect(ok.status == 200 && ok.type == "image/png")
-        let image = try RGBImage.decode(ok.body)
-        #expect(image.width > 8)
-        let again = s.call("POST", "/v1/generate", body: Array(#"{"class": 1, "steps": 3, "count": 2, "seed": 4}"#.utf8))
-        #expect(again.body == ok.body, "same inputs, same bytes")
-        for bad in [#"{"class": 9}"#, #"{"steps": 0}"#, #"{"steps": "many"}"#, "not json", #"[1, 2]"#, #"{"unknown": 1}"#, #"{"guidance": true}"#] {
-            let r = s.call("POST", "/v1/generate", body: Array(bad.utf8))
-            #expect(r.status == 400, "\(bad)")
-            #expect(r.text.contains("\"error\""))
+        try GlobalKernelSettings.exclusive {
+            let s = try Running()
+            let ok = s.call("POST", "/v1/generate", body: Array(#"{"class": 1, "steps": 3, "count": 2, "seed": 4}"#.utf8), type: "application/json")
+            #expect(ok.status == 200 && ok.type == "image/png")
+            let image = try RGBImage.decode(ok.body)
+            #expect(image.width > 8)
+            let again = s.call("POST", "/v1/generate", body: Array(#"{"class": 1, "steps": 3, "count": 2, "seed": 4}"#.utf8))
+            #expect(again.body == ok.body, "same inputs, same bytes")
+            for bad in [#"{"class": 9}"#, #"{"steps": 0}"#, #"{"steps": "many"}"#, "not json", #"[1, 2]"#, #"{"unknown": 1}"#, #"{"guidance": true}"#] {
+                let r = s.call("POST", "/v1/generate", body: Array(bad.utf8))
+                #expect(r.status == 400, "\(bad)")
+                #expect(r.text.contains("\"error\""))
+            }
+            #expect(s.call("GET", "/v1/generate").status == 405)
+            let big = [UInt8](repeating: 0x20, count: 100 << 10)
+            #expect(s.call("POST", "/v1/generate", body: big).status == 413)
+            // The progress stream: one part per step's estimate, then the final image, then the end.
+            let stream = s.call("GET", "/v1/generate/stream?class=0&steps=4")
+            #expect(stream.type.hasPrefix("multipart/x-mixed-replace"))
+            #expect(stream.text.components(separatedBy: "Content-Type: image/png").count - 1 == 4)
+            #expect(stream.text.hasSuffix("--millraceframe--\r\n"))
         }
-        #expect(s.call("GET", "/v1/generate").status == 405)
-        let big = [UInt8](repeating: 0x20, count: 100 << 10)
-        #expect(s.call("POST", "/v1/generate", body: big).status == 413)
-        // The progress stream: one part per step's estimate, then the final image, then the end.
-        let stream = s.call("GET", "/v1/generate/stream?class=0&steps=4")
-        #expect(stream.type.hasPrefix("multipart/x-mixed-replace"))
-        #expect(stream.text.components(separatedBy: "Content-Type: image/png").count - 1 == 4)
-        #expect(stream.text.hasSuffix("--millraceframe--\r\n"))
     }
 
     @Test func tokenIsRequiredWhenSet() throws {

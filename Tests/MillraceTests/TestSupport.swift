@@ -26,3 +26,16 @@ func relativeError(_ a: [Float], _ b: [Float]) -> Float {
     }
     return worst / (1 + scale)
 }
+
+/// Process-wide kernel settings (the OpenBLAS thread count, the convolution tile budget) decide
+/// how work is split, and so the rounding of sums. Tests that change them, and tests that need
+/// bit-identical results across two runs, hold this lock, so suites running in parallel cannot
+/// change the settings under them.
+enum GlobalKernelSettings {
+    static let lock = NSLock()
+    static func exclusive<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+}

@@ -70,25 +70,27 @@ import Testing
     }
 
     @Test func resumeGivesTheSameWeightsAsAnUninterruptedRun() throws {
-        let data = Self.syntheticData(), config = Self.tinyConfig()
-        let straight = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
-        for _ in 0..<12 { straight.trainStep() }
-
-        let first = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
-        for _ in 0..<5 { first.trainStep() }
-        let path = Self.tempPath("resume.safetensors")
-        try first.saveCheckpoint(path: path)
-        let second = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
-        try second.loadCheckpoint(path: path)
-        #expect(second.step == 5)
-        for _ in 0..<7 { second.trainStep() }
-
-        for ((name, a), (_, b)) in zip(straight.model.namedParameters(), second.model.namedParameters()) {
-            #expect(a.value.data == b.value.data, "weights of \(name) differ after resume")
+        try GlobalKernelSettings.exclusive {
+            let data = Self.syntheticData(), config = Self.tinyConfig()
+            let straight = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+            for _ in 0..<12 { straight.trainStep() }
+    
+            let first = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+            for _ in 0..<5 { first.trainStep() }
+            let path = Self.tempPath("resume.safetensors")
+            try first.saveCheckpoint(path: path)
+            let second = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+            try second.loadCheckpoint(path: path)
+            #expect(second.step == 5)
+            for _ in 0..<7 { second.trainStep() }
+    
+            for ((name, a), (_, b)) in zip(straight.model.namedParameters(), second.model.namedParameters()) {
+                #expect(a.value.data == b.value.data, "weights of \(name) differ after resume")
+            }
+            #expect(straight.optimizer.ema == second.optimizer.ema)
+            #expect(straight.optimizer.m == second.optimizer.m && straight.optimizer.v == second.optimizer.v)
+            #expect(straight.rng == second.rng)
         }
-        #expect(straight.optimizer.ema == second.optimizer.ema)
-        #expect(straight.optimizer.m == second.optimizer.m && straight.optimizer.v == second.optimizer.v)
-        #expect(straight.rng == second.rng)
     }
 
     @Test func corruptOrForeignCheckpointsAreRefusedAndChangeNothing() throws {
@@ -146,16 +148,18 @@ import Testing
 extension TrainerTests {
     /// Two data-parallel workers compute the same step as one worker (to float rounding).
     @Test func dataParallelWorkersMatchOneWorker() throws {
-        var one = Self.options(steps: 3), two = one
-        two.workers = 2
-        let a = try FlowTrainer(config: Self.tinyConfig(), data: Self.syntheticData(), options: one)
-        let b = try FlowTrainer(config: Self.tinyConfig(), data: Self.syntheticData(), options: two)
-        for _ in 0..<3 {
-            let la = a.trainStep(), lb = b.trainStep()
-            #expect(abs(la - lb) < 1e-5 * max(1, abs(la)))
-        }
-        for ((name, p), (_, q)) in zip(a.model.namedParameters(), b.model.namedParameters()) {
-            #expect(relativeError(q.value.data, p.value.data) < 1e-4, "\(name)")
+        try GlobalKernelSettings.exclusive {
+            var one = Self.options(steps: 3), two = one
+            two.workers = 2
+            let a = try FlowTrainer(config: Self.tinyConfig(), data: Self.syntheticData(), options: one)
+            let b = try FlowTrainer(config: Self.tinyConfig(), data: Self.syntheticData(), options: two)
+            for _ in 0..<3 {
+                let la = a.trainStep(), lb = b.trainStep()
+                #expect(abs(la - lb) < 1e-5 * max(1, abs(la)))
+            }
+            for ((name, p), (_, q)) in zip(a.model.namedParameters(), b.model.namedParameters()) {
+                #expect(relativeError(q.value.data, p.value.data) < 1e-4, "\(name)")
+            }
         }
     }
 }

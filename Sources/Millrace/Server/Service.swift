@@ -86,7 +86,8 @@ public final class MillraceService: @unchecked Sendable {
     private let stateLock = NSLock()
     private var shuttingDown = false
     private var generateCalls = 0
-    private var lastFrameTime: [String: Date] = [:]
+    /// Per stream: start of the current one-second window and frames posted in it.
+    private var frameWindows: [String: (start: Date, count: Int)] = [:]
 
     public init(folder: ModelFolder, options: Options) {
         self.folder = folder
@@ -391,12 +392,14 @@ public final class MillraceService: @unchecked Sendable {
         }
         stateLock.lock()
         let now = Date()
-        if let last = lastFrameTime[id], now.timeIntervalSince(last) < 1 / options.maxFramesPerSecond {
-            stateLock.unlock()
+        var window = frameWindows[id] ?? (now, 0)
+        if now.timeIntervalSince(window.start) >= 1 { window = (now, 0) }
+        window.count += 1
+        frameWindows[id] = window
+        stateLock.unlock()
+        if Double(window.count) > options.maxFramesPerSecond {
             return .error(429, "more than \(Int(options.maxFramesPerSecond)) frames per second")
         }
-        lastFrameTime[id] = now
-        stateLock.unlock()
         do {
             let image = try RGBImage.decode(r.body, maxPixels: options.maxImagePixels)
             guard scheduler.submit(image, to: id) else { return .error(404, "no stream '\(id)'") }
