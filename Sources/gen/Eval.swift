@@ -6,7 +6,7 @@ import Millrace
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Evaluate generation: discrepancy to 100-step Euler, Fréchet distance, class accuracy.",
-        subcommands: [EvalGenerate.self], defaultSubcommand: EvalGenerate.self)
+        subcommands: [EvalGenerate.self, EvalColorize.self], defaultSubcommand: EvalGenerate.self)
 }
 
 struct EvalGenerate: ParsableCommand {
