@@ -15,8 +15,7 @@
 #include <cblas.h>
 #include <pthread.h>
 
-extern int openblas_get_num_threads(void);
-extern void openblas_set_num_threads(int num_threads);
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -396,41 +395,166 @@ static void backward_part(void *ctx, int part) {
                          j->dx ? j->dx + n0 * x_img : NULL, dw, db);
 }
 
-/* Number of parts to split a batch into: OpenBLAS's thread count, if it has several. */
-static int split_parts(const mr_conv2d_shape *s) {
-    int threads = openblas_get_num_threads();
-    if (threads <= 1 || s->batch < 2) return 1;
-    return threads < s->batch ? threads : s->batch;
+/* ---- splitting one image (batch smaller than the number of parts) ------------------------ */
+
+typedef struct {
+    const mr_conv2d_shape *s;
+    const conv_plan *pl;
+    const float *x, *w, *b, *dy;
+    float *y, *dw, *private_dw;
+    int parts, by_channels;
+} intra_job;
+
+/* Part p handles pixel chunk p of every image (or output channels [co0, co1) by_channels). */
+static void intra_forward_part(void *ctx, int part) {
+    intra_job *j = ctx;
+    const mr_conv2d_shape *s = j->s;
+    const conv_plan *pl = j->pl;
+    const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w, y_img = (size_t)s->out_c * pl->P;
+    if (j->by_channels) {
+        int co0 = (int)((long)part * s->out_c / j->parts), co1 = (int)((long)(part + 1) * s->out_c / j->parts);
+        if (co1 <= co0) return;
+        float *col = ws_get((size_t)pl->K * pl->P);
+        if (!col) return;
+        for (int n = 0; n < s->batch; n++) {
+            im2col(s, pl, j->x + n * x_img, 0, pl->P, col, pl->P);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, co1 - co0, pl->P, pl->K, 1.0f,
+                        j->w + (size_t)co0 * pl->K, pl->K, col, pl->P, 0.0f,
+                        j->y + n * y_img + (size_t)co0 * pl->P, pl->P);
+            if (j->b)
+                for (int c = co0; c < co1; c++)
+                    for (int i = 0; i < pl->P; i++) j->y[n * y_img + (size_t)c * pl->P + i] += j->b[c];
+        }
+        return;
+    }
+    int c0 = (int)((long)part * pl->P / j->parts), c1 = (int)((long)(part + 1) * pl->P / j->parts);
+    if (c1 <= c0) return;
+    int tile = pl->n_tile < c1 - c0 ? pl->n_tile : c1 - c0;
+    float *col = ws_get((size_t)pl->K * tile);
+    if (!col) return;
+    for (int n = 0; n < s->batch; n++) {
+        for (int p0 = c0; p0 < c1; p0 += tile) {
+            int cnt = c1 - p0 < tile ? c1 - p0 : tile;
+            im2col(s, pl, j->x + n * x_img, p0, cnt, col, cnt);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->out_c, cnt, pl->K, 1.0f, j->w,
+                        pl->K, col, cnt, 0.0f, j->y + n * y_img + p0, pl->P);
+        }
+        if (j->b)
+            for (int c = 0; c < s->out_c; c++)
+                for (int i = c0; i < c1; i++) j->y[n * y_img + (size_t)c * pl->P + i] += j->b[c];
+    }
 }
+
+/* Weight gradient of part p: pixel chunk p into its own buffer (part 0: straight into dw), or
+   output-channel rows [co0, co1) of dw directly (by_channels; rows are disjoint). */
+static void intra_dw_part(void *ctx, int part) {
+    intra_job *j = ctx;
+    const mr_conv2d_shape *s = j->s;
+    const conv_plan *pl = j->pl;
+    const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w, y_img = (size_t)s->out_c * pl->P;
+    if (j->by_channels) {
+        int co0 = (int)((long)part * s->out_c / j->parts), co1 = (int)((long)(part + 1) * s->out_c / j->parts);
+        if (co1 <= co0) return;
+        float *col = ws_get((size_t)pl->K * pl->P);
+        if (!col) return;
+        for (int n = 0; n < s->batch; n++) {
+            im2col(s, pl, j->x + n * x_img, 0, pl->P, col, pl->P);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, co1 - co0, pl->K, pl->P, 1.0f,
+                        j->dy + n * y_img + (size_t)co0 * pl->P, pl->P, col, pl->P, 1.0f,
+                        j->dw + (size_t)co0 * pl->K, pl->K);
+        }
+        return;
+    }
+    float *dw = part == 0 ? j->dw : j->private_dw + (size_t)(part - 1) * s->out_c * pl->K;
+    int c0 = (int)((long)part * pl->P / j->parts), c1 = (int)((long)(part + 1) * pl->P / j->parts);
+    if (c1 <= c0) return;
+    int tile = pl->n_tile < c1 - c0 ? pl->n_tile : c1 - c0;
+    float *col = ws_get((size_t)pl->K * tile);
+    if (!col) return;
+    for (int n = 0; n < s->batch; n++)
+        for (int p0 = c0; p0 < c1; p0 += tile) {
+            int cnt = c1 - p0 < tile ? c1 - p0 : tile;
+            im2col(s, pl, j->x + n * x_img, p0, cnt, col, cnt);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->out_c, pl->K, cnt, 1.0f,
+                        j->dy + n * y_img + p0, pl->P, col, cnt, 1.0f, dw, pl->K);
+        }
+}
+
+/* Small images split by output channels, larger ones by pixel chunks of at least 128. */
+static int split_by_channels(const conv_plan *pl, int parts) { return pl->P / parts < 128; }
 
 void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                        float *y) {
-    int parts = split_parts(s);
-    if (parts <= 1) { conv_forward_serial(s, x, w, b, y); return; }
-    split_job j = {s, x, w, b, NULL, y, NULL, NULL, NULL, NULL, parts};
-    int threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    mr_run_parts(parts, forward_part, &j);
-    openblas_set_num_threads(threads);
+    int parts = mr_parallel_parts();
+    conv_plan pl = make_plan(s);
+    if (parts <= 1 || pl.P <= 0 || s->batch <= 0) {
+        conv_forward_serial(s, x, w, b, y);
+        return;
+    }
+    if (s->batch >= parts) {
+        split_job j = {s, x, w, b, NULL, y, NULL, NULL, NULL, NULL, parts};
+        mr_run_parts(parts, forward_part, &j);
+        return;
+    }
+    intra_job j = {s, &pl, x, w, b, NULL, y, NULL, NULL, parts, split_by_channels(&pl, parts)};
+    mr_run_parts(parts, intra_forward_part, &j);
 }
 
 void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w, const float *dy,
                         float *dx, float *dw, float *db) {
-    int parts = split_parts(s);
+    int parts = mr_parallel_parts();
+    conv_plan pl = make_plan(s);
     const size_t wn = (size_t)s->out_c * s->in_c * s->k_h * s->k_w;
-    float *priv = parts > 1 ? calloc((size_t)(parts - 1) * (wn + s->out_c), sizeof(float)) : NULL;
-    if (!priv) { conv_backward_serial(s, x, w, dy, dx, dw, db); return; }
-    split_job j = {s, x, w, NULL, dy, NULL, dx, dw, db, priv, parts};
-    int threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    mr_run_parts(parts, backward_part, &j);
-    openblas_set_num_threads(threads);
-    for (int p = 1; p < parts; p++) {  /* fixed order: results do not depend on timing */
-        const float *mine = priv + (size_t)(p - 1) * (wn + s->out_c);
-        if (dw) for (size_t i = 0; i < wn; i++) dw[i] += mine[i];
-        if (db) for (int i = 0; i < s->out_c; i++) db[i] += mine[wn + i];
+    if (parts <= 1 || pl.P <= 0 || s->batch <= 0) {
+        conv_backward_serial(s, x, w, dy, dx, dw, db);
+        return;
     }
-    free(priv);
+    if (s->batch >= parts) {
+        float *priv = calloc((size_t)(parts - 1) * (wn + s->out_c), sizeof(float));
+        if (!priv) { conv_backward_serial(s, x, w, dy, dx, dw, db); return; }
+        split_job j = {s, x, w, NULL, dy, NULL, dx, dw, db, priv, parts};
+        mr_run_parts(parts, backward_part, &j);
+        for (int p = 1; p < parts; p++) {  /* fixed order: results do not depend on timing */
+            const float *mine = priv + (size_t)(p - 1) * (wn + s->out_c);
+            if (dw) for (size_t i = 0; i < wn; i++) dw[i] += mine[i];
+            if (db) for (int i = 0; i < s->out_c; i++) db[i] += mine[wn + i];
+        }
+        free(priv);
+        return;
+    }
+    /* One image (fewer images than parts): dx through the parallel forward path when the
+       transposed form applies, dw split by pixel chunks or channels, db serially. */
+    int transposed = s->stride == 1 && s->pad_top < s->k_h && s->pad_bottom < s->k_h &&
+                     s->pad_left < s->k_w && s->pad_right < s->k_w;
+    if (!transposed) { conv_backward_serial(s, x, w, dy, dx, dw, db); return; }
+    conv_backward_serial(s, x, w, dy, NULL, NULL, db);  /* db only */
+    if (dw) {
+        int by_channels = split_by_channels(&pl, parts);
+        float *priv = by_channels ? NULL : calloc((size_t)(parts - 1) * wn, sizeof(float));
+        if (!by_channels && !priv) { conv_backward_serial(s, x, w, dy, NULL, dw, NULL); }
+        else {
+            intra_job j = {s, &pl, x, w, NULL, dy, NULL, dw, priv, parts, by_channels};
+            mr_run_parts(parts, intra_dw_part, &j);
+            for (int p = 1; priv && p < parts; p++)
+                for (size_t i = 0; i < wn; i++) dw[i] += priv[(size_t)(p - 1) * wn + i];
+            free(priv);
+        }
+    }
+    if (dx) {
+        float *wt = malloc(wn * sizeof(float));
+        if (!wt) { conv_backward_serial(s, x, w, dy, dx, NULL, NULL); return; }
+        const int kk = s->k_h * s->k_w;
+        for (int co = 0; co < s->out_c; co++)
+            for (int ci = 0; ci < s->in_c; ci++)
+                for (int t = 0; t < kk; t++)
+                    wt[((size_t)ci * s->out_c + co) * kk + (kk - 1 - t)] = w[((size_t)co * s->in_c + ci) * kk + t];
+        mr_conv2d_shape ts = *s;
+        ts.in_c = s->out_c; ts.in_h = pl.oh; ts.in_w = pl.ow; ts.out_c = s->in_c;
+        ts.pad_top = s->k_h - 1 - s->pad_top; ts.pad_bottom = s->k_h - 1 - s->pad_bottom;
+        ts.pad_left = s->k_w - 1 - s->pad_left; ts.pad_right = s->k_w - 1 - s->pad_right;
+        mr_conv2d_forward(&ts, dy, wt, NULL, dx);
+        free(wt);
+    }
 }
 
 /* ---- reference ------------------------------------------------------------------------------ */

@@ -50,12 +50,31 @@ const char *mr_blas_corename(void) {
     return name ? name : "unknown";
 }
 
-int mr_get_threads(void) { return openblas_get_num_threads(); }
+/* Millrace's pool owns the cores; OpenBLAS always runs single-threaded, so that a GEMM's result
+   never depends on how many threads OpenBLAS happened to use (it does: 1 and 2 threads give
+   different roundings), and nothing toggles a process-wide setting while others compute. */
+static int kernel_threads = 1;
+static _Thread_local int thread_serial = 0;
+
+__attribute__((constructor)) static void millrace_threads_init(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    kernel_threads = n < 1 ? 1 : (n > 16 ? 16 : (int)n);
+    openblas_set_num_threads(1);
+}
+
+int mr_get_threads(void) { return kernel_threads; }
 
 void mr_set_threads(int n) {
-    if (n < 1) n = 1;
-    openblas_set_num_threads(n);
+    kernel_threads = n < 1 ? 1 : (n > 16 ? 16 : n);
+    openblas_set_num_threads(1);
 }
+
+void mr_set_thread_serial(int serial) { thread_serial = serial; }
+
+int mr_parallel_parts(void) { return thread_serial ? 1 : kernel_threads; }
+
+void mr_set_blas_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+int mr_get_blas_threads(void) { return openblas_get_num_threads(); }
 
 static int core_is_avx512(const char *name) {
     char lower[64];

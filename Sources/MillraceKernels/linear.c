@@ -7,8 +7,56 @@
 #include <cblas.h>
 #include <string.h>
 
+/* Large products split over Millrace's pool: forward and dx by rows of x, dw by rows of dw
+   (output features), so every output element is computed by one part exactly as serially. */
+typedef struct {
+    int n, in, out, parts;
+    const float *x, *w, *b, *dy;
+    float *y, *dx, *dw;
+} linear_job;
+
+static int linear_parts(int n, int in, int out) {
+    int parts = mr_parallel_parts();
+    if (parts <= 1 || (double)n * in * out < (double)(1 << 18)) return 1;
+    return parts;
+}
+
+static void linear_forward_serial(int n, int in, int out, const float *x, const float *w,
+                                  const float *b, float *y);
+
+static void linear_forward_part(void *ctx, int part) {
+    linear_job *j = ctx;
+    int r0 = (int)((long)part * j->n / j->parts), r1 = (int)((long)(part + 1) * j->n / j->parts);
+    if (r1 > r0)
+        linear_forward_serial(r1 - r0, j->in, j->out, j->x + (size_t)r0 * j->in, j->w, j->b,
+                              j->y + (size_t)r0 * j->out);
+}
+
+static void linear_backward_part(void *ctx, int part) {
+    linear_job *j = ctx;
+    int r0 = (int)((long)part * j->n / j->parts), r1 = (int)((long)(part + 1) * j->n / j->parts);
+    if (j->dx && r1 > r0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, j->in, j->out, 1.0f,
+                    j->dy + (size_t)r0 * j->out, j->out, j->w, j->in, 0.0f, j->dx + (size_t)r0 * j->in, j->in);
+    int o0 = (int)((long)part * j->out / j->parts), o1 = (int)((long)(part + 1) * j->out / j->parts);
+    if (j->dw && o1 > o0)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o1 - o0, j->in, j->n, 1.0f, j->dy + o0,
+                    j->out, j->x, j->in, 1.0f, j->dw + (size_t)o0 * j->in, j->in);
+}
+
 void mr_linear_forward(int n, int in, int out, const float *x, const float *w, const float *b,
                        float *y) {
+    int parts = linear_parts(n, in, out);
+    if (parts > 1 && n >= parts && in > 0 && out > 0) {
+        linear_job j = {n, in, out, parts, x, w, b, NULL, y, NULL, NULL};
+        mr_run_parts(parts, linear_forward_part, &j);
+        return;
+    }
+    linear_forward_serial(n, in, out, x, w, b, y);
+}
+
+static void linear_forward_serial(int n, int in, int out, const float *x, const float *w,
+                                  const float *b, float *y) {
     if (n <= 0 || out <= 0) return;
     const size_t on = (size_t)out;
     float beta = 0.0f;
@@ -27,6 +75,13 @@ void mr_linear_forward(int n, int in, int out, const float *x, const float *w, c
 void mr_linear_backward(int n, int in, int out, const float *x, const float *w, const float *dy,
                         float *dx, float *dw, float *db) {
     if (n <= 0) return;
+    int parts = linear_parts(n, in, out);
+    if (parts > 1 && n >= parts && out >= parts && in > 0) {
+        linear_job j = {n, in, out, parts, x, w, NULL, dy, NULL, dx, dw};
+        mr_run_parts(parts, linear_backward_part, &j);
+        dx = NULL;
+        dw = NULL;
+    }
     if (dx && in > 0) {
         if (out <= 0) {
             memset(dx, 0, (size_t)n * (size_t)in * sizeof(float));

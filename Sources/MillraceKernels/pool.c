@@ -26,6 +26,7 @@ static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void *worker_main(void *arg) {
     worker *w = arg;
+    mr_set_thread_serial(1);  /* kernels inside a part never split again */
     pthread_mutex_lock(&w->lock);
     for (;;) {
         while (!w->pending) pthread_cond_wait(&w->wake, &w->lock);
@@ -72,10 +73,18 @@ void mr_run_parts(int parts, void (*fn)(void *ctx, int part), void *ctx) {
         pthread_mutex_unlock(&w->lock);
         launched[p - 1] = 1;
     }
+    int serial_before = mr_parallel_parts() == 1;
+    mr_set_thread_serial(1);
     fn(ctx, 0);
+    mr_set_thread_serial(serial_before);
     for (int p = 1; p < parts; p++) {
         worker *w = &workers[p - 1];
-        if (!launched[p - 1]) { fn(ctx, p); continue; }  /* no thread: run it here */
+        if (!launched[p - 1]) {  /* no thread: run it here */
+            mr_set_thread_serial(1);
+            fn(ctx, p);
+            mr_set_thread_serial(serial_before);
+            continue;
+        }
         pthread_mutex_lock(&w->lock);
         while (w->pending) pthread_cond_wait(&w->done_cv, &w->lock);
         pthread_mutex_unlock(&w->lock);

@@ -31,7 +31,7 @@ func runReportingErrors(_ body: () throws -> Void) throws {
 
 /// Options every compute-heavy command shares.
 struct ThreadOptions: ParsableArguments {
-    @Option(help: "OpenBLAS threads (default: all cores).")
+    @Option(help: "Threads the kernels use (default: all cores).")
     var threads: Int?
 
     func apply() {

@@ -107,3 +107,39 @@ import Testing
         for i in 0..<3 { #expect(abs(numeric(b[i]) { b[i] = $0 } - Double(db[i])) < 2e-3, "db[\(i)]") }
     }
 }
+
+extension ConvTests {
+    /// One image split over 2 or 3 parts (pixel chunks, or output channels for small images)
+    /// matches the reference, and repeated runs give identical bits.
+    @Test(arguments: [2, 3]) func oneImageSplitOverPartsMatchesReference(parts: Int) {
+        GlobalKernelSettings.exclusive {
+            let before = mr_get_threads()
+            mr_set_threads(Int32(parts))
+            defer { mr_set_threads(before) }
+            for c in [Case(batch: 1, inC: 5, inH: 23, inW: 17, outC: 6, k: 3, stride: 1, pads: (1, 1, 1, 1)),
+                      Case(batch: 1, inC: 6, inH: 8, inW: 8, outC: 7, k: 3, stride: 1, pads: (1, 1, 1, 1)),
+                      Case(batch: 2, inC: 4, inH: 9, inW: 9, outC: 5, k: 3, stride: 1, pads: (1, 1, 1, 1)),
+                      Case(batch: 1, inC: 4, inH: 16, inW: 16, outC: 4, k: 3, stride: 2, pads: (0, 0, 1, 1))] {
+                var rng = TestRNG(seed: 21)
+                var s = c.shape
+                let oh = Int(mr_conv2d_out_h(&s)), ow = Int(mr_conv2d_out_w(&s))
+                let x = rng.floats(c.batch * c.inC * c.inH * c.inW)
+                let w = rng.floats(c.outC * c.inC * c.k * c.k), b = rng.floats(c.outC)
+                let dy = rng.floats(c.batch * c.outC * oh * ow)
+                var y = [Float](repeating: .nan, count: dy.count), yRef = y, y2 = y
+                mr_conv2d_forward(&s, x, w, b, &y)
+                mr_conv2d_forward(&s, x, w, b, &y2)
+                mr_ref_conv2d_forward(&s, x, w, b, &yRef)
+                #expect(relativeError(y, yRef) < 1e-5, "forward \(c)")
+                #expect(y == y2, "forward repeats bit for bit")
+                var dx = [Float](repeating: .nan, count: x.count), dxRef = dx
+                var dw = [Float](repeating: 0, count: w.count), dwRef = dw, db = [Float](repeating: 0, count: c.outC), dbRef = db
+                mr_conv2d_backward(&s, x, w, dy, &dx, &dw, &db)
+                mr_ref_conv2d_backward(&s, x, w, dy, &dxRef, &dwRef, &dbRef)
+                #expect(relativeError(dx, dxRef) < 1e-5, "dx \(c)")
+                #expect(relativeError(dw, dwRef) < 1e-5, "dw \(c)")
+                #expect(relativeError(db, dbRef) < 1e-5, "db \(c)")
+            }
+        }
+    }
+}

@@ -15,8 +15,8 @@ public struct TrainOptions: Codable, Sendable, Equatable {
     public var normAlign = false
     public var checkpointEvery = 500
     /// Data-parallel workers: the batch is split into this many parts, each run forward and
-    /// backward on its own thread and model replica with single-threaded BLAS; gradients are
-    /// summed in a fixed order. 1 = one model, BLAS threads as configured.
+    /// backward on its own thread and model replica, its kernels not splitting further; gradients
+    /// are summed in a fixed order. 1 = one model whose kernels split over the cores.
     public var workers = 1
     public var optimizer = AdamW.Options()
     public init() {}
@@ -210,13 +210,13 @@ public final class FlowTrainer {
             let ranges = (0..<n).map { k in (k * b / n)..<((k + 1) * b / n) }
             let box = UncheckedSendable((workers, xt, tsScaled, labels, target))
             let results = UncheckedSendable(ResultSlots(count: n))
-            let blasThreads = mr_get_threads()
-            mr_set_threads(1)
             DispatchQueue.concurrentPerform(iterations: n) { k in
+                // Each worker is one core: its kernels must not split again.
+                mr_set_thread_serial(1)
+                defer { mr_set_thread_serial(0) }
                 let (w, x, t, l, y) = box.value
                 results.value.sse[k] = Self.lossAndGradients(w[k], x, t, l, y, range: ranges[k], batchElements: y.count)
             }
-            mr_set_threads(blasThreads)
             for k in 1..<n {
                 for (p, q) in zip(params[0], params[k]) {
                     p.grad.withUnsafeMutableBufferPointer { g in mr_axpy(g.count, 1, q.grad, g.baseAddress) }

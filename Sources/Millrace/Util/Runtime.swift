@@ -5,11 +5,11 @@ import MillraceKernels
 
 /// Process-wide runtime settings: who owns the cores.
 ///
-/// OpenBLAS owns them: every GEMM runs on its thread pool (one thread per core by default), and
-/// Millrace's own kernels run on the calling thread. Pipelines serialise model calls, so the two
-/// never run at full width together.
+/// Millrace's worker pool owns them: convolutions split their work into one part per core, each
+/// part calling single-threaded OpenBLAS (which stays at one thread, so results never depend on
+/// its thread count). Pipelines serialise model calls.
 public enum Runtime {
-    /// Sets the OpenBLAS thread count (nil: all cores).
+    /// Sets how many parts kernels split into (nil: all cores).
     public static func configureThreads(_ n: Int?) {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         mr_set_threads(Int32(max(1, min(n ?? cores, cores))))
@@ -20,7 +20,7 @@ public enum Runtime {
         let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
             .split(separator: "\n").first { $0.hasPrefix("model name") }
             .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
-        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) BLAS threads"
+        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads"
     }
 }
 

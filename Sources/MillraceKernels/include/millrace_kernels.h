@@ -17,9 +17,8 @@
  *  - exp in the fast SiLU, GroupNorm + SiLU, softmax and attention is a vectorised approximation
  *    (relative error <= 1e-6, see mr_exp_approx); the references use libm.
  *
- * Threads: OpenBLAS owns the cores. Every GEMM goes through cblas_sgemm, which uses OpenBLAS's
- * pthread pool (mr_set_threads). The non-GEMM kernels here run on the calling thread. Pipelines
- * above serialise model calls on one lock, so the two never compete for the two cores.
+ * Threads: see mr_set_threads. Convolutions split over Millrace's pool; the other kernels run on
+ * the calling thread. Pipelines above serialise model calls on one lock.
  */
 #ifndef MILLRACE_KERNELS_H
 #define MILLRACE_KERNELS_H
@@ -32,7 +31,7 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------------------------
- * CPU features, BLAS threads
+ * CPU features, threads
  * ------------------------------------------------------------------------------------------ */
 
 /** 1 if the CPU and the OS support AVX-512F (zmm state enabled in XCR0), else 0. */
@@ -41,10 +40,24 @@ int mr_cpu_has_avx512f(void);
 int mr_cpu_has_avx2_fma(void);
 /** The name of the kernel set OpenBLAS chose when it loaded ("Haswell", "SkylakeX", ...). */
 const char *mr_blas_corename(void);
-/** Number of threads OpenBLAS uses for one GEMM. */
+/**
+ * Threads. Millrace's worker pool owns the cores: kernels split their work into
+ * mr_get_threads() parts (default: the number of online CPUs), each part calling single-threaded
+ * BLAS. OpenBLAS itself is set to one thread when the library loads and stays there: its results
+ * depend on its thread count (different roundings), so leaving it fixed keeps every result
+ * reproducible, whatever else the process is doing.
+ */
 int mr_get_threads(void);
-/** Sets the number of OpenBLAS threads (1 .. number of cores). */
+/** Sets the number of parts kernels split work into (1 .. 16). */
 void mr_set_threads(int n);
+/** Marks the calling thread serial (1): kernels called from it do not split (for callers that
+ *  are themselves one of several parallel workers, such as data-parallel training). */
+void mr_set_thread_serial(int serial);
+/** Parts the calling thread's kernels split into: 1 on a serial thread, else mr_get_threads(). */
+int mr_parallel_parts(void);
+/** OpenBLAS's own thread count, for measuring its multi-threaded sgemm peak only. */
+void mr_set_blas_threads(int n);
+int mr_get_blas_threads(void);
 
 /**
  * OpenBLAS picks its kernels when the library loads, before main(). Debian's 0.3.21 does not know
@@ -108,9 +121,10 @@ void mr_conv2d_set_tile_floats(long floats);
  * y = conv2d(x, w) + b.  b nullable (no bias).
  * Implementation: im2col over a tile of pixels of the whole batch, one cblas_sgemm per tile
  * ([out_c, K] x [K, n_tile]); 1x1 stride-1 unpadded convolutions skip im2col.
- * Threads: when OpenBLAS has more than one thread and batch >= 2, the batch is split over that
- * many parts (mr_run_parts), each running with single-threaded BLAS: independent images need no
- * synchronisation inside a GEMM. With one image, OpenBLAS's own threads split the GEMMs.
+ * Threads: the work is split over mr_parallel_parts() parts (mr_run_parts): by images when the
+ * batch has at least that many, otherwise by pixel tiles of the image or, for small images, by
+ * output channels. Each part is computed exactly as it would be serially, and the weight and bias
+ * gradients of the parts are added in part order, so results do not depend on timing.
  */
 void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                        float *y);
