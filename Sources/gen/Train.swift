@@ -117,6 +117,8 @@ struct Train: ParsableCommand {
     var workers: Int?
     @Flag(help: "Continue from --out/checkpoint.safetensors.")
     var resume = false
+    @Option(help: "Start from the weights of a model folder (same architecture; fresh optimizer).")
+    var initFrom: String?
     @Option(help: "UNet block channels, comma-separated.")
     var channels: String = "32,64,128"
     @Option(help: "ResNet layers per block.")
@@ -185,6 +187,9 @@ struct Train: ParsableCommand {
                 FileHandle.standardError.write(Data("resumed at step \(trainer.step) from \(checkpoint)\n".utf8))
             } else if FileManager.default.fileExists(atPath: checkpoint) {
                 throw TrainError("\(checkpoint) exists: pass --resume to continue it, or choose another --out")
+            } else if let initFrom {
+                try trainer.initialize(from: try ModelFolder.load(initFrom))
+                FileHandle.standardError.write(Data("initialised from \(initFrom)\n".utf8))
             }
             var log = try LossLog(path: csvPath, keepUpTo: trainer.step)
             let interrupt = InterruptFlag()

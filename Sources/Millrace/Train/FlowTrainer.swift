@@ -230,6 +230,17 @@ public final class FlowTrainer {
         return loss
     }
 
+    /// Starts from the weights of a model folder (weights and EMA; the optimizer starts fresh).
+    /// For continuing a model whose checkpoint is gone; `--resume` is exact, this is not.
+    public func initialize(from folder: ModelFolder) throws {
+        guard folder.config == model.config else {
+            throw TrainError("--init: \(folder.path) has another architecture than this run's config")
+        }
+        try model.load(folder.model.stateDict())
+        optimizer.ema = model.namedParameters().map { $0.1.value.data }
+        flow.normScale = folder.flow.normScale
+    }
+
     /// A model with the EMA weights (what gets shipped and sampled from).
     public func emaModel() -> UNet2DModel {
         let ema = UNet2DModel(config: model.config)
