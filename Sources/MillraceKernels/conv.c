@@ -247,6 +247,27 @@ static void conv_forward_serial(const mr_conv2d_shape *s, const float *x, const 
 
 /* ---- backward ------------------------------------------------------------------------------- */
 
+/* Stride 1: dx is the convolution of dy with the kernel flipped and its channels swapped,
+   padded by k - 1 - pad. That reuses im2col + GEMM (and the parallel forward path) and avoids the
+   scattered adds of col2im. Returns 0 if out of memory (dx untouched). */
+static int transposed_input_gradient(const mr_conv2d_shape *s, const conv_plan *pl, const float *w,
+                                     const float *dy, float *dx) {
+    float *wt = malloc((size_t)s->out_c * s->in_c * s->k_h * s->k_w * sizeof(float));
+    if (!wt) return 0;
+    const int kk = s->k_h * s->k_w;
+    for (int co = 0; co < s->out_c; co++)
+        for (int ci = 0; ci < s->in_c; ci++)
+            for (int t = 0; t < kk; t++)
+                wt[((size_t)ci * s->out_c + co) * kk + (kk - 1 - t)] = w[((size_t)co * s->in_c + ci) * kk + t];
+    mr_conv2d_shape ts = *s;
+    ts.in_c = s->out_c; ts.in_h = pl->oh; ts.in_w = pl->ow; ts.out_c = s->in_c;
+    ts.pad_top = s->k_h - 1 - s->pad_top; ts.pad_bottom = s->k_h - 1 - s->pad_bottom;
+    ts.pad_left = s->k_w - 1 - s->pad_left; ts.pad_right = s->k_w - 1 - s->pad_right;
+    mr_conv2d_forward(&ts, dy, wt, NULL, dx);
+    free(wt);
+    return 1;
+}
+
 static void conv_backward_serial(const mr_conv2d_shape *s, const float *x, const float *w,
                                  const float *dy, float *dx, float *dw, float *db) {
     conv_plan pl = make_plan(s);
@@ -280,27 +301,9 @@ static void conv_backward_serial(const mr_conv2d_shape *s, const float *x, const
         return;
     }
 
-    /* Stride 1: dx is the convolution of dy with the kernel flipped and its channels swapped,
-       padded by k - 1 - pad. That reuses im2col + GEMM and avoids the scattered adds of col2im. */
     int transposed_dx = dx && s->stride == 1 && s->pad_top < s->k_h && s->pad_bottom < s->k_h &&
                         s->pad_left < s->k_w && s->pad_right < s->k_w;
-    if (transposed_dx) {
-        float *wt = malloc((size_t)s->out_c * s->in_c * s->k_h * s->k_w * sizeof(float));
-        if (wt) {
-            const int kk = s->k_h * s->k_w;
-            for (int co = 0; co < s->out_c; co++)
-                for (int ci = 0; ci < s->in_c; ci++)
-                    for (int t = 0; t < kk; t++)
-                        wt[((size_t)ci * s->out_c + co) * kk + (kk - 1 - t)] = w[((size_t)co * s->in_c + ci) * kk + t];
-            mr_conv2d_shape ts = *s;
-            ts.in_c = s->out_c; ts.in_h = pl.oh; ts.in_w = pl.ow; ts.out_c = s->in_c;
-            ts.pad_top = s->k_h - 1 - s->pad_top; ts.pad_bottom = s->k_h - 1 - s->pad_bottom;
-            ts.pad_left = s->k_w - 1 - s->pad_left; ts.pad_right = s->k_w - 1 - s->pad_right;
-            mr_conv2d_forward(&ts, dy, wt, NULL, dx);
-            free(wt);
-            dx = NULL;
-        }
-    }
+    if (transposed_dx && transposed_input_gradient(s, &pl, w, dy, dx)) dx = NULL;
     if (!dw && !dx) return;
     if (dx) memset(dx, 0, (size_t)s->batch * x_img * sizeof(float));  /* col2im adds into it */
 
@@ -540,21 +543,7 @@ void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w
             free(priv);
         }
     }
-    if (dx) {
-        float *wt = malloc(wn * sizeof(float));
-        if (!wt) { conv_backward_serial(s, x, w, dy, dx, NULL, NULL); return; }
-        const int kk = s->k_h * s->k_w;
-        for (int co = 0; co < s->out_c; co++)
-            for (int ci = 0; ci < s->in_c; ci++)
-                for (int t = 0; t < kk; t++)
-                    wt[((size_t)ci * s->out_c + co) * kk + (kk - 1 - t)] = w[((size_t)co * s->in_c + ci) * kk + t];
-        mr_conv2d_shape ts = *s;
-        ts.in_c = s->out_c; ts.in_h = pl.oh; ts.in_w = pl.ow; ts.out_c = s->in_c;
-        ts.pad_top = s->k_h - 1 - s->pad_top; ts.pad_bottom = s->k_h - 1 - s->pad_bottom;
-        ts.pad_left = s->k_w - 1 - s->pad_left; ts.pad_right = s->k_w - 1 - s->pad_right;
-        mr_conv2d_forward(&ts, dy, wt, NULL, dx);
-        free(wt);
-    }
+    if (dx && !transposed_input_gradient(s, &pl, w, dy, dx)) conv_backward_serial(s, x, w, dy, dx, NULL, NULL);
 }
 
 /* ---- reference ------------------------------------------------------------------------------ */
