@@ -18,7 +18,7 @@ wrk.method = "POST"
 wrk.body = '{"class": 0, "steps": 4, "count": 1, "upscale": 1}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
-for c in 1 2 4 8; do
+for c in ${WRK_CONNECTIONS:-1 2 4 8}; do
   echo "== wrk /v1/generate, $c connections, 15 s"
   wrk -t1 -c"$c" -d15s --latency -s /tmp/millrace-post.lua "http://127.0.0.1:$port/v1/generate" | grep -E "Requests/sec|50%|99%|Non-2xx|Socket errors" || true
 done

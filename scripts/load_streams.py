@@ -87,6 +87,7 @@ def main():
     for t in threads[:len(ids)]:
         t.join()
     time.sleep(2)
+    c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)  # the first one idled out
     dropped = 0
     for sid in ids:
         status, body = call(c, "GET", f"/v1/streams/{sid}")
