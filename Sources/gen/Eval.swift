@@ -58,7 +58,7 @@ struct EvalGenerate: ParsableCommand {
         guard referenceSteps >= 0 else { throw ValidationError("--reference-steps must be ≥ 0") }
         guard samples >= 2 else { throw ValidationError("--samples must be at least 2") }
         guard ["uniform", "boss"].contains(schedule) else { throw ValidationError("--schedule must be uniform or boss") }
-        guard source == "gaussian" || source == "pruned" else { throw ValidationError("--source must be gaussian or pruned") }
+        guard SourceDistribution(rawValue: source) != nil else { throw ValidationError("--source must be gaussian or pruned") }
         guard Solver(rawValue: solver) != nil else { throw ValidationError("--solver must be euler or heun") }
         guard batch >= 1 else { throw ValidationError("--batch must be positive") }
     }
@@ -78,15 +78,8 @@ struct EvalGenerate: ParsableCommand {
             let classes = try ClassSelection.parse("all", flow: folder.flow, config: c)
             let labels = (0..<samples).map { classes[$0 % classes.count] }
             let shape = [c.inChannels, c.sampleSize, c.sampleSize]
-            var acceptance: Double?
-            let x0: Tensor
-            if source == "pruned" {
-                let drawn = try PrunedSource.load(modelFolder: modelPath).draw(count: samples, shape: shape, seed: seed)
-                x0 = drawn.samples
-                acceptance = drawn.acceptanceRate
-            } else {
-                x0 = GaussianSource.draw(count: samples, shape: shape, seed: seed)
-            }
+            let (x0, acceptance) = try SourceDistribution(rawValue: source)!.draw(
+                count: samples, shape: shape, seed: seed, modelFolder: modelPath)
 
             var sse = 0.0
             var genFeatures: [Float] = []

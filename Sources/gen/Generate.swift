@@ -54,7 +54,7 @@ struct Generate: ParsableCommand {
         guard schedule == "uniform" || schedule == "boss" else {
             throw ValidationError("--schedule must be uniform or boss, got '\(schedule)'")
         }
-        guard source == "gaussian" || source == "pruned" else { throw ValidationError("--source must be gaussian or pruned, got '\(source)'") }
+        guard SourceDistribution(rawValue: source) != nil else { throw ValidationError("--source must be gaussian or pruned, got '\(source)'") }
         if let g = guidance, !(g.isFinite && g >= 0 && g <= 50) { throw ValidationError("--guidance must be between 0 and 50") }
     }
 
@@ -78,14 +78,13 @@ struct Generate: ParsableCommand {
                     throw ModelError("\(latents): 'latents' has shape \(t.shape), expected \([k, c.inChannels, c.sampleSize, c.sampleSize]) for \(classes.count) class(es) × --count \(count)")
                 }
                 x0 = t
-            } else if source == "pruned" {
-                let pruned = try PrunedSource.load(modelFolder: folder.path)
-                let drawn = try pruned.draw(count: k, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: seed)
-                x0 = drawn.samples
-                print(String(format: "pruned source: %d signed axes, τ_r %.3f, acceptance rate %.4f of attempts",
-                             pruned.set.count, pruned.tauR, drawn.acceptanceRate))
             } else {
-                x0 = GaussianSource.draw(count: k, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: seed)
+                let drawn = try SourceDistribution(rawValue: source)!.draw(
+                    count: k, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: seed, modelFolder: folder.path)
+                x0 = drawn.samples
+                if let rate = drawn.acceptanceRate {
+                    print(String(format: "pruned source: acceptance rate %.4f of attempts", rate))
+                }
             }
             let g = guidance ?? Float(folder.flow.defaultGuidance)
             let grid: [Float]

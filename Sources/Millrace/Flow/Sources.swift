@@ -39,3 +39,21 @@ public enum ClassSelection {
                                          : "class '\(text)' is ambiguous; classes are \(list)")
     }
 }
+
+/// The source distributions `--source` names: N(0, I), or SourceFM's pruned Gaussian (§4.3).
+public enum SourceDistribution: String, Sendable, CaseIterable {
+    case gaussian, pruned
+
+    /// `count` source samples of `shape`, sample i seeded from (seed, i). Pruned sampling needs
+    /// the model folder's prune-axes.safetensors and reports its acceptance rate.
+    public func draw(count: Int, shape: [Int], seed: UInt64, modelFolder: String) throws
+        -> (samples: Tensor, acceptanceRate: Double?) {
+        switch self {
+        case .gaussian:
+            return (GaussianSource.draw(count: count, shape: shape, seed: seed), nil)
+        case .pruned:
+            let drawn = try PrunedSource.load(modelFolder: modelFolder).draw(count: count, shape: shape, seed: seed)
+            return (drawn.samples, drawn.acceptanceRate)
+        }
+    }
+}
