@@ -6,7 +6,7 @@ import Millrace
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Evaluate generation: discrepancy to 100-step Euler, Fréchet distance, class accuracy.",
-        subcommands: [EvalGenerate.self, EvalColorize.self], defaultSubcommand: EvalGenerate.self)
+        subcommands: [EvalGenerate.self, EvalTable.self, EvalColorize.self], defaultSubcommand: EvalGenerate.self)
 }
 
 struct EvalGenerate: ParsableCommand {
@@ -68,12 +68,11 @@ struct EvalGenerate: ParsableCommand {
         try runReportingErrors {
             let modelPath = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(modelPath)
-            let cls = try EmojiClassifier.load(path: classifier)
-            let ds = try ImageDataset.read(path: data)
+            let evaluator = GenerationEvaluator(classifier: try EmojiClassifier.load(path: classifier),
+                                                heldOut: try ImageDataset.read(path: data))
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             let c = folder.config
             let grid = schedule == "boss" ? try BOSS.Schedules.times(steps: steps, modelFolder: modelPath) : Schedule.uniform(steps: steps)
-            let reference = Schedule.uniform(steps: max(referenceSteps, 1))
             let g = guidance ?? Float(folder.flow.defaultGuidance)
             let classes = try ClassSelection.parse("all", flow: folder.flow, config: c)
             let labels = (0..<samples).map { classes[$0 % classes.count] }
@@ -81,45 +80,27 @@ struct EvalGenerate: ParsableCommand {
             let (x0, acceptance) = try SourceDistribution(rawValue: source)!.draw(
                 count: samples, shape: shape, seed: seed, modelFolder: modelPath)
 
-            var sse = 0.0
-            var genFeatures: [Float] = []
-            var predictions: [Int] = []
-            let bar = ProgressBar("eval", total: samples, unit: "samples")
-            for start in stride(from: 0, to: samples, by: batch) {
-                let range = start..<min(samples, start + batch)
-                let xb = x0.rows(range)
-                let lb = Array(labels[range])
-                let out = sampler.toImageSpace(sampler.integrate(xb, schedule: grid, labels: lb, guidance: g, solver: Solver(rawValue: solver)!))
-                if referenceSteps > 0 {
-                    let ref = sampler.toImageSpace(sampler.integrate(xb, schedule: reference, labels: lb, guidance: g))
-                    sse += Metrics.meanSquaredError(out.data, ref.data) * Double(out.count)
-                }
-                let (f, logits) = cls.featuresAndLogits(out)
-                genFeatures += f.data
-                predictions += EmojiClassifier.argmax(logits)
-                bar.update(range.upperBound)
-            }
+            let total = referenceSteps > 0 ? 2 * samples : samples
+            let bar = ProgressBar("eval", total: total, unit: "samples")
+            let images = GenerationEvaluator.generate(sampler, x0: x0, labels: labels, schedule: grid, guidance: g,
+                                                      solver: Solver(rawValue: solver)!, batch: batch) { bar.update($0) }
+            let reference: Tensor? = referenceSteps > 0
+                ? GenerationEvaluator.generate(sampler, x0: x0, labels: labels, schedule: Schedule.uniform(steps: referenceSteps),
+                                               guidance: g, batch: batch) { bar.update(samples + $0) }
+                : nil
             bar.finish()
-            let held = ds.indices(split: 1)
-            let heldFeatures = cls.features(EmojiClassifier.inputBatch(ds, indices: held)).data
-            let frechet = Metrics.frechetDistance(genFeatures, heldFeatures, dim: cls.featureDim)
-            let discrepancy: Double? = referenceSteps > 0 ? sse / Double(x0.count) : nil
-            var correct = [Int](repeating: 0, count: classes.count), total = correct
-            for (i, p) in predictions.enumerated() {
-                let k = classes.firstIndex(of: labels[i])!
-                total[k] += 1
-                if p == labels[i] { correct[k] += 1 }
-            }
-            let accuracy = Double(correct.reduce(0, +)) / Double(samples)
+            let m = evaluator.metrics(images: images, labels: labels, classes: classes, reference: reference)
+            let (discrepancy, frechet, accuracy) = (m.discrepancy, m.frechet, m.accuracy)
+            let heldCount = evaluator.heldOutFeatures.count / evaluator.classifier.featureDim
             let names = classes.map { folder.flow.classNames.indices.contains($0) ? folder.flow.classNames[$0] : "class \($0)" }
             if json {
                 var perClass: [String: Double] = [:]
-                for (k, n) in names.enumerated() { perClass[n] = Double(correct[k]) / Double(max(total[k], 1)) }
+                for (k, n) in names.enumerated() { perClass[n] = m.accuracyPerClass[k] }
                 let obj: [String: Any] = [
                     "model": modelPath, "steps": steps, "schedule": schedule, "source": source, "solver": solver,
                     "guidance": g, "samples": samples, "seed": seed, "reference_steps": referenceSteps,
                     "discrepancy": discrepancy as Any? ?? NSNull(), "frechet": frechet, "accuracy": accuracy,
-                    "accuracy_per_class": perClass, "heldout_images": held.count,
+                    "accuracy_per_class": perClass, "heldout_images": heldCount,
                     "acceptance_rate": acceptance as Any? ?? NSNull(),
                 ]
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
@@ -129,7 +110,7 @@ struct EvalGenerate: ParsableCommand {
                 print(String(format: "discrepancy %@   frechet %.3f   accuracy %.3f",
                              discrepancy.map { String(format: "%.5f", $0) } ?? "-", frechet, accuracy))
                 for (k, n) in names.enumerated() {
-                    print(String(format: "  %-20@ %.2f", n as NSString, Double(correct[k]) / Double(max(total[k], 1))))
+                    print(String(format: "  %-20@ %.2f", n as NSString, m.accuracyPerClass[k]))
                 }
             }
         }

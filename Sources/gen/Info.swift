@@ -26,6 +26,9 @@ struct Info: ParsableCommand {
                     "block_out_channels": c.blockOutChannels, "layers_per_block": c.layersPerBlock,
                     "classes": folder.flow.classNames, "null_class": folder.flow.nullClass as Any? ?? NSNull(),
                     "norm_scale": folder.flow.normScale,
+                    "default_guidance": folder.flow.defaultGuidance,
+                    "distilled_guidance": folder.flow.distilledGuidance as Any? ?? NSNull(),
+                    "machine": Runtime.describe(),
                 ]
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
@@ -44,8 +47,11 @@ struct Info: ParsableCommand {
                 for (i, n) in folder.flow.classNames.enumerated() { print("               \(i): \(n)") }
             }
             print("flow         prediction \(folder.flow.prediction), timestep scale \(folder.flow.timestepScale), norm scale \(String(format: "%.4f", folder.flow.normScale))")
+            print("guidance     default \(folder.flow.defaultGuidance)\(folder.flow.distilledGuidance.map { " (straightened: distils guidance \($0))" } ?? "")")
             print("parameters   \(folder.model.parameterCount.formatted())")
             print(String(format: "FLOPs        %.3f GFLOP per forward pass at batch 1 (%d×%d)", Double(flops) / 1e9, c.sampleSize, c.sampleSize))
+            print("machine      \(Runtime.describe())")
+            if let hint = Runtime.blasCoreHint() { print("             \(hint)") }
         }
     }
 }

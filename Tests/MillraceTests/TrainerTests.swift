@@ -147,6 +147,29 @@ import Testing
 
 extension TrainerTests {
     /// Two data-parallel workers compute the same step as one worker (to float rounding).
+    @Test func initFromKeepsOrSetsTheNormScale() throws {
+        let data = Self.syntheticData()
+        // A plain folder (s = 1) and a norm-aligned one (s = 1.7).
+        var flow = FlowConfig()
+        flow.classNames = data.classNames
+        flow.nullClass = 2
+        let plainPath = Self.tempPath("init-plain"), alignedPath = Self.tempPath("init-aligned")
+        try ModelFolder.write(model: UNet2DModel(config: Self.tinyConfig(), seed: 1), flow: flow, to: plainPath)
+        flow.normScale = 1.7
+        try ModelFolder.write(model: UNet2DModel(config: Self.tinyConfig(), seed: 1), flow: flow, to: alignedPath)
+        // --norm-align from a plain model trains on the data's own s ...
+        var opts = Self.options(steps: 1)
+        opts.normAlign = true
+        let a = try FlowTrainer(config: Self.tinyConfig(), data: data, options: opts)
+        try a.initialize(from: try ModelFolder.load(plainPath))
+        #expect(abs(a.flow.normScale - data.normAlignmentScale()) < 1e-12)
+        #expect(a.flow.normScale != 1)
+        // ... and continuing a norm-aligned model without the flag keeps its s.
+        let b = try FlowTrainer(config: Self.tinyConfig(), data: data, options: Self.options(steps: 1))
+        try b.initialize(from: try ModelFolder.load(alignedPath))
+        #expect(b.flow.normScale == 1.7)
+    }
+
     @Test func dataParallelWorkersMatchOneWorker() throws {
         try GlobalKernelSettings.exclusive {
             var one = Self.options(steps: 3), two = one

@@ -14,12 +14,16 @@ public struct FlowConfig: Codable, Sendable, Equatable {
     public var normScale: Double = 1
     /// Guidance scale used when none is asked for (1 = no guidance).
     public var defaultGuidance: Double = 1
+    /// For a straightened model (§3.4, `gen straighten`): the guidance scale of the teacher whose
+    /// guided chords it learned, so that it samples at guidance 1 in one row per step.
+    public var distilledGuidance: Double? = nil
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case prediction, timestepScale = "timestep_scale", classNames = "class_names"
         case nullClass = "null_class", normScale = "norm_scale", defaultGuidance = "default_guidance"
+        case distilledGuidance = "distilled_guidance"
     }
 
     public init(from decoder: Decoder) throws {
@@ -30,6 +34,7 @@ public struct FlowConfig: Codable, Sendable, Equatable {
         nullClass = try c.decodeIfPresent(Int.self, forKey: .nullClass)
         normScale = try c.decodeIfPresent(Double.self, forKey: .normScale) ?? 1
         defaultGuidance = try c.decodeIfPresent(Double.self, forKey: .defaultGuidance) ?? 1
+        distilledGuidance = try c.decodeIfPresent(Double.self, forKey: .distilledGuidance)
     }
 }
 

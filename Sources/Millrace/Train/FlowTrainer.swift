@@ -127,8 +127,52 @@ public final class FlowTrainer {
     /// Training images by class (classes without images left out).
     let byClass: [[Int]]
 
+    /// Straightening (§3.4): when set, batches are teacher chords instead of data/noise pairs.
+    public private(set) var chords: Straightening.Chords?
+
+    /// A trainer that fine-tunes the model of `folder` on teacher chords (§3.4): each row is a
+    /// state x_{τk} at τk with the chord (x_{τk+1} − x_{τk}) / (τk+1 − τk) as its target, drawn
+    /// uniformly from `chords`; no label dropout and no flips (the chords fix both). Weights and
+    /// EMA start from the folder's weights.
+    public convenience init(folder: ModelFolder, chords: Straightening.Chords, options: TrainOptions) throws {
+        let c = folder.config
+        guard chords.count > 0, chords.dimension == c.inChannels * c.sampleSize * c.sampleSize else {
+            throw TrainError("straightening needs chords of the model's sample shape")
+        }
+        guard !folder.flow.classNames.isEmpty else { throw TrainError("straightening needs a class-conditional model folder with class names") }
+        // The data split is not used when chords are set; one blank image keeps the checks simple.
+        let placeholder = FlowTrainingData(images: [Float](repeating: 0, count: chords.dimension), labels: [0],
+                                           size: c.sampleSize, classNames: folder.flow.classNames)
+        var opts = options
+        opts.labelDropout = 0
+        opts.horizontalFlips = false
+        try self.init(config: c, data: placeholder, options: opts)
+        try initialize(from: folder)
+        flow = folder.flow
+        guard let embeds = c.numClassEmbeds, chords.labels.allSatisfy({ $0 >= 0 && $0 < embeds }) else {
+            throw TrainError("a chord label is outside the model's classes")
+        }
+        self.chords = chords
+    }
+
+    /// Draws a batch of chords: (x_{τk}, τk, labels, chord velocity).
+    func drawChordBatch(_ chords: Straightening.Chords) -> (Tensor, [Float], [Int], Tensor) {
+        let b = options.batchSize, size = data.size, d = chords.dimension
+        var xt = Tensor(zeros: [b, 3, size, size]), target = xt
+        var ts = [Float](repeating: 0, count: b), labels = [Int](repeating: 0, count: b)
+        for n in 0..<b {
+            let i = Int(rng.next() % UInt64(chords.count))
+            xt.data.replaceSubrange((n * d)..<((n + 1) * d), with: chords.states[(i * d)..<((i + 1) * d)])
+            target.data.replaceSubrange((n * d)..<((n + 1) * d), with: chords.targets[(i * d)..<((i + 1) * d)])
+            ts[n] = chords.times[i]
+            labels[n] = chords.labels[i]
+        }
+        return (xt, ts, labels, target)
+    }
+
     /// Draws one batch: (x_t, t, labels, target velocity).
     func drawBatch() -> (Tensor, [Float], [Int], Tensor) {
+        if let chords { return drawChordBatch(chords) }
         let b = options.batchSize, size = data.size
         let per = 3 * size * size
         let s = Float(flow.normScale)
@@ -231,6 +275,8 @@ public final class FlowTrainer {
     }
 
     /// Starts from the weights of a model folder (weights and EMA; the optimizer starts fresh).
+    /// With `normAlign` the run keeps the scale computed on its data, so a plain model can be
+    /// fine-tuned into a norm-aligned one.
     /// For continuing a model whose checkpoint is gone; `--resume` is exact, this is not.
     public func initialize(from folder: ModelFolder) throws {
         guard folder.config == model.config else {
@@ -238,7 +284,9 @@ public final class FlowTrainer {
         }
         try model.load(folder.model.stateDict())
         optimizer.ema = model.namedParameters().map { $0.1.value.data }
-        flow.normScale = folder.flow.normScale
+        // A --norm-align run trains on its own s (computed on the data); otherwise the folder's
+        // scale carries over, so that continuing a norm-aligned model keeps its s.
+        if !options.normAlign { flow.normScale = folder.flow.normScale }
     }
 
     /// A model with the EMA weights (what gets shipped and sampled from).

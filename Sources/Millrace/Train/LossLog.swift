@@ -72,19 +72,8 @@ public enum LossPlot {
             let y = height - margin - Int(Double(height - 2 * margin) * (log10(max(v, 1e-12)) - lo) / span)
             return (x, y)
         }
-        func dot(_ x: Int, _ y: Int, _ c: (Float, Float, Float)) {
-            guard x >= 0, x < width, y >= 0, y < height else { return }
-            let plane = width * height
-            img.planes[y * width + x] = c.0
-            img.planes[plane + y * width + x] = c.1
-            img.planes[2 * plane + y * width + x] = c.2
-        }
-        func line(_ a: (Int, Int), _ b: (Int, Int), _ c: (Float, Float, Float)) {
-            let n = max(abs(b.0 - a.0), abs(b.1 - a.1), 1)
-            for i in 0...n {
-                dot(a.0 + (b.0 - a.0) * i / n, a.1 + (b.1 - a.1) * i / n, c)
-            }
-        }
+        func dot(_ x: Int, _ y: Int, _ c: (Float, Float, Float)) { img.setPixel(x, y, c) }
+        func line(_ a: (Int, Int), _ b: (Int, Int), _ c: (Float, Float, Float)) { img.drawLine(a, b, c) }
         // axes, and a faint gridline at every power of ten
         line((margin, height - margin), (width - margin, height - margin), (0, 0, 0))
         line((margin, margin), (margin, height - margin), (0, 0, 0))

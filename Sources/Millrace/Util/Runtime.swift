@@ -22,6 +22,15 @@ public enum Runtime {
             .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
         return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads"
     }
+
+    /// Advice when the CPU has AVX-512 but OpenBLAS runs narrower kernels because the environment
+    /// chose them (gen keeps a user's OPENBLAS_CORETYPE); nil otherwise.
+    public static func blasCoreHint() -> String? {
+        let core = String(cString: mr_blas_corename()).lowercased()
+        guard mr_cpu_has_avx512f() != 0, !["skylakex", "cooperlake", "sapphirerapids"].contains(where: core.contains),
+              let set = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] else { return nil }
+        return "OPENBLAS_CORETYPE=\(set) is set in the environment and kept; this CPU has AVX-512, and OPENBLAS_CORETYPE=SKYLAKEX runs sgemm faster on it (1.46× on the AMD EPYC of docs/BENCHMARKS.md)"
+    }
 }
 
 extension Runtime {
