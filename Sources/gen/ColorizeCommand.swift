@@ -8,44 +8,104 @@ struct ColorizeCommand: ParsableCommand {
         commandName: "colorize",
         abstract: "Colorize a gray image (or a folder of frames) from a pool of colour reference images.",
         discussion: """
-        Each input is turned gray (luma), its 4 overlapping crops retrieve their 3 most similar
-        pool patches (luminance descriptors after BSS), and chroma is transferred in Lab from those
-        patches, smoothed with luminance guidance; the output keeps the input's L. The pool is
-        indexed into <refs>/.millrace-index.json, rebuilt when the folder changes. For a folder of
-        frames, a frame similar to the previous one reuses its retrieval so colours stay stable.
+        Each input is turned gray (luma); its 4 overlapping crops retrieve their 3
+        most similar pool patches (luminance descriptors after BSS), and chroma is
+        transferred in Lab from those patches, smoothed with luminance guidance.
+        The output keeps the input's L. The pool (default: the shipped
+        assets/references, made by `gen references`) is indexed into
+        <refs>/.millrace-index.json, rebuilt when the folder changes (the file is
+        gitignored). For a folder of frames, a frame similar to the one whose
+        retrieval is in use reuses that retrieval, so colours stay stable.
+
+        --refine (for inputs in the model's domain: 32x32 emoji for emoji32): the
+        flow model then repaints the chroma while the input's luminance is kept.
+        It starts at t0 = 1 - strength from x = t0*colorized + (1-t0)*noise and
+        takes Euler steps to t = 1. After each step the data estimate
+        x1 = x + (1-t)*v gets the input's luminance (Lab: L from the input, a and
+        b kept), and x is re-formed as t'*x1 + (1-t')*x0 with the model's source
+        estimate x0 = x - t*v (without the luminance swap this is exactly the
+        Euler step). At the end the input's L is restored exactly at full
+        resolution (chroma, not L, is reduced where a colour falls outside sRGB).
+        Other sizes are refined at the model's size; only a, b are upsampled.
+        --class conditions on a group (default: the null class, unconditional).
 
         Examples:
           gen colorize old.png --out out/color.png --show-refs out/refs.png
           gen colorize frames/ --out out/colored --refs my-refs/
           gen colorize old.png --out out/plain.png --no-retrieval
+          gen colorize emoji.png --out out/refined.png --refine --strength 0.3
         """)
 
     @Argument(help: "Input image, or a folder of frames (PNG or JPEG, sorted by name).")
     var input: String
     @Option(help: "Output PNG (single input) or output folder (folder input).")
     var out: String
-    @Option(help: "Folder of colour reference images.")
-    var refs: String = "assets/references"
+    @Option(help: "Folder of colour reference images (default: the shipped assets/references).")
+    var refs: String?
     @Flag(help: "Chroma from the pool's mean chroma per luminance bin, without retrieval.")
     var noRetrieval = false
     @Option(help: "Write the §9 canvas (query and retrieved patches) to this PNG (folder input: <PNG without .png>-<frame>.png per frame).")
     var showRefs: String?
     @Option(help: "Similarity (cosine of frame descriptors) above which a frame reuses the previous retrieval.")
     var reuseThreshold: Float = 0.95
+    @Flag(help: "Let the flow model repaint the chroma, keeping the input's luminance (see above).")
+    var refine = false
+    @Option(help: "Model folder for --refine (default: assets/models/emoji32 or $MILLRACE_MODEL).")
+    var model: String?
+    @Option(help: "--refine: how much of the flow is rerun; it starts at t = 1 - strength. In (0, 1].")
+    var strength: Float = 0.3
+    @Option(help: "--refine: Euler steps from 1 - strength to 1.")
+    var steps: Int = 10
+    @Option(name: .customLong("class"), help: "--refine: class name (or unique prefix) or index to condition on; default the null class (unconditional).")
+    var className: String?
+    @Option(help: "--refine: guidance scale with --class (default: the model's flow.json).")
+    var guidance: Float?
+    @Option(help: "--refine: seed of the noise.")
+    var seed: UInt64 = 0
+    @OptionGroup var threads: ThreadOptions
+
+    func validate() throws {
+        guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1], got \(strength)") }
+        guard steps >= 1 && steps <= 1000 else { throw ValidationError("--steps must be in 1...1000") }
+        if let className, className.lowercased() == "all" {
+            throw ValidationError("--class takes one class (a name, unique prefix or index), not 'all'")
+        }
+    }
 
     func run() throws {
+        threads.apply()
         try runReportingErrors {
+            let refs = self.refs ?? ReferencePool.defaultFolder()
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: refs, isDirectory: &isDir), isDir.boolValue else {
                 throw ColorError("""
-                    reference folder \(refs) does not exist. Make one: put colour PNG or JPEG images in a folder \
-                    (e.g. mkdir -p assets/references && cp photos/*.png assets/references/) and pass it with --refs
+                    reference folder \(refs) does not exist. Make the shipped one with \
+                    `gen references --data data/emoji32.mrds`, or put colour PNG or JPEG images in a folder \
+                    and pass it with --refs
                     """)
             }
             let pool = ReferencePool(folder: refs)
             let rebuilt = try pool.index()
             FileHandle.standardError.write(Data("pool: \(pool.names.count) images, \(pool.patchCount) patches (\(rebuilt ? "indexed" : "cached index"))\n".utf8))
             let colorizer = Colorizer(pool: pool, mode: noRetrieval ? .noRetrieval : .retrieval)
+            var refiner: ChromaRefiner? = nil
+            if refine {
+                let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
+                var r = ChromaRefiner(folder: folder)
+                r.strength = strength
+                r.steps = steps
+                r.seed = seed
+                if let className {
+                    r.classIndex = try ClassSelection.parse(className, flow: folder.flow, config: folder.config)[0]
+                    if r.classIndex == folder.flow.nullClass { r.classIndex = nil }
+                }
+                r.guidance = guidance ?? Float(folder.flow.defaultGuidance)
+                refiner = r
+            }
+            func finish(_ image: RGBImage, input: RGBImage) throws -> RGBImage {
+                guard let refiner else { return image }
+                return try refiner.refine(colorized: image, gray: input)
+            }
             guard FileManager.default.fileExists(atPath: input, isDirectory: &isDir) else {
                 throw ColorError("input \(input) does not exist")
             }
@@ -54,46 +114,35 @@ struct ColorizeCommand: ParsableCommand {
                 let result = try colorizer.colorize(gray: image)
                 let dir = (out as NSString).deletingLastPathComponent
                 if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-                try result.image.writePNG(path: out)
+                try finish(result.image, input: image).writePNG(path: out)
                 if let showRefs, !noRetrieval {
                     try colorizer.canvas(gray: image, references: result.references).writePNG(path: showRefs)
                 }
                 for r in result.references where r.rank == 0 {
                     print("quadrant \(r.quadrant): \(r.name) [\(r.rect.x),\(r.rect.y) \(r.rect.width)x\(r.rect.height)] cos \(String(format: "%.3f", r.similarity))")
                 }
-                print("wrote \(out)")
+                print("wrote \(out)\(refine ? " (refined, strength \(strength), \(steps) steps)" : "")")
                 return
             }
             let names = try FileManager.default.contentsOfDirectory(atPath: input)
-                .filter { ["png", "jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }.sorted()
+                .filter { !$0.hasPrefix(".") && ["png", "jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }.sorted()
             guard !names.isEmpty else { throw ColorError("no PNG or JPEG frames in \(input)") }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let bar = ProgressBar("colorize", total: names.count, unit: "frames")
-            var previous: (signature: [Float], refs: [RetrievedPatch])?
-            var reused = 0
+            let sequence = FrameSequenceColorizer(colorizer: colorizer, reuseThreshold: reuseThreshold)
             for (i, name) in names.enumerated() {
                 let frame = try RGBImage.load(path: (input as NSString).appendingPathComponent(name))
-                let signature = PatchDescriptor.descriptor(
-                    luma: PatchDescriptor.standardLuma(frame, rect: PatchRect(x: 0, y: 0, width: frame.width, height: frame.height)),
-                    referenceAmplitude: pool.referenceAmplitude)
-                var reuse: [RetrievedPatch]? = nil
-                if let previous, !noRetrieval, signature.count == previous.signature.count {
-                    let cos = zip(signature, previous.signature).map(*).reduce(0, +)
-                    if cos >= reuseThreshold { reuse = previous.refs; reused += 1 }
-                }
-                let result = try colorizer.colorize(gray: frame, reusing: reuse)
+                let result = try sequence.next(frame)
                 let base = (name as NSString).deletingPathExtension
-                try result.image.writePNG(path: (out as NSString).appendingPathComponent(base + ".png"), fast: true)
+                try finish(result.image, input: frame).writePNG(path: (out as NSString).appendingPathComponent(base + ".png"), fast: true)
                 if let showRefs, !noRetrieval {
                     let path = ((showRefs as NSString).deletingPathExtension) + "-\(base).png"
                     try colorizer.canvas(gray: frame, references: result.references).writePNG(path: path, fast: true)
                 }
-                // Keep the signature of the frame whose retrieval is in use, so drift is bounded.
-                if reuse == nil { previous = (signature, result.references) }
                 bar.update(i + 1)
             }
             bar.finish()
-            print("wrote \(names.count) frames to \(out) (\(reused) reused the previous retrieval)")
+            print("wrote \(names.count) frames to \(out) (\(sequence.reusedCount) reused the previous retrieval)")
         }
     }
 }

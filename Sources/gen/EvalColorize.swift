@@ -2,105 +2,231 @@ import ArgumentParser
 import Foundation
 import Millrace
 
-/// `gen eval colorize`: colorization quality on held-out colour images.
+/// `gen eval colorize`: colorization quality on held-out colour images, and colour stability
+/// along a frame sequence.
 struct EvalColorize: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "colorize",
         abstract: "Evaluate colorization (retrieval, no_retrieval, reinhard, gray) on held-out colour images.",
         discussion: """
-        Held-out colour images (a .mrds dataset's split 1, or every PNG/JPEG of a folder) are turned
-        gray (0.299 R + 0.587 G + 0.114 B) and colorized by each method:
+        Held-out colour images (a .mrds dataset's split 1, or every PNG/JPEG of a
+        folder) are turned gray (0.299 R + 0.587 G + 0.114 B) and colorized by:
           retrieval     retrieval-augmented exemplar chroma transfer (§9)
           no_retrieval  pool mean chroma per luminance bin
-          reinhard      global Reinhard transfer in Lab from a random pool image (seeded)
+          reinhard      global Reinhard transfer in Lab from a random pool image
           gray          the gray input itself
+          refine        (--refine) retrieval, then the flow model repaints the
+                        chroma keeping the input's luminance (gen colorize --help)
         Metrics, averaged over images:
           psnr_rgb          PSNR on RGB in [0, 1]
           psnr_ab           PSNR on Lab a, b divided by 256 (peak 1)
           delta_e           mean CIE76 ΔE (Euclidean distance in Lab)
-          colorfulness_gap  mean |colourfulness(output) − colourfulness(original)| (§10)
+          colorfulness_gap  mean |colourfulness(output) - colourfulness(original)|
+        --frames DIR (colour frames, sorted by name, turned gray): frame-to-frame
+        chroma variation, the mean over consecutive frames of
+        sqrt(mean over pixels of Δa² + Δb²) in Lab units, for retrieval reusing a
+        similar frame's retrieval (as `gen colorize DIR` does), retrieval afresh
+        on every frame, no_retrieval and the original frames; the same on static
+        pixels only (input luma unchanged between the two frames, so any chroma
+        change there is flicker); and each variant's psnr_ab. JSON key "frames".
+        The pool defaults to the shipped assets/references (`gen references`).
         Examples:
-          gen eval colorize --data assets/data/emoji.mrds --limit 100 --json
-          gen eval colorize --data photos/heldout --refs assets/references
+          gen eval colorize --data data/emoji32.mrds --limit 0 --json
+          gen eval colorize --frames assets/clips/cartoon --frame-examples c.png
+          gen eval colorize --data photos/heldout --refs my-refs
         """)
 
     @Option(help: "Held-out colour images: a .mrds dataset (split 1) or a folder of PNG/JPEG files.")
-    var data: String
-    @Option(help: "Folder of colour reference images.")
-    var refs: String = "assets/references"
+    var data: String?
+    @Option(help: "A folder of colour frames for the frame-to-frame chroma variation.")
+    var frames: String?
+    @Option(help: "Folder of colour reference images (default: the shipped assets/references).")
+    var refs: String?
     @Option(help: "Most images to evaluate (0: all).")
     var limit: Int = 50
-    @Option(help: "Seed of the Reinhard reference draw.")
+    @Option(help: "Seed of the Reinhard reference draw (and of the --refine noise).")
     var seed: UInt64 = 0
+    @Option(help: "Similarity above which a frame reuses the previous retrieval (--frames).")
+    var reuseThreshold: Float = 0.95
+    @Flag(help: "Also evaluate retrieval followed by model refinement (method 'refine').")
+    var refine = false
+    @Option(help: "Model folder for --refine (default: assets/models/emoji32 or $MILLRACE_MODEL).")
+    var model: String?
+    @Option(help: "--refine strength (starts at t = 1 - strength).")
+    var strength: Float = 0.3
+    @Option(help: "--refine Euler steps.")
+    var steps: Int = 10
+    @Option(help: "Write a comparison grid (rows: gray, retrieval, [refine,] original; images spread evenly over the evaluated set, 2x nearest) to this PNG.")
+    var examples: String?
+    @Option(help: "Columns of the --examples grid.")
+    var examplesCount: Int = 16
+    @Option(help: "Write a grid of --frames (rows: gray, retrieval with reuse, original; 6 frames spread evenly) to this PNG.")
+    var frameExamples: String?
     @Flag(help: "Print JSON keyed by method.")
     var json = false
+    @OptionGroup var threads: ThreadOptions
+
+    func validate() throws {
+        guard data != nil || frames != nil else { throw ValidationError("give --data (held-out images) and/or --frames (a frame folder)") }
+        guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1], got \(strength)") }
+        guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
+    }
+
+    static func listImages(_ dir: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: dir)
+            .filter { !$0.hasPrefix(".") && ["png", "jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }.sorted()
+    }
 
     func run() throws {
+        threads.apply()
         try runReportingErrors {
+            let refs = self.refs ?? ReferencePool.defaultFolder()
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: refs, isDirectory: &isDir), isDir.boolValue else {
-                throw ColorError("reference folder \(refs) does not exist: put colour PNG or JPEG images in a folder and pass it with --refs")
+                throw ColorError("reference folder \(refs) does not exist: make the shipped one with `gen references --data data/emoji32.mrds`, or pass a folder of colour images with --refs")
             }
-            guard FileManager.default.fileExists(atPath: data, isDirectory: &isDir) else {
-                throw ColorError("data \(data) does not exist")
-            }
-            var loaders: [() throws -> RGBImage] = []
-            if isDir.boolValue {
-                let names = try FileManager.default.contentsOfDirectory(atPath: data)
-                    .filter { !$0.hasPrefix(".") && ["png", "jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }.sorted()
-                loaders = names.map { name in { try RGBImage.load(path: (data as NSString).appendingPathComponent(name)) } }
-            } else {
-                let ds = try ImageDataset.read(path: data)
-                loaders = ds.indices(split: 1).map { i in { ds.image(at: i) } }
-            }
-            guard !loaders.isEmpty else { throw ColorError("no held-out colour images in \(data)") }
-            if limit > 0 && loaders.count > limit { loaders = Array(loaders.prefix(limit)) }
             let pool = ReferencePool(folder: refs)
             try pool.index()
-            let retrieval = Colorizer(pool: pool), plain = Colorizer(pool: pool, mode: .noRetrieval)
-            var rng = SplitMix64(seed: seed)
-            let methods = ["retrieval", "no_retrieval", "reinhard", "gray"]
-            var sums = [String: [Double]](uniqueKeysWithValues: methods.map { ($0, [0, 0, 0, 0]) })
-            let bar = json ? nil : ProgressBar("eval colorize", total: loaders.count, unit: "images")
-            for (k, load) in loaders.enumerated() {
-                let original = try load()
-                let gray = Colorizer.grayscale(original)
+            var report: [String: Any] = [:]
+            if let data { report.merge(try evaluateImages(data: data, pool: pool, refs: refs)) { $1 } }
+            if let frames { report["frames"] = try evaluateFrames(dir: frames, pool: pool) }
+            if json {
+                let out = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
+                print(String(decoding: out, as: UTF8.self))
+            }
+        }
+    }
+
+    func evaluateImages(data: String, pool: ReferencePool, refs: String) throws -> [String: Any] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: data, isDirectory: &isDir) else {
+            throw ColorError("data \(data) does not exist")
+        }
+        var loaders: [() throws -> RGBImage] = []
+        if isDir.boolValue {
+            loaders = try Self.listImages(data).map { name in { try RGBImage.load(path: (data as NSString).appendingPathComponent(name)) } }
+        } else {
+            let ds = try ImageDataset.read(path: data)
+            loaders = ds.indices(split: 1).map { i in { ds.image(at: i) } }
+        }
+        guard !loaders.isEmpty else { throw ColorError("no held-out colour images in \(data)") }
+        if limit > 0 && loaders.count > limit { loaders = Array(loaders.prefix(limit)) }
+        let retrieval = Colorizer(pool: pool), plain = Colorizer(pool: pool, mode: .noRetrieval)
+        var refiner: ChromaRefiner? = nil
+        if refine {
+            var r = ChromaRefiner(folder: try ModelFolder.load(model ?? ModelFolder.defaultPath()))
+            r.strength = strength
+            r.steps = steps
+            r.seed = seed
+            refiner = r
+        }
+        var rng = SplitMix64(seed: seed)
+        let methods = ["retrieval", "no_retrieval", "reinhard", "gray"] + (refine ? ["refine"] : [])
+        var sums = [String: [Double]](uniqueKeysWithValues: methods.map { ($0, [0, 0, 0, 0]) })
+        let bar = json ? nil : ProgressBar("eval colorize", total: loaders.count, unit: "images")
+        // Batches, so --refine makes one model call per step for many images.
+        let batch = 32
+        var done = 0
+        let wanted = examples == nil ? [] : Set((0..<min(examplesCount, loaders.count)).map { $0 * loaders.count / min(examplesCount, loaders.count) })
+        var exampleRows: [[RGBImage]] = [[], [], []] + (refine ? [[]] : [])
+        while done < loaders.count {
+            let range = done..<min(loaders.count, done + batch)
+            let originals = try range.map { try loaders[$0]() }
+            let grays = originals.map(Colorizer.grayscale)
+            var outputs: [[String: RGBImage]] = []
+            for gray in grays {
                 let reference = try pool.image(at: Int(rng.next() % UInt64(pool.names.count)))
-                let outputs: [String: RGBImage] = [
+                outputs.append([
                     "retrieval": try retrieval.colorize(gray: gray).image,
                     "no_retrieval": try plain.colorize(gray: gray).image,
                     "reinhard": Colorizer.reinhard(gray: gray, reference: reference),
                     "gray": gray,
-                ]
+                ])
+            }
+            if var refiner {
+                refiner.seed = seed &+ UInt64(done)
+                let refined = try refiner.refine(colorized: outputs.map { $0["retrieval"]! }, gray: grays)
+                for k in outputs.indices { outputs[k]["refine"] = refined[k] }
+            }
+            for (k, (original, out)) in zip(originals, outputs).enumerated() where wanted.contains(range.lowerBound + k) {
+                let row = [out["gray"]!, out["retrieval"]!] + (refine ? [out["refine"]!] : []) + [original]
+                for (r, image) in row.enumerated() {
+                    exampleRows[r].append(image.resizedNearest(width: 2 * image.width, height: 2 * image.height))
+                }
+            }
+            for (original, out) in zip(originals, outputs) {
                 let c0 = ColorMetrics.colorfulness(original)
-                for (m, out) in outputs {
-                    sums[m]![0] += ColorMetrics.psnrRGB(out, original)
-                    sums[m]![1] += ColorMetrics.psnrAB(out, original)
-                    sums[m]![2] += ColorMetrics.deltaE76(out, original)
-                    sums[m]![3] += abs(ColorMetrics.colorfulness(out) - c0)
+                for (m, image) in out {
+                    sums[m]![0] += ColorMetrics.psnrRGB(image, original)
+                    sums[m]![1] += ColorMetrics.psnrAB(image, original)
+                    sums[m]![2] += ColorMetrics.deltaE76(image, original)
+                    sums[m]![3] += abs(ColorMetrics.colorfulness(image) - c0)
                 }
-                bar?.update(k + 1)
             }
-            bar?.finish()
-            let n = Double(loaders.count)
-            var report: [String: [String: Double]] = [:]
+            done = range.upperBound
+            bar?.update(done)
+        }
+        bar?.finish()
+        if let examples {
+            let labels = ["gray", "retrieval"] + (refine ? ["refine"] : []) + ["original"]
+            try RGBImage.labeledRows(exampleRows, labels: labels).writePNG(path: examples)
+            if !json { print("wrote \(examples)") }
+        }
+        let n = Double(loaders.count)
+        var report: [String: [String: Double]] = [:]
+        for m in methods {
+            let s = sums[m]!
+            report[m] = ["psnr_rgb": s[0] / n, "psnr_ab": s[1] / n, "delta_e": s[2] / n, "colorfulness_gap": s[3] / n,
+                         "images": n]
+        }
+        if !json {
+            print("\(loaders.count) images, pool \(refs) (\(pool.names.count) images)")
+            print("method        psnr_rgb  psnr_ab  delta_e  colorfulness_gap")
             for m in methods {
-                let s = sums[m]!
-                report[m] = ["psnr_rgb": s[0] / n, "psnr_ab": s[1] / n, "delta_e": s[2] / n, "colorfulness_gap": s[3] / n,
-                             "images": n]
-            }
-            if json {
-                let out = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
-                print(String(decoding: out, as: UTF8.self))
-            } else {
-                print("\(loaders.count) images, pool \(refs) (\(pool.names.count) images)")
-                print("method        psnr_rgb  psnr_ab  delta_e  colorfulness_gap")
-                for m in methods {
-                    let r = report[m]!
-                    print(m.padding(toLength: 12, withPad: " ", startingAt: 0)
-                          + String(format: "  %8.2f %8.2f %8.2f %10.4f", r["psnr_rgb"]!, r["psnr_ab"]!, r["delta_e"]!, r["colorfulness_gap"]!))
-                }
+                let r = report[m]!
+                print(m.padding(toLength: 12, withPad: " ", startingAt: 0)
+                      + String(format: "  %8.2f %8.2f %8.2f %10.4f", r["psnr_rgb"]!, r["psnr_ab"]!, r["delta_e"]!, r["colorfulness_gap"]!))
             }
         }
+        return report
+    }
+
+    func evaluateFrames(dir: String, pool: ReferencePool) throws -> [String: Any] {
+        let names = try Self.listImages(dir)
+        guard names.count >= 2 else { throw ColorError("--frames \(dir) needs at least 2 PNG or JPEG frames") }
+        let originals = try names.map { try RGBImage.load(path: (dir as NSString).appendingPathComponent($0)) }
+        let grays = originals.map(Colorizer.grayscale)
+        let withReuse = FrameSequenceColorizer(colorizer: Colorizer(pool: pool), reuseThreshold: reuseThreshold)
+        let afresh = FrameSequenceColorizer(colorizer: Colorizer(pool: pool), reuse: false)
+        let plain = Colorizer(pool: pool, mode: .noRetrieval)
+        let variants: [(String, [RGBImage])] = [
+            ("retrieval_reuse", try grays.map { try withReuse.next($0).image }),
+            ("retrieval_no_reuse", try grays.map { try afresh.next($0).image }),
+            ("no_retrieval", try grays.map { try plain.colorize(gray: $0).image }),
+            ("original", originals),
+        ]
+        if let frameExamples {
+            let picks = (0..<min(6, names.count)).map { $0 * (names.count - 1) / max(1, min(6, names.count) - 1) }
+            let rows = [grays, variants[0].1, originals].map { seq in picks.map { seq[$0] } }
+            try RGBImage.labeledRows(rows, labels: ["gray", "retrieval", "original"]).writePNG(path: frameExamples)
+            if !json { print("wrote \(frameExamples)") }
+        }
+        var out: [String: Any] = ["frames": names.count, "reused": withReuse.reusedCount]
+        for (name, seq) in variants {
+            let psnr = zip(seq, originals).map { ColorMetrics.psnrAB($0, $1) }.reduce(0, +) / Double(seq.count)
+            out[name] = ["chroma_variation": ColorMetrics.chromaVariation(seq),
+                         "static_variation": ColorMetrics.chromaVariation(seq, staticIn: grays),
+                         "psnr_ab": psnr]
+        }
+        if !json {
+            print("\(names.count) frames in \(dir); \(withReuse.reusedCount) reused the retrieval in use")
+            print("variant              chroma_variation  static_variation  psnr_ab")
+            for (name, _) in variants {
+                let r = out[name] as! [String: Double]
+                print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
+                      + String(format: " %16.3f %17.3f %8.2f", r["chroma_variation"]!, r["static_variation"]!, r["psnr_ab"]!))
+            }
+        }
+        return out
     }
 }

@@ -15,7 +15,7 @@ struct Gen: ParsableCommand {
           gen dataset emoji --out data/emoji32.mrds    build the training set
           gen train --data data/emoji32.mrds --out runs/emoji32
         """,
-        subcommands: [Generate.self, Info.self, Bench.self, DatasetCommand.self, Train.self, TrainClassifier.self, ScheduleCommand.self, StraightenCommand.self, StreamCommand.self, ClipsCommand.self, Eval.self, Serve.self, PruneAxes.self, BSSCommand.self, ColorizeCommand.self],
+        subcommands: [Generate.self, Info.self, Bench.self, DatasetCommand.self, Train.self, TrainClassifier.self, ScheduleCommand.self, StraightenCommand.self, StreamCommand.self, ClipsCommand.self, Eval.self, Serve.self, PruneAxes.self, BSSCommand.self, ColorizeCommand.self, ReferencesCommand.self],
         defaultSubcommand: Generate.self)
 }
 

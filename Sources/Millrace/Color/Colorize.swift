@@ -4,12 +4,19 @@ import Foundation
 ///
 /// The gray input is brought to a working size (longer side at most `workingSide`), cut into the 4
 /// query crops, and each crop retrieves its top 3 pool patches. Chroma transfer in Lab: for each
-/// pixel of a crop and each retrieved patch (resized to the crop), the patch pixel nearest in
-/// (luma, position) space within a window of radius ≈ crop/8 gives (a, b); the patches are
-/// blended with weights exp(−cost) · similarity, and overlapping crops are averaged. A small
-/// prior from the pool's mean chroma per luma bin fills pixels no patch explains. The predicted
-/// a, b are smoothed with a joint bilateral filter guided by luma, upsampled (bilinear) to full
-/// resolution, and combined with the input's own L at full resolution.
+/// pixel of a crop and each retrieved patch (resized to the crop), the patch pixel of least cost
+/// `(Δluma/σ_y)² + (Δposition/σ_d)²` within a window of radius r = max(1, crop/8) gives (a, b),
+/// with σ_y = 0.02 and σ_d = r/4 (so the same position is preferred unless the luma there does
+/// not match). The patches are blended with weights `exp(−cost) · exp(κ·(sim − sim_best))`,
+/// κ = 30, sim_best the quadrant's best cosine similarity, and overlapping crops are averaged.
+/// A prior from the pool's mean chroma per luma bin, with weight 0.1 (the weight of one
+/// best-matching patch pixel is 1), fills pixels no patch explains. The predicted a, b are
+/// smoothed with a joint bilateral filter guided by luma, upsampled (bilinear) to full
+/// resolution, and combined with the input's own L at full resolution (chroma, not L, is given
+/// up where a colour falls outside sRGB).
+///
+/// The constants were chosen on a validation set of train-split emoji not in the shipped pool
+/// (`gen references --validation-out`), never on the held-out split (docs/RESULTS.md).
 public final class Colorizer {
     /// How chroma is predicted.
     public enum Mode: String, Sendable { case retrieval, noRetrieval = "no_retrieval" }
@@ -58,7 +65,7 @@ public final class Colorizer {
         var sumA = [Float](repeating: 0, count: n), sumB = sumA, sumW = sumA
         // Prior: pool mean chroma per luma bin, small weight.
         let chroma = pool.chromaByLuma, bins = ReferencePool.lumaBins
-        let priorWeight: Float = mode == .retrieval ? 1e-3 : 1
+        let priorWeight: Float = mode == .retrieval ? Self.priorWeight : 1
         for p in 0..<n {
             let b = min(bins - 1, max(0, Int(ywork[p] * Float(bins))))
             sumA[p] = priorWeight * chroma[2 * b]; sumB[p] = priorWeight * chroma[2 * b + 1]; sumW[p] = priorWeight
@@ -67,6 +74,8 @@ public final class Colorizer {
         if mode == .retrieval {
             refs = try reusing ?? pool.retrieve(query: work, top: topK)
             let crops = PatchDescriptor.queryCrops(width: w, height: h)
+            var bestSim = [Float](repeating: -1, count: 4)
+            for r in refs { let q = min(3, max(0, r.quadrant)); bestSim[q] = max(bestSim[q], r.similarity) }
             for r in refs {
                 let crop = crops[min(3, max(0, r.quadrant))]
                 let src = try pool.image(at: r.imageIndex)
@@ -78,7 +87,8 @@ public final class Colorizer {
                         ? patch.resizedArea(width: crop.width, height: crop.height)
                         : patch.resizedBilinear(width: crop.width, height: crop.height)
                 }
-                transfer(from: patch, similarity: r.similarity, crop: crop, queryLuma: ywork, width: w,
+                let weight = exp(Self.similaritySharpness * (r.similarity - bestSim[min(3, max(0, r.quadrant))]))
+                transfer(from: patch, weight: weight, crop: crop, queryLuma: ywork, width: w,
                          sumA: &sumA, sumB: &sumB, sumW: &sumW)
             }
         }
@@ -88,14 +98,22 @@ public final class Colorizer {
         return (Self.compose(gray: gray, a: a, b: b, width: w, height: h), refs)
     }
 
+    /// κ of the patch weights exp(κ·(sim − sim_best)).
+    static let similaritySharpness: Float = 30
+    /// Weight of the per-luma-bin prior in retrieval mode.
+    static let priorWeight: Float = 0.1
+    /// σ_y of the luma term of the transfer cost.
+    static let lumaSigma: Float = 0.02
+    /// σ_d of the position term, as a fraction of the window radius.
+    static let positionSigma: Float = 0.25
+
     /// Adds one patch's per-pixel nearest-neighbour chroma for one crop into the accumulators.
-    private func transfer(from patch: RGBImage, similarity: Float, crop: PatchRect, queryLuma: [Float], width: Int,
+    private func transfer(from patch: RGBImage, weight simWeight: Float, crop: PatchRect, queryLuma: [Float], width: Int,
                           sumA: inout [Float], sumB: inout [Float], sumW: inout [Float]) {
         let cw = crop.width, ch = crop.height
         let py = patch.luma(), lab = patch.toLab(), pn = cw * ch
         let radius = max(1, max(cw, ch) / 8), step = max(1, radius / 3)
-        let sigmaY: Float = 0.04, sigmaD = Float(radius)
-        let simWeight = pow(max(similarity, 0.01), 4)
+        let sigmaY = Self.lumaSigma, sigmaD = Float(radius) * Self.positionSigma
         for y in 0..<ch {
             for x in 0..<cw {
                 let qp = (crop.y + y) * width + crop.x + x
@@ -152,16 +170,15 @@ public final class Colorizer {
         return (oa, ob)
     }
 
-    /// Full-resolution L of `gray` with a, b (given at w×h) upsampled; clipped RGB.
+    /// Full-resolution L of `gray` with a, b (given at w×h) upsampled; out-of-gamut colours lose
+    /// chroma, not lightness (`LabImage.toRGBPreservingLightness`), so the output's L is the input's.
     static func compose(gray: RGBImage, a: [Float], b: [Float], width w: Int, height h: Int) -> RGBImage {
         let lab = gray.toLab(), n = gray.pixelCount
         var ab = RGBImage(width: w, height: h, planes: a + b + [Float](repeating: 0, count: w * h))
         if w != gray.width || h != gray.height { ab = ab.resizedBilinear(width: gray.width, height: gray.height) }
         var planes = lab.planes
         for p in 0..<n { planes[n + p] = ab.planes[p]; planes[2 * n + p] = ab.planes[n + p] }
-        var out = LabImage(width: gray.width, height: gray.height, planes: planes).toRGB()
-        for i in 0..<out.planes.count { out.planes[i] = min(1, max(0, out.planes[i])) }
-        return out
+        return LabImage(width: gray.width, height: gray.height, planes: planes).toRGBPreservingLightness()
     }
 
     /// Global Reinhard colour transfer in Lab (baseline): a and b get the reference's mean and

@@ -272,3 +272,24 @@ public final class ReferencePool: @unchecked Sendable {
         return out
     }
 }
+
+extension ReferencePool {
+    /// The shipped pool's folder, relative to the repository root.
+    public static let shippedFolder = "assets/references"
+
+    /// Where the shipped pool is looked for: assets/references under the current directory, or
+    /// under any parent of the running executable (so `swift run gen` and `.build/release/gen` both
+    /// find the repo's copy); `assets/references` if neither has it.
+    public static func defaultFolder() -> String {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: shippedFolder, isDirectory: &isDir), isDir.boolValue { return shippedFolder }
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        for _ in 0..<6 {
+            let candidate = dir.appendingPathComponent(shippedFolder).path
+            if fm.fileExists(atPath: candidate, isDirectory: &isDir), isDir.boolValue { return candidate }
+            dir.deleteLastPathComponent()
+        }
+        return shippedFolder
+    }
+}

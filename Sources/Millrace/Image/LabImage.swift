@@ -129,3 +129,42 @@ extension LabImage {
         return RGBImage(width: width, height: height, planes: out)
     }
 }
+
+extension LabImage {
+    /// Converts back to sRGB keeping L: a pixel whose colour is outside the sRGB gamut has its
+    /// chroma (a, b) scaled down towards gray, by bisection on the scale (16 halvings), until
+    /// its linear RGB lies in [0, 1]; L itself (clamped to [0, 100]) is never changed, so the
+    /// result's L matches up to float rounding. In-gamut pixels convert exactly as `toRGB()`.
+    public func toRGBPreservingLightness() -> RGBImage {
+        let n = width * height
+        let m = LabConstants.xyzToRGB.map { Float($0) }
+        let (xn, yn, zn) = LabConstants.white
+        let wx = Float(xn), wy = Float(yn), wz = Float(zn)
+        var out = [Float](repeating: 0, count: 3 * n)
+        @inline(__always) func linear(_ fy: Float, _ a: Float, _ b: Float) -> (Float, Float, Float) {
+            let x = labFInverse(fy + a / 500) * wx, y = labFInverse(fy) * wy, z = labFInverse(fy - b / 200) * wz
+            return (m[0] * x + m[1] * y + m[2] * z, m[3] * x + m[4] * y + m[5] * z, m[6] * x + m[7] * y + m[8] * z)
+        }
+        @inline(__always) func inGamut(_ c: (Float, Float, Float)) -> Bool {
+            let e: Float = 1e-6
+            return c.0 >= -e && c.0 <= 1 + e && c.1 >= -e && c.1 <= 1 + e && c.2 >= -e && c.2 <= 1 + e
+        }
+        for i in 0..<n {
+            let fy = (min(max(planes[i], 0), 100) + 16) / 116
+            let a = planes[n + i], b = planes[2 * n + i]
+            var c = linear(fy, a, b)
+            if !inGamut(c) {
+                var lo: Float = 0, hi: Float = 1
+                for _ in 0..<16 {
+                    let mid = (lo + hi) / 2
+                    if inGamut(linear(fy, a * mid, b * mid)) { lo = mid } else { hi = mid }
+                }
+                c = linear(fy, a * lo, b * lo)
+            }
+            out[i] = min(max(linearToSRGB(min(max(c.0, 0), 1)), 0), 1)
+            out[n + i] = min(max(linearToSRGB(min(max(c.1, 0), 1)), 0), 1)
+            out[2 * n + i] = min(max(linearToSRGB(min(max(c.2, 0), 1)), 0), 1)
+        }
+        return RGBImage(width: width, height: height, planes: out)
+    }
+}
