@@ -1,7 +1,8 @@
 // Millrace page: plain JavaScript, no build step.
 // Multipart PNG streams are read with fetch() and split into parts here, then each part is shown
 // through a blob URL. That works the same in Chromium and Firefox (Firefox does not render
-// multipart/x-mixed-replace reliably in <img>).
+// multipart/x-mixed-replace reliably in <img>). The colorize response is multipart/form-data,
+// which both browsers parse themselves with Response.formData().
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -52,11 +53,20 @@ async function readMultipart(response, onPart, signal) {
 }
 
 function showPNG(img, bytes) {
-  const url = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+  showBlob(img, new Blob([bytes], { type: "image/png" }));
+}
+
+function showBlob(img, blob) {
+  const url = URL.createObjectURL(blob);
   const old = img.dataset.url;
   img.onload = () => { if (old) URL.revokeObjectURL(old); };
   img.dataset.url = url;
   img.src = url;
+}
+
+// index.html#colorize (or #stream, #generate) opens that panel.
+for (const b of document.querySelectorAll("nav button")) {
+  if (location.hash.includes(b.dataset.panel)) { b.click(); break; }
 }
 
 // --- model info ---
@@ -72,6 +82,9 @@ fetch("/v1/info").then((r) => r.json()).then((j) => {
   }
   $("#gen-form").guidance.value = j.default_guidance;
   status("ready: " + j.classes.length + " classes");
+  if (!j.reference_pool_images) {
+    $("#color-status").textContent = "The server has no reference pool: upload one or more reference images to colorize.";
+  }
 }).catch((e) => status("cannot reach the server: " + e));
 
 // --- Generate ---
@@ -182,9 +195,81 @@ $("#stream-form").addEventListener("submit", async (ev) => {
   }, 1000);
 });
 
-// --- self-test: index.html#autorun runs Generate, then a stream from the sample clip, and
-// records what arrived on <body data-generate-frames data-stream-frames data-autorun>. The
-// browser test (Tests/MillraceTests/BrowserTests.swift) reads these from the DOM.
+// --- Colorize ---
+fetch("samples/index.json").then((r) => r.json()).then((list) => {
+  for (const s of list) {
+    const o = document.createElement("option");
+    o.value = s.file; o.textContent = `${s.name} (${s.class})`;
+    $("#color-sample").appendChild(o);
+  }
+  if (list.length) $("#color-sample").value = list[0].file;
+}).catch(() => {});
+$("#color-file").addEventListener("change", () => { if ($("#color-file").files.length) $("#color-sample").value = ""; });
+
+const quadrantOrder = ["top-left", "top-right", "bottom-left", "bottom-right"];
+
+$("#color-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const say = (t) => { $("#color-status").textContent = t; };
+  delete document.body.dataset.colorizeError;
+  try {
+    let input, name;
+    const sample = $("#color-sample").value, file = $("#color-file").files[0];
+    if (sample) {
+      const r = await fetch("samples/" + sample);
+      if (!r.ok) throw new Error("cannot load the sample " + sample);
+      input = await r.blob(); name = sample;
+    } else if (file) {
+      input = file; name = file.name;
+    } else {
+      throw new Error("pick a sample or upload an image");
+    }
+    showBlob($("#color-input"), input);
+    const form = new FormData();
+    form.append("image", input, name);
+    for (const ref of $("#color-refs").files) form.append("reference", ref, ref.name);
+    say("colorizing…");
+    const t0 = performance.now();
+    const r = await fetch("/v1/colorize?references=1", { method: "POST", body: form });
+    if (!r.ok) throw new Error((await r.json().catch(() => ({ error: r.statusText }))).error);
+    const parts = await r.formData();
+    const result = parts.get("image"), canvas = parts.get("canvas");
+    const info = JSON.parse(parts.get("references"));
+    showBlob($("#color-canvas"), canvas);
+    showBlob($("#color-result"), result);
+    await $("#color-result").decode();
+    const rows = info.references.slice().sort((a, b) => a.quadrant - b.quadrant || a.rank - b.rank);
+    const body = $("#color-table tbody");
+    body.textContent = "";
+    for (const p of rows) {
+      const tr = document.createElement("tr");
+      for (const [text, cls] of [[quadrantOrder[p.quadrant] || p.quadrant, ""], [String(p.rank + 1), "num"],
+                                 [p.name, ""], [p.similarity.toFixed(3), "num"]]) {
+        const td = document.createElement("td");
+        td.textContent = text; if (cls) td.className = cls;
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    $("#color-table").hidden = false;
+    const ms = (performance.now() - t0).toFixed(0);
+    say(`${info.width}×${info.height} colorized in ${ms} ms from ${info.references.length} patches of the ` +
+        (info.pool === "uploaded" ? `${info.pool_images} uploaded reference(s)` : `server's pool (${info.pool_images} images)`));
+    document.body.dataset.colorizeWidth = String($("#color-result").naturalWidth);
+    document.body.dataset.colorizeRefs = String(info.references.length);
+    document.body.dataset.colorizeBytes = String(result.size);
+  } catch (e) {
+    say("error: " + e.message);
+    document.body.dataset.colorizeError = e.message;
+  }
+});
+
+// --- self-test: index.html#autorun runs Generate, then a stream from the sample clip, then
+// Colorize on the first sample with the server's pool, and records what arrived on <body
+// data-generate-frames data-stream-frames data-colorize-bytes data-colorize-refs
+// data-colorize-width data-autorun>. At the end it POSTs those attributes as JSON to
+// /__selftest: the browser test (Tests/MillraceTests/BrowserTests.swift) serves that path and
+// waits for the report in real time (gen serve answers it with a harmless 405).
 async function autorun() {
   const until = async (cond, ms) => { const t = Date.now(); while (!cond() && Date.now() - t < ms) await new Promise((r) => setTimeout(r, 100)); };
   await until(() => info.classes.length > 0, 10000);
@@ -198,7 +283,13 @@ async function autorun() {
   s.requestSubmit();
   await until(() => +(document.body.dataset.streamFrames || 0) >= 3, 60000);
   await stopStream();
+  await until(() => $("#color-sample").options.length > 1, 10000);
+  $("#color-sample").selectedIndex = 1;
+  $("#color-form").requestSubmit();
+  await until(() => document.body.dataset.colorizeBytes || document.body.dataset.colorizeError, 60000);
   document.body.dataset.autorun = "done";
   status("self-test done");
+  await fetch("/__selftest", { method: "POST", headers: { "Content-Type": "application/json" },
+                               body: JSON.stringify({ ...document.body.dataset }) }).catch(() => {});
 }
 if (location.hash.includes("autorun")) autorun();

@@ -6,13 +6,14 @@ import Millrace
 /// `gen serve`: the HTTP service and the browser page.
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve generation and streams over HTTP, and the page in web-static/ (docs/API.md).",
+        abstract: "Serve generation, streams, colorization and BSS over HTTP, and the page in web-static/ (docs/API.md).",
         discussion: """
         Binds 127.0.0.1 by default; any other host needs --token, and every /v1 route then checks
         `Authorization: Bearer <token>`. SIGINT or SIGTERM shuts down gracefully (exit code 0).
         Examples:
           gen serve                                  then open http://127.0.0.1:8080
           gen serve --host 0.0.0.0 --port 9000 --token s3cret --max-streams 4
+          gen serve --refs my-references             POST /v1/colorize without uploads uses this pool
         """)
 
     @Option(help: "Address to bind (IPv4 or IPv6 literal).")
@@ -29,6 +30,8 @@ struct Serve: ParsableCommand {
     var maxBody: Int = 8 << 20
     @Option(help: "Bearer token required on /v1 routes (required when --host is not loopback).")
     var token: String?
+    @Option(help: "Reference pool of POST /v1/colorize when a request uploads no references (a folder of colour images; default: the shipped assets/references).")
+    var refs: String?
     @Option(help: "Most simultaneous connections.")
     var maxConnections: Int = 256
     @OptionGroup var threads: ThreadOptions
@@ -51,11 +54,20 @@ struct Serve: ParsableCommand {
             opts.staticDir = staticDir
             opts.maxStreams = maxStreams
             opts.token = token
+            opts.referencesDir = refs ?? ReferencePool.defaultFolder()
             let service = MillraceService(folder: folder, options: opts)
             let server = HTTPServer(host: host, port: port, maxBodyBytes: maxBody, connectionLimit: maxConnections) {
                 service.handle($0)
             }
             try server.start()
+            // Index the reference pool now rather than on the first colorize request; a missing
+            // or empty pool is not fatal (requests that upload references still work).
+            let warm = UncheckedPool(service)
+            Thread.detachNewThread {
+                if let problem = warm.service.prepareReferencePool() {
+                    FileHandle.standardError.write(Data("warning: \(problem)\n".utf8))
+                }
+            }
             print("serving \(folder.path) on http://\(host.contains(":") ? "[\(host)]" : host):\(server.port)")
             let stop = DispatchSemaphore(value: 0)
             var sources: [DispatchSourceSignal] = []
@@ -79,4 +91,10 @@ struct Serve: ParsableCommand {
             print("stopped")
         }
     }
+}
+
+/// Hands the service to the warm-up thread.
+private struct UncheckedPool: @unchecked Sendable {
+    let service: MillraceService
+    init(_ service: MillraceService) { self.service = service }
 }

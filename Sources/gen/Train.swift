@@ -6,7 +6,7 @@ import Millrace
 /// `gen dataset emoji`: build the emoji training set.
 struct DatasetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "dataset", abstract: "Build training datasets.", subcommands: [EmojiCommand.self])
+        commandName: "dataset", abstract: "Build training datasets, and sample images from them.", subcommands: [EmojiCommand.self, DatasetSamplesCommand.self])
 
     struct EmojiCommand: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -11,13 +11,16 @@ import Testing
     final class Running: @unchecked Sendable {
         let service: MillraceService
         let server: HTTPServer
-        init(maxStreams: Int = 4, maxBody: Int = 64 << 10, token: String? = nil) throws {
+        init(maxStreams: Int = 4, maxBody: Int = 64 << 10, token: String? = nil, references: String? = nil,
+             maxImagePixels: Int? = nil) throws {
             let folder = try ModelFolder.load(DiffusersParityTests.fixture("unet-tiny-a"))
             var o = MillraceService.Options()
             o.maxStreams = maxStreams
             o.token = token
             o.staticDir = Running.staticDir()
             o.maxFramesPerSecond = 1000
+            if let references { o.referencesDir = references }
+            if let maxImagePixels { o.maxImagePixels = maxImagePixels }
             let service = MillraceService(folder: folder, options: o)
             self.service = service
             server = HTTPServer(host: "127.0.0.1", port: 0, maxBodyBytes: maxBody) { service.handle($0) }
@@ -34,7 +37,12 @@ import Testing
             return dir
         }
 
-        struct Reply { let status: Int; let type: String; let body: [UInt8]; var text: String { String(decoding: body, as: UTF8.self) } }
+        struct Reply {
+            let status: Int; let type: String; let body: [UInt8]
+            /// Response headers, names lowercased.
+            var headers: [String: String] = [:]
+            var text: String { String(decoding: body, as: UTF8.self) }
+        }
 
         func call(_ method: String, _ path: String, body: [UInt8]? = nil, type: String? = nil, headers: [String: String] = [:]) -> Reply {
             var req = URLRequest(url: URL(string: "http://127.0.0.1:\(server.port)\(path)")!)
@@ -47,8 +55,10 @@ import Testing
             let box = ReplyBox()
             URLSession.shared.dataTask(with: req) { data, response, _ in
                 let http = response as? HTTPURLResponse
+                var headers: [String: String] = [:]
+                for (k, v) in http?.allHeaderFields ?? [:] { headers["\(k)".lowercased()] = "\(v)" }
                 box.reply = Reply(status: http?.statusCode ?? -1, type: http?.value(forHTTPHeaderField: "Content-Type") ?? "",
-                                  body: data.map { [UInt8]($0) } ?? [])
+                                  body: data.map { [UInt8]($0) } ?? [], headers: headers)
                 done.signal()
             }.resume()
             done.wait()

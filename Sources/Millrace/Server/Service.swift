@@ -6,6 +6,7 @@ public final class ServiceMetrics: @unchecked Sendable {
     private var requests: [String: Int] = [:]          // "route|status" → count
     private var latency: [String: [Int]] = [:]         // route → bucket counts
     private var latencySum: [String: Double] = [:]
+    private var counters: [String: (help: String, value: Int)] = [:]
     public static let buckets: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
     public init() {}
@@ -21,8 +22,18 @@ public final class ServiceMetrics: @unchecked Sendable {
         latencySum[route, default: 0] += seconds
     }
 
-    /// The exposition text, with the stream counters appended.
-    public func render(streams: [StreamScheduler.Entry], modelCalls: Int) -> String {
+    /// Adds `n` to a named counter (`millrace_<name>_total`), e.g. images colorized.
+    public func add(_ name: String, help: String, _ n: Int = 1) {
+        lock.lock()
+        defer { lock.unlock() }
+        let old = counters[name]?.value ?? 0
+        counters[name] = (help, old + n)
+    }
+
+    /// The exposition text, with the stream counters appended. `streams` are the scheduler's
+    /// counters over the server's life (streams deleted or expired included), so they never
+    /// decrease; `activeStreams` is the gauge of live ones.
+    public func render(streams t: StreamScheduler.Totals, generateCalls: Int, activeStreams: Int) -> String {
         lock.lock()
         defer { lock.unlock() }
         var out = "# HELP millrace_requests_total HTTP requests by route and status.\n# TYPE millrace_requests_total counter\n"
@@ -42,22 +53,21 @@ public final class ServiceMetrics: @unchecked Sendable {
             out += "millrace_request_seconds_sum{route=\"\(route)\"} \(latencySum[route]!)\n"
             out += "millrace_request_seconds_count{route=\"\(route)\"} \(cumulative)\n"
         }
-        let framesIn = streams.reduce(0) { $0 + $1.input.received }
-        let dropped = streams.reduce(0) { $0 + $1.input.dropped }
-        let processed = streams.reduce(0) { $0 + $1.withSession { $0.framesProcessed } }
-        let skipped = streams.reduce(0) { $0 + $1.withSession { $0.framesSkipped } }
-        let outFrames = streams.reduce(0) { $0 + $1.outputs }
         for (name, help, value) in [
-            ("millrace_stream_frames_in_total", "Frames received by live streams.", framesIn),
-            ("millrace_stream_frames_processed_total", "Frames run through the pipeline.", processed),
-            ("millrace_stream_frames_skipped_total", "Frames skipped by the similarity filter.", skipped),
-            ("millrace_stream_frames_dropped_total", "Frames replaced before the worker took them.", dropped),
-            ("millrace_stream_frames_out_total", "Frames published to viewers.", outFrames),
-            ("millrace_model_calls_total", "Batched model calls.", modelCalls),
+            ("millrace_stream_frames_in_total", "Frames received by streams (live, deleted or expired).", t.framesIn),
+            ("millrace_stream_frames_processed_total", "Frames run through the pipeline.", t.processed),
+            ("millrace_stream_frames_skipped_total", "Frames skipped by the similarity filter.", t.skipped),
+            ("millrace_stream_frames_dropped_total", "Frames replaced before the worker took them.", t.dropped),
+            ("millrace_stream_frames_out_total", "Frames published to viewers.", t.out),
+            ("millrace_model_calls_total", "Batched model calls (generation steps and stream calls).", generateCalls + t.modelCalls),
         ] {
             out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
         }
-        out += "# HELP millrace_streams_active Live streams.\n# TYPE millrace_streams_active gauge\nmillrace_streams_active \(streams.count)\n"
+        for name in counters.keys.sorted() {
+            let (help, value) = counters[name]!
+            out += "# HELP millrace_\(name)_total \(help)\n# TYPE millrace_\(name)_total counter\nmillrace_\(name)_total \(value)\n"
+        }
+        out += "# HELP millrace_streams_active Live streams.\n# TYPE millrace_streams_active gauge\nmillrace_streams_active \(activeStreams)\n"
         return out
     }
 }
@@ -73,6 +83,16 @@ public final class MillraceService: @unchecked Sendable {
         public var maxImagePixels = 4_000_000
         public var idleStreamSeconds: Double = 120
         public var maxFramesPerSecond: Double = 60
+        /// The server's reference pool for /v1/colorize without uploaded references.
+        public var referencesDir = "assets/references"
+        /// Most parts of a multipart body (413 above).
+        public var maxParts = 40
+        /// Most uploaded `reference` files per colorize request (413 above).
+        public var maxReferences = 16
+        /// Most images per /v1/bss request (413 above).
+        public var maxBSSImages = 16
+        /// Most pixels of a whole /v1/bss batch at its working size (413 above).
+        public var maxBSSBatchPixels = 16_000_000
         public init() {}
     }
 
@@ -88,12 +108,18 @@ public final class MillraceService: @unchecked Sendable {
     private var generateCalls = 0
     /// Per stream: start of the current one-second window and frames posted in it.
     private var frameWindows: [String: (start: Date, count: Int)] = [:]
+    /// The server's reference pool, indexed on first use and again when its folder changes.
+    let serverPool: ServerReferencePool
 
     public init(folder: ModelFolder, options: Options) {
         self.folder = folder
         self.sampler = FlowSampler(model: folder.model, flow: folder.flow)
         self.options = options
         self.modelLock = scheduler.modelLock
+        self.serverPool = ServerReferencePool(folder: options.referencesDir)
+        // Exported from the start (as 0), as Prometheus counters should be.
+        metrics.add("colorize_images", help: Self.colorizeImagesHelp, 0)
+        metrics.add("bss_images", help: Self.bssImagesHelp, 0)
     }
 
     /// Refuse new work (503) from now on and end the streams.
@@ -104,10 +130,12 @@ public final class MillraceService: @unchecked Sendable {
         scheduler.stop()
     }
 
-    var modelCalls: Int {
+    /// The exposition text of /metrics.
+    public func metricsText() -> String {
         stateLock.lock()
-        defer { stateLock.unlock() }
-        return generateCalls + scheduler.streams.reduce(0) { $0 + $1.withSession { $0.pipeline.modelCalls } }
+        let generated = generateCalls
+        stateLock.unlock()
+        return metrics.render(streams: scheduler.totals(), generateCalls: generated, activeStreams: scheduler.streams.count)
     }
 
     /// Entry point for the HTTP server.
@@ -140,7 +168,7 @@ public final class MillraceService: @unchecked Sendable {
         }
         if parts == ["metrics"] {
             guard m == "GET" else { return ("/metrics", methodNotAllowed("GET")) }
-            let text = metrics.render(streams: scheduler.streams, modelCalls: modelCalls)
+            let text = metricsText()
             return ("/metrics", HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4")], body: .bytes(Array(text.utf8))))
         }
         if parts == ["v1", "info"] {
@@ -148,12 +176,15 @@ public final class MillraceService: @unchecked Sendable {
             let c = folder.config
             return ("/v1/info", .json(["classes": folder.flow.classNames, "null_class": folder.flow.nullClass as Any? ?? NSNull(),
                                        "sample_size": c.sampleSize, "default_guidance": folder.flow.defaultGuidance,
-                                       "max_streams": options.maxStreams]))
+                                       "max_streams": options.maxStreams,
+                                       "reference_pool_images": serverPool.imageCount as Any? ?? NSNull()]))
         }
         if parts == ["v1", "generate"] { return ("/v1/generate", m == "POST" ? generate(r) : methodNotAllowed("POST")) }
         if parts == ["v1", "generate", "stream"] {
             return ("/v1/generate/stream", m == "GET" ? generateStream(r) : methodNotAllowed("GET"))
         }
+        if parts == ["v1", "colorize"] { return ("/v1/colorize", m == "POST" ? colorize(r) : methodNotAllowed("POST")) }
+        if parts == ["v1", "bss"] { return ("/v1/bss", m == "POST" ? bss(r) : methodNotAllowed("POST")) }
         if parts == ["v1", "streams"] { return ("/v1/streams", m == "POST" ? createStream(r) : methodNotAllowed("POST")) }
         if parts.count == 4 && !id.isEmpty && parts[3] == "frames" {
             return ("/v1/streams/{id}/frames", m == "POST" ? postFrame(r, id: id) : methodNotAllowed("POST"))

@@ -30,6 +30,8 @@ public final class StreamScheduler: @unchecked Sendable {
         public private(set) var outputs = 0, errors = 0
         public private(set) var lastError: String?
         public private(set) var lastActivity = Date()
+        /// Set when the stream is removed: its counters are final and frames still in flight are dropped.
+        private var retired = false
 
         init(id: String, session: StreamSession) {
             self.id = id
@@ -48,6 +50,7 @@ public final class StreamScheduler: @unchecked Sendable {
         func process(_ frame: RGBImage, arrived: Date) {
             lock.lock()
             defer { lock.unlock() }
+            if retired { return }
             lastActivity = Date()
             do {
                 let result = try session.process(frame)
@@ -59,6 +62,35 @@ public final class StreamScheduler: @unchecked Sendable {
                 errors += 1
                 lastError = "\(error)"
             }
+        }
+
+        /// This stream's counters (with the session locked, so they are consistent).
+        func counters() -> Totals {
+            lock.lock()
+            defer { lock.unlock() }
+            return Totals(framesIn: input.received, processed: session.framesProcessed, skipped: session.framesSkipped,
+                          dropped: input.dropped, out: outputs, modelCalls: session.pipeline.modelCalls)
+        }
+
+        /// Freezes the counters (after the input is closed): later frames are not processed.
+        func retire() -> Totals {
+            lock.lock()
+            retired = true
+            lock.unlock()
+            return counters()
+        }
+    }
+
+    /// Stream counters over the scheduler's life: live streams plus every stream removed.
+    public struct Totals: Sendable, Equatable {
+        public var framesIn = 0, processed = 0, skipped = 0, dropped = 0, out = 0, modelCalls = 0
+        public init(framesIn: Int = 0, processed: Int = 0, skipped: Int = 0, dropped: Int = 0, out: Int = 0, modelCalls: Int = 0) {
+            self.framesIn = framesIn; self.processed = processed; self.skipped = skipped
+            self.dropped = dropped; self.out = out; self.modelCalls = modelCalls
+        }
+        static func + (a: Totals, b: Totals) -> Totals {
+            Totals(framesIn: a.framesIn + b.framesIn, processed: a.processed + b.processed, skipped: a.skipped + b.skipped,
+                   dropped: a.dropped + b.dropped, out: a.out + b.out, modelCalls: a.modelCalls + b.modelCalls)
         }
     }
 
@@ -72,6 +104,8 @@ public final class StreamScheduler: @unchecked Sendable {
     private var thread: Thread?
     private var running = false
     private var nextID = 1
+    /// Counters of the streams removed so far.
+    private var retiredTotals = Totals()
 
     public init() {}
 
@@ -101,14 +135,25 @@ public final class StreamScheduler: @unchecked Sendable {
         return e
     }
 
-    /// Removes a stream and ends its output.
+    /// Removes a stream and ends its output; its counters stay in `totals()`.
     public func remove(_ id: String) {
         lock.lock()
-        let e = entries.removeValue(forKey: id)
+        defer { lock.unlock() }
+        guard let e = entries.removeValue(forKey: id) else { return }
         order.removeAll { $0 == id }
-        lock.unlock()
-        e?.input.close()
-        e?.output.close()
+        // Under the scheduler lock, so `totals()` never sees the stream twice or not at all. The
+        // entry lock taken inside is never held while taking the scheduler lock, so no deadlock.
+        e.input.close()
+        retiredTotals = retiredTotals + e.retire()
+        e.output.close()
+    }
+
+    /// Frames in, processed, skipped, dropped, out and model calls of every stream this scheduler
+    /// has served, live or removed: counters that only grow.
+    public func totals() -> Totals {
+        lock.lock()
+        defer { lock.unlock() }
+        return order.compactMap { entries[$0] }.reduce(retiredTotals) { $0 + $1.counters() }
     }
 
     /// Queues a frame for a stream (replacing one still waiting) and wakes the worker.
