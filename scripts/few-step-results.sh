@@ -7,8 +7,10 @@
 #
 # Inputs it makes (under runs/, which is gitignored), each skipped when already there:
 #   data/emoji32.mrds                       gen dataset emoji
-#   runs/emoji32-na                         the norm-aligned variant: the shipped model fine-tuned
-#                                           with --norm-align (ALIGN_STEPS steps, default 1500)
+#   runs/emoji32-na                         the norm-aligned variant: ALIGN_FROM (default the
+#                                           shipped model) fine-tuned with --norm-align for
+#                                           ALIGN_STEPS steps (default 1000), served at the
+#                                           plain model's default guidance
 #   <model>/schedules.json                  gen schedule boss --nfe 1...10
 #   <model>/prune-axes.safetensors          gen prune-axes (gitignored: 25 MB)
 #   runs/straight/<model>-<N>               gen straighten --nfe N (teacher states cached once)
@@ -27,8 +29,11 @@ mkdir -p "$out" runs/straight
 [ -f "$data" ] || "$gen" dataset emoji --out "$data"
 
 if [ ! -f "$aligned/model.safetensors" ]; then
-  "$gen" train --data "$data" --out "$aligned" --init-from "$plain" --norm-align \
-    --steps "${ALIGN_STEPS:-1500}" --lr "${ALIGN_LR:-4e-4}" --batch 32 --checkpoint-every 250
+  "$gen" train --data "$data" --out "$aligned" --init-from "${ALIGN_FROM:-$plain}" --norm-align \
+    --steps "${ALIGN_STEPS:-1000}" --lr "${ALIGN_LR:-4e-4}" --batch 32 --checkpoint-every 250
+  # serve (and compare) it at the plain model's guidance
+  g=$(sed -nE 's/.*"default_guidance" *: *([0-9.]+).*/\1/p' "$plain/flow.json")
+  sed -i -E "s/\"default_guidance\" *: *[0-9.]+/\"default_guidance\" : ${g:-1}/" "$aligned/flow.json"
 fi
 
 for model in "$plain" "$aligned"; do
