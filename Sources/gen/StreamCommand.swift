@@ -11,7 +11,8 @@ struct StreamCommand: ParsableCommand {
         Frames (PNG or JPEG, sorted by name) are centre-cropped, resized to the model's size, noised
         to t_0 = 1 − strength and denoised in n stages, one batched model call per frame. Outputs
         are written under the same names as PNGs, with summary.json (frames in, processed,
-        skipped, errors, output fps, mean latency).
+        skipped, errors, output fps, mean latency, and classifier_agreement: the fraction of
+        processed outputs the evaluation classifier assigns to --class).
 
         Examples:
           gen stream --input assets/clips/moving --out out/stream --class Flags
@@ -49,6 +50,8 @@ struct StreamCommand: ParsableCommand {
     var size: String?
     @Option(help: "Seed of the per-slot noise and the filter.")
     var seed: UInt64 = 0
+    @Option(help: "Evaluation classifier: the summary gets the fraction of processed outputs it assigns to --class ('none' to skip).")
+    var classifier: String = "assets/models/emoji-classifier"
     @OptionGroup var threads: ThreadOptions
 
     func run() throws {
@@ -85,12 +88,14 @@ struct StreamCommand: ParsableCommand {
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let bar = ProgressBar("stream", total: names.count, unit: "frames")
             var latencies: [Double] = [], errors: [[String: String]] = []
+            var processedOutputs: [RGBImage] = []
             let start = Date()
             for (i, name) in names.enumerated() {
                 let t0 = Date()
                 do {
                     let frame = try RGBImage.load(path: (input as NSString).appendingPathComponent(name))
                     let result = try session.process(frame)
+                    if !result.skipped { processedOutputs.append(result.image) }
                     let base = (name as NSString).deletingPathExtension
                     try result.image.writePNG(path: (out as NSString).appendingPathComponent(base + ".png"), fast: true)
                     latencies.append(Date().timeIntervalSince(t0))
@@ -102,13 +107,23 @@ struct StreamCommand: ParsableCommand {
             }
             bar.finish()
             let wall = Date().timeIntervalSince(start)
-            let summary: [String: Any] = [
+            var summary: [String: Any] = [
                 "frames_in": session.framesIn, "processed": session.framesProcessed, "skipped": session.framesSkipped,
                 "errors": errors, "output_fps": Double(latencies.count) / max(wall, 1e-9),
                 "mean_latency_ms": latencies.isEmpty ? 0 : 1000 * latencies.reduce(0, +) / Double(latencies.count),
                 "model_calls": pipeline.modelCalls, "slots": times, "guidance": mode.rawValue,
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]
+            if classifier != "none", settings.classIndex < folder.flow.classNames.count {
+                if FileManager.default.fileExists(atPath: classifier) {
+                    let cls = try EmojiClassifier.load(path: classifier)
+                    let predicted = cls.predict(processedOutputs)
+                    let hits = predicted.filter { $0 == settings.classIndex }.count
+                    summary["classifier_agreement"] = Double(hits) / Double(max(predicted.count, 1))
+                } else {
+                    FileHandle.standardError.write(Data("note: no classifier at \(classifier); classifier_agreement left out\n".utf8))
+                }
+            }
             let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
             try data.write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("summary.json")), options: .atomic)
             print(String(decoding: data, as: UTF8.self))

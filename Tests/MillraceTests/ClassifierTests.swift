@@ -202,6 +202,22 @@ import Testing
 
     // MARK: Folder
 
+    @Test func predictOnImagesMatchesTheDatasetPath() throws {
+        let ds = Self.syntheticDataset(count: 10)
+        var c = Self.tinyConfig(size: 8, classes: 2)
+        c.classNames = ["square", "disc"]
+        let cls = EmojiClassifier(config: c, seed: 5)
+        let indices = Array(0..<ds.count)
+        // Same input tensor from images as from the dataset's bytes (to float rounding).
+        let fromImages = cls.inputBatch(indices.map { ds.image(at: $0) })
+        let fromBytes = EmojiClassifier.inputBatch(ds, indices: indices)
+        #expect(relativeError(fromImages.data, fromBytes.data) < 1e-6)
+        #expect(cls.predict(indices.map { ds.image(at: $0) }) == EmojiClassifier.argmax(cls.forward(fromBytes, training: false)))
+        // Images of another size are area-resized to the classifier's size first.
+        let big = ds.image(at: 0).resizedNearest(width: 16, height: 16)
+        #expect(cls.inputBatch([big]).shape == [1, 3, 8, 8])
+    }
+
     @Test func saveLoadRoundTrip() throws {
         let model = EmojiClassifier(config: Self.tinyConfig(), seed: 11)
         let dir = Self.tempDir("roundtrip")

@@ -273,6 +273,26 @@ public final class EmojiClassifier: ParameterContainer {
     // MARK: Inputs
 
     /// Images `indices` of a dataset as a batch [n, 3, S, S] in [−1, 1].
+    /// The classifier's input for images of any size: area-resized to its size, scaled to [−1, 1].
+    public func inputBatch(_ images: [RGBImage]) -> Tensor {
+        let side = config.imageSize, per = 3 * side * side
+        var x = Tensor(uninitialized: [images.count, 3, side, side])
+        for (n, image) in images.enumerated() {
+            let im = image.width == side && image.height == side ? image : image.resizedArea(width: side, height: side)
+            for j in 0..<per { x.data[n * per + j] = im.planes[j] * 2 - 1 }
+        }
+        return x
+    }
+
+    /// Predicted class of each image (batches of 64).
+    public func predict(_ images: [RGBImage]) -> [Int] {
+        var out: [Int] = []
+        for start in stride(from: 0, to: images.count, by: 64) {
+            out += Self.argmax(forward(inputBatch(Array(images[start..<min(images.count, start + 64)])), training: false))
+        }
+        return out
+    }
+
     public static func inputBatch(_ dataset: ImageDataset, indices: [Int]) -> Tensor {
         let per = dataset.bytesPerImage
         var x = Tensor(uninitialized: [indices.count, 3, dataset.size, dataset.size])
