@@ -36,7 +36,7 @@ struct BSSCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             guard images.count >= 2 else { throw ColorError("BSS needs at least two images, got \(images.count)") }
-            var loaded = try images.map { path -> RGBImage in
+            let loaded = try images.map { path -> RGBImage in
                 do { return try RGBImage.load(path: path) } catch { throw ColorError("cannot read \(path): \(error)") }
             }
             var w = loaded[0].width, h = loaded[0].height
@@ -45,16 +45,8 @@ struct BSSCommand: ParsableCommand {
                 guard wh.count == 2, wh.allSatisfy({ $0 >= 1 && $0 <= 4096 }) else { throw ColorError("--size must be WxH like 128x128") }
                 (w, h) = (wh[0], wh[1])
             }
-            loaded = loaded.map { image in
-                if image.width == w && image.height == h { return image }
-                return image.width >= w && image.height >= h ? image.resizedArea(width: w, height: h)
-                    : image.resizedBilinear(width: w, height: h)
-            }
-            var (j, r) = try BatchStyleStandardization.randomParameters(count: loaded.count, ratioMin: ratioMin,
-                                                                        ratioMax: ratioMax, seed: seed)
-            if let reference { j = reference }
-            if ratioMin == ratioMax { r = ratioMin }
-            let outs = try BatchStyleStandardization.apply(images: loaded, reference: j, ratio: r)
+            let (outs, j, r) = try BatchStyleStandardization.batch(loaded, width: w, height: h, ratioMin: ratioMin,
+                                                                   ratioMax: ratioMax, reference: reference, seed: seed)
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             var used = Set<String>()
             for (k, image) in outs.enumerated() {

@@ -88,17 +88,38 @@ struct StreamCommand: ParsableCommand {
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let bar = ProgressBar("stream", total: names.count, unit: "frames")
             var latencies: [Double] = [], errors: [[String: String]] = []
-            var processedOutputs: [RGBImage] = []
+            // Outputs are classified in batches as they come, so a long folder keeps no images.
+            var judge: EmojiClassifier? = nil
+            if classifier != "none", settings.classIndex < folder.flow.classNames.count {
+                if FileManager.default.fileExists(atPath: classifier) {
+                    judge = try EmojiClassifier.load(path: classifier)
+                } else {
+                    FileHandle.standardError.write(Data("note: no classifier at \(classifier); classifier_agreement left out\n".utf8))
+                }
+            }
+            var pending: [RGBImage] = [], judged = 0, agreed = 0
+            var judging = 0.0   // seconds spent classifying, left out of output_fps
+            func judgePending() {
+                guard let judge, !pending.isEmpty else { return }
+                let t = Date()
+                defer { judging += Date().timeIntervalSince(t) }
+                agreed += judge.predict(pending).filter { $0 == settings.classIndex }.count
+                judged += pending.count
+                pending.removeAll(keepingCapacity: true)
+            }
             let start = Date()
             for (i, name) in names.enumerated() {
                 let t0 = Date()
                 do {
                     let frame = try RGBImage.load(path: (input as NSString).appendingPathComponent(name))
                     let result = try session.process(frame)
-                    if !result.skipped { processedOutputs.append(result.image) }
                     let base = (name as NSString).deletingPathExtension
                     try result.image.writePNG(path: (out as NSString).appendingPathComponent(base + ".png"), fast: true)
                     latencies.append(Date().timeIntervalSince(t0))
+                    if judge != nil && !result.skipped {
+                        pending.append(result.image)
+                        if pending.count == 64 { judgePending() }
+                    }
                 } catch {
                     errors.append(["frame": name, "error": "\(error)"])
                     FileHandle.standardError.write(Data("\nframe \(name): \(error)\n".utf8))
@@ -106,7 +127,7 @@ struct StreamCommand: ParsableCommand {
                 bar.update(i + 1)
             }
             bar.finish()
-            let wall = Date().timeIntervalSince(start)
+            let wall = Date().timeIntervalSince(start) - judging
             var summary: [String: Any] = [
                 "frames_in": session.framesIn, "processed": session.framesProcessed, "skipped": session.framesSkipped,
                 "errors": errors, "output_fps": Double(latencies.count) / max(wall, 1e-9),
@@ -114,16 +135,8 @@ struct StreamCommand: ParsableCommand {
                 "model_calls": pipeline.modelCalls, "slots": times, "guidance": mode.rawValue,
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]
-            if classifier != "none", settings.classIndex < folder.flow.classNames.count {
-                if FileManager.default.fileExists(atPath: classifier) {
-                    let cls = try EmojiClassifier.load(path: classifier)
-                    let predicted = cls.predict(processedOutputs)
-                    let hits = predicted.filter { $0 == settings.classIndex }.count
-                    summary["classifier_agreement"] = Double(hits) / Double(max(predicted.count, 1))
-                } else {
-                    FileHandle.standardError.write(Data("note: no classifier at \(classifier); classifier_agreement left out\n".utf8))
-                }
-            }
+            judgePending()
+            if judge != nil { summary["classifier_agreement"] = Double(agreed) / Double(max(judged, 1)) }
             let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
             try data.write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("summary.json")), options: .atomic)
             print(String(decoding: data, as: UTF8.self))

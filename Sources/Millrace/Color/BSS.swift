@@ -173,6 +173,22 @@ public enum BatchStyleStandardization {
         return (j, r)
     }
 
+    /// What `gen bss` and `POST /v1/bss` do: resize every image to width×height (area when
+    /// shrinking, bilinear otherwise), draw j and r from the seed unless `reference` fixes j or
+    /// equal bounds fix r, and apply BSS (clipped). Returns the outputs with the j and r used.
+    public static func batch(_ images: [RGBImage], width w: Int, height h: Int, ratioMin: Double, ratioMax: Double,
+                             reference: Int?, seed: UInt64) throws -> (images: [RGBImage], reference: Int, ratio: Double) {
+        let resized = images.map { image in
+            if image.width == w && image.height == h { return image }
+            return image.width >= w && image.height >= h ? image.resizedArea(width: w, height: h)
+                : image.resizedBilinear(width: w, height: h)
+        }
+        var (j, r) = try randomParameters(count: resized.count, ratioMin: ratioMin, ratioMax: ratioMax, seed: seed)
+        if let reference { j = reference }
+        if ratioMin == ratioMax { r = ratioMin }
+        return (try apply(images: resized, reference: j, ratio: r), j, r)
+    }
+
     static func validate(images: [RGBImage], reference j: Int, ratio r: Double) throws {
         guard images.count >= 2 else { throw ColorError("BSS needs at least two images, got \(images.count)") }
         let w = images[0].width, h = images[0].height

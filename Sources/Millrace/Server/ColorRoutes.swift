@@ -249,21 +249,13 @@ extension MillraceService {
             if let j = reference, j >= images.count {
                 throw MultipartError(400, "'reference' \(j) is out of range 0..<\(images.count)")
             }
-            var loaded = try images.map { try decodePart($0) }
+            let loaded = try images.map { try decodePart($0) }
             let (w, h) = size ?? (loaded[0].width, loaded[0].height)
             guard w * h * loaded.count <= options.maxBSSBatchPixels else {
                 throw MultipartError(413, "the batch is \(loaded.count) images of \(w)x\(h), over \(options.maxBSSBatchPixels) pixels in all: pass a smaller 'size'")
             }
-            loaded = loaded.map { image in
-                if image.width == w && image.height == h { return image }
-                return image.width >= w && image.height >= h ? image.resizedArea(width: w, height: h)
-                    : image.resizedBilinear(width: w, height: h)
-            }
-            var (j, ratio) = try BatchStyleStandardization.randomParameters(count: loaded.count, ratioMin: ratioMin,
-                                                                            ratioMax: ratioMax, seed: seed)
-            if let reference { j = reference }
-            if ratioMin == ratioMax { ratio = ratioMin }
-            let outs = try BatchStyleStandardization.apply(images: loaded, reference: j, ratio: ratio)
+            let (outs, j, ratio) = try BatchStyleStandardization.batch(loaded, width: w, height: h, ratioMin: ratioMin,
+                                                                       ratioMax: ratioMax, reference: reference, seed: seed)
             let pngs = try outs.enumerated().map { k, image -> MultipartPart in
                 let stem = images[k].filename.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension }
                     .flatMap { $0.isEmpty ? nil : $0 } ?? "image-\(k + 1)"
