@@ -85,6 +85,8 @@ struct Train: ParsableCommand {
           gen train --data data/emoji32.mrds --out runs/emoji32 --steps 20000
           gen train --data data/emoji32.mrds --out runs/emoji32 --steps 30000 --resume
           gen train --data data/emoji32.mrds --out runs/emoji32-na --norm-align
+          gen train --data data/emoji32.mrds --out runs/emoji32-d --steps 12000 \
+            --init-from assets/models/emoji32 --lr 4e-4 --decay cosine
         """)
 
     @Option(help: "Dataset file from `gen dataset emoji`.")
@@ -99,6 +101,10 @@ struct Train: ParsableCommand {
     var lr: Double = 1e-3
     @Option(help: "Linear warm-up steps.")
     var warmup: Int = 200
+    @Option(help: "Rate after the warm-up: constant, or cosine (a half cosine from --lr down to --min-lr at --steps).")
+    var decay: LRDecay = .constant
+    @Option(name: .customLong("min-lr"), help: "Final rate of --decay cosine (default: --lr / 20).")
+    var minLR: Double?
     @Option(help: "AdamW weight decay.")
     var weightDecay: Double = 0.01
     @Option(help: "Global gradient-norm clip (0 = off).")
@@ -156,6 +162,14 @@ struct Train: ParsableCommand {
         return c
     }
 
+    func validate() throws {
+        guard lr > 0 else { throw ValidationError("--lr must be positive") }
+        if let minLR {
+            guard decay == .cosine else { throw ValidationError("--min-lr needs --decay cosine") }
+            guard minLR >= 0 && minLR <= lr else { throw ValidationError("--min-lr must be between 0 and --lr") }
+        }
+    }
+
     func run() throws {
         threads.apply()
         try runReportingErrors {
@@ -172,6 +186,10 @@ struct Train: ParsableCommand {
             opts.checkpointEvery = checkpointEvery
             opts.optimizer.learningRate = lr
             opts.optimizer.warmupSteps = warmup
+            if decay == .cosine {
+                opts.optimizer.cosineDecaySteps = steps
+                opts.optimizer.minLearningRate = minLR ?? lr / 20
+            }
             opts.optimizer.weightDecay = weightDecay
             opts.optimizer.gradClip = clip
             opts.optimizer.emaDecay = ema
@@ -229,4 +247,9 @@ struct Train: ParsableCommand {
                               metadata: ["step": String(trainer.step), "weights": "ema"])
         try? LossPlot.write(csv: out + "/loss.csv", png: out + "/loss.png")
     }
+}
+
+/// Learning-rate schedule after the warm-up.
+enum LRDecay: String, ExpressibleByArgument, CaseIterable {
+    case constant, cosine
 }

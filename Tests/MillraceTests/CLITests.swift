@@ -82,6 +82,8 @@ enum GenCLI {
         (["schedule", "boss", "--nfe", "0"], "nfe"),
         (["straighten", "--nfe", "0", "--out", "/tmp/millrace-never"], "nfe"),
         (["eval", "table", "--nfe", "2,x"], "nfe"),
+        (["train", "--data", "x.mrds", "--out", "/tmp/millrace-never", "--min-lr", "1e-5"], "--decay cosine"),
+        (["train", "--data", "x.mrds", "--out", "/tmp/millrace-never", "--decay", "linear"], "decay"),
     ])
     func badFlagValuesGetClearErrors(args: [String], mention: String) throws {
         let (status, _, err) = try GenCLI.run(args)

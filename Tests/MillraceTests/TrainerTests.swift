@@ -72,14 +72,18 @@ import Testing
     @Test func resumeGivesTheSameWeightsAsAnUninterruptedRun() throws {
         try GlobalKernelSettings.exclusive {
             let data = Self.syntheticData(), config = Self.tinyConfig()
-            let straight = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+            // With a cosine decay, so that the resumed half also follows the same rate schedule.
+            var opts = Self.options(steps: 12)
+            opts.optimizer.cosineDecaySteps = 12
+            opts.optimizer.minLearningRate = opts.optimizer.learningRate / 10
+            let straight = try FlowTrainer(config: config, data: data, options: opts)
             for _ in 0..<12 { straight.trainStep() }
     
-            let first = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+            let first = try FlowTrainer(config: config, data: data, options: opts)
             for _ in 0..<5 { first.trainStep() }
             let path = Self.tempPath("resume.safetensors")
             try first.saveCheckpoint(path: path)
-            let second = try FlowTrainer(config: config, data: data, options: Self.options(steps: 12))
+            let second = try FlowTrainer(config: config, data: data, options: opts)
             try second.loadCheckpoint(path: path)
             #expect(second.step == 5)
             for _ in 0..<7 { second.trainStep() }
@@ -91,6 +95,23 @@ import Testing
             #expect(straight.optimizer.m == second.optimizer.m && straight.optimizer.v == second.optimizer.v)
             #expect(straight.rng == second.rng)
         }
+    }
+
+    @Test func cosineDecayFollowsItsSchedule() {
+        var o = AdamW.Options()
+        o.learningRate = 1e-3
+        o.warmupSteps = 10
+        o.cosineDecaySteps = 110
+        o.minLearningRate = 1e-4
+        func lr(_ step: Int) -> Double { AdamW.learningRate(at: step, options: o) }
+        #expect(abs(lr(0) - 1e-4) < 1e-12)                      // warm-up: (0 + 1) / 10 of the peak
+        #expect(abs(lr(9) - 1e-3) < 1e-12)
+        #expect(abs(lr(10) - 1e-3) < 1e-12)                     // decay starts at the peak
+        #expect(abs(lr(60) - 5.5e-4) < 1e-12)                   // half way: the mean of peak and floor
+        #expect(abs(lr(110) - 1e-4) < 1e-12 && abs(lr(500) - 1e-4) < 1e-12)
+        for s in 10..<110 { #expect(lr(s + 1) <= lr(s)) }
+        o.cosineDecaySteps = 0
+        #expect(lr(500) == 1e-3)                                // constant without decay
     }
 
     @Test func corruptOrForeignCheckpointsAreRefusedAndChangeNothing() throws {

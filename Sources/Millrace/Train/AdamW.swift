@@ -14,6 +14,10 @@ public final class AdamW {
         /// Gradients are scaled down so that their global L2 norm is at most this (0 = off).
         public var gradClip: Double = 1
         public var emaDecay: Double = 0.999
+        /// With a value T > warm-up: after the warm-up the rate follows a half cosine from
+        /// `learningRate` down to `minLearningRate` at step T, and stays there. 0 = constant rate.
+        public var cosineDecaySteps: Int = 0
+        public var minLearningRate: Double = 0
         public init() {}
     }
 
@@ -32,10 +36,18 @@ public final class AdamW {
         ema = parameters.map { $0.1.value.data }
     }
 
-    /// Learning rate at the current step (linear warm-up, then constant).
-    public var currentLearningRate: Double {
-        let w = options.warmupSteps
-        return w > 0 && step < w ? options.learningRate * Double(step + 1) / Double(w) : options.learningRate
+    /// Learning rate at the current step: linear warm-up, then constant or a cosine decay.
+    public var currentLearningRate: Double { Self.learningRate(at: step, options: options) }
+
+    /// Learning rate of the update that follows `step` earlier updates. A function of the step
+    /// alone, so that a resumed run follows the same schedule as an uninterrupted one.
+    public static func learningRate(at step: Int, options o: Options) -> Double {
+        let w = o.warmupSteps
+        if w > 0 && step < w { return o.learningRate * Double(step + 1) / Double(w) }
+        let t = o.cosineDecaySteps
+        guard t > w else { return o.learningRate }
+        let progress = min(1, Double(step - w) / Double(t - w))
+        return o.minLearningRate + (o.learningRate - o.minLearningRate) * 0.5 * (1 + cos(Double.pi * progress))
     }
 
     /// Global L2 norm of all gradients.
