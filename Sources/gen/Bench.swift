@@ -162,7 +162,7 @@ struct BenchTrain: ParsableCommand {
     var batch: Int = 32
     @Option(help: "Timed steps.")
     var steps: Int = 8
-    @Option(help: "Data-parallel workers (default: all cores; 1 = one model on OpenBLAS's threads).")
+    @Option(help: "Data-parallel workers (default: all cores; 1 = one model whose convolutions are split over the cores).")
     var workers: Int?
     @Flag(help: "Print JSON.")
     var json = false

@@ -164,6 +164,13 @@ import Testing
         #expect(s.call("POST", "/v1/streams/nope/frames", body: try Self.png(), type: "image/png").status == 404)
         #expect(s.call("PATCH", "/v1/streams/\(id)", body: Array(#"{"class": 1, "rcfg": "self"}"#.utf8)).status == 200)
         #expect(s.call("PATCH", "/v1/streams/\(id)", body: Array(#"{"class": 99}"#.utf8)).status == 400)
+        // Out-of-range or mistyped filter values are refused, and the refused PATCH changes nothing.
+        for bad in [#"{"class": 2, "similarity": 1.5}"#, #"{"class": 2, "max_skip": -1}"#, #"{"class": 2, "max_skip": 2.5}"#,
+                    #"{"class": 2, "filter": "no"}"#, #"{"class": 2, "filter": 1}"#, #"{"class": 2, "similarity": true}"#] {
+            #expect(s.call("PATCH", "/v1/streams/\(id)", body: Array(bad.utf8)).status == 400, "\(bad)")
+        }
+        let state = try #require(try JSONSerialization.jsonObject(with: Data(s.call("GET", "/v1/streams/\(id)").body)) as? [String: Any])
+        #expect(state["class"] as? Int == 1, "a refused PATCH changed the class: \(state)")
         // A viewer reads the output stream; frames posted meanwhile arrive as PNG parts.
         let viewer = DispatchQueue(label: "viewer")
         let got = ReplyBox()
@@ -187,6 +194,8 @@ import Testing
         #expect(s.call("DELETE", "/v1/streams/\(id)").status == 200)
         #expect(s.call("DELETE", "/v1/streams/\(id)").status == 404)
         #expect(s.call("GET", "/v1/streams/\(id)/output").status == 404)
+        #expect(s.call("POST", "/v1/streams", body: Array(#"{"filter": "off"}"#.utf8)).status == 400)
+        #expect(s.call("POST", "/v1/streams", body: Array(#"{"filter": 0}"#.utf8)).status == 400)
     }
 
     @Test func shutdownEndsOpenStreamsAndRefusesNewWork() throws {

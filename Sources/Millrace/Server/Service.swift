@@ -399,7 +399,7 @@ public final class MillraceService: @unchecked Sendable {
             let settings = try streamSettings(d, base: nil)
             let seed = UInt64(max(0, min(try num("seed") ?? 0, Double(Int32.max))))
             let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
-            let filterOn = (d["filter"] as? Bool) ?? true
+            let filterOn = try d["filter"] == nil ? true : jsonFlag(d, "filter")
             let eta = Float(try num("similarity") ?? 0.98), maxSkip = Int(try num("max_skip") ?? 10)
             guard eta >= 0 && eta <= 1, maxSkip >= 0 && maxSkip <= 1000 else { throw StreamError("'similarity' must be in 0...1 and 'max_skip' in 0...1000") }
             let session = StreamSession(pipeline: pipeline, filter: filterOn ? SimilarityFilter(threshold: eta, maxSkip: maxSkip, side: folder.config.sampleSize, seed: seed) : nil)
@@ -465,20 +465,43 @@ public final class MillraceService: @unchecked Sendable {
                       "slots": times])
     }
 
+    /// A JSON true/false (not a number or string) under `key`.
+    func jsonFlag(_ d: [String: Any], _ key: String) throws -> Bool {
+        guard let n = d[key] as? NSNumber, isJSONBool(n) else { throw StreamError("'\(key)' must be true or false") }
+        return n.boolValue
+    }
+
     func patchStream(_ r: HTTPRequest, id: String) -> HTTPResponse {
         guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
         do {
             let d = try parseJSONObject(r.body)
             let known: Set = ["class", "rcfg", "guidance", "delta", "filter", "similarity", "max_skip"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw StreamError("unknown or fixed parameter '\(unknown)'") }
+            // Every value is checked before anything changes: a bad PATCH leaves the stream as it was.
+            var filterOn: Bool?
+            if d["filter"] != nil { filterOn = try jsonFlag(d, "filter") }
+            var eta: Float?, maxSkip: Int?
+            if let v = d["similarity"] {
+                guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue >= 0 && n.doubleValue <= 1 else {
+                    throw StreamError("'similarity' must be a number in 0...1")
+                }
+                eta = n.floatValue
+            }
+            if let v = d["max_skip"] {
+                guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(),
+                      n.doubleValue >= 0 && n.doubleValue <= 1000 else {
+                    throw StreamError("'max_skip' must be an integer in 0...1000")
+                }
+                maxSkip = n.intValue
+            }
             try entry.withSession { session in
                 let s = try streamSettings(d, base: session.pipeline.settings)
                 try session.pipeline.update(s)
-                if let on = d["filter"] as? Bool {
+                if let on = filterOn {
                     session.filter = on ? (session.filter ?? SimilarityFilter(seed: 0)) : nil
                 }
-                if let eta = d["similarity"] as? NSNumber { session.filter?.threshold = eta.floatValue }
-                if let m = d["max_skip"] as? NSNumber { session.filter?.maxSkip = m.intValue }
+                if let eta { session.filter?.threshold = eta }
+                if let maxSkip { session.filter?.maxSkip = maxSkip }
             }
             return .json(["id": id, "updated": true])
         } catch {
