@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Millrace
 
-/// `gen bss`: Batch Styles Standardization (ALGORITHMS.md §8) of a set of images.
+/// `gen bss`: Batch Styles Standardization (docs/METHODS.md §8) of a set of images.
 struct BSSCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bss",

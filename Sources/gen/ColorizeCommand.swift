@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Millrace
 
-/// `gen colorize`: retrieval-augmented exemplar colorization (ALGORITHMS.md §9).
+/// `gen colorize`: retrieval-augmented exemplar colorization (docs/METHODS.md §9).
 struct ColorizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "colorize",

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Millrace
 
-/// `gen prune-axes`: build a model folder's SourceFM pruning set (ALGORITHMS.md §4.2).
+/// `gen prune-axes`: build a model folder's SourceFM pruning set (docs/METHODS.md §4.2).
 struct PruneAxes: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "prune-axes",

@@ -18,7 +18,7 @@ struct ScheduleBOSSCommand: ParsableCommand {
         discussion: """
         Integrates M reference trajectories with K-step uniform Euler (M·K network evaluations), \
         estimates the cost c[i][j] of one Euler jump between grid points i < j, and chooses for \
-        each N the N + 1 grid points from 0 to K of least summed cost (ALGORITHMS.md §3). The \
+        each N the N + 1 grid points from 0 to K of least summed cost (docs/METHODS.md §3). The \
         schedules go into the model folder's schedules.json; sample with them using \
         `gen --schedule boss --steps N`.
 

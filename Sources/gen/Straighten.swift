@@ -8,7 +8,7 @@ struct StraightenCommand: ParsableCommand {
         commandName: "straighten",
         abstract: "Fine-tune a copy of a model so that one Euler step follows the teacher over each interval of its N-step BOSS schedule.",
         discussion: """
-        ALGORITHMS.md §3.4. The teacher (the model at --model) integrates --samples Gaussian \
+        docs/METHODS.md §3.4. The teacher (the model at --model) integrates --samples Gaussian \
         source samples with K-step uniform Euler at the model's guidance, spread over the classes \
         (every 10th sample with the null class). For the N-step BOSS schedule of the model's \
         schedules.json (`gen schedule boss`), each interval [τk, τk+1] of each trajectory gives \

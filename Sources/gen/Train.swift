@@ -115,7 +115,7 @@ struct Train: ParsableCommand {
     var checkpointEvery: Int = 500
     @Option(help: "Random seed (initial weights, batches, noise).")
     var seed: UInt64 = 0
-    @Flag(help: "Norm alignment (ALGORITHMS.md §4.1): train on s·x1, s written to flow.json.")
+    @Flag(help: "Norm alignment (docs/METHODS.md §4.1): train on s·x1, s written to flow.json.")
     var normAlign = false
     @Flag(inversion: .prefixedNo, help: "Sample classes uniformly (then an image of the class).")
     var balance = true

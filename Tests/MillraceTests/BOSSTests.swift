@@ -2,7 +2,7 @@ import Foundation
 @testable import Millrace
 import Testing
 
-/// BOSS (ALGORITHMS.md §3.1–3.3): the Bellman recursion against brute force, jump costs from
+/// BOSS (docs/METHODS.md §3.1–3.3): the Bellman recursion against brute force, jump costs from
 /// reference trajectories, schedules.json, and refusal of bad inputs.
 @Suite struct BOSSTests {
     // MARK: Brute force

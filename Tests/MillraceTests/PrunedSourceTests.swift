@@ -2,7 +2,7 @@ import Foundation
 @testable import Millrace
 import Testing
 
-/// SourceFM pruning set (ALGORITHMS.md §4.2) and pruned sampling (§4.3) on a small synthetic
+/// SourceFM pruning set (docs/METHODS.md §4.2) and pruned sampling (§4.3) on a small synthetic
 /// dataset: 4×4 RGB images (d = 48), each a horizontally symmetric base image plus a few
 /// symmetric patterns and a little asymmetric noise, so that many low-variance principal axes
 /// have every training image on one side (or close to zero on both).

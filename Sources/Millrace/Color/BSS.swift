@@ -78,7 +78,7 @@ public struct FFT2D {
     }
 }
 
-/// Batch Styles Standardization (ALGORITHMS.md §8): every image of a batch takes the low-frequency
+/// Batch Styles Standardization (docs/METHODS.md §8): every image of a batch takes the low-frequency
 /// Fourier amplitude of one reference image of the batch and keeps its own phase, so colour and
 /// global style become those of the reference while content (phase) stays.
 ///

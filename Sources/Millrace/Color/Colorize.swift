@@ -1,6 +1,6 @@
 import Foundation
 
-/// Retrieval-augmented exemplar colorization (ALGORITHMS.md §9, small scale, no model).
+/// Retrieval-augmented exemplar colorization (docs/METHODS.md §9, small scale, no model).
 ///
 /// The gray input is brought to a working size (longer side at most `workingSide`), cut into the 4
 /// query crops, and each crop retrieves its top 3 pool patches. Chroma transfer in Lab: for each

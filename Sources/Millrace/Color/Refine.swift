@@ -1,6 +1,6 @@
 import Foundation
 
-/// Refinement of a colorization by the flow model (`gen colorize --refine`, ALGORITHMS.md §1, §9):
+/// Refinement of a colorization by the flow model (`gen colorize --refine`, docs/METHODS.md §1, §9):
 /// the model repaints the chroma, starting part-way along the flow, while the input's luminance is
 /// kept at every step.
 ///

@@ -1,6 +1,6 @@
 import Foundation
 
-/// Quality of one generation setting (ALGORITHMS.md §10).
+/// Quality of one generation setting (docs/METHODS.md §10).
 public struct GenerationMetrics: Sendable, Codable, Equatable {
     /// Mean squared error per pixel (images in [−1, 1]) to the reference images; nil without one.
     public var discrepancy: Double?

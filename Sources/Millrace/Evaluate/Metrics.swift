@@ -1,6 +1,6 @@
 import Foundation
 
-/// Evaluation metrics (ALGORITHMS.md §10).
+/// Evaluation metrics (docs/METHODS.md §10).
 public enum Metrics {
     /// Mean and covariance (unbiased, n − 1) of `rows` feature vectors of dimension `dim`.
     public static func meanAndCovariance(_ features: [Float], dim: Int) -> (mean: [Double], cov: [Double]) {

@@ -1,6 +1,6 @@
 import Foundation
 
-/// BOSS: Bellman optimal step sizes (ALGORITHMS.md §3.1–3.3).
+/// BOSS: Bellman optimal step sizes (docs/METHODS.md §3.1–3.3).
 ///
 /// 1. Reference trajectories: M source samples integrated with K-step uniform Euler on the grid
 ///    `t_k = k/K`, keeping every state `x_k` and velocity `v_k`.

@@ -6,7 +6,7 @@ import Glibc
 import Darwin
 #endif
 
-// SourceFM source pruning (ALGORITHMS.md §4.2 pruning set, §4.3 pruned sampling).
+// SourceFM source pruning (docs/METHODS.md §4.2 pruning set, §4.3 pruned sampling).
 //
 // ## The pruning set (§4.2), as read here
 //

@@ -1,6 +1,6 @@
 import Foundation
 
-/// ODE solvers for the flow `dx/dt = v(x, t)` (ALGORITHMS.md §2).
+/// ODE solvers for the flow `dx/dt = v(x, t)` (docs/METHODS.md §2).
 public enum Solver: String, Sendable, CaseIterable {
     /// One evaluation per step.
     case euler

@@ -1,6 +1,6 @@
 import Foundation
 
-/// Straightening (ALGORITHMS.md §3.4): teacher states from K-step uniform Euler, and the chords
+/// Straightening (docs/METHODS.md §3.4): teacher states from K-step uniform Euler, and the chords
 /// of a schedule over them, which a copy of the model is fine-tuned to follow in one Euler step.
 public enum Straightening {
     /// Teacher states of S source samples at some indices of the K-step uniform grid.

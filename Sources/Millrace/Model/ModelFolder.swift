@@ -1,6 +1,6 @@
 import Foundation
 
-/// Millrace's flow-matching conventions for a model folder (flow.json); see ALGORITHMS.md §1.
+/// Millrace's flow-matching conventions for a model folder (flow.json); see docs/METHODS.md §1.
 public struct FlowConfig: Codable, Sendable, Equatable {
     /// What the network predicts; Millrace models predict the velocity `x1 − x0`.
     public var prediction: String = "velocity"

@@ -1,4 +1,4 @@
-/// The stochastic similarity filter (ALGORITHMS.md §7): a frame much like the last processed
+/// The stochastic similarity filter (docs/METHODS.md §7): a frame much like the last processed
 /// one is skipped with probability p_skip = max(0, 1 − (1 − cs)/(1 − η)), where cs is the cosine
 /// similarity of the two frames' downsampled luma; never more than `maxSkip` in a row.
 public struct SimilarityFilter: Sendable {

@@ -1,6 +1,6 @@
 import Foundation
 
-/// Guidance in a stream (ALGORITHMS.md §6).
+/// Guidance in a stream (docs/METHODS.md §6).
 public enum StreamGuidance: String, Sendable, CaseIterable, Codable {
     /// n rows, v = v_c.
     case none
@@ -31,7 +31,7 @@ public struct StreamError: Error, CustomStringConvertible, Equatable {
     public var description: String { message }
 }
 
-/// The StreamDiffusion pipeline in flow form (ALGORITHMS.md §5): n slots at times
+/// The StreamDiffusion pipeline in flow form (docs/METHODS.md §5): n slots at times
 /// t_0 < … < t_{n−1} < 1, fixed per-slot noise, one batched model call per frame. The output of
 /// call k is frame k − n + 1 run through all n stages.
 public final class StreamPipeline {

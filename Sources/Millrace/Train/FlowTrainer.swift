@@ -1,7 +1,7 @@
 import Foundation
 import MillraceKernels
 
-/// Options of a rectified-flow training run (ALGORITHMS.md §1, §4.1).
+/// Options of a rectified-flow training run (docs/METHODS.md §1, §4.1).
 public struct TrainOptions: Codable, Sendable, Equatable {
     public var steps = 20_000
     public var batchSize = 64
