@@ -168,7 +168,7 @@ import Testing
 
 extension TrainerTests {
     /// Two data-parallel workers compute the same step as one worker (to float rounding).
-    @Test func initFromKeepsOrSetsTheNormScale() throws {
+    @Test func initFromKeepsOrSetsTheNormScaleAndKeepsTheGuidance() throws {
         let data = Self.syntheticData()
         // A plain folder (s = 1) and a norm-aligned one (s = 1.7).
         var flow = FlowConfig()
@@ -177,6 +177,7 @@ extension TrainerTests {
         let plainPath = Self.tempPath("init-plain"), alignedPath = Self.tempPath("init-aligned")
         try ModelFolder.write(model: UNet2DModel(config: Self.tinyConfig(), seed: 1), flow: flow, to: plainPath)
         flow.normScale = 1.7
+        flow.defaultGuidance = 3
         try ModelFolder.write(model: UNet2DModel(config: Self.tinyConfig(), seed: 1), flow: flow, to: alignedPath)
         // --norm-align from a plain model trains on the data's own s ...
         var opts = Self.options(steps: 1)
@@ -189,6 +190,7 @@ extension TrainerTests {
         let b = try FlowTrainer(config: Self.tinyConfig(), data: data, options: Self.options(steps: 1))
         try b.initialize(from: try ModelFolder.load(alignedPath))
         #expect(b.flow.normScale == 1.7)
+        #expect(b.flow.defaultGuidance == 3 && a.flow.defaultGuidance == 1, "the folder's serving guidance carries over")
     }
 
     @Test func dataParallelWorkersMatchOneWorker() throws {

@@ -274,7 +274,8 @@ public final class FlowTrainer {
         return loss
     }
 
-    /// Starts from the weights of a model folder (weights and EMA; the optimizer starts fresh).
+    /// Starts from the weights of a model folder (weights and EMA; the optimizer starts fresh),
+    /// keeping its flow.json `default_guidance`.
     /// With `normAlign` the run keeps the scale computed on its data, so a plain model can be
     /// fine-tuned into a norm-aligned one.
     /// For continuing a model whose checkpoint is gone; `--resume` is exact, this is not.
@@ -287,6 +288,8 @@ public final class FlowTrainer {
         // A --norm-align run trains on its own s (computed on the data); otherwise the folder's
         // scale carries over, so that continuing a norm-aligned model keeps its s.
         if !options.normAlign { flow.normScale = folder.flow.normScale }
+        // The serving guidance is the folder's choice too: a continued model keeps it.
+        flow.defaultGuidance = folder.flow.defaultGuidance
     }
 
     /// A model with the EMA weights (what gets shipped and sampled from).
