@@ -2,7 +2,8 @@
 # Ships a trained run as the demo model: copies the model folder of `gen train` (EMA weights,
 # config, flow.json, loss log and plot) into assets/models/emoji32, then redoes everything that
 # depends on the weights: BOSS schedules, the sample grids of the card and the card's evaluation
-# rows (printed; paste them into MODEL_CARD.md with the new step count and wall time).
+# rows with per-group accuracy (printed; paste them into MODEL_CARD.md with the new step count
+# and wall time). Needs python3 for the JSON.
 #
 #   scripts/ship-model.sh runs/emoji32 [guidance]
 #
@@ -25,9 +26,15 @@ rm -f "$dest/schedules.json" "$dest/prune-axes.safetensors"
 "$gen" schedule boss --model "$dest" --nfe 1...10 --samples 60
 "$gen" --model "$dest" --steps 32 --count 8 --seed 1 --out "$dest/samples-32-steps.png"
 "$gen" --model "$dest" --steps 8 --count 8 --seed 1 --out "$dest/samples-8-steps.png"
-echo "| steps | guidance | Fréchet distance | accuracy |"
+classes=$(python3 -c 'import json,sys; print(" | ".join(n.split(" ")[0] for n in json.load(open(sys.argv[1]))["class_names"]))' "$dest/flow.json")
+echo "| steps | guidance | Fréchet distance | accuracy | $classes |"
 for spec in "16 1" "16 2.5" "16 $guidance" "8 $guidance" "32 $guidance"; do
   set -- $spec
   "$gen" eval --model "$dest" --steps "$1" --guidance "$2" --samples 135 --reference-steps 0 --json 2>/dev/null \
-    | awk -v s="$1" -v g="$2" '/"frechet" :/ {gsub(/[,]/, ""); f=$3} /"accuracy" :/ {gsub(/[,]/, ""); a=$3} END {printf "| %s | %s | %.2f | %.2f |\n", s, g, f, a}'
+    | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+names = json.load(open(sys.argv[3]))["class_names"]
+per = " | ".join("%.2f" % m["accuracy_per_class"][n] for n in names)
+print("| %s | %s | %.2f | %.2f | %s |" % (sys.argv[1], sys.argv[2], m["frechet"], m["accuracy"], per))' "$1" "$2" "$dest/flow.json"
 done

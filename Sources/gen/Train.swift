@@ -123,7 +123,7 @@ struct Train: ParsableCommand {
     var workers: Int?
     @Flag(help: "Continue from --out/checkpoint.safetensors.")
     var resume = false
-    @Option(help: "Start from the weights of a model folder (same architecture; fresh optimizer; its norm scale and default guidance carry over).")
+    @Option(help: "Start from the weights of a model folder (same architecture; fresh optimizer; its default guidance, and its norm scale unless --norm-align, carry over).")
     var initFrom: String?
     @Option(help: "UNet block channels, comma-separated.")
     var channels: String = "32,64,128"
