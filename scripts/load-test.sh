@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load test of gen serve on loopback (docs/BENCHMARKS.md): wrk against /v1/generate at rising
-# concurrency, then 8 streams posting 30 frames/s for 60 s with a viewer each; server RSS before
+# concurrency and against the multipart routes /v1/colorize and /v1/bss, then 8 streams posting 30 frames/s for 60 s with a viewer each; server RSS before
 # and after; a graceful SIGTERM at the end must exit 0. Needs wrk (apt-get install wrk) and a
 # release build (swift build -c release).
 set -euo pipefail
@@ -21,6 +21,34 @@ LUA
 for c in ${WRK_CONNECTIONS:-1 2 4 8}; do
   echo "== wrk /v1/generate, $c connections, 15 s"
   wrk -t1 -c"$c" -d15s --latency -s /tmp/millrace-post.lua "http://127.0.0.1:$port/v1/generate" | grep -E "Requests/sec|50%|99%|Non-2xx|Socket errors" || true
+done
+# Multipart routes: /v1/colorize (one 32x32 emoji, the server's reference pool) and /v1/bss
+# (4 emoji). wrk sends the same body each time, built once here.
+multipart() {  # multipart FILE... -> body on stdout, boundary millraceload; first part "image"
+  local first=1
+  for f in "$@"; do
+    local name=reference; [ $first = 1 ] && name=image && first=0
+    [ "${BSS:-0}" = 1 ] && name=image
+    printf -- '--millraceload\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\nContent-Type: image/png\r\n\r\n' "$name" "$(basename "$f")"
+    cat "$f"; printf '\r\n'
+  done
+  printf -- '--millraceload--\r\n'
+}
+pick() { ls assets/references/emoji-"$1"-*.png | head -1; }
+multipart "$(pick 3)" > /tmp/millrace-colorize.body
+BSS=1 multipart "$(pick 0)" "$(pick 3)" "$(pick 4)" "$(pick 8)" > /tmp/millrace-bss.body
+for route in colorize bss; do
+  cat > /tmp/millrace-$route.lua <<LUA
+local f = io.open("/tmp/millrace-$route.body", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=millraceload"
+LUA
+  for c in ${WRK_CONNECTIONS_MULTIPART:-1 4}; do
+    echo "== wrk /v1/$route, $c connections, 15 s"
+    wrk -t1 -c"$c" -d15s --latency -s /tmp/millrace-$route.lua "http://127.0.0.1:$port/v1/$route" | grep -E "Requests/sec|50%|99%|Non-2xx|Socket errors" || true
+  done
 done
 echo "RSS after wrk: $(rss $pid) kB"
 echo "== 8 streams x 30 frames/s x 60 s, one viewer each"
