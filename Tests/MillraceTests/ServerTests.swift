@@ -196,6 +196,7 @@ import Testing
         #expect(s.call("GET", "/v1/streams/\(id)/output").status == 404)
         #expect(s.call("POST", "/v1/streams", body: Array(#"{"filter": "off"}"#.utf8)).status == 400)
         #expect(s.call("POST", "/v1/streams", body: Array(#"{"filter": 0}"#.utf8)).status == 400)
+        #expect(s.call("POST", "/v1/streams", body: Array(#"{"max_skip": 2.5}"#.utf8)).status == 400)
     }
 
     @Test func shutdownEndsOpenStreamsAndRefusesNewWork() throws {

@@ -399,10 +399,10 @@ public final class MillraceService: @unchecked Sendable {
             let settings = try streamSettings(d, base: nil)
             let seed = UInt64(max(0, min(try num("seed") ?? 0, Double(Int32.max))))
             let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
-            let filterOn = try d["filter"] == nil ? true : jsonFlag(d, "filter")
-            let eta = Float(try num("similarity") ?? 0.98), maxSkip = Int(try num("max_skip") ?? 10)
-            guard eta >= 0 && eta <= 1, maxSkip >= 0 && maxSkip <= 1000 else { throw StreamError("'similarity' must be in 0...1 and 'max_skip' in 0...1000") }
-            let session = StreamSession(pipeline: pipeline, filter: filterOn ? SimilarityFilter(threshold: eta, maxSkip: maxSkip, side: folder.config.sampleSize, seed: seed) : nil)
+            let f = try filterFields(d)
+            let session = StreamSession(pipeline: pipeline, filter: f.on ?? true
+                ? SimilarityFilter(threshold: f.similarity ?? 0.98, maxSkip: f.maxSkip ?? 10, side: folder.config.sampleSize, seed: seed)
+                : nil)
             if let size = try num("size") {
                 guard size >= 8 && size <= 1024 && size == size.rounded() else { throw StreamError("'size' must be an integer in 8...1024") }
                 session.outputSize = (Int(size), Int(size))
@@ -465,10 +465,28 @@ public final class MillraceService: @unchecked Sendable {
                       "slots": times])
     }
 
-    /// A JSON true/false (not a number or string) under `key`.
-    func jsonFlag(_ d: [String: Any], _ key: String) throws -> Bool {
-        guard let n = d[key] as? NSNumber, isJSONBool(n) else { throw StreamError("'\(key)' must be true or false") }
-        return n.boolValue
+    /// The similarity filter's fields of a stream request, each nil when absent: `filter`
+    /// (true or false), `similarity` (0...1) and `max_skip` (an integer in 0...1000).
+    func filterFields(_ d: [String: Any]) throws -> (on: Bool?, similarity: Float?, maxSkip: Int?) {
+        var on: Bool?, similarity: Float?, maxSkip: Int?
+        if let v = d["filter"] {
+            guard let n = v as? NSNumber, isJSONBool(n) else { throw StreamError("'filter' must be true or false") }
+            on = n.boolValue
+        }
+        if let v = d["similarity"] {
+            guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue >= 0 && n.doubleValue <= 1 else {
+                throw StreamError("'similarity' must be a number in 0...1")
+            }
+            similarity = n.floatValue
+        }
+        if let v = d["max_skip"] {
+            guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(),
+                  n.doubleValue >= 0 && n.doubleValue <= 1000 else {
+                throw StreamError("'max_skip' must be an integer in 0...1000")
+            }
+            maxSkip = n.intValue
+        }
+        return (on, similarity, maxSkip)
     }
 
     func patchStream(_ r: HTTPRequest, id: String) -> HTTPResponse {
@@ -478,30 +496,15 @@ public final class MillraceService: @unchecked Sendable {
             let known: Set = ["class", "rcfg", "guidance", "delta", "filter", "similarity", "max_skip"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw StreamError("unknown or fixed parameter '\(unknown)'") }
             // Every value is checked before anything changes: a bad PATCH leaves the stream as it was.
-            var filterOn: Bool?
-            if d["filter"] != nil { filterOn = try jsonFlag(d, "filter") }
-            var eta: Float?, maxSkip: Int?
-            if let v = d["similarity"] {
-                guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue >= 0 && n.doubleValue <= 1 else {
-                    throw StreamError("'similarity' must be a number in 0...1")
-                }
-                eta = n.floatValue
-            }
-            if let v = d["max_skip"] {
-                guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(),
-                      n.doubleValue >= 0 && n.doubleValue <= 1000 else {
-                    throw StreamError("'max_skip' must be an integer in 0...1000")
-                }
-                maxSkip = n.intValue
-            }
+            let f = try filterFields(d)
             try entry.withSession { session in
                 let s = try streamSettings(d, base: session.pipeline.settings)
                 try session.pipeline.update(s)
-                if let on = filterOn {
-                    session.filter = on ? (session.filter ?? SimilarityFilter(seed: 0)) : nil
+                if let on = f.on {
+                    session.filter = on ? (session.filter ?? SimilarityFilter(side: folder.config.sampleSize, seed: 0)) : nil
                 }
-                if let eta { session.filter?.threshold = eta }
-                if let maxSkip { session.filter?.maxSkip = maxSkip }
+                if let eta = f.similarity { session.filter?.threshold = eta }
+                if let maxSkip = f.maxSkip { session.filter?.maxSkip = maxSkip }
             }
             return .json(["id": id, "updated": true])
         } catch {
