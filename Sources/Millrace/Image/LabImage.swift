@@ -102,27 +102,34 @@ extension RGBImage {
     }
 }
 
+/// Lab (as f(Y/Yn) and a, b) to linear sRGB, the part both conversions back to sRGB share.
+private struct LabToLinearRGB {
+    let m = LabConstants.xyzToRGB.map { Float($0) }
+    let wx = Float(LabConstants.white.0), wy = Float(LabConstants.white.1), wz = Float(LabConstants.white.2)
+
+    @inline(__always) func callAsFunction(_ fy: Float, _ a: Float, _ b: Float) -> (Float, Float, Float) {
+        let x = labFInverse(fy + a / 500) * wx, y = labFInverse(fy) * wy, z = labFInverse(fy - b / 200) * wz
+        return (m[0] * x + m[1] * y + m[2] * z, m[3] * x + m[4] * y + m[5] * z, m[6] * x + m[7] * y + m[8] * z)
+    }
+
+    /// A linear channel clamped to [0, 1] and encoded to sRGB in [0, 1].
+    @inline(__always) static func encode(_ c: Float) -> Float { min(max(linearToSRGB(min(max(c, 0), 1)), 0), 1) }
+}
+
 extension LabImage {
     /// Converts back to sRGB, clamping each channel to [0, 1] (colors outside the sRGB gamut
     /// are clipped per channel).
     public func toRGB() -> RGBImage {
         let n = width * height
-        let m = LabConstants.xyzToRGB.map { Float($0) }
-        let (xn, yn, zn) = LabConstants.white
-        let wx = Float(xn), wy = Float(yn), wz = Float(zn)
+        let linear = LabToLinearRGB()
         var out = [Float](repeating: 0, count: 3 * n)
         planes.withUnsafeBufferPointer { p in
             out.withUnsafeMutableBufferPointer { o in
                 for i in 0..<n {
-                    let fy = (p[i] + 16) / 116
-                    let fx = fy + p[n + i] / 500
-                    let fz = fy - p[2 * n + i] / 200
-                    let x = labFInverse(fx) * wx, y = labFInverse(fy) * wy, z = labFInverse(fz) * wz
-                    for c in 0..<3 {
-                        let linear = m[3 * c] * x + m[3 * c + 1] * y + m[3 * c + 2] * z
-                        let v = linearToSRGB(min(max(linear, 0), 1))
-                        o[c * n + i] = min(max(v, 0), 1)
-                    }
+                    let c = linear((p[i] + 16) / 116, p[n + i], p[2 * n + i])
+                    o[i] = LabToLinearRGB.encode(c.0)
+                    o[n + i] = LabToLinearRGB.encode(c.1)
+                    o[2 * n + i] = LabToLinearRGB.encode(c.2)
                 }
             }
         }
@@ -137,14 +144,8 @@ extension LabImage {
     /// result's L matches up to float rounding. In-gamut pixels convert exactly as `toRGB()`.
     public func toRGBPreservingLightness() -> RGBImage {
         let n = width * height
-        let m = LabConstants.xyzToRGB.map { Float($0) }
-        let (xn, yn, zn) = LabConstants.white
-        let wx = Float(xn), wy = Float(yn), wz = Float(zn)
+        let linear = LabToLinearRGB()
         var out = [Float](repeating: 0, count: 3 * n)
-        @inline(__always) func linear(_ fy: Float, _ a: Float, _ b: Float) -> (Float, Float, Float) {
-            let x = labFInverse(fy + a / 500) * wx, y = labFInverse(fy) * wy, z = labFInverse(fy - b / 200) * wz
-            return (m[0] * x + m[1] * y + m[2] * z, m[3] * x + m[4] * y + m[5] * z, m[6] * x + m[7] * y + m[8] * z)
-        }
         @inline(__always) func inGamut(_ c: (Float, Float, Float)) -> Bool {
             let e: Float = 1e-6
             return c.0 >= -e && c.0 <= 1 + e && c.1 >= -e && c.1 <= 1 + e && c.2 >= -e && c.2 <= 1 + e
@@ -161,9 +162,9 @@ extension LabImage {
                 }
                 c = linear(fy, a * lo, b * lo)
             }
-            out[i] = min(max(linearToSRGB(min(max(c.0, 0), 1)), 0), 1)
-            out[n + i] = min(max(linearToSRGB(min(max(c.1, 0), 1)), 0), 1)
-            out[2 * n + i] = min(max(linearToSRGB(min(max(c.2, 0), 1)), 0), 1)
+            out[i] = LabToLinearRGB.encode(c.0)
+            out[n + i] = LabToLinearRGB.encode(c.1)
+            out[2 * n + i] = LabToLinearRGB.encode(c.2)
         }
         return RGBImage(width: width, height: height, planes: out)
     }
