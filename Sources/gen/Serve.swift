@@ -8,12 +8,18 @@ struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve generation, streams, colorization and BSS over HTTP, and the page in web-static/ (docs/API.md).",
         discussion: """
-        Binds 127.0.0.1 by default; any other host needs --token, and every /v1 route then checks
-        `Authorization: Bearer <token>`. SIGINT or SIGTERM shuts down gracefully (exit code 0).
+        Binds 127.0.0.1 by default; any other host needs a token (--token-file FILE, the
+        MILLRACE_TOKEN environment variable, or --token), and every /v1 route then checks
+        `Authorization: Bearer <token>`. /v1 refuses cross-site requests (a foreign Origin or Host).
+        Every request's cost is bounded before it runs; the limits below, their defaults and the
+        attacks they answer are in docs/SECURITY.md. SIGINT or SIGTERM: new requests get 503, work
+        in flight stops at its next step, exit code 0 within 5 s.
         Examples:
           gen serve                                  then open http://127.0.0.1:8080
-          gen serve --host 0.0.0.0 --port 9000 --token s3cret --max-streams 4
+          MILLRACE_TOKEN=s3cret gen serve --host 0.0.0.0 --port 9000 --max-streams 4
+          gen serve --token-file /etc/millrace/token --host 0.0.0.0 --allow-host millrace.example
           gen serve --refs my-references             POST /v1/colorize without uploads uses this pool
+          gen serve --memory-budget 1024 --max-jobs 4 --request-timeout 30
         """)
 
     @Option(help: "Address to bind (IPv4 or IPv6 literal).")
@@ -28,22 +34,68 @@ struct Serve: ParsableCommand {
     var maxStreams: Int = 8
     @Option(help: "Largest request body in bytes.")
     var maxBody: Int = 8 << 20
-    @Option(help: "Bearer token required on /v1 routes (required when --host is not loopback).")
+    @Option(help: "Bearer token required on /v1 routes (required when --host is not loopback). Visible to other users in the process list: prefer --token-file or MILLRACE_TOKEN.")
     var token: String?
+    @Option(help: "File whose first line is the bearer token.")
+    var tokenFile: String?
+    @Option(help: "A name besides the loopback names that the Host header may carry (repeatable), e.g. the name a reverse proxy forwards.")
+    var allowHost: [String] = []
     @Option(help: "Reference pool of POST /v1/colorize when a request uploads no references (a folder of colour images; default: the shipped assets/references).")
     var refs: String?
-    @Option(help: "Most simultaneous connections.")
-    var maxConnections: Int = 256
+    @Option(help: "Most simultaneous connections (idle and slow ones included).")
+    var maxConnections: Int = 4096
+    @Option(help: "Most simultaneous connections from one address (0: no limit).")
+    var maxConnectionsPerIp: Int = 0
+    @Option(help: "Seconds a connection may stay silent before it is closed.")
+    var idleTimeout: Int = 15
+    @Option(help: "Seconds a client may take to send a request's headers.")
+    var headerTimeout: Double = 10
+    @Option(help: "Seconds a client may take to send a request's body.")
+    var bodyTimeout: Double = 30
+    @Option(help: "Seconds a job (generation, colorize, bss) may run before it is stopped.")
+    var requestTimeout: Double = 60
+    @Option(help: "Long jobs running or waiting for the model at once; more get 503.")
+    var maxJobs: Int = 8
+    @Option(help: "MiB that request bodies and jobs may hold at once; past it requests get 503.")
+    var memoryBudget: Int = 2048
+    @Option(help: "Most model rows × steps per generation request (rows: images, twice with guidance).")
+    var maxGenerateWork: Int = 9216
+    @Option(help: "Most pixels of a generated picture (after upscaling).")
+    var maxOutputPixels: Int = 8_388_608
+    @Option(help: "Most pixels of all images one request uploads (read from their headers before decoding).")
+    var maxRequestPixels: Int = 16_000_000
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
-        let loopback = host == "127.0.0.1" || host == "::1" || host.hasPrefix("127.")
-        if !loopback && (token ?? "").isEmpty {
-            throw ValidationError("--host \(host) exposes the server beyond this machine: set --token")
+        if try !isLoopback && (resolvedToken() ?? "").isEmpty {
+            throw ValidationError("--host \(host) exposes the server beyond this machine: set a token (--token-file, MILLRACE_TOKEN or --token)")
         }
         guard maxStreams >= 1, maxBody >= 1024, maxConnections >= 4 else {
             throw ValidationError("--max-streams ≥ 1, --max-body ≥ 1024 and --max-connections ≥ 4")
         }
+        guard maxJobs >= 1, memoryBudget >= 64, maxGenerateWork >= 1, maxOutputPixels >= 1024, maxRequestPixels >= 1024,
+              idleTimeout >= 1, headerTimeout > 0, bodyTimeout > 0, requestTimeout > 0, maxConnectionsPerIp >= 0 else {
+            throw ValidationError("--max-jobs ≥ 1, --memory-budget ≥ 64 (MiB), --max-generate-work ≥ 1, --max-output-pixels and "
+                                  + "--max-request-pixels ≥ 1024, timeouts > 0, --max-connections-per-ip ≥ 0")
+        }
+        if token != nil && tokenFile != nil { throw ValidationError("give --token or --token-file, not both") }
+    }
+
+    var isLoopback: Bool { host == "127.0.0.1" || host == "::1" || host.hasPrefix("127.") }
+
+    /// The token from --token, --token-file or MILLRACE_TOKEN, in that order.
+    func resolvedToken() throws -> String? {
+        if let token { return token }
+        if let tokenFile {
+            guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
+                throw ValidationError("cannot read --token-file \(tokenFile)")
+            }
+            let line = text.split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+            guard !line.isEmpty else { throw ValidationError("--token-file \(tokenFile) is empty") }
+            return line
+        }
+        if let env = ProcessInfo.processInfo.environment["MILLRACE_TOKEN"], !env.isEmpty { return env }
+        return nil
     }
 
     func run() throws {
@@ -53,12 +105,27 @@ struct Serve: ParsableCommand {
             var opts = MillraceService.Options()
             opts.staticDir = staticDir
             opts.maxStreams = maxStreams
-            opts.token = token
+            opts.token = try resolvedToken()
             opts.referencesDir = refs ?? ReferencePool.defaultFolder()
+            opts.allowedHosts = allowHost
+            opts.checkHost = isLoopback || !allowHost.isEmpty
+            opts.maxJobs = maxJobs
+            opts.memoryBudgetBytes = memoryBudget << 20
+            opts.requestTimeout = requestTimeout
+            opts.maxGenerateWork = maxGenerateWork
+            opts.maxOutputPixels = maxOutputPixels
+            opts.maxRequestPixels = maxRequestPixels
             let service = MillraceService(folder: folder, options: opts)
-            let server = HTTPServer(host: host, port: port, maxBodyBytes: maxBody, connectionLimit: maxConnections) {
-                service.handle($0)
-            }
+            var limits = HTTPServer.Limits()
+            limits.maxBodyBytes = maxBody
+            limits.maxConnections = maxConnections
+            limits.maxConnectionsPerIP = maxConnectionsPerIp
+            limits.idleTimeout = idleTimeout
+            limits.headerTimeout = headerTimeout
+            limits.bodyTimeout = bodyTimeout
+            // Every connection is a file descriptor: allow as many as the connection limit needs.
+            raiseOpenFileLimit(to: maxConnections + 256)
+            let server = HTTPServer(host: host, port: port, limits: limits, budget: service.budget) { service.handle($0) }
             try server.start()
             // Index the reference pool now rather than on the first colorize request; a missing
             // or empty pool is not fatal (requests that upload references still work).
@@ -68,7 +135,8 @@ struct Serve: ParsableCommand {
                     FileHandle.standardError.write(Data("warning: \(problem)\n".utf8))
                 }
             }
-            print("serving \(folder.path) on http://\(host.contains(":") ? "[\(host)]" : host):\(server.port)")
+            // Written unbuffered: a script that starts the server reads the port from this line.
+            FileHandle.standardOutput.write(Data("serving \(folder.path) on http://\(host.contains(":") ? "[\(host)]" : host):\(server.port)\n".utf8))
             let stop = DispatchSemaphore(value: 0)
             var sources: [DispatchSourceSignal] = []
             for sig in [SIGINT, SIGTERM] {
@@ -83,13 +151,29 @@ struct Serve: ParsableCommand {
             expiry.setEventHandler { service.scheduler.expire(idle: opts.idleStreamSeconds) }
             expiry.resume()
             stop.wait()
-            FileHandle.standardError.write(Data("shutting down: finishing requests in flight\n".utf8))
+            FileHandle.standardError.write(Data("shutting down: new requests get 503, work in flight stops at its next step\n".utf8))
+            // A watchdog keeps the promise of an exit within 5 s whatever is still running.
+            let watchdog = DispatchSource.makeTimerSource(queue: .global())
+            watchdog.schedule(deadline: .now() + 4.8)
+            watchdog.setEventHandler {
+                FileHandle.standardError.write(Data("shutdown: work still running after 4.8 s; exiting\n".utf8))
+                Foundation.exit(0)
+            }
+            watchdog.resume()
             service.beginShutdown()
-            server.stop()
+            let clean = server.stop(deadline: 4)
             expiry.cancel()
             _ = sources
-            print("stopped")
+            print(clean ? "stopped" : "stopped (work still running was abandoned)")
         }
+    }
+
+    /// Raises the soft limit on open files towards `wanted` (never above the hard limit).
+    func raiseOpenFileLimit(to wanted: Int) {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < rlim_t(wanted) else { return }
+        limit.rlim_cur = min(limit.rlim_max, rlim_t(wanted))
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
     }
 }
 

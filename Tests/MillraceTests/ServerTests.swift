@@ -48,7 +48,8 @@ import Testing
             var req = URLRequest(url: URL(string: "http://127.0.0.1:\(server.port)\(path)")!)
             req.httpMethod = method
             if let body { req.httpBody = Data(body) }
-            if let type { req.setValue(type, forHTTPHeaderField: "Content-Type") }
+            // JSON routes take application/json only; a body sent without a type is sent as JSON.
+            if let type = type ?? (body == nil ? nil : "application/json") { req.setValue(type, forHTTPHeaderField: "Content-Type") }
             for (k, v) in headers { req.setValue(v, forHTTPHeaderField: k) }
             req.timeoutInterval = 60
             let done = DispatchSemaphore(value: 0)
@@ -176,7 +177,7 @@ import Testing
         let got = ReplyBox()
         let done = DispatchSemaphore(value: 0)
         viewer.async {
-            let bytes = s.raw("GET /v1/streams/\(id)/output HTTP/1.1\r\nHost: x\r\n\r\n", readAtMost: 3000, timeout: 20)
+            let bytes = s.raw("GET /v1/streams/\(id)/output HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", readAtMost: 3000, timeout: 20)
             got.reply = Running.Reply(status: 0, type: "", body: bytes)
             done.signal()
         }
@@ -205,7 +206,7 @@ import Testing
         let id = try #require(try JSONSerialization.jsonObject(with: Data(created.body)) as? [String: Any])["id"] as! String
         let ended = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
-            _ = s.raw("GET /v1/streams/\(id)/output HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 30)
+            _ = s.raw("GET /v1/streams/\(id)/output HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", timeout: 30)
             ended.signal()
         }
         Thread.sleep(forTimeInterval: 0.3)

@@ -32,6 +32,16 @@ import Testing
         return b
     }
 
+    /// A request as the HTTP server hands it over from a same-origin client on loopback: a
+    /// loopback `Host`, and a JSON body type unless the test sets another.
+    static func request(method: String, path: String, query: [String: String], headers: [String: String], body: [UInt8],
+                        bodyTooLarge: Bool) -> HTTPRequest {
+        var h = headers
+        h["host"] = h["host"] ?? "127.0.0.1"
+        h["content-type"] = h["content-type"] ?? "application/json"
+        return HTTPRequest(method: method, path: path, query: query, headers: h, body: body, bodyTooLarge: bodyTooLarge)
+    }
+
     func checkWellFormed(_ r: HTTPResponse, _ what: String) {
         #expect([200, 201, 202, 400, 401, 404, 405, 413, 415, 429, 503].contains(r.status), "\(what) → \(r.status): \(Self.errorText(r))")
         if r.status >= 400, case .bytes(let body) = r.body {
@@ -102,7 +112,7 @@ import Testing
         ]
         // The seeds themselves succeed.
         for (path, body) in seeds {
-            let r = service.handle(HTTPRequest(method: "POST", path: path, query: [:], headers: ["content-type": "multipart/form-data; boundary=\(boundary)"],
+            let r = service.handle(Self.request(method: "POST", path: path, query: [:], headers: ["content-type": "multipart/form-data; boundary=\(boundary)"],
                                                body: body, bodyTooLarge: false))
             #expect(r.status == 200, "\(path) seed: \(Self.errorText(r))")
         }
@@ -115,7 +125,7 @@ import Testing
             let body = Self.mutateMultipart(seed, boundary: boundary, &rng)
             let type = rng.next() % 8 == 0 ? types[Int(rng.next() % UInt64(types.count))] : types[0]
             let query = rng.next() % 3 == 0 ? ["references": "1"] : [:]
-            let r = service.handle(HTTPRequest(method: "POST", path: path, query: query, headers: ["content-type": type],
+            let r = service.handle(Self.request(method: "POST", path: path, query: query, headers: ["content-type": type],
                                                body: body, bodyTooLarge: false))
             checkWellFormed(r, "\(path) #\(i)")
             #expect(r.status != 503, "the pool is there: \(Self.errorText(r))")
@@ -161,7 +171,7 @@ import Testing
         for i in 0..<Self.iterations {
             let body = Self.mutate(Array(Self.seeds[i % Self.seeds.count].utf8), &rng)
             for (method, path) in [("POST", "/v1/generate"), ("POST", "/v1/streams"), ("PATCH", "/v1/streams/s1")] {
-                let r = service.handle(HTTPRequest(method: method, path: path, query: [:], headers: [:], body: body, bodyTooLarge: false))
+                let r = service.handle(Self.request(method: method, path: path, query: [:], headers: [:], body: body, bodyTooLarge: false))
                 checkWellFormed(r, "\(method) \(path) \(String(decoding: body, as: UTF8.self))")
             }
             for s in service.scheduler.streams.dropFirst() { service.scheduler.remove(s.id) }
@@ -170,21 +180,29 @@ import Testing
 
     @Test func mutatedImageBodiesNeverCrash() throws {
         let folder = try ModelFolder.load(DiffusersParityTests.fixture("unet-tiny-a"))
-        let service = MillraceService(folder: folder, options: MillraceService.Options())
+        // The frame-rate limit is checked before decoding: raised, so that every mutated frame
+        // reaches the decoders.
+        var options = MillraceService.Options()
+        options.maxFramesPerSecond = 1e9
+        let service = MillraceService(folder: folder, options: options)
         defer { service.beginShutdown() }
-        let created = service.handle(HTTPRequest(method: "POST", path: "/v1/streams", query: [:], headers: [:], body: Array("{}".utf8), bodyTooLarge: false))
+        let created = service.handle(Self.request(method: "POST", path: "/v1/streams", query: [:], headers: [:], body: Array("{}".utf8), bodyTooLarge: false))
         #expect(created.status == 201)
         let png = try RGBImage(width: 9, height: 7, fill: (0.1, 0.5, 0.9)).pngData()
         let jpeg = try RGBImage(width: 9, height: 7, fill: (0.1, 0.5, 0.9)).jpegData()
         var rng = SplitMix64(seed: 77)
+        var decoded = 0
         for i in 0..<Self.iterations {
             let (seed, type) = i % 2 == 0 ? (png, "image/png") : (jpeg, "image/jpeg")
             let body = Self.mutate(seed, &rng)
-            let r = service.handle(HTTPRequest(method: "POST", path: "/v1/streams/s1/frames", query: [:],
+            let r = service.handle(Self.request(method: "POST", path: "/v1/streams/s1/frames", query: [:],
                                                headers: ["content-type": type], body: body, bodyTooLarge: false))
             checkWellFormed(r, "frame \(i)")
-            #expect(r.status == 202 || r.status == 415 || r.status == 429, "frame \(i) → \(r.status)")
+            #expect(r.status == 202 || r.status == 415, "frame \(i) → \(r.status)")
+            decoded += r.status == 202 ? 1 : 0
         }
+        // Some mutations leave a decodable image (a flipped bit in a pixel): those reached the decoder and were queued.
+        #expect(decoded > 0)
         // Frames were queued and the stream still works.
         while service.scheduler.runOnce() != nil {}
         #expect(service.scheduler.stream("s1") != nil)
@@ -205,7 +223,7 @@ import Testing
             path = Self.mutate(path, &rng)
             let method = methods[Int(rng.next() % UInt64(methods.count))]
             let query = rng.next() % 2 == 0 ? [:] : ["class": String(decoding: Self.mutate(Array("1".utf8), &rng), as: UTF8.self), "steps": "1"]
-            let r = service.handle(HTTPRequest(method: method, path: String(decoding: path, as: UTF8.self), query: query,
+            let r = service.handle(Self.request(method: method, path: String(decoding: path, as: UTF8.self), query: query,
                                                headers: [:], body: [], bodyTooLarge: false))
             checkWellFormed(r, "\(method) \(String(decoding: path, as: UTF8.self))")
             if case .bytes(let b) = r.body { #expect(!String(decoding: b, as: UTF8.self).contains("root:x:0")) }

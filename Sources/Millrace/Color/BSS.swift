@@ -27,6 +27,23 @@ public struct FFT2D {
     /// Columns of the transformed planes.
     public let width: Int
 
+    /// Whether KissFFT transforms a side of `n` quickly: its prime factors are all 2, 3 or 5
+    /// (KissFFT's own radices). Other factors take a generic pass of cost p² per factor p, so a
+    /// prime side such as 1021 costs hundreds of times more than 1024.
+    public static func isFast(_ n: Int) -> Bool {
+        guard n >= 1 else { return false }
+        var m = n
+        for p in [2, 3, 5] { while m % p == 0 { m /= p } }
+        return m == 1
+    }
+
+    /// The smallest side ≥ `n` that `isFast`.
+    public static func fastSize(atLeast n: Int) -> Int {
+        var m = max(1, n)
+        while !isFast(m) { m += 1 }
+        return m
+    }
+
     public init(height: Int, width: Int) {
         precondition(height >= 1 && width >= 1, "FFT of an empty plane \(width)x\(height)")
         self.height = height

@@ -61,22 +61,46 @@ public struct FlowSampler {
         return out
     }
 
+    /// `velocity` in calls of at most `samplesPerCall` samples, each made inside `around` (a
+    /// server takes its model lock there, so that other callers get the model between calls).
+    /// With `samplesPerCall` ≥ the batch it is one call, exactly `velocity`.
+    public func velocity(_ x: Tensor, t: [Float], labels: [Int]?, guidance: Float, samplesPerCall: Int,
+                         around: (() -> Tensor) -> Tensor) -> Tensor {
+        let b = x.shape[0]
+        let per = max(1, samplesPerCall)
+        if b <= per { return around { velocity(x, t: t, labels: labels, guidance: guidance) } }
+        var parts: [Tensor] = []
+        for start in stride(from: 0, to: b, by: per) {
+            let r = start..<min(b, start + per)
+            parts.append(around { velocity(x.rows(r), t: Array(t[r]), labels: labels.map { Array($0[r]) }, guidance: guidance) })
+        }
+        return Tensor.stack(rows: parts)
+    }
+
     /// Integrates from the source samples `x0` over `schedule`. After each step `progress`
     /// receives (step, steps, data estimate x̂1 in model space) and returns false to cancel.
+    /// Each velocity evaluation is made in calls of at most `samplesPerCall` samples inside
+    /// `around` (see `velocity(_:t:labels:guidance:samplesPerCall:around:)`).
     /// Returns x1 in model space (not divided by the norm scale, not clipped).
     public func integrate(_ x0: Tensor, schedule: [Float], labels: [Int]?, guidance: Float,
                           solver: Solver = .euler,
-                          progress: ((Int, Int, Tensor) -> Bool)? = nil) -> Tensor {
+                          progress: ((Int, Int, Tensor) -> Bool)? = nil,
+                          samplesPerCall: Int = .max,
+                          around: (() -> Tensor) -> Tensor = { $0() }) -> Tensor {
         var x = x0
         let b = x.shape[0]
         let steps = schedule.count - 1
+        func evaluate(_ x: Tensor, _ t: Float) -> Tensor {
+            velocity(x, t: [Float](repeating: t, count: b), labels: labels, guidance: guidance,
+                     samplesPerCall: samplesPerCall, around: around)
+        }
         for k in 0..<steps {
             let (t0, t1) = (schedule[k], schedule[k + 1])
-            let v = velocity(x, t: [Float](repeating: t0, count: b), labels: labels, guidance: guidance)
+            let v = evaluate(x, t0)
             var next = x
             next.addScaled(v, t1 - t0)
             if solver == .heun {
-                let v1 = velocity(next, t: [Float](repeating: t1, count: b), labels: labels, guidance: guidance)
+                let v1 = evaluate(next, t1)
                 next = x
                 next.addScaled(v, (t1 - t0) / 2)
                 next.addScaled(v1, (t1 - t0) / 2)

@@ -291,6 +291,19 @@ public final class UNet2DModel: ParameterContainer {
 
     // MARK: Cost
 
+    /// An upper estimate of the bytes one batch row of a forward pass holds at its peak (the
+    /// activations the layers keep, im2col buffers, attention scores), from the channel widths
+    /// and sizes of each level; a server reserves it per row before a model call. The factor
+    /// was measured (docs/SECURITY.md): peak RSS growth of a batch-32 forward on emoji32.
+    public var activationBytesPerRow: Int {
+        var floats = 0
+        for (level, channels) in config.blockOutChannels.enumerated() {
+            let side = max(1, config.sampleSize >> level)
+            floats += channels * side * side * (config.layersPerBlock + 1)
+        }
+        return floats * 4 * 24
+    }
+
     /// Floating-point operations (2 per multiply-add) of one forward pass on one
     /// `height`×`width` sample: convolutions, linear layers and attention products.
     public func forwardFLOPs(height: Int, width: Int) -> Int {

@@ -78,6 +78,27 @@ extension MillraceService {
         }
     }
 
+    /// Reads every image part's size from its header, before any is decoded: 415 when one is
+    /// not a PNG or JPEG, 413 when one is over the per-image limit or all together over the
+    /// per-request limit. Returns each part's (width, height).
+    func declaredSizes(_ parts: [MultipartPart]) throws -> [(width: Int, height: Int)] {
+        var total = 0
+        return try parts.map { p in
+            let what = "'\(p.name)'" + (p.filename.map { " (\($0.prefix(80)))" } ?? "")
+            guard !p.body.isEmpty else { throw MultipartError(415, "part \(what) is empty: send a PNG or JPEG file") }
+            let (_, w, h): (RGBImage.FileFormat, Int, Int)
+            do { (_, w, h) = try RGBImage.probe(p.body) } catch { throw MultipartError(415, "part \(what): \(error)") }
+            guard w * h <= options.maxImagePixels else {
+                throw MultipartError(413, "part \(what) is \(w)x\(h), over the server's limit of \(options.maxImagePixels) pixels per image")
+            }
+            total += w * h
+            guard total <= options.maxRequestPixels else {
+                throw MultipartError(413, "the images of this request hold over \(options.maxRequestPixels) pixels in all (gen serve --max-request-pixels)")
+            }
+            return (w, h)
+        }
+    }
+
     /// Whether a boolean query argument is set ("1", "true", "yes"; absent, "0", "false", "no": not set).
     func queryFlag(_ r: HTTPRequest, _ key: String) throws -> Bool {
         guard let v = r.query[key]?.lowercased() else { return false }
@@ -92,6 +113,7 @@ extension MillraceService {
         case let e as ServerReferencePool.Unavailable: return .error(503, e.description)
         case let e as ColorError: return .error(400, e.message)
         case let e as ImageError: return .error(415, "\(e)")
+        case let e as JobRefusal: return e.response
         default: return .error(500, "internal error: \(error)")
         }
     }
@@ -153,6 +175,11 @@ extension MillraceService {
             guard refs.count <= options.maxReferences else {
                 throw MultipartError(413, "more than \(options.maxReferences) 'reference' files")
             }
+            // Sizes from the headers first: the job's memory is reserved before anything is decoded.
+            let sizes = try declaredSizes(images + refs)
+            let pixels = sizes.reduce(0) { $0 + $1.width * $1.height }
+            let job = try admitJob(bytes: pixels * 48, clientGone: r.isClientGone)
+            defer { withExtendedLifetime(job) {} }
             let input = try decodePart(images[0])
             let pool: ReferencePool
             if refs.isEmpty {
@@ -249,11 +276,21 @@ extension MillraceService {
             if let j = reference, j >= images.count {
                 throw MultipartError(400, "'reference' \(j) is out of range 0..<\(images.count)")
             }
-            let loaded = try images.map { try decodePart($0) }
-            let (w, h) = size ?? (loaded[0].width, loaded[0].height)
-            guard w * h * loaded.count <= options.maxBSSBatchPixels else {
-                throw MultipartError(413, "the batch is \(loaded.count) images of \(w)x\(h), over \(options.maxBSSBatchPixels) pixels in all: pass a smaller 'size'")
+            if let (w, h) = size, !FFT2D.isFast(w) || !FFT2D.isFast(h) {
+                throw MultipartError(400, "'size' \(w)x\(h) has a side with a prime factor above 5, whose Fourier transform is slow: "
+                                     + "use \(FFT2D.fastSize(atLeast: w))x\(FFT2D.fastSize(atLeast: h)) (sides made of factors 2, 3 and 5)")
             }
+            // Sizes from the headers first: nothing is decoded before the whole batch fits.
+            let sizes = try declaredSizes(images)
+            // Without 'size', the first image's, rounded up to sides with a fast transform.
+            let (w, h) = size ?? (FFT2D.fastSize(atLeast: sizes[0].width), FFT2D.fastSize(atLeast: sizes[0].height))
+            guard w * h * images.count <= options.maxBSSBatchPixels else {
+                throw MultipartError(413, "the batch is \(images.count) images of \(w)x\(h), over \(options.maxBSSBatchPixels) pixels in all: pass a smaller 'size'")
+            }
+            let pixels = sizes.reduce(0) { $0 + $1.width * $1.height }
+            let job = try admitJob(bytes: pixels * 16 + w * h * images.count * 64, clientGone: r.isClientGone)
+            defer { withExtendedLifetime(job) {} }
+            let loaded = try images.map { try decodePart($0) }
             let (outs, j, ratio) = try BatchStyleStandardization.batch(loaded, width: w, height: h, ratioMin: ratioMin,
                                                                        ratioMax: ratioMax, reference: reference, seed: seed)
             let pngs = try outs.enumerated().map { k, image -> MultipartPart in

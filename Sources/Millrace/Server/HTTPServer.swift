@@ -13,22 +13,118 @@ public struct HTTPRequest: Sendable {
     public var body: [UInt8]
     /// The body went over the server's limit (and was discarded).
     public var bodyTooLarge: Bool
+    /// Whether the client has disconnected; long work asks between its steps and stops.
+    public var isClientGone: @Sendable () -> Bool = { false }
 }
 
-/// Produces the chunks of an endless or long response; `next` blocks until a chunk is ready and
-/// returns nil at the end. `cancel` is called when the client goes away.
+/// The body of an endless or long response, fed by a producer on any thread and read by the
+/// server without holding a thread while it waits: `offer` replaces a chunk that has not started
+/// to go out (a slow reader skips to the newest, as a stream viewer should), `finish` ends the
+/// body after a last chunk that is never replaced. When the client goes away the body is
+/// cancelled: `offer` returns false and the `onCancel` handlers run, so the producer can stop.
 public final class HTTPStreamBody: @unchecked Sendable {
-    private let produce: () -> [UInt8]?
     private let lock = NSLock()
-    private var _cancelled = false
-    var pending: [UInt8] = []
-    var offset = 0
+    private var current: [UInt8] = []
+    private var offset = 0
+    private var latest: [UInt8]?
+    private var last: [UInt8]?
+    private var ended = false
+    private var cancelled = false
+    /// The reader found nothing to send and its connection is suspended until `wake` runs.
+    private var waiting = false
+    private var wake: (() -> Void)?
+    private var cancelHandlers: [() -> Void] = []
+    /// Chunks replaced before they started to go out.
+    public private(set) var replaced = 0
 
-    public init(_ produce: @escaping () -> [UInt8]?) { self.produce = produce }
+    public init() {}
 
-    public var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return _cancelled }
-    func cancel() { lock.lock(); _cancelled = true; lock.unlock() }
-    func next() -> [UInt8]? { isCancelled ? nil : produce() }
+    public var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return cancelled }
+
+    /// Queues `chunk`, replacing a queued one that has not started to go out. Returns false once
+    /// the client has gone (or the body has ended).
+    @discardableResult
+    public func offer(_ chunk: [UInt8]) -> Bool {
+        lock.lock()
+        if cancelled || ended { lock.unlock(); return false }
+        if latest != nil { replaced += 1 }
+        latest = chunk
+        let w = takeWake()
+        lock.unlock()
+        w?()
+        return true
+    }
+
+    /// Ends the body after the queued chunk and `final`.
+    public func finish(_ final: [UInt8] = []) {
+        lock.lock()
+        if cancelled || ended { lock.unlock(); return }
+        ended = true
+        last = final
+        let w = takeWake()
+        lock.unlock()
+        w?()
+    }
+
+    /// Runs `handler` once when the client goes away (at once if it already has).
+    public func onCancel(_ handler: @escaping () -> Void) {
+        lock.lock()
+        if cancelled { lock.unlock(); handler(); return }
+        cancelHandlers.append(handler)
+        lock.unlock()
+    }
+
+    /// Marks the body cancelled, wakes a waiting reader (which then ends the response) and runs
+    /// the cancel handlers.
+    func cancel() {
+        lock.lock()
+        if cancelled { lock.unlock(); return }
+        cancelled = true
+        let handlers = cancelHandlers
+        cancelHandlers = []
+        let w = takeWake()
+        lock.unlock()
+        w?()
+        for h in handlers { h() }
+    }
+
+    /// Whether the reader is waiting for data (its connection suspended).
+    var isWaiting: Bool { lock.lock(); defer { lock.unlock() }; return waiting }
+
+    private func takeWake() -> (() -> Void)? {
+        guard waiting else { return nil }
+        waiting = false
+        return wake
+    }
+
+    enum ReadResult { case bytes(Int), suspended, end, error }
+
+    /// Copies up to `max` bytes into `buf`. With nothing to send, calls `suspend` under the lock
+    /// (so that no producer can resume the connection before it is suspended) and remembers `wake`.
+    func read(into buf: UnsafeMutableRawPointer, max: Int, suspend: () -> Void, wake: @escaping () -> Void) -> ReadResult {
+        lock.lock()
+        defer { lock.unlock() }
+        if cancelled { return .error }
+        if offset >= current.count {
+            if let next = latest {
+                current = next; offset = 0; latest = nil
+            } else if let final = last {
+                current = final; offset = 0; last = nil
+            } else if ended {
+                return .end
+            } else {
+                waiting = true
+                self.wake = wake
+                suspend()
+                return .suspended
+            }
+            if current.isEmpty { return ended && latest == nil && last == nil ? .end : .bytes(0) }
+        }
+        let n = min(max, current.count - offset)
+        current.withUnsafeBytes { src in buf.copyMemory(from: src.baseAddress! + offset, byteCount: n) }
+        offset += n
+        return .bytes(n)
+    }
 }
 
 /// A response: fixed bytes or a stream.
@@ -54,93 +150,285 @@ public struct HTTPResponse {
     public static func error(_ status: Int, _ message: String) -> HTTPResponse {
         json(["error": message], status: status)
     }
+
+    /// 503 with `Retry-After`: the server is busy now, not broken.
+    public static func busy(_ message: String, retryAfter seconds: Int = 1) -> HTTPResponse {
+        var r = error(503, message)
+        r.headers.append(("Retry-After", "\(seconds)"))
+        return r
+    }
 }
 
-/// A server on libmicrohttpd: one thread per connection, a connection limit, a body limit, and a
-/// graceful stop (no new connections; requests in flight finish).
+/// A server on libmicrohttpd (docs/SECURITY.md):
+/// - an epoll event loop on a small pool of threads, so idle and slow clients cost a socket and
+///   a buffer each, not a thread;
+/// - handlers run on a pool of worker threads while MHD keeps the connection suspended;
+///   streaming bodies hold no thread while they wait for data;
+/// - deadlines for headers and bodies, an idle timeout, connection limits, a body limit, and
+///   request bodies reserved in a memory budget before they are buffered;
+/// - a graceful stop: no new connections, streams end, work in flight is given a deadline.
 public final class HTTPServer: @unchecked Sendable {
+    /// Limits and sizes; every one is a `gen serve` flag (docs/SECURITY.md).
+    public struct Limits: Sendable {
+        public var maxBodyBytes = 8 << 20
+        public var maxConnections = 4096
+        /// Most connections from one address (0: no limit).
+        public var maxConnectionsPerIP = 0
+        /// Seconds without traffic before a connection is closed.
+        public var idleTimeout = 15
+        /// Seconds from a connection's start (or the end of its previous request) to the end of
+        /// the request's headers.
+        public var headerTimeout = 10.0
+        /// Seconds from the end of the headers to the end of the body.
+        public var bodyTimeout = 30.0
+        /// Threads running MHD's event loops.
+        public var pollThreads = 2
+        /// Threads running handlers (most handlers are quick; long work is admitted by the service).
+        public var workerThreads = 32
+        /// Bytes MHD may use per connection for its buffers; bounds the size of the headers.
+        public var connectionMemory = 64 << 10
+        public init() {}
+    }
+
     public let host: String
     public private(set) var port: UInt16
-    public let maxBodyBytes: Int
-    public let connectionLimit: Int
+    public let limits: Limits
+    public var maxBodyBytes: Int { limits.maxBodyBytes }
+    /// Request bodies are reserved here while they are buffered (nil: not counted).
+    public let budget: MemoryBudget?
     let handler: (HTTPRequest) -> HTTPResponse
     private var daemon: OpaquePointer?
     private let lock = NSLock()
-    private var streams: [ObjectIdentifier: HTTPStreamBody] = [:]
+    private var peers: [OpaquePointer: Peer] = [:]
+    private var bodies: [ObjectIdentifier: HTTPStreamBody] = [:]
+    private let workers: WorkerPool
+    private var reaper: DispatchSourceTimer?
 
-    public init(host: String = "127.0.0.1", port: UInt16 = 8080, maxBodyBytes: Int = 8 << 20,
-                connectionLimit: Int = 256, handler: @escaping (HTTPRequest) -> HTTPResponse) {
+    public init(host: String = "127.0.0.1", port: UInt16 = 8080, limits: Limits = Limits(), budget: MemoryBudget? = nil,
+                handler: @escaping (HTTPRequest) -> HTTPResponse) {
         self.host = host
         self.port = port
-        self.maxBodyBytes = maxBodyBytes
-        self.connectionLimit = connectionLimit
+        self.limits = limits
+        self.budget = budget
         self.handler = handler
+        self.workers = WorkerPool(threads: max(1, limits.workerThreads), name: "millrace-http")
+    }
+
+    /// The former initialiser: a body limit and a connection limit, other limits at defaults.
+    public convenience init(host: String = "127.0.0.1", port: UInt16 = 8080, maxBodyBytes: Int,
+                            connectionLimit: Int = 4096, handler: @escaping (HTTPRequest) -> HTTPResponse) {
+        var l = Limits()
+        l.maxBodyBytes = maxBodyBytes
+        l.maxConnections = connectionLimit
+        self.init(host: host, port: port, limits: l, handler: handler)
     }
 
     /// Starts listening (port 0: any free port; `port` then tells which).
     public func start() throws {
         var err = [CChar](repeating: 0, count: 256)
         let me = Unmanaged.passUnretained(self).toOpaque()
-        guard let d = mr_http_start(host, port, UInt32(connectionLimit), 60, HTTPServer.access, me,
-                                    HTTPServer.completed, me, &err, err.count) else {
+        let started: OpaquePointer? = host.withCString { h in
+            var c = mr_http_config(host: h, port: port, poll_threads: UInt32(max(1, limits.pollThreads)),
+                                   connection_limit: UInt32(max(4, limits.maxConnections)),
+                                   per_ip_limit: UInt32(max(0, limits.maxConnectionsPerIP)),
+                                   idle_timeout: UInt32(max(1, limits.idleTimeout)),
+                                   connection_memory: max(16 << 10, limits.connectionMemory))
+            return mr_http_start(&c, HTTPServer.access, me, HTTPServer.completed, me, HTTPServer.notify, me, &err, err.count)
+        }
+        guard let d = started else {
             throw ModelError(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         daemon = d
         port = mr_http_port(d)
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "millrace-http-reaper"))
+        timer.schedule(deadline: .now() + 0.25, repeating: 0.25)
+        timer.setEventHandler { [weak self] in self?.reap() }
+        timer.resume()
+        reaper = timer
     }
 
-    /// Stops accepting connections, ends open streams, waits for requests in flight, and stops.
-    public func stop() {
-        guard let d = daemon else { return }
+    /// Open connections (for tests and /metrics).
+    public var openConnections: Int { lock.lock(); defer { lock.unlock() }; return peers.count }
+
+    /// Stops accepting connections, ends open streams, waits up to `deadline` seconds for the
+    /// handlers in flight (which the service cancels at their next step) and stops. Returns
+    /// false when handlers were still running at the deadline: the daemon is then left as it
+    /// is (stopping MHD with suspended connections would abort the process), which only
+    /// matters to a process that goes on living.
+    @discardableResult
+    public func stop(deadline: Double = 4) -> Bool {
+        guard let d = daemon else { return true }
         _ = MHD_quiesce_daemon(d)
         lock.lock()
-        let open = Array(streams.values)
+        let open = Array(bodies.values)
         lock.unlock()
-        for s in open { s.cancel() }
+        for b in open { b.cancel() }
+        guard workers.waitIdle(timeout: deadline) else { return false }
+        reaper?.cancel()
+        reaper = nil
         MHD_stop_daemon(d)
         daemon = nil
+        workers.close()
+        return true
+    }
+
+    // MARK: Connections and the reaper
+
+    /// One TCP connection, from MHD's open notice to its close notice.
+    final class Peer {
+        let fd: Int32
+        /// Start of the current request's headers (the connection's start, or the end of its previous request).
+        var since = Date()
+        var inHeaders = true
+        var bodyStart: Date?
+        var closed = false
+        /// The streaming body this connection is sending, if any (the reaper checks its client).
+        var stream: HTTPStreamBody?
+        init(fd: Int32) { self.fd = fd }
+    }
+
+    static let notify: MHD_NotifyConnectionCallback = { cls, connection, _, code in
+        guard let cls, let connection else { return }
+        let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+        server.lock.lock()
+        if code == .CONNECTION_NOTIFY_STARTED {
+            server.peers[connection] = Peer(fd: mr_http_connection_fd(connection))
+        } else {
+            server.peers.removeValue(forKey: connection)?.closed = true
+        }
+        server.lock.unlock()
+    }
+
+    func peer(_ connection: OpaquePointer) -> Peer? {
+        lock.lock()
+        defer { lock.unlock() }
+        return peers[connection]
+    }
+
+    /// Closes connections over their header or body deadline, and cancels streaming bodies
+    /// whose client has gone while their connection waited (MHD does not watch suspended ones).
+    func reap() {
+        let now = Date()
+        lock.lock()
+        for p in peers.values {
+            if p.inHeaders && now.timeIntervalSince(p.since) > limits.headerTimeout {
+                mr_http_shutdown_socket(p.fd)
+            } else if let b = p.bodyStart, now.timeIntervalSince(b) > limits.bodyTimeout {
+                mr_http_shutdown_socket(p.fd)
+            }
+        }
+        let waiting = bodies.values.filter(\.isWaiting)
+        let fds = waiting.map { b in peers.first { $0.value.stream === b }?.value.fd ?? -1 }
+        lock.unlock()
+        for (b, fd) in zip(waiting, fds) where mr_http_peer_gone(fd) != 0 { b.cancel() }
     }
 
     // MARK: libmicrohttpd callbacks (static: called on MHD's threads)
 
-    /// Per-connection state between the calls MHD makes for one request.
-    final class Connection {
+    /// One request's state between the calls MHD makes for it.
+    final class Exchange {
         var body: [UInt8] = []
         var tooLarge = false
+        var overBudget = false
+        var reservation: MemoryBudget.Reservation?
+        var reserved = 0
+        /// Set by the worker before it resumes the connection.
+        var response: HTTPResponse?
+        var dispatched = false
     }
 
     static let access: MHD_AccessHandlerCallback = { cls, connection, url, method, _, uploadData, uploadSize, conCls in
         guard let cls, let connection, let conCls, let uploadSize else { return .NO }
         let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+        let peer = server.peer(connection)
         if conCls.pointee == nil {
-            conCls.pointee = Unmanaged.passRetained(Connection()).toOpaque()
+            // The headers are in: the header deadline is met; the body's starts.
+            let ex = Exchange()
+            conCls.pointee = Unmanaged.passRetained(ex).toOpaque()
+            let declared = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length")
+                .flatMap { Int(String(cString: $0)) } ?? 0
+            server.lock.lock()
+            peer?.inHeaders = false
+            peer?.bodyStart = Date()
+            server.lock.unlock()
+            if declared > server.limits.maxBodyBytes {
+                return server.respond(.error(413, "request body is over the limit (\(server.limits.maxBodyBytes) bytes)"), on: connection)
+            }
+            if declared > 0, let budget = server.budget {
+                guard let r = budget.reserve(declared) else {
+                    return server.respond(.busy("the server's memory budget is full; retry shortly"), on: connection)
+                }
+                ex.reservation = r
+                ex.reserved = declared
+            }
             return .YES
         }
-        let state = Unmanaged<Connection>.fromOpaque(conCls.pointee!).takeUnretainedValue()
+        let ex = Unmanaged<Exchange>.fromOpaque(conCls.pointee!).takeUnretainedValue()
         if uploadSize.pointee > 0 {
             let n = uploadSize.pointee
-            if !state.tooLarge, let uploadData {
-                if state.body.count + n > server.maxBodyBytes {
-                    state.tooLarge = true
-                    state.body = []
+            uploadSize.pointee = 0
+            if !ex.tooLarge && !ex.overBudget, let uploadData {
+                if ex.body.count + n > server.limits.maxBodyBytes {
+                    ex.tooLarge = true
+                    ex.body = []
                 } else {
-                    uploadData.withMemoryRebound(to: UInt8.self, capacity: n) { state.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n)) }
+                    if ex.body.count + n > ex.reserved, let budget = server.budget {
+                        // A body without Content-Length (chunked): reserve as it grows.
+                        let more = max(64 << 10, ex.body.count + n - ex.reserved)
+                        if let r = budget.reserve(more) {
+                            ex.reservation = ex.reservation.map { $0.merged(with: r) } ?? r
+                            ex.reserved += more
+                        } else {
+                            ex.overBudget = true
+                            ex.body = []
+                        }
+                    }
+                    if !ex.overBudget {
+                        uploadData.withMemoryRebound(to: UInt8.self, capacity: n) { ex.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n)) }
+                    }
                 }
             }
-            uploadSize.pointee = 0
             return .YES
+        }
+        if let response = ex.response {
+            ex.response = nil
+            return server.respond(response, on: connection)
+        }
+        if ex.dispatched { return .YES }
+        server.lock.lock()
+        peer?.bodyStart = nil
+        server.lock.unlock()
+        if ex.overBudget {
+            return server.respond(.busy("the server's memory budget is full; retry shortly"), on: connection)
         }
         var request = HTTPRequest(method: method.map { String(cString: $0) } ?? "GET",
                                   path: url.map { String(cString: $0) } ?? "/", query: [:], headers: [:],
-                                  body: state.body, bodyTooLarge: state.tooLarge)
-        let collector = Unmanaged.passRetained(KeyValues())
-        _ = MHD_get_connection_values(connection, .HEADER_KIND, HTTPServer.collect, collector.toOpaque())
-        request.headers = collector.takeUnretainedValue().values
-        collector.takeUnretainedValue().values = [:]
-        _ = MHD_get_connection_values(connection, .GET_ARGUMENT_KIND, HTTPServer.collect, collector.toOpaque())
-        request.query = collector.takeRetainedValue().values
-        state.body = []
-        return server.respond(server.handler(request), on: connection)
+                                  body: ex.body, bodyTooLarge: ex.tooLarge)
+        let collector = KeyValues()
+        let box = Unmanaged.passUnretained(collector).toOpaque()
+        _ = MHD_get_connection_values(connection, .HEADER_KIND, HTTPServer.collect, box)
+        request.headers = collector.values
+        collector.values = [:]
+        _ = MHD_get_connection_values(connection, .GET_ARGUMENT_KIND, HTTPServer.collect, box)
+        request.query = collector.values
+        ex.body = []
+        if let peer {
+            let p = UncheckedSendable(peer)
+            request.isClientGone = { p.value.closed || mr_http_peer_gone(p.value.fd) != 0 }
+        }
+        // The handler runs on a worker while MHD keeps this connection suspended; the worker
+        // stores the response and resumes it, and MHD calls here again to send it.
+        ex.dispatched = true
+        MHD_suspend_connection(connection)
+        let job = UncheckedSendable((server, ex, connection, request))
+        server.workers.submit {
+            let (server, ex, connection, request) = job.value
+            let response = server.handler(request)
+            ex.reservation = nil    // the body is no longer held
+            ex.response = response
+            MHD_resume_connection(connection)
+        }
+        return .YES
     }
 
     final class KeyValues { var values: [String: String] = [:] }
@@ -152,32 +440,47 @@ public final class HTTPServer: @unchecked Sendable {
         return .YES
     }
 
-    static let completed: MHD_RequestCompletedCallback = { _, _, conCls, _ in
+    static let completed: MHD_RequestCompletedCallback = { cls, connection, conCls, _ in
+        if let cls, let connection {
+            let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+            server.lock.lock()
+            if let p = server.peers[connection] {
+                // A kept-alive connection: the next request's header deadline starts now.
+                p.since = Date()
+                p.inHeaders = true
+                p.bodyStart = nil
+                p.stream = nil
+            }
+            server.lock.unlock()
+        }
         guard let conCls, let p = conCls.pointee else { return }
-        Unmanaged<Connection>.fromOpaque(p).release()
+        Unmanaged<Exchange>.fromOpaque(p).release()
         conCls.pointee = nil
     }
 
     final class StreamContext {
         let body: HTTPStreamBody
+        let connection: OpaquePointer
         weak var server: HTTPServer?
-        init(body: HTTPStreamBody, server: HTTPServer) { self.body = body; self.server = server }
+        init(body: HTTPStreamBody, connection: OpaquePointer, server: HTTPServer) {
+            self.body = body
+            self.connection = connection
+            self.server = server
+        }
     }
 
     static let read: MHD_ContentReaderCallback = { cls, _, buf, max in
         guard let cls, let buf else { return mr_http_end_with_error() }
-        let body = Unmanaged<StreamContext>.fromOpaque(cls).takeUnretainedValue().body
-        while body.offset >= body.pending.count {
-            guard let chunk = body.next() else { return mr_http_end_of_stream() }
-            body.pending = chunk
-            body.offset = 0
+        let ctx = Unmanaged<StreamContext>.fromOpaque(cls).takeUnretainedValue()
+        let connection = ctx.connection
+        switch ctx.body.read(into: UnsafeMutableRawPointer(buf), max: max,
+                             suspend: { MHD_suspend_connection(connection) },
+                             wake: { MHD_resume_connection(connection) }) {
+        case .bytes(let n): return n
+        case .suspended: return 0
+        case .end: return mr_http_end_of_stream()
+        case .error: return mr_http_end_with_error()
         }
-        let n = min(max, body.pending.count - body.offset)
-        body.pending.withUnsafeBytes { src in
-            UnsafeMutableRawPointer(buf).copyMemory(from: src.baseAddress! + body.offset, byteCount: n)
-        }
-        body.offset += n
-        return n
     }
 
     static let freeStream: MHD_ContentReaderFreeCallback = { cls in
@@ -186,10 +489,13 @@ public final class HTTPServer: @unchecked Sendable {
         ctx.body.cancel()
         if let server = ctx.server {
             server.lock.lock()
-            server.streams[ObjectIdentifier(ctx.body)] = nil
+            server.bodies[ObjectIdentifier(ctx.body)] = nil
             server.lock.unlock()
         }
     }
+
+    /// Security headers on every response (docs/SECURITY.md).
+    static let commonHeaders = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")]
 
     func respond(_ r: HTTPResponse, on connection: OpaquePointer) -> MHD_Result {
         let response: OpaquePointer?
@@ -200,13 +506,14 @@ public final class HTTPServer: @unchecked Sendable {
             }
         case .stream(let body):
             lock.lock()
-            streams[ObjectIdentifier(body)] = body
+            bodies[ObjectIdentifier(body)] = body
+            peers[connection]?.stream = body
             lock.unlock()
-            let ctx = Unmanaged.passRetained(StreamContext(body: body, server: self)).toOpaque()
+            let ctx = Unmanaged.passRetained(StreamContext(body: body, connection: connection, server: self)).toOpaque()
             response = MHD_create_response_from_callback(UInt64.max, 32 * 1024, HTTPServer.read, ctx, HTTPServer.freeStream)
         }
         guard let response else { return .NO }
-        for (k, v) in r.headers { _ = MHD_add_response_header(response, k, v) }
+        for (k, v) in Self.commonHeaders + r.headers { _ = MHD_add_response_header(response, k, v) }
         let result = MHD_queue_response(connection, UInt32(r.status), response)
         MHD_destroy_response(response)
         return result

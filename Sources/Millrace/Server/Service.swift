@@ -93,6 +93,28 @@ public final class MillraceService: @unchecked Sendable {
         public var maxBSSImages = 16
         /// Most pixels of a whole /v1/bss batch at its working size (413 above).
         public var maxBSSBatchPixels = 16_000_000
+        /// Most pixels of all the images one request uploads, read from their headers before
+        /// any is decoded (413 above).
+        public var maxRequestPixels = 16_000_000
+        /// Host names accepted in `Host` besides the loopback names (DNS rebinding guard).
+        public var allowedHosts: [String] = []
+        /// Whether `Host` is checked at all: on for a loopback server or when `allowedHosts` is
+        /// set; a server bound beyond loopback without names relies on its token.
+        public var checkHost = true
+        /// Long jobs (generation, colorize, bss) running or waiting for the model at once (503 above).
+        public var maxJobs = 8
+        /// Bytes that request bodies and jobs may hold at once (503 when full).
+        public var memoryBudgetBytes = 2 << 30
+        /// Seconds a job may run; a generation past it stops at its next step (503).
+        public var requestTimeout: Double = 60
+        /// Most model rows × steps per generation request (413 above); rows are the images,
+        /// twice with classifier-free guidance.
+        public var maxGenerateWork = 9216
+        /// Most pixels of a generated picture (the grid after upscaling; 413 above).
+        public var maxOutputPixels = 8_388_608
+        /// Most model rows per call of a generation: a larger request is run in chunks, and
+        /// the model lock is given up after each call so that streams keep their pace.
+        public var maxRowsPerCall = 32
         public init() {}
     }
 
@@ -101,11 +123,14 @@ public final class MillraceService: @unchecked Sendable {
     public let options: Options
     public let scheduler = StreamScheduler()
     public let metrics = ServiceMetrics()
-    /// Serialises every model call (the layers keep per-call state).
-    let modelLock: NSLock
-    private let stateLock = NSLock()
+    /// Request bodies and jobs reserve their memory here first (docs/SECURITY.md).
+    public let budget: MemoryBudget
+    /// Serialises every model call (the layers keep per-call state); granted in turn.
+    let modelLock: FairLock
+    let stateLock = NSLock()
     private var shuttingDown = false
     private var generateCalls = 0
+    var runningJobs = 0
     /// Per stream: start of the current one-second window and frames posted in it.
     private var frameWindows: [String: (start: Date, count: Int)] = [:]
     /// The server's reference pool, indexed on first use and again when its folder changes.
@@ -116,11 +141,20 @@ public final class MillraceService: @unchecked Sendable {
         self.sampler = FlowSampler(model: folder.model, flow: folder.flow)
         self.options = options
         self.modelLock = scheduler.modelLock
+        self.budget = MemoryBudget(capacity: options.memoryBudgetBytes)
         self.serverPool = ServerReferencePool(folder: options.referencesDir)
         // Exported from the start (as 0), as Prometheus counters should be.
         metrics.add("colorize_images", help: Self.colorizeImagesHelp, 0)
         metrics.add("bss_images", help: Self.bssImagesHelp, 0)
+        metrics.add("requests_cancelled", help: Self.cancelledHelp, 0)
+        metrics.add("requests_refused_busy", help: Self.busyHelp, 0)
     }
+
+    static let cancelledHelp = "Jobs stopped before the end: client gone, deadline passed or shutdown."
+    static let busyHelp = "Requests refused with 503 because the job slots or the memory budget were full."
+
+    /// Whether new work is refused (after `beginShutdown`).
+    public var isShuttingDown: Bool { stateLock.lock(); defer { stateLock.unlock() }; return shuttingDown }
 
     /// Refuse new work (503) from now on and end the streams.
     public func beginShutdown() {
@@ -135,16 +169,35 @@ public final class MillraceService: @unchecked Sendable {
         stateLock.lock()
         let generated = generateCalls
         stateLock.unlock()
+        stateLock.lock()
+        let jobs = runningJobs
+        stateLock.unlock()
         return metrics.render(streams: scheduler.totals(), generateCalls: generated, activeStreams: scheduler.streams.count)
+            + "# HELP millrace_jobs_running Long jobs running or waiting for the model.\n# TYPE millrace_jobs_running gauge\nmillrace_jobs_running \(jobs)\n"
+            + "# HELP millrace_memory_reserved_bytes Bytes reserved in the memory budget.\n# TYPE millrace_memory_reserved_bytes gauge\nmillrace_memory_reserved_bytes \(budget.reserved)\n"
+            + "# HELP millrace_memory_budget_bytes The memory budget.\n# TYPE millrace_memory_budget_bytes gauge\nmillrace_memory_budget_bytes \(budget.capacity)\n"
     }
 
     /// Entry point for the HTTP server.
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
         let start = Date()
-        let (route, response) = route(request)
+        var (route, response) = route(request)
         metrics.record(route: route, status: response.status, seconds: Date().timeIntervalSince(start))
+        if response.status == 503 && response.headers.contains(where: { $0.0 == "Retry-After" }) {
+            metrics.add("requests_refused_busy", help: Self.busyHelp)
+        }
+        if response.headers.contains(where: { $0.0 == "Content-Type" && $0.1.hasPrefix("text/html") }) {
+            response.headers.append(("Content-Security-Policy", Self.pagePolicy))
+            response.headers.append(("X-Frame-Options", "DENY"))
+        }
         return response
     }
+
+    /// The page's Content-Security-Policy: its own scripts, styles and API only; images also
+    /// from blob: URLs (stream frames) and data: URLs; no framing.
+    static let pagePolicy = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+        + "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
 
     func route(_ r: HTTPRequest) -> (String, HTTPResponse) {
         let parts = r.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
@@ -152,13 +205,15 @@ public final class MillraceService: @unchecked Sendable {
         let down = shuttingDown
         stateLock.unlock()
         if parts.first == "v1" {
+            if let refusal = crossSiteRefusal(r) { return ("v1", .error(403, refusal)) }
             if down { return ("v1", .error(503, "the server is shutting down")) }
             if let token = options.token {
-                guard r.headers["authorization"] == "Bearer \(token)" else {
+                guard Self.constantTimeEqual(r.headers["authorization"] ?? "", "Bearer \(token)") else {
                     return ("v1", .error(401, "missing or wrong bearer token"))
                 }
             }
             if r.bodyTooLarge { return ("v1", .error(413, "request body is over the limit")) }
+            if let refusal = contentTypeRefusal(r, parts: parts) { return ("v1", .error(415, refusal)) }
         }
         let m = r.method
         // The stream id, when the path is /v1/streams/{id} or /v1/streams/{id}/<rest>.
@@ -211,6 +266,66 @@ public final class MillraceService: @unchecked Sendable {
         return ("other", methodNotAllowed("GET"))
     }
 
+    // MARK: Cross-site requests
+
+    /// Why a /v1 request is refused as cross-site (403), or nil. A browser page from another
+    /// site can send requests to a loopback server, and a rebound DNS name can make them look
+    /// same-origin: the request's `Host` must be a loopback name (or one the server was told
+    /// to accept), its `Origin`, when sent, must be this server, and `Sec-Fetch-Site`, when
+    /// sent, must not say another site (browsers send it where they send no `Origin`, as for
+    /// an `<img>` on a foreign page).
+    func crossSiteRefusal(_ r: HTTPRequest) -> String? {
+        let host = (r.headers["host"] ?? "").lowercased()
+        if options.checkHost && !Self.isAllowedHost(host, allowed: options.allowedHosts) {
+            return "Host '\(host.prefix(100))' is not this server's name: use 127.0.0.1, localhost or ::1 (or start the server with --allow-host NAME)"
+        }
+        if let origin = r.headers["origin"]?.lowercased() {
+            let own = ["http://" + host, "https://" + host]
+            guard own.contains(origin) else {
+                return "cross-site request from '\(origin.prefix(100))' refused: the API answers only pages this server serves"
+            }
+        }
+        if let site = r.headers["sec-fetch-site"]?.lowercased(), site == "cross-site" || site == "same-site" {
+            return "cross-site request refused (Sec-Fetch-Site: \(site)): the API answers only pages this server serves"
+        }
+        return nil
+    }
+
+    /// Whether `host` (a Host header: name or address, optional port) is a loopback name or
+    /// one of `allowed`.
+    static func isAllowedHost(_ host: String, allowed: [String]) -> Bool {
+        var name = host
+        if name.hasPrefix("[") {
+            guard let end = name.firstIndex(of: "]") else { return false }
+            name = String(name[name.index(after: name.startIndex)..<end])
+        } else if let colon = name.lastIndex(of: ":") {
+            name = String(name[..<colon])
+        }
+        if name == "localhost" || name == "::1" || allowed.contains(where: { $0.lowercased() == name }) { return true }
+        let octets = name.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
+    }
+
+    /// Why a JSON route's body is refused for its type (415), or nil: a body must be sent as
+    /// `application/json` (a page on another site can send `text/plain` without asking first).
+    func contentTypeRefusal(_ r: HTTPRequest, parts: [String]) -> String? {
+        let json = (parts == ["v1", "generate"] && r.method == "POST") || (parts == ["v1", "streams"] && r.method == "POST")
+            || (parts.count == 3 && parts[1] == "streams" && r.method == "PATCH")
+        guard json, !r.body.isEmpty else { return nil }
+        let type = (r.headers["content-type"] ?? "").split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        return type == "application/json" ? nil : "send the body as Content-Type: application/json (got '\(type.prefix(60))')"
+    }
+
+    /// Compares two strings in time that depends on their lengths only, not on where they differ.
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        var diff = UInt8(x.count == y.count ? 0 : 1)
+        for i in 0..<max(x.count, y.count) {
+            diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
+        }
+        return diff == 0
+    }
+
     func methodNotAllowed(_ allowed: String) -> HTTPResponse {
         var r = HTTPResponse.error(405, "method not allowed; use \(allowed)")
         r.headers.append(("Allow", allowed))
@@ -242,7 +357,7 @@ public final class MillraceService: @unchecked Sendable {
         return HTTPResponse(status: 200, headers: [("Content-Type", type), ("Cache-Control", "no-cache")], body: .bytes([UInt8](data)))
     }
 
-    // MARK: Generation
+    // MARK: Generation parameters
 
     struct GenerateParams {
         var classes: [Int]
@@ -291,17 +406,146 @@ public final class MillraceService: @unchecked Sendable {
         return p
     }
 
-    /// Runs generation under the model lock; `progress` gets every step's data estimate.
-    func runGeneration(_ p: GenerateParams, progress: ((Int, Int, Tensor) -> Bool)? = nil) -> RGBImage {
+    // MARK: Jobs: admission, deadlines, cancellation
+
+    /// Why a job is refused before it starts: 413 when it could never fit the server's limits,
+    /// 503 with `Retry-After` when the job slots or the memory budget are full now.
+    struct JobRefusal: Error {
+        let status: Int
+        let message: String
+        var response: HTTPResponse { status == 503 ? .busy(message) : .error(status, message) }
+    }
+
+    /// Why a job stopped before its end.
+    struct JobStopped: Error { let reason: String }
+
+    /// A long job's slot and memory, held until the job (and this object) ends.
+    final class Job: @unchecked Sendable {
+        private let service: MillraceService
+        private let reservation: MemoryBudget.Reservation
+        let deadline: Date
+        private let clientGone: @Sendable () -> Bool
+
+        fileprivate init(service: MillraceService, reservation: MemoryBudget.Reservation, deadline: Date,
+                         clientGone: @escaping @Sendable () -> Bool) {
+            self.service = service
+            self.reservation = reservation
+            self.deadline = deadline
+            self.clientGone = clientGone
+        }
+
+        /// Why the job must stop now (shutdown, client gone, deadline), or nil to go on.
+        func stopReason() -> String? {
+            if service.isShuttingDown { return "the server is shutting down" }
+            if clientGone() { return "the client disconnected" }
+            if Date() > deadline {
+                return "the request ran past the server's deadline of \(Int(service.options.requestTimeout)) s (gen serve --request-timeout)"
+            }
+            return nil
+        }
+
+        /// Throws `JobStopped` (and counts it) when the job must stop.
+        func check() throws {
+            if let why = stopReason() {
+                service.metrics.add("requests_cancelled", help: MillraceService.cancelledHelp)
+                throw JobStopped(reason: why)
+            }
+        }
+
+        deinit {
+            reservation.release()
+            service.stateLock.lock()
+            service.runningJobs -= 1
+            service.stateLock.unlock()
+        }
+    }
+
+    /// Admits a job that will hold `bytes` of working memory, or refuses it.
+    func admitJob(bytes: Int, clientGone: @escaping @Sendable () -> Bool) throws -> Job {
+        guard bytes <= budget.capacity else {
+            throw JobRefusal(status: 413, message: "this request needs about \(bytes >> 20) MiB of working memory, over the server's "
+                             + "budget of \(budget.capacity >> 20) MiB (gen serve --memory-budget): ask for less")
+        }
+        stateLock.lock()
+        guard runningJobs < options.maxJobs else {
+            stateLock.unlock()
+            throw JobRefusal(status: 503, message: "the server is busy (\(options.maxJobs) jobs running or waiting); retry shortly")
+        }
+        guard let reservation = budget.reserve(bytes) else {
+            stateLock.unlock()
+            throw JobRefusal(status: 503, message: "the server's memory budget is full; retry shortly")
+        }
+        runningJobs += 1
+        stateLock.unlock()
+        return Job(service: self, reservation: reservation, deadline: Date().addingTimeInterval(options.requestTimeout),
+                   clientGone: clientGone)
+    }
+
+    // MARK: Generation
+
+    /// Model rows one step of this request costs.
+    func generationRows(_ p: GenerateParams) -> Int {
+        p.classes.count * p.count * sampler.rowsPerSample(guidance: p.guidance)
+    }
+
+    /// Width and height of the picture a request makes (one image, or a grid of `count` columns).
+    func pictureSize(_ p: GenerateParams) -> (width: Int, height: Int) {
+        let side = folder.config.sampleSize * p.upscale
+        let n = p.classes.count * p.count
+        if n == 1 { return (side, side) }
+        let cols = min(p.count, n), rows = (n + cols - 1) / cols
+        return (cols * side + (cols - 1) * 2, rows * side + (rows - 1) * 2)
+    }
+
+    /// Bytes a generation holds: the samples and their velocities, one model call's
+    /// activations (calls are at most `maxRowsPerCall` rows) and the picture.
+    func generationBytes(_ p: GenerateParams) -> Int {
+        let c = folder.config
+        let sampleFloats = c.inChannels * c.sampleSize * c.sampleSize
+        let n = p.classes.count * p.count
+        let rowsPerCall = min(generationRows(p), max(1, options.maxRowsPerCall))
+        let (w, h) = pictureSize(p)
+        return n * sampleFloats * 4 * 6 + rowsPerCall * folder.model.activationBytesPerRow + w * h * 16
+    }
+
+    /// Refuses (413) a request whose rows × steps or picture is over the limits, before any work.
+    func checkGenerationCost(_ p: GenerateParams) throws {
+        let rows = generationRows(p)
+        guard rows * p.steps <= options.maxGenerateWork else {
+            throw JobRefusal(status: 413, message: "this request costs \(rows) model rows × \(p.steps) steps = \(rows * p.steps), over the "
+                             + "server's limit of \(options.maxGenerateWork) (gen serve --max-generate-work): ask for fewer classes, images or steps")
+        }
+        let (w, h) = pictureSize(p)
+        guard w * h <= options.maxOutputPixels else {
+            throw JobRefusal(status: 413, message: "the picture would be \(w)x\(h), over the server's limit of \(options.maxOutputPixels) "
+                             + "pixels (gen serve --max-output-pixels): lower 'upscale' or 'count'")
+        }
+    }
+
+    /// Runs a generation in calls of at most `maxRowsPerCall` rows, taking the model lock for
+    /// each call (so streams keep their pace), and checking `job` before every step: it throws
+    /// `JobStopped` within one step of a disconnect, the deadline or a shutdown.
+    /// `onStep` gets every step's data estimate except the last.
+    func runGeneration(_ p: GenerateParams, job: Job, onStep: ((Int, Int, Tensor) -> Void)? = nil) throws -> RGBImage {
         let c = folder.config
         var labels: [Int] = []
         for cls in p.classes { labels += [Int](repeating: cls, count: p.count) }
+        try job.check()
         let x0 = GaussianSource.draw(count: labels.count, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: p.seed)
-        modelLock.lock()
-        let x1 = sampler.integrate(x0, schedule: Schedule.uniform(steps: p.steps),
-                                   labels: c.numClassEmbeds == nil ? nil : labels, guidance: p.guidance, progress: progress)
+        var stopped: JobStopped?
+        let lock = modelLock
+        let x1 = sampler.integrate(x0, schedule: Schedule.uniform(steps: p.steps), labels: c.numClassEmbeds == nil ? nil : labels,
+                                   guidance: p.guidance,
+                                   progress: { step, steps, estimate in
+                                       if step == steps { return true }
+                                       onStep?(step, steps, estimate)
+                                       do { try job.check() } catch { stopped = error as? JobStopped; return step == steps }
+                                       return true
+                                   },
+                                   samplesPerCall: max(1, options.maxRowsPerCall / sampler.rowsPerSample(guidance: p.guidance)),
+                                   around: { call in lock.withLock(call) })
         stateLock.lock(); generateCalls += p.steps; stateLock.unlock()
-        modelLock.unlock()
+        if let stopped { throw stopped }
         return picture(x1, p)
     }
 
@@ -315,8 +559,14 @@ public final class MillraceService: @unchecked Sendable {
     func generate(_ r: HTTPRequest) -> HTTPResponse {
         do {
             let p = try generateParams(try parseJSONObject(r.body))
-            let png = try runGeneration(p).pngData()
+            try checkGenerationCost(p)
+            let job = try admitJob(bytes: generationBytes(p), clientGone: r.isClientGone)
+            let png = try runGeneration(p, job: job).pngData()
             return HTTPResponse(status: 200, headers: [("Content-Type", "image/png")], body: .bytes(png))
+        } catch let e as JobRefusal {
+            return e.response
+        } catch let e as JobStopped {
+            return .busy("generation stopped: \(e.reason)")
         } catch {
             return .error(400, "\(error)")
         }
@@ -328,29 +578,40 @@ public final class MillraceService: @unchecked Sendable {
         Array("--\(boundary)\r\nContent-Type: image/png\r\nContent-Length: \(png.count)\r\n\r\n".utf8) + png + Array("\r\n".utf8)
     }
 
-    /// The data estimate after every step, then the final image, as multipart PNG parts.
+    static let multipartEnd = Array("--\(boundary)--\r\n".utf8)
+
+    /// The data estimate after every step, then the final image, as multipart PNG parts. The
+    /// generation runs on its own thread and stops within one step when the client leaves.
     func generateStream(_ r: HTTPRequest) -> HTTPResponse {
         var d: [String: Any] = [:]
         for (k, v) in r.query { d[k] = k == "class" || k == "schedule" || k == "source" ? v : (Double(v).map { NSNumber(value: $0) } ?? v) }
         let p: GenerateParams
-        do { p = try generateParams(d) } catch { return .error(400, "\(error)") }
-        let frames = FIFOQueue<[UInt8]>()
-        let job = UncheckedSendable((self, p))
-        Thread.detachNewThread {
-            let (service, params) = job.value
-            let final = service.runGeneration(params) { step, steps, estimate in
-                if step < steps, let png = try? service.picture(estimate, params).pngData(fast: true) { frames.push(png) }
-                return true
-            }
-            if let png = try? final.pngData() { frames.push(png) }
-            frames.close()
+        let job: Job
+        let body = HTTPStreamBody()
+        do {
+            p = try generateParams(d)
+            try checkGenerationCost(p)
+            let gone = r.isClientGone
+            job = try admitJob(bytes: generationBytes(p), clientGone: { body.isCancelled || gone() })
+        } catch let e as JobRefusal {
+            return e.response
+        } catch {
+            return .error(400, "\(error)")
         }
-        var ended = false
-        let body = HTTPStreamBody {
-            if ended { return nil }
-            if let png = frames.pop(timeout: 120) { return Self.multipartPart(png) }
-            ended = true
-            return Array("--\(Self.boundary)--\r\n".utf8)
+        let work = UncheckedSendable((self, p, job, body))
+        Thread.detachNewThread {
+            let (service, params, job, body) = work.value
+            do {
+                let final = try service.runGeneration(params, job: job) { _, _, estimate in
+                    // A slow reader gets the newest estimate; the encoding is skipped once it has gone.
+                    if !body.isCancelled, let png = try? service.picture(estimate, params).pngData(fast: true) {
+                        body.offer(Self.multipartPart(png))
+                    }
+                }
+                body.finish(Self.multipartPart(try final.pngData()) + Self.multipartEnd)
+            } catch {
+                body.finish(Self.multipartEnd)
+            }
         }
         return HTTPResponse(status: 200, headers: [("Content-Type", "multipart/x-mixed-replace; boundary=\(Self.boundary)"),
                                                    ("Cache-Control", "no-cache")], body: .stream(body))
@@ -432,6 +693,13 @@ public final class MillraceService: @unchecked Sendable {
             return .error(429, "more than \(Int(options.maxFramesPerSecond)) frames per second")
         }
         do {
+            // The decoded size is read from the header and reserved before decoding.
+            let (_, w, h) = try RGBImage.probe(r.body)
+            guard w * h <= options.maxImagePixels else {
+                return .error(413, "the frame is \(w)x\(h), over the server's limit of \(options.maxImagePixels) pixels")
+            }
+            guard let reservation = budget.reserve(w * h * 16) else { return .busy("the server's memory budget is full; retry shortly") }
+            defer { reservation.release() }
             let image = try RGBImage.decode(r.body, maxPixels: options.maxImagePixels)
             guard scheduler.submit(image, to: id) else { return .error(404, "no stream '\(id)'") }
             return .json(["accepted": true], status: 202)
@@ -442,16 +710,13 @@ public final class MillraceService: @unchecked Sendable {
 
     func streamOutput(id: String) -> HTTPResponse {
         guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
-        var seen = entry.output.currentSequence
-        let body = HTTPStreamBody {
-            while true {
-                if let (frame, seq) = entry.output.next(after: seen, timeout: 1) {
-                    seen = seq
-                    return Self.multipartPart(frame.png)
-                }
-                if entry.output.isClosed { return nil }
-            }
+        // Frames are pushed to the viewer as they are published (no thread waits for them); a
+        // slow viewer skips to the newest frame.
+        let body = HTTPStreamBody()
+        let viewer = entry.output.observe { frame in
+            if let frame { body.offer(Self.multipartPart(frame.png)) } else { body.finish() }
         }
+        body.onCancel { entry.output.stopObserving(viewer) }
         return HTTPResponse(status: 200, headers: [("Content-Type", "multipart/x-mixed-replace; boundary=\(Self.boundary)"),
                                                    ("Cache-Control", "no-cache")], body: .stream(body))
     }

@@ -73,14 +73,39 @@ public final class Broadcast<Item>: @unchecked Sendable {
 
     public init() {}
 
-    /// Publishes a new item (sequence number + 1) and wakes waiting viewers.
+    private var observers: [Int: (Item?) -> Void] = [:]
+    private var nextObserver = 0
+
+    /// Publishes a new item (sequence number + 1), wakes waiting viewers and hands it to observers.
     public func publish(_ item: Item) {
         condition.lock()
         latest = item
         sequence += 1
         condition.broadcast()
+        let handlers = Array(observers.values)
+        condition.unlock()
+        for h in handlers { h(item) }
+    }
+
+    /// Calls `handler` with every item published from now on, on the publishing thread (keep it
+    /// short), and with nil once when the broadcast ends. Returns a token for `stopObserving`.
+    public func observe(_ handler: @escaping (Item?) -> Void) -> Int {
+        condition.lock()
+        if closed { condition.unlock(); handler(nil); return -1 }
+        nextObserver += 1
+        observers[nextObserver] = handler
+        condition.unlock()
+        return nextObserver
+    }
+
+    public func stopObserving(_ token: Int) {
+        condition.lock()
+        observers[token] = nil
         condition.unlock()
     }
+
+    /// Observers registered now.
+    public var observerCount: Int { condition.lock(); defer { condition.unlock() }; return observers.count }
 
     /// Sequence number of the newest item (0 before the first).
     public var currentSequence: Int {
@@ -102,12 +127,15 @@ public final class Broadcast<Item>: @unchecked Sendable {
         return (item, sequence)
     }
 
-    /// Ends the broadcast: viewers waiting get nil.
+    /// Ends the broadcast: viewers waiting get nil, observers are told (once) and dropped.
     public func close() {
         condition.lock()
+        let handlers = closed ? [] : Array(observers.values)
         closed = true
+        observers = [:]
         condition.broadcast()
         condition.unlock()
+        for h in handlers { h(nil) }
     }
 
     public var isClosed: Bool {

@@ -95,8 +95,9 @@ public final class StreamScheduler: @unchecked Sendable {
     }
 
     /// Held around every model call the worker makes; other model users (HTTP generation) take
-    /// it too, because layers keep per-call state and one call at a time owns the cores.
-    public let modelLock = NSLock()
+    /// it too, because layers keep per-call state and one call at a time owns the cores. It is
+    /// granted in turn, so a generation taking it per step and this worker per frame alternate.
+    public let modelLock = FairLock()
     private let lock = NSCondition()
     private var entries: [String: Entry] = [:]
     private var order: [String] = []
