@@ -36,7 +36,8 @@ def main():
     ids = []
     c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
     for i in range(a.streams):
-        status, body = call(c, "POST", "/v1/streams", json.dumps({"class": i % 9, "steps": 2, "strength": 0.6}))
+        status, body = call(c, "POST", "/v1/streams", json.dumps({"class": i % 9, "steps": 2, "strength": 0.6}),
+                            {"Content-Type": "application/json"})
         assert status == 201, (status, body)
         ids.append(json.loads(body)["id"])
 

@@ -113,4 +113,52 @@ enum GenCLI {
         #expect(obj["indices"] as? [Int] == [0, 1, 2])
         #expect(obj["cost"] as? Double == 0)
     }
+
+    /// `gen serve` as a user starts it: the token from a file, and SIGTERM with a generation in
+    /// flight: the generation is stopped (503 to its client) and the process exits 0 in time.
+    @Test func serveTakesItsTokenFromAFileAndStopsCleanlyOnSIGTERM() throws {
+        let dir = TrainerTests.tempPath("cli-serve")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data("s3cret-token\n".utf8).write(to: URL(fileURLWithPath: dir + "/token"))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: GenCLI.binary)
+        p.arguments = ["serve", "--port", "0", "--token-file", dir + "/token", "--threads", "1"]
+        p.currentDirectoryURL = URL(fileURLWithPath: GenCLI.root)
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { p.interrupt(); p.waitUntilExit() } }
+        // The first line names the port.
+        var text = ""
+        while !text.contains("\n") {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        let port = try #require(text.split(separator: ":").last.flatMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }, "\(text)")
+        let info = "GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        #expect(loopbackExchange(port: port, info + "\r\n").hasPrefix("HTTP/1.1 401"))
+        #expect(loopbackExchange(port: port, info + "Authorization: Bearer s3cret-token\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+        // A long generation (16 images × 200 steps), then SIGTERM while it runs.
+        let body = #"{"steps": 200, "count": 16}"#
+        let fd = loopbackSocket(port: port, timeout: 20)
+        defer { close(fd) }
+        let request = "POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret-token\r\n"
+            + "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        _ = request.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        let running = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        let end = Date().addingTimeInterval(30)
+        while Date() < end && !loopbackExchange(port: port, running).contains("millrace_jobs_running 1") { usleep(20_000) }
+        let signalled = Date()
+        kill(p.processIdentifier, SIGTERM)
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = recv(fd, &buf, buf.count, 0)
+        let reply = String(decoding: buf[0..<max(0, n)], as: UTF8.self)
+        #expect(reply.hasPrefix("HTTP/1.1 503"), "\(reply.prefix(200))")
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(Date().timeIntervalSince(signalled) < 5, "exit within 5 s of SIGTERM")
+    }
 }
+

@@ -278,17 +278,7 @@ import Testing
         deinit { service.beginShutdown(); server.stop() }
 
         /// A connected socket with a receive timeout.
-        func connect(timeout: Double = 10) -> Int32 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = server.port.bigEndian
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - timeout.rounded(.down)) * 1e6))
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            return fd
-        }
+        func connect(timeout: Double = 10) -> Int32 { loopbackSocket(port: server.port, timeout: timeout) }
 
         func send(_ fd: Int32, _ text: String) { _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
 
@@ -386,11 +376,21 @@ import Testing
         var limits = HTTPServer.Limits()
         limits.maxBodyBytes = 1 << 20
         let live = try Live(limits: limits) { $0.memoryBudgetBytes = 2 << 20 }
-        // Refused from the declared length, before the body is sent.
-        let big = live.connect()
-        live.send(big, "POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n")
-        #expect(live.read(big, until: "\r\n\r\n").0.hasPrefix("HTTP/1.1 413"))
-        close(big)
+        // Refused from the declared length, before the body is sent: a client that waits for
+        // "100 Continue", and any body announced far over the limit.
+        for headers in ["Expect: 100-continue\r\nContent-Length: 5000000", "Content-Length: 900000000"] {
+            let big = live.connect()
+            live.send(big, "POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\(headers)\r\n\r\n")
+            #expect(live.read(big, until: "\r\n\r\n").0.hasPrefix("HTTP/1.1 413"), "\(headers)")
+            close(big)
+        }
+        // A body a little over the limit is read and dropped (nothing kept), then refused.
+        let over = live.connect()
+        live.send(over, "POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1500000\r\n\r\n"
+                  + String(repeating: " ", count: 1_500_000))
+        #expect(live.read(over, until: "\r\n\r\n").0.hasPrefix("HTTP/1.1 413"))
+        #expect(live.service.budget.reserved == 0)
+        close(over)
         // Two bodies of 0.9 MiB fit a 2 MiB budget; the third waits for room: 503 + Retry-After.
         let held = (0..<2).map { _ in live.connect() }
         for fd in held {
@@ -435,4 +435,34 @@ import Testing
         close(fd)
         #expect(live.server.stop(deadline: 5), "no work left running")
     }
+}
+
+/// A TCP socket connected to 127.0.0.1:`port`, with a receive timeout.
+func loopbackSocket(port: UInt16, timeout: Double = 10) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = port.bigEndian
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - timeout.rounded(.down)) * 1e6))
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    return fd
+}
+
+/// Sends `request` on a new connection to 127.0.0.1:`port` and reads until the peer closes,
+/// `marker` appears, or the timeout.
+func loopbackExchange(port: UInt16, _ request: String, until marker: String? = nil, timeout: Double = 10) -> String {
+    let fd = loopbackSocket(port: port, timeout: timeout)
+    defer { close(fd) }
+    _ = request.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = recv(fd, &buf, buf.count, 0)
+        if n <= 0 { break }
+        out += buf[0..<n]
+        if let marker, String(decoding: out, as: UTF8.self).contains(marker) { break }
+    }
+    return String(decoding: out, as: UTF8.self)
 }

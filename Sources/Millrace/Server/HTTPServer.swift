@@ -203,6 +203,9 @@ public final class HTTPServer: @unchecked Sendable {
     private var bodies: [ObjectIdentifier: HTTPStreamBody] = [:]
     private let workers: WorkerPool
     private var reaper: DispatchSourceTimer?
+    /// Requests handed to a worker whose response MHD has not finished sending.
+    private let inFlight = NSCondition()
+    private var inFlightCount = 0
 
     public init(host: String = "127.0.0.1", port: UInt16 = 8080, limits: Limits = Limits(), budget: MemoryBudget? = nil,
                 handler: @escaping (HTTPRequest) -> HTTPResponse) {
@@ -263,7 +266,13 @@ public final class HTTPServer: @unchecked Sendable {
         let open = Array(bodies.values)
         lock.unlock()
         for b in open { b.cancel() }
+        let end = Date().addingTimeInterval(deadline)
         guard workers.waitIdle(timeout: deadline) else { return false }
+        // Let MHD send the responses the workers have just handed back (a generation stopped
+        // by the shutdown answers 503) before the daemon closes every connection.
+        inFlight.lock()
+        while inFlightCount > 0 && inFlight.wait(until: end) {}
+        inFlight.unlock()
         reaper?.cancel()
         reaper = nil
         MHD_stop_daemon(d)
@@ -352,7 +361,16 @@ public final class HTTPServer: @unchecked Sendable {
             peer?.bodyStart = Date()
             server.lock.unlock()
             if declared > server.limits.maxBodyBytes {
-                return server.respond(.error(413, "request body is over the limit (\(server.limits.maxBodyBytes) bytes)"), on: connection)
+                // A client that waits for "100 Continue", or one that announces a huge body, is
+                // answered at once (and the connection closed). Others are read to the end and
+                // discarded (nothing is kept; the body deadline bounds the time) so that they see
+                // the 413 instead of a connection reset in the middle of their upload.
+                let expects = MHD_lookup_connection_value(connection, .HEADER_KIND, "Expect") != nil
+                if expects || declared > 8 * server.limits.maxBodyBytes {
+                    return server.respond(.error(413, "request body is over the limit (\(server.limits.maxBodyBytes) bytes)"), on: connection)
+                }
+                ex.tooLarge = true
+                return .YES
             }
             if declared > 0, let budget = server.budget {
                 guard let r = budget.reserve(declared) else {
@@ -419,6 +437,9 @@ public final class HTTPServer: @unchecked Sendable {
         // The handler runs on a worker while MHD keeps this connection suspended; the worker
         // stores the response and resumes it, and MHD calls here again to send it.
         ex.dispatched = true
+        server.inFlight.lock()
+        server.inFlightCount += 1
+        server.inFlight.unlock()
         MHD_suspend_connection(connection)
         let job = UncheckedSendable((server, ex, connection, request))
         server.workers.submit {
@@ -454,8 +475,15 @@ public final class HTTPServer: @unchecked Sendable {
             server.lock.unlock()
         }
         guard let conCls, let p = conCls.pointee else { return }
-        Unmanaged<Exchange>.fromOpaque(p).release()
+        let ex = Unmanaged<Exchange>.fromOpaque(p).takeRetainedValue()
         conCls.pointee = nil
+        if ex.dispatched, let cls {
+            let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+            server.inFlight.lock()
+            server.inFlightCount -= 1
+            server.inFlight.broadcast()
+            server.inFlight.unlock()
+        }
     }
 
     final class StreamContext {
