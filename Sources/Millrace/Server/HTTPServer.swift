@@ -200,7 +200,8 @@ public final class HTTPServer: @unchecked Sendable {
     private var daemon: OpaquePointer?
     private let lock = NSLock()
     private var peers: [OpaquePointer: Peer] = [:]
-    private var bodies: [ObjectIdentifier: HTTPStreamBody] = [:]
+    /// Streaming bodies being sent, with their connection's socket.
+    private var bodies: [ObjectIdentifier: (body: HTTPStreamBody, fd: Int32)] = [:]
     private let workers: WorkerPool
     private var reaper: DispatchSourceTimer?
     /// Requests handed to a worker whose response MHD has not finished sending.
@@ -263,7 +264,7 @@ public final class HTTPServer: @unchecked Sendable {
         guard let d = daemon else { return true }
         _ = MHD_quiesce_daemon(d)
         lock.lock()
-        let open = Array(bodies.values)
+        let open = bodies.values.map(\.body)
         lock.unlock()
         for b in open { b.cancel() }
         let end = Date().addingTimeInterval(deadline)
@@ -291,8 +292,6 @@ public final class HTTPServer: @unchecked Sendable {
         var inHeaders = true
         var bodyStart: Date?
         var closed = false
-        /// The streaming body this connection is sending, if any (the reaper checks its client).
-        var stream: HTTPStreamBody?
         init(fd: Int32) { self.fd = fd }
     }
 
@@ -326,10 +325,10 @@ public final class HTTPServer: @unchecked Sendable {
                 mr_http_shutdown_socket(p.fd)
             }
         }
-        let waiting = bodies.values.filter(\.isWaiting)
-        let fds = waiting.map { b in peers.first { $0.value.stream === b }?.value.fd ?? -1 }
+        let waiting = bodies.values.filter { $0.body.isWaiting }
         lock.unlock()
-        for (b, fd) in zip(waiting, fds) where mr_http_peer_gone(fd) != 0 { b.cancel() }
+        // A waiting body's connection is suspended, so MHD cannot close it and its socket stays ours.
+        for (b, fd) in waiting where mr_http_peer_gone(fd) != 0 { b.cancel() }
     }
 
     // MARK: libmicrohttpd callbacks (static: called on MHD's threads)
@@ -470,7 +469,6 @@ public final class HTTPServer: @unchecked Sendable {
                 p.since = Date()
                 p.inHeaders = true
                 p.bodyStart = nil
-                p.stream = nil
             }
             server.lock.unlock()
         }
@@ -534,8 +532,7 @@ public final class HTTPServer: @unchecked Sendable {
             }
         case .stream(let body):
             lock.lock()
-            bodies[ObjectIdentifier(body)] = body
-            peers[connection]?.stream = body
+            bodies[ObjectIdentifier(body)] = (body, peers[connection]?.fd ?? -1)
             lock.unlock()
             let ctx = Unmanaged.passRetained(StreamContext(body: body, connection: connection, server: self)).toOpaque()
             response = MHD_create_response_from_callback(UInt64.max, 32 * 1024, HTTPServer.read, ctx, HTTPServer.freeStream)
