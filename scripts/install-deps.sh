@@ -16,6 +16,8 @@ packages=(
   fonts-dejavu-core      # labels on grids and plots
   chromium               # the browser test of the page
   libkissfft-dev         # FFT for Batch Styles Standardization
+  curl                   # the tests' real HTTP client (multipart uploads)
+  python3                # scripts/attack.sh, scripts/load-test.sh
 )
 
 missing=()

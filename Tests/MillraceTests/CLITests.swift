@@ -75,21 +75,23 @@ enum GenCLI {
         #expect(!FileManager.default.fileExists(atPath: dir + "/never.png"))
     }
 
+    /// `OUT` in the arguments stands for a fresh path in the test's own temporary folder.
     @Test(arguments: [
-        (["--steps", "0", "--out", "/tmp/millrace-never.png"], "steps"),
-        (["--steps", "2", "--class", "Dinosaurs", "--out", "/tmp/millrace-never.png"], "Dinosaurs"),
-        (["--steps", "2", "--class", "42", "--out", "/tmp/millrace-never.png"], "42"),
+        (["--steps", "0", "--out", "OUT.png"], "steps"),
+        (["--steps", "2", "--class", "Dinosaurs", "--out", "OUT.png"], "Dinosaurs"),
+        (["--steps", "2", "--class", "42", "--out", "OUT.png"], "42"),
         (["schedule", "boss", "--nfe", "0"], "nfe"),
-        (["straighten", "--nfe", "0", "--out", "/tmp/millrace-never"], "nfe"),
+        (["straighten", "--nfe", "0", "--out", "OUT"], "nfe"),
         (["eval", "table", "--nfe", "2,x"], "nfe"),
-        (["train", "--data", "x.mrds", "--out", "/tmp/millrace-never", "--min-lr", "1e-5"], "--decay cosine"),
-        (["train", "--data", "x.mrds", "--out", "/tmp/millrace-never", "--decay", "linear"], "decay"),
+        (["train", "--data", "x.mrds", "--out", "OUT", "--min-lr", "1e-5"], "--decay cosine"),
+        (["train", "--data", "x.mrds", "--out", "OUT", "--decay", "linear"], "decay"),
     ])
     func badFlagValuesGetClearErrors(args: [String], mention: String) throws {
-        let (status, _, err) = try GenCLI.run(args)
+        let out = TrainerTests.tempPath("cli-never")
+        let (status, _, err) = try GenCLI.run(args.map { $0.replacingOccurrences(of: "OUT", with: out) })
         #expect(status != 0)
         #expect(err.lowercased().contains(mention.lowercased()), "stderr: \(err)")
-        #expect(!FileManager.default.fileExists(atPath: "/tmp/millrace-never.png"))
+        #expect(!FileManager.default.fileExists(atPath: out + ".png") && !FileManager.default.fileExists(atPath: out))
     }
 
     @Test func costsFilesThatAreNotSquareOrNegativeAreRefused() throws {

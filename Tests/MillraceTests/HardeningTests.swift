@@ -320,7 +320,9 @@ import Testing
         func metric(_ name: String) -> Double? { HardeningTests.metric(service.metricsText(), name) }
 
         /// Waits (up to `timeout` s) for `condition`; no fixed sleeps.
-        func waitFor(_ timeout: Double = 20, _ condition: () -> Bool) -> Bool {
+        func waitFor(_ timeout: Double = 20, _ condition: () -> Bool) -> Bool { Self.waitFor(timeout, condition) }
+
+        static func waitFor(_ timeout: Double = 20, _ condition: () -> Bool) -> Bool {
             let end = Date().addingTimeInterval(timeout)
             while Date() < end {
                 if condition() { return true }

@@ -76,24 +76,30 @@ import Testing
         #expect(e.output.isClosed)
     }
 
-    /// A corrupt frame gets an error for that frame; the stream goes on.
-    @Test func aBadFrameDoesNotStopTheStream() throws {
+    /// A frame that fails inside the scheduler (the pipeline refuses it) counts an error with
+    /// its message, publishes nothing, and the stream goes on with the next frame.
+    @Test func aFrameThatFailsInTheSchedulerDoesNotStopTheStream() throws {
         let scheduler = StreamScheduler()
         let e = scheduler.add(try Self.session())
         _ = scheduler.submit(RGBImage(width: 8, height: 8, fill: (0.5, 0.5, 0.5)), to: e.id)
-        scheduler.runOnce()
-        #expect(throws: ImageError.self) { _ = try RGBImage.decode([0x89, 0x50, 0x4E, 0x47, 1, 2, 3]) }
+        #expect(scheduler.runOnce() == e.id)
+        let published = e.output.currentSequence
+        _ = scheduler.submit(RGBImage(width: 8, height: 8, fill: (Float.nan, 0.2, 0.3)), to: e.id)
+        #expect(scheduler.runOnce() == e.id)
+        #expect(e.errors == 1 && e.outputs == 1)
+        #expect(e.lastError?.contains("non-finite") == true)
+        #expect(e.output.currentSequence == published, "nothing published for the failed frame")
         _ = scheduler.submit(RGBImage(width: 3, height: 5, fill: (0.1, 0.2, 0.3)), to: e.id)
-        scheduler.runOnce()
-        #expect(e.outputs == 2 && e.errors == 0)
+        #expect(scheduler.runOnce() == e.id)
+        #expect(e.outputs == 2 && e.errors == 1)
     }
 
     @Test func idleStreamsExpire() throws {
         let scheduler = StreamScheduler()
         let e = scheduler.add(try Self.session())
         #expect(scheduler.expire(idle: 60).isEmpty)
-        Thread.sleep(forTimeInterval: 0.05)
-        #expect(scheduler.expire(idle: 0.01) == [e.id])
+        // Idle for more than −1 s: any stream, with no wait.
+        #expect(scheduler.expire(idle: -1) == [e.id])
         #expect(scheduler.stream(e.id) == nil && e.output.isClosed)
     }
 

@@ -12,13 +12,13 @@ import Testing
         let service: MillraceService
         let server: HTTPServer
         init(maxStreams: Int = 4, maxBody: Int = 64 << 10, token: String? = nil, references: String? = nil,
-             maxImagePixels: Int? = nil) throws {
+             maxImagePixels: Int? = nil, framesPerSecond: Double = 1000) throws {
             let folder = try ModelFolder.load(DiffusersParityTests.fixture("unet-tiny-a"))
             var o = MillraceService.Options()
             o.maxStreams = maxStreams
             o.token = token
             o.staticDir = Running.staticDir()
-            o.maxFramesPerSecond = 1000
+            o.maxFramesPerSecond = framesPerSecond
             if let references { o.referencesDir = references }
             if let maxImagePixels { o.maxImagePixels = maxImagePixels }
             let service = MillraceService(folder: folder, options: o)
@@ -183,8 +183,9 @@ import Testing
         }
         for _ in 0..<40 {
             _ = s.call("POST", "/v1/streams/\(id)/frames", body: try Self.png(9, 9), type: "image/png")
-            if done.wait(timeout: .now() + 0.1) == .success { break }
+            if done.wait(timeout: .now() + 0.1) == .success { done.signal(); break }
         }
+        #expect(done.wait(timeout: .now() + 30) == .success, "the viewer got its bytes")
         let text = String(decoding: got.reply?.body ?? [], as: UTF8.self)
         #expect(text.contains("multipart/x-mixed-replace"))
         #expect(text.contains("Content-Type: image/png"))
@@ -200,19 +201,170 @@ import Testing
         #expect(s.call("POST", "/v1/streams", body: Array(#"{"max_skip": 2.5}"#.utf8)).status == 400)
     }
 
-    @Test func shutdownEndsOpenStreamsAndRefusesNewWork() throws {
-        let s = try Running()
-        let created = s.call("POST", "/v1/streams", body: Array("{}".utf8))
-        let id = try #require(try JSONSerialization.jsonObject(with: Data(created.body)) as? [String: Any])["id"] as! String
-        let ended = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            _ = s.raw("GET /v1/streams/\(id)/output HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", timeout: 30)
-            ended.signal()
+    // MARK: Lifecycle over a real server
+
+    /// A stream created over HTTP; returns its scheduler entry.
+    static func createStream(_ s: Running, _ json: String = #"{"class": 0, "filter": false}"#) throws -> StreamScheduler.Entry {
+        let created = s.call("POST", "/v1/streams", body: Array(json.utf8))
+        #expect(created.status == 201)
+        let id = try #require(try JSONSerialization.jsonObject(with: Data(created.body)) as? [String: Any])["id"] as? String
+        let name = try #require(id)
+        return try #require(s.service.scheduler.stream(name))
+    }
+
+    /// An HTTP/1.0 viewer of a stream's output (no chunked framing: the parts arrive as sent).
+    final class Viewer {
+        let fd: Int32
+        var bytes: [UInt8] = []
+        init(_ s: Running, _ id: String) {
+            fd = loopbackSocket(port: s.server.port, timeout: 20)
+            _ = "GET /v1/streams/\(id)/output HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
         }
-        Thread.sleep(forTimeInterval: 0.3)
+        deinit { close(fd) }
+
+        /// The PNG payloads of the parts received so far.
+        var parts: [[UInt8]] {
+            var out: [[UInt8]] = []
+            let marker = Array("Content-Length: ".utf8)
+            var i = 0
+            while i + marker.count < bytes.count {
+                if Array(bytes[i..<(i + marker.count)]) == marker {
+                    var j = i + marker.count, n = 0
+                    while j < bytes.count, let d = Int(String(UnicodeScalar(bytes[j]))) { n = n * 10 + d; j += 1 }
+                    let start = j + 4
+                    if start + n <= bytes.count, n > 0 { out.append(Array(bytes[start..<(start + n)])); i = start + n; continue }
+                    break
+                }
+                i += 1
+            }
+            return out
+        }
+
+        /// Reads until `count` parts have arrived, the server closes, or 20 s pass; whether the server closed.
+        @discardableResult
+        func read(parts count: Int = .max) -> Bool {
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while parts.count < count {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n == 0 { return true }
+                if n < 0 { return false }
+                bytes += buf[0..<n]
+            }
+            return false
+        }
+    }
+
+    @Test func beginShutdownAloneEndsStreams() throws {
+        let s = try Running()
+        let entry = try Self.createStream(s)
+        let viewer = Viewer(s, entry.id)
+        #expect(HardeningTests.Live.waitFor(10) { entry.output.observerCount == 1 })
         s.service.beginShutdown()
+        // No server.stop(): the stream's end alone ends the viewer's response.
+        #expect(viewer.read(), "the server ended the response")
+        #expect(String(decoding: viewer.bytes, as: UTF8.self).hasPrefix("HTTP/1.1 200"))
         #expect(s.call("GET", "/v1/info").status == 503)
-        s.server.stop()
-        #expect(ended.wait(timeout: .now() + 10) == .success, "the open stream ended")
+        #expect(s.call("GET", "/healthz").text.contains("shutting down"))
+    }
+
+    @Test func workInFlightDuringShutdown() throws {
+        let s = try Running()
+        // Both generations wait for the model; then the shutdown begins.
+        s.service.modelLock.lock()
+        let oneStep = loopbackSocket(port: s.server.port, timeout: 20), long = loopbackSocket(port: s.server.port, timeout: 20)
+        defer { close(oneStep); close(long) }
+        for (fd, json) in [(oneStep, #"{"steps": 1}"#), (long, #"{"steps": 50}"#)] {
+            _ = HardeningTests.rawPost("/v1/generate", json).withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        }
+        #expect(HardeningTests.Live.waitFor(10) { HardeningTests.metric(s.service.metricsText(), "millrace_jobs_running") == 2 })
+        s.service.beginShutdown()
+        s.service.modelLock.unlock()
+        func reply(_ fd: Int32) -> String {
+            var out: [UInt8] = [], buf = [UInt8](repeating: 0, count: 65536)
+            while !String(decoding: out, as: UTF8.self).contains("\r\n\r\n") {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n <= 0 { break }
+                out += buf[0..<n]
+            }
+            return String(decoding: out, as: UTF8.self)
+        }
+        // The request in its last step completes; the long one stops at its next step.
+        let first = reply(oneStep), second = reply(long)
+        #expect(first.hasPrefix("HTTP/1.1 200") && first.contains("image/png"), "\(first.prefix(120))")
+        #expect(second.hasPrefix("HTTP/1.1 503"), "\(second.prefix(120))")
+        #expect(s.server.stop(deadline: 5))
+    }
+
+    @Test func twoViewersSeeTheSameSequence() throws {
+        let s = try Running()
+        let entry = try Self.createStream(s)
+        let a = Viewer(s, entry.id), b = Viewer(s, entry.id)
+        #expect(HardeningTests.Live.waitFor(10) { entry.output.observerCount == 2 })
+        for k in 1...4 {
+            let frame = try RGBImage(width: 9, height: 9, fill: (Float(k) / 4, 0.3, 1 - Float(k) / 4)).pngData()
+            #expect(s.call("POST", "/v1/streams/\(entry.id)/frames", body: frame, type: "image/png").status == 202)
+            a.read(parts: k)
+            b.read(parts: k)
+        }
+        #expect(a.parts.count == 4)
+        #expect(a.parts == b.parts)
+        #expect(Set(a.parts.map { $0 }).count > 1, "frames of different inputs differ")
+    }
+
+    @Test func latestFrameWinsEndToEnd() throws {
+        let s = try Running()
+        // One slot: each output is the frame just processed (with n slots it would be the frame
+        // n − 1 calls before).
+        let entry = try Self.createStream(s, #"{"class": 0, "filter": false, "steps": 1}"#)
+        let frames = try (1...5).map { try RGBImage(width: 10, height: 10, fill: (Float($0) / 5, 0.5, 1 - Float($0) / 5)) }
+        // The worker takes frame 1 and waits for the model; frames 2–5 arrive meanwhile.
+        s.service.modelLock.lock()
+        #expect(s.call("POST", "/v1/streams/\(entry.id)/frames", body: try frames[0].pngData(), type: "image/png").status == 202)
+        #expect(HardeningTests.Live.waitFor(10) { !entry.input.hasItem })
+        for f in frames.dropFirst() {
+            #expect(s.call("POST", "/v1/streams/\(entry.id)/frames", body: try f.pngData(), type: "image/png").status == 202)
+        }
+        s.service.modelLock.unlock()
+        #expect(HardeningTests.Live.waitFor(20) { entry.outputs == 2 })
+        let stats = try #require(try JSONSerialization.jsonObject(with: Data(s.call("GET", "/v1/streams/\(entry.id)").body)) as? [String: Any])
+        #expect(stats["frames_in"] as? Int == 5 && stats["dropped"] as? Int == 3 && stats["processed"] as? Int == 2, "\(stats)")
+        // The second output is frame 5's (the newest, not frame 2): a fresh session given frames
+        // 1 and 5 makes the same.
+        let reference = try StreamQueueReference.session(s.service)
+        _ = try reference.process(try RGBImage.decode(frames[0].pngData()))
+        let expected = try reference.process(try RGBImage.decode(frames[4].pngData())).image
+        let served = try #require(entry.output.next(after: 1, timeout: 5)).item.image
+        #expect(served.planes == expected.planes)
+    }
+
+    @Test func framesFasterThanTheLimitGet429() throws {
+        let s = try Running(framesPerSecond: 2)
+        let entry = try Self.createStream(s)
+        let statuses = try (0..<5).map { _ in s.call("POST", "/v1/streams/\(entry.id)/frames", body: try Self.png(), type: "image/png").status }
+        #expect(statuses.prefix(2).allSatisfy { $0 == 202 }, "\(statuses)")
+        #expect(statuses.contains(429), "\(statuses)")
+    }
+
+    @Test func aFrameThatFailsInTheSchedulerCountsAnErrorAndTheStreamGoesOn() throws {
+        let s = try Running()
+        let entry = try Self.createStream(s)
+        #expect(s.service.scheduler.submit(RGBImage(width: 8, height: 8, fill: (Float.nan, 0, 0)), to: entry.id))
+        func stats() -> [String: Any] {
+            (try? JSONSerialization.jsonObject(with: Data(s.call("GET", "/v1/streams/\(entry.id)").body)) as? [String: Any]) ?? [:]
+        }
+        #expect(HardeningTests.Live.waitFor(10) { stats()["errors"] as? Int == 1 })
+        #expect((stats()["last_error"] as? String)?.contains("non-finite") == true)
+        #expect(s.call("POST", "/v1/streams/\(entry.id)/frames", body: try Self.png(), type: "image/png").status == 202)
+        #expect(HardeningTests.Live.waitFor(10) { stats()["out"] as? Int == 1 })
+        #expect(stats()["errors"] as? Int == 1)
+    }
+}
+
+/// The stream session the service builds for `POST /v1/streams` with `{"class": 0, "filter": false, "steps": 1}`.
+enum StreamQueueReference {
+    static func session(_ service: MillraceService) throws -> StreamSession {
+        let pipeline = try StreamPipeline(sampler: service.sampler, times: try StreamPipeline.times(strength: 0.6, steps: 1),
+                                          settings: StreamSettings(classIndex: 0), seed: 0)
+        return StreamSession(pipeline: pipeline, filter: nil)
     }
 }

@@ -181,6 +181,10 @@ public final class StreamPipeline {
         guard frame.shape == frameShape else {
             throw StreamError("frame has shape \(frame.shape), the model needs \(frameShape)")
         }
+        // A non-finite value would spread through every slot of the stream batch and stay there.
+        guard frame.data.allSatisfy(\.isFinite) else {
+            throw StreamError("frame has non-finite values (NaN or infinity); it was not processed")
+        }
         let n = slots
         let x0 = Self.mix(frame, times[0], noise[0])
         if buffer == nil {
