@@ -228,11 +228,11 @@ private func resealed(_ bytes: [UInt8]) -> [UInt8] {
 
     @Test func corruptFilesGiveClearErrors() throws {
         let good = try handMadeDataset().serialized()
-        let path = "/tmp/x.mrds"
+        let path = "runs/x.mrds"
 
         let truncated = message { _ = try ImageDataset.parse(Array(good.dropLast(10)), path: path) }
         #expect(truncated?.contains("truncated") == true)
-        #expect(truncated?.contains("gen dataset emoji --out /tmp/x.mrds") == true)
+        #expect(truncated?.contains("gen dataset emoji --out runs/x.mrds") == true)
         #expect(message { _ = try ImageDataset.parse(Array(good.prefix(20)), path: path) }?.contains("truncated") == true)
         #expect(message { _ = try ImageDataset.parse([], path: path) } != nil)
 
