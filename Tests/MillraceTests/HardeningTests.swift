@@ -352,6 +352,50 @@ import Testing
         #expect(live.get("/healthz").contains("200 OK"))
     }
 
+    @Test func aJobPastItsDeadlineStops() throws {
+        let live = try Live { $0.requestTimeout = 0.2 }
+        live.service.modelLock.lock()
+        let fd = live.connect()
+        defer { close(fd) }
+        live.send(fd, Self.rawPost("/v1/generate", #"{"steps": 20}"#))
+        #expect(live.waitFor { live.metric("millrace_jobs_running") == 1 })
+        // Held past the deadline; the generation stops after the step it is in.
+        let end = Date().addingTimeInterval(0.3)
+        while Date() < end { usleep(10_000) }
+        live.service.modelLock.unlock()
+        let reply = live.read(fd, until: "deadline").0
+        #expect(reply.hasPrefix("HTTP/1.1 503") && reply.contains("--request-timeout"), "\(reply.prefix(300))")
+        #expect(live.metric("millrace_requests_cancelled_total") == 1)
+    }
+
+    @Test func connectionLimitAndHeaderSize() throws {
+        var limits = HTTPServer.Limits()
+        limits.maxConnections = 8
+        let live = try Live(limits: limits)
+        // Headers larger than a connection's buffer are refused (431), not buffered.
+        let big = live.connect()
+        live.send(big, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: " + String(repeating: "a", count: 200_000) + "\r\n\r\n")
+        #expect(live.read(big, until: "\r\n\r\n").0.hasPrefix("HTTP/1.1 431"))
+        close(big)
+        #expect(live.waitFor { live.server.openConnections == 0 })
+        // At the connection limit a new connection waits in the listen queue, unanswered, until
+        // one of the others closes (the header deadline closes idle ones); then it is served.
+        let held = (0..<8).map { _ in live.connect() }
+        for fd in held { live.send(fd, "GET / HTTP/1.1\r\nHost: x\r\n") }
+        #expect(live.waitFor { live.server.openConnections == 8 })
+        let extra = live.connect(timeout: 1)
+        defer { close(extra) }
+        live.send(extra, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        let waiting = live.read(extra)
+        #expect(waiting.0.isEmpty && !waiting.closed, "not served past the limit")
+        close(held[0])
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(extra, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        #expect(live.read(extra).0.hasPrefix("HTTP/1.1 200"), "served once a connection closed")
+        for fd in held.dropFirst() { close(fd) }
+        #expect(live.waitFor { live.server.openConnections == 0 })
+    }
+
     @Test func idleAndSlowClientsDoNotStarveOthersAndAreClosed() throws {
         var limits = HTTPServer.Limits()
         limits.headerTimeout = 1
