@@ -113,9 +113,13 @@ public final class StreamPipeline {
 
     /// One batched evaluation of rows `xs` (each [1, C, H, W]) at `ts`, with guidance from
     /// `refs` (RCFG references per row) — returns the data estimates x̂_i and, for onetime, the
-    /// reference computed for row 0.
-    func evaluate(_ xs: [Tensor], _ ts: [Float], refs: [Tensor?]) -> (estimates: [Tensor], newReference: Tensor?) {
-        let s = settings
+    /// reference computed for row 0. `firstRowIsNew`: row 0 is a frame entering slot 0, whose
+    /// onetime reference is computed now (one null row); otherwise every row brings its reference
+    /// (the warm-up's later stages: the frame keeps the reference of its slot 0, §6).
+    func evaluate(_ xs: [Tensor], _ ts: [Float], refs: [Tensor?], firstRowIsNew: Bool = true) -> (estimates: [Tensor], newReference: Tensor?) {
+        var s = settings
+        // Rows that carry their references are guided as in `self`, without a null row.
+        if s.guidance == .onetime && !firstRowIsNew { s.guidance = .selfNegative }
         let n = xs.count
         let cond = s.classIndex
         let null = sampler.flow.nullClass ?? cond
@@ -194,7 +198,7 @@ public final class StreamPipeline {
             var ref: Tensor? = settings.guidance == .selfNegative ? frame.scaled(1) : nil
             for i in 0..<n {
                 if i > 0 { rows.append(x); refs.append(ref ?? frame) }
-                let (est, newRef) = evaluate([x], [times[i]], refs: [ref])
+                let (est, newRef) = evaluate([x], [times[i]], refs: [ref], firstRowIsNew: i == 0)
                 if i == 0, let newRef { ref = newRef }
                 if i + 1 < n { x = Self.mix(est[0], times[i + 1], noise[i + 1]) } else { x = est[0] }
             }
