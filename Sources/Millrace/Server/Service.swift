@@ -280,8 +280,7 @@ public final class MillraceService: @unchecked Sendable {
             return "Host '\(host.prefix(100))' is not this server's name: use 127.0.0.1, localhost or ::1 (or start the server with --allow-host NAME)"
         }
         if let origin = r.headers["origin"]?.lowercased() {
-            let own = ["http://" + host, "https://" + host]
-            guard own.contains(origin) else {
+            guard Self.isOwnOrigin(origin, host: host, allowed: options.allowedHosts) else {
                 return "cross-site request from '\(origin.prefix(100))' refused: the API answers only pages this server serves"
             }
         }
@@ -289,6 +288,23 @@ public final class MillraceService: @unchecked Sendable {
             return "cross-site request refused (Sec-Fetch-Site: \(site)): the API answers only pages this server serves"
         }
         return nil
+    }
+
+    /// Whether `origin` is this server: the request's own `Host`, or another loopback name (or
+    /// an allowed one) with the same port (a page from http://localhost:8080 calling
+    /// 127.0.0.1:8080 is the same server).
+    static func isOwnOrigin(_ origin: String, host: String, allowed: [String]) -> Bool {
+        if origin == "http://" + host || origin == "https://" + host { return true }
+        guard let schemeEnd = origin.range(of: "://") else { return false }
+        let originHost = String(origin[schemeEnd.upperBound...])
+        return isAllowedHost(originHost, allowed: allowed) && isAllowedHost(host, allowed: allowed)
+            && port(of: originHost) == port(of: host)
+    }
+
+    /// The port of a Host value ("" when none is given).
+    static func port(of host: String) -> String {
+        if host.hasPrefix("[") { return host.range(of: "]:").map { String(host[$0.upperBound...]) } ?? "" }
+        return host.lastIndex(of: ":").map { String(host[host.index(after: $0)...]) } ?? ""
     }
 
     /// Whether `host` (a Host header: name or address, optional port) is a loopback name or
