@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${PORT:-8181}
-gen=.build/release/gen
+gen=${GEN:-.build/release/gen}   # GEN=path: another build, e.g. to compare before and after a change
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 $gen serve --port "$port" > /tmp/millrace-load-serve.log 2>&1 &
 pid=$!

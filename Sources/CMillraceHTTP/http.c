@@ -2,6 +2,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -66,6 +69,14 @@ int mr_http_peer_gone(int fd) {
 
 void mr_http_shutdown_socket(int fd) {
     if (fd >= 0) shutdown(fd, SHUT_RDWR);
+}
+
+void mr_limit_malloc_arenas(int arenas) {
+#if defined(__GLIBC__)
+    mallopt(M_ARENA_MAX, arenas);
+#else
+    (void)arenas;
+#endif
 }
 
 ssize_t mr_http_end_of_stream(void) { return MHD_CONTENT_READER_END_OF_STREAM; }

@@ -123,6 +123,9 @@ struct Serve: ParsableCommand {
             limits.idleTimeout = idleTimeout
             limits.headerTimeout = headerTimeout
             limits.bodyTimeout = bodyTimeout
+            // Many worker threads would each get a malloc arena that keeps the memory freed in it;
+            // two arenas keep the resident size close to what is in use (docs/SECURITY.md).
+            HTTPServer.limitMallocArenas(2)
             // Every connection is a file descriptor: allow as many as the connection limit needs.
             raiseOpenFileLimit(to: maxConnections + 256)
             let server = HTTPServer(host: host, port: port, limits: limits, budget: service.budget) { service.handle($0) }
@@ -157,14 +160,18 @@ struct Serve: ParsableCommand {
             watchdog.schedule(deadline: .now() + 4.8)
             watchdog.setEventHandler {
                 FileHandle.standardError.write(Data("shutdown: work still running after 4.8 s; exiting\n".utf8))
-                Foundation.exit(0)
+                _exit(0)
             }
             watchdog.resume()
+            let start = Date()
             service.beginShutdown()
-            let clean = server.stop(deadline: 4)
+            let clean = server.stop(deadline: 4) && service.waitIdle(timeout: max(0.1, 4.5 - Date().timeIntervalSince(start)))
             expiry.cancel()
             _ = sources
-            print(clean ? "stopped" : "stopped (work still running was abandoned)")
+            FileHandle.standardOutput.write(Data((clean ? "stopped\n" : "stopped (work still running was abandoned)\n").utf8))
+            // No exit handlers: the kernels' library tears down its threads and buffers there, and
+            // a thread still inside a model call (abandoned above) must not run into that.
+            _exit(0)
         }
     }
 

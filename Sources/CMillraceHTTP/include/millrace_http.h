@@ -52,6 +52,12 @@ int mr_http_peer_gone(int fd);
 /** Ends a connection's traffic both ways so that MHD's event loop sees it close and cleans it up. */
 void mr_http_shutdown_socket(int fd);
 
+/**
+ * Limits glibc's malloc to `arenas` arenas (mallopt M_ARENA_MAX; no effect elsewhere). A server
+ * with many threads otherwise gets an arena per thread, each keeping the memory freed in it.
+ */
+void mr_limit_malloc_arenas(int arenas);
+
 /** MHD_CONTENT_READER_END_OF_STREAM and _END_WITH_ERROR as plain values. */
 ssize_t mr_http_end_of_stream(void);
 ssize_t mr_http_end_with_error(void);

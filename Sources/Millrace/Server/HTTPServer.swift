@@ -251,6 +251,9 @@ public final class HTTPServer: @unchecked Sendable {
         reaper = timer
     }
 
+    /// Limits glibc's malloc arenas for this process (call before the threads start).
+    public static func limitMallocArenas(_ n: Int) { mr_limit_malloc_arenas(Int32(n)) }
+
     /// Open connections (for tests and /metrics).
     public var openConnections: Int { lock.lock(); defer { lock.unlock() }; return peers.count }
 

@@ -153,6 +153,23 @@ public final class MillraceService: @unchecked Sendable {
     static let cancelledHelp = "Jobs stopped before the end: client gone, deadline passed or shutdown."
     static let busyHelp = "Requests refused with 503 because the job slots or the memory budget were full."
 
+    /// Waits up to `timeout` seconds, after `beginShutdown`, until no job runs and the stream
+    /// worker has ended (model calls use the kernels' threads and buffers, which must not be
+    /// torn down under them); false at the timeout.
+    @discardableResult
+    public func waitIdle(timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        guard scheduler.waitStopped(timeout: timeout) else { return false }
+        while true {
+            stateLock.lock()
+            let jobs = runningJobs
+            stateLock.unlock()
+            if jobs == 0 { return true }
+            if Date() >= deadline { return false }
+            usleep(5_000)
+        }
+    }
+
     /// Whether new work is refused (after `beginShutdown`).
     public var isShuttingDown: Bool { stateLock.lock(); defer { stateLock.unlock() }; return shuttingDown }
 

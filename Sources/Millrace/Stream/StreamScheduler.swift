@@ -104,6 +104,8 @@ public final class StreamScheduler: @unchecked Sendable {
     private var cursor = 0
     private var thread: Thread?
     private var running = false
+    /// Whether the worker thread is inside its loop.
+    private var workerActive = false
     private var nextID = 1
     /// Counters of the streams removed so far.
     private var retiredTotals = Totals()
@@ -204,6 +206,15 @@ public final class StreamScheduler: @unchecked Sendable {
     }
 
     private func loop() {
+        lock.lock()
+        workerActive = true
+        lock.unlock()
+        defer {
+            lock.lock()
+            workerActive = false
+            lock.broadcast()
+            lock.unlock()
+        }
         while true {
             lock.lock()
             let keepGoing = running
@@ -224,6 +235,19 @@ public final class StreamScheduler: @unchecked Sendable {
         lock.broadcast()
         lock.unlock()
         for e in streams { e.output.close(); e.input.close() }
+    }
+
+    /// Waits up to `timeout` seconds for the worker to finish its frame in progress and end
+    /// (after `stop`); false at the timeout.
+    @discardableResult
+    public func waitStopped(timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        while workerActive {
+            if !lock.wait(until: deadline) { return !workerActive }
+        }
+        return true
     }
 
     /// Removes streams with no activity for `idle` seconds; returns their ids.
