@@ -17,6 +17,7 @@ packages=(
   chromium               # the browser test of the page
   libkissfft-dev         # FFT for Batch Styles Standardization
   curl                   # the tests' real HTTP client (multipart uploads)
+  ffmpeg                 # the tests' standard reader of a JPEG stream output (mpjpeg)
   python3                # scripts/attack.sh, scripts/load-test.sh
 )
 

@@ -337,6 +337,77 @@ import Testing
         #expect(served.planes == expected.planes)
     }
 
+    @Test func streamOutputAsJPEG() throws {
+        let s = try Running()
+        let entry = try Self.createStream(s)
+        #expect(s.call("GET", "/v1/streams/\(entry.id)/output?format=gif").status == 400)
+        #expect(s.call("GET", "/v1/streams/\(entry.id)/output?format=jpeg&quality=0").status == 400)
+        #expect(s.call("GET", "/v1/streams/\(entry.id)/output?quality=50").status == 400, "quality without jpeg")
+        let fd = loopbackSocket(port: s.server.port, timeout: 20)
+        defer { close(fd) }
+        _ = "GET /v1/streams/\(entry.id)/output?format=jpeg&quality=70 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        #expect(HardeningTests.Live.waitFor(10) { entry.output.observerCount == 1 })
+        var bytes: [UInt8] = [], buf = [UInt8](repeating: 0, count: 65536)
+        for k in 1...3 {
+            let frame = try RGBImage(width: 12, height: 12, fill: (Float(k) / 3, 0.5, 0.2)).pngData()
+            #expect(s.call("POST", "/v1/streams/\(entry.id)/frames", body: frame, type: "image/png").status == 202)
+            while String(decoding: bytes, as: UTF8.self).components(separatedBy: "Content-Type: image/jpeg").count - 1 < k {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+            }
+        }
+        let viewer = Viewer(s, entry.id)
+        viewer.bytes = bytes
+        let parts = viewer.parts
+        #expect(parts.count == 3)
+        for p in parts {
+            #expect(RGBImage.sniffFormat(p) == .jpeg)
+            let image = try RGBImage.decode(p)
+            #expect(image.width == s.service.folder.config.sampleSize)
+        }
+    }
+
+    /// A standard client reads the JPEG stream: Debian's ffmpeg with its mpjpeg demuxer, while
+    /// frames are posted, writes the frames it read (installed by scripts/install-deps.sh).
+    @Test func ffmpegReadsTheJPEGStream() throws {
+        let ffmpeg = "/usr/bin/ffmpeg"
+        try #require(FileManager.default.isExecutableFile(atPath: ffmpeg), "ffmpeg is missing: run scripts/install-deps.sh")
+        let s = try Running()
+        let entry = try Self.createStream(s)
+        let dir = TrainerTests.tempPath("ffmpeg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ffmpeg)
+        p.arguments = ["-hide_banner", "-loglevel", "error", "-nostdin", "-f", "mpjpeg",
+                       "-i", "http://127.0.0.1:\(s.server.port)/v1/streams/\(entry.id)/output?format=jpeg",
+                       "-frames:v", "5", "-c", "copy", "-f", "image2", dir + "/frame%03d.jpg"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        // Frames until ffmpeg has its five (bounded: 60 s).
+        let end = Date().addingTimeInterval(60)
+        var k = 0
+        while p.isRunning && Date() < end {
+            k += 1
+            let frame = try RGBImage(width: 16, height: 16, fill: (Float(k % 7) / 7, 0.4, 0.6)).pngData()
+            _ = s.call("POST", "/v1/streams/\(entry.id)/frames", body: frame, type: "image/png")
+            _ = HardeningTests.Live.waitFor(0.05) { !p.isRunning }
+        }
+        p.waitUntilExit()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0, "ffmpeg: \(message)")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".jpg") }.sorted()
+        #expect(files.count == 5, "\(files)")
+        for f in files {
+            let image = try RGBImage.load(path: dir + "/" + f)
+            #expect(image.width == s.service.folder.config.sampleSize)
+        }
+    }
+
     @Test func framesFasterThanTheLimitGet429() throws {
         let s = try Running(framesPerSecond: 2)
         let entry = try Self.createStream(s)

@@ -135,6 +135,8 @@ public final class MillraceService: @unchecked Sendable {
     private var frameWindows: [String: (start: Date, count: Int)] = [:]
     /// The server's reference pool, indexed on first use and again when its folder changes.
     let serverPool: ServerReferencePool
+    /// JPEG encodings of stream frames for viewers that ask for format=jpeg.
+    let jpegFrames = JPEGFrames()
 
     public init(folder: ModelFolder, options: Options) {
         self.folder = folder
@@ -262,7 +264,7 @@ public final class MillraceService: @unchecked Sendable {
             return ("/v1/streams/{id}/frames", m == "POST" ? postFrame(r, id: id) : methodNotAllowed("POST"))
         }
         if parts.count == 4 && !id.isEmpty && parts[3] == "output" {
-            return ("/v1/streams/{id}/output", m == "GET" ? streamOutput(id: id) : methodNotAllowed("GET"))
+            return ("/v1/streams/{id}/output", m == "GET" ? streamOutput(id: id, query: r.query) : methodNotAllowed("GET"))
         }
         if parts.count == 3 && !id.isEmpty {
             switch m {
@@ -607,8 +609,8 @@ public final class MillraceService: @unchecked Sendable {
 
     static let boundary = "millraceframe"
 
-    static func multipartPart(_ png: [UInt8]) -> [UInt8] {
-        Array("--\(boundary)\r\nContent-Type: image/png\r\nContent-Length: \(png.count)\r\n\r\n".utf8) + png + Array("\r\n".utf8)
+    static func multipartPart(_ image: [UInt8], type: String = "image/png") -> [UInt8] {
+        Array("--\(boundary)\r\nContent-Type: \(type)\r\nContent-Length: \(image.count)\r\n\r\n".utf8) + image + Array("\r\n".utf8)
     }
 
     static let multipartEnd = Array("--\(boundary)--\r\n".utf8)
@@ -741,13 +743,68 @@ public final class MillraceService: @unchecked Sendable {
         }
     }
 
-    func streamOutput(id: String) -> HTTPResponse {
+    /// The output format a viewer asks for: PNG (lossless, the default) or JPEG with a quality,
+    /// which standard clients of multipart/x-mixed-replace read (ffmpeg's mpjpeg demuxer,
+    /// OpenCV, VLC, OBS; an `<img>` reads both).
+    enum OutputFormat: Equatable { case png, jpeg(quality: Int) }
+
+    static func outputFormat(_ query: [String: String]) throws -> OutputFormat {
+        let known: Set = ["format", "quality"]
+        if let unknown = query.keys.first(where: { !known.contains($0) }) { throw StreamError("unknown query argument '\(unknown.prefix(40))'") }
+        switch query["format"]?.lowercased() ?? "png" {
+        case "png":
+            guard query["quality"] == nil else { throw StreamError("'quality' applies to format=jpeg only") }
+            return .png
+        case "jpeg", "jpg":
+            let q = query["quality"].map { Int($0) } ?? 85
+            guard let q, (1...100).contains(q) else { throw StreamError("'quality' must be an integer in 1...100") }
+            return .jpeg(quality: q)
+        default:
+            throw StreamError("'format' must be png or jpeg")
+        }
+    }
+
+    /// The newest frame of each stream encoded as JPEG, per quality: encoded once for all the
+    /// viewers that ask for it (on the thread that publishes the frame).
+    final class JPEGFrames: @unchecked Sendable {
+        private let lock = NSLock()
+        private var cache: [String: (index: Int, bytes: [UInt8])] = [:]
+
+        func bytes(stream: String, frame: StreamFrame, quality: Int) -> [UInt8]? {
+            let key = "\(stream)|\(quality)"
+            lock.lock()
+            defer { lock.unlock() }
+            if let c = cache[key], c.index == frame.index { return c.bytes }
+            guard let jpeg = try? frame.image.jpegData(quality: quality) else { return nil }
+            cache[key] = (frame.index, jpeg)
+            return jpeg
+        }
+
+        func forget(stream: String) {
+            lock.lock()
+            cache = cache.filter { !$0.key.hasPrefix(stream + "|") }
+            lock.unlock()
+        }
+    }
+
+    func streamOutput(id: String, query: [String: String] = [:]) -> HTTPResponse {
         guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
+        let format: OutputFormat
+        do { format = try Self.outputFormat(query) } catch { return .error(400, "\(error)") }
         // Frames are pushed to the viewer as they are published (no thread waits for them); a
         // slow viewer skips to the newest frame.
         let body = HTTPStreamBody()
+        let jpegs = jpegFrames
         let viewer = entry.output.observe { frame in
-            if let frame { body.offer(Self.multipartPart(frame.png)) } else { body.finish() }
+            guard let frame else { body.finish(Self.multipartEnd); jpegs.forget(stream: id); return }
+            switch format {
+            case .png:
+                body.offer(Self.multipartPart(frame.png))
+            case .jpeg(let quality):
+                if let jpeg = jpegs.bytes(stream: id, frame: frame, quality: quality) {
+                    body.offer(Self.multipartPart(jpeg, type: "image/jpeg"))
+                }
+            }
         }
         body.onCancel { entry.output.stopObserving(viewer) }
         return HTTPResponse(status: 200, headers: [("Content-Type", "multipart/x-mixed-replace; boundary=\(Self.boundary)"),
