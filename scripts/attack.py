@@ -798,16 +798,11 @@ class Attacks:
                     f"(server nofile limit {self.r.server.nofile_limit()}); healthz ×{len(checks)}: "
                     f"{tally([c[0] for c in checks])}, worst {worst:.2f} s (want all 200 within 1 s)")
 
-    # 6 -------------------------------------------------------------------------------------
-    def slowloris(self):
-        """Headers dripped a byte a second never finish; the header timeout (10 s, counted from
-        the connection's start, not reset by each byte) must close them."""
-        n = 20 if self.quick else 50
-        limit = HEADER_TIMEOUT + 5
-        bound = self.r.bound(20)
-        line = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drip: " + b"a" * 10000
-        watch, failed = open_nonblocking(n, line[:1])
-        pos = {fd: 1 for fd in watch.socks}
+    def _drip(self, watch, bound, next_byte, health_first, health_every, health_count):
+        """Sends `next_byte(fd)` to every open connection once a second for up to `bound`
+        seconds, or until the server has closed them all, checking /healthz meanwhile
+        (`health_count` times, the first at `health_first` s, then every `health_every` s).
+        Returns (still open, close times in seconds from the start, [(status, seconds)], start)."""
         healths = []
         start = time.monotonic()
         try:
@@ -815,19 +810,36 @@ class Attacks:
             while time.monotonic() - start < bound and watch.open_count() > 0:
                 watch.check(wait=0.2)
                 if time.monotonic() >= next_drip:
-                    def byte(fd):
-                        b = line[pos[fd]:pos[fd] + 1] or b"a"
-                        pos[fd] += 1
-                        return b
-                    watch.send_each(byte)
+                    watch.send_each(next_byte)
                     next_drip += 1
-                if len(healths) < 3 and time.monotonic() - start > 2 + 3 * len(healths):
+                if len(healths) < health_count and time.monotonic() - start > health_first + health_every * len(healths):
                     st, _, _, sec = request("GET", "/healthz", timeout=2)
                     healths.append((st, sec))
             still = watch.open_count()
             times = sorted(watch.closed_at.values())
         finally:
             watch.close_all()
+        return still, times, healths, start
+
+    @staticmethod
+    def _health_text(healths):
+        return f"healthz meanwhile {tally([h[0] for h in healths])} worst {max((h[1] for h in healths), default=0):.2f} s"
+
+    # 6 -------------------------------------------------------------------------------------
+    def slowloris(self):
+        """Headers dripped a byte a second never finish; the header timeout (10 s, counted from
+        the connection's start, not reset by each byte) must close them."""
+        n = 20 if self.quick else 50
+        limit = HEADER_TIMEOUT + 5
+        line = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drip: " + b"a" * 10000
+        watch, failed = open_nonblocking(n, line[:1])
+        pos = {fd: 1 for fd in watch.socks}
+
+        def byte(fd):
+            b = line[pos[fd]:pos[fd] + 1] or b"a"
+            pos[fd] += 1
+            return b
+        still, times, healths, start = self._drip(watch, self.r.bound(20), byte, 2, 3, 3)
         late = [t for t in times if t > limit]
         hok = all(st == 200 and s <= 1 for st, s in healths)
         ok = failed == 0 and still == 0 and not late and hok
@@ -835,8 +847,7 @@ class Attacks:
                   if times else "none closed by the server")
         answered = tally(watch.status.values()) if watch.status else "no response"
         return ok, (f"{n - failed} dripping connections: {closed}, {still} still open at "
-                    f"{time.monotonic() - start:.0f} s; server sent {answered}; healthz meanwhile "
-                    f"{tally([h[0] for h in healths])} worst {max((h[1] for h in healths), default=0):.2f} s")
+                    f"{time.monotonic() - start:.0f} s; server sent {answered}; {self._health_text(healths)}")
 
     # 7 -------------------------------------------------------------------------------------
     def slow_body(self):
@@ -847,24 +858,9 @@ class Attacks:
                 f"Content-Length: 100000\r\n\r\n").encode()
         watch, failed = open_nonblocking(n, head)
         bound = self.r.bound(6 if self.quick else BODY_TIMEOUT + 10)
-        healths = []
-        start = time.monotonic()
-        try:
-            next_drip = start + 1
-            while time.monotonic() - start < bound and watch.open_count() > 0:
-                watch.check(wait=0.2)
-                if time.monotonic() >= next_drip:
-                    watch.send_each(lambda fd: b" ")
-                    next_drip += 1
-                if len(healths) < 4 and time.monotonic() - start > 3 + 8 * len(healths):
-                    st, _, _, sec = request("GET", "/healthz", timeout=2)
-                    healths.append((st, sec))
-            still = watch.open_count()
-            times = sorted(watch.closed_at.values())
-        finally:
-            watch.close_all()
+        still, times, healths, start = self._drip(watch, bound, lambda fd: b" ", 3, 8, 4)
         hok = bool(healths) and all(st == 200 and s <= 1 for st, s in healths)
-        hdesc = f"healthz meanwhile {tally([h[0] for h in healths])} worst {max((h[1] for h in healths), default=0):.2f} s"
+        hdesc = self._health_text(healths)
         if self.quick:
             # Quick: only that the trickling bodies do not stall the server while they last.
             ok = failed == 0 and hok

@@ -449,34 +449,15 @@ import Testing
         return s / Double(n)
     }
 
-    /// A W×H image: `fill` background with a disc (kind 0), a bar (1) or stripes (2) of `ink`.
-    static func picture(_ w: Int, _ h: Int, kind: Int, ink: (Float, Float, Float), fill: (Float, Float, Float)) -> RGBImage {
-        var img = RGBImage(width: w, height: h, fill: fill)
-        let n = w * h
-        for y in 0..<h {
-            for x in 0..<w {
-                let fx = Float(x) / Float(w), fy = Float(y) / Float(h)
-                let on: Bool
-                switch kind {
-                case 0: on = (fx - 0.5) * (fx - 0.5) + (fy - 0.5) * (fy - 0.5) < 0.09
-                case 1: on = fx > 0.15 && fx < 0.4
-                default: on = (y / max(1, h / 6)) % 2 == 0
-                }
-                if on { img.planes[y * w + x] = ink.0; img.planes[n + y * w + x] = ink.1; img.planes[2 * n + y * w + x] = ink.2 }
-            }
-        }
-        return img
-    }
-
     /// A pool folder of four saturated colour pictures (so that predicted chroma often falls
     /// outside sRGB at the input's L, where L must still be kept).
     static func pool() throws -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-oracle-pool-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try picture(48, 48, kind: 0, ink: (0.95, 0.05, 0.1), fill: (1, 1, 0.6)).writePNG(path: dir + "/red-disc.png")
-        try picture(48, 48, kind: 1, ink: (0.05, 0.2, 0.95), fill: (0.1, 0.1, 0.1)).writePNG(path: dir + "/blue-bar.png")
-        try picture(48, 48, kind: 2, ink: (0.1, 0.8, 0.1), fill: (0.9, 0.2, 0.9)).writePNG(path: dir + "/green-stripes.png")
-        try picture(40, 56, kind: 0, ink: (1, 0.85, 0), fill: (0, 0.4, 0.6)).writePNG(path: dir + "/yellow-disc.png")
+        try ColorServerTests.picture(48, 48, kind: 0, ink: (0.95, 0.05, 0.1), fill: (1, 1, 0.6)).writePNG(path: dir + "/red-disc.png")
+        try ColorServerTests.picture(48, 48, kind: 1, ink: (0.05, 0.2, 0.95), fill: (0.1, 0.1, 0.1)).writePNG(path: dir + "/blue-bar.png")
+        try ColorServerTests.picture(48, 48, kind: 2, ink: (0.1, 0.8, 0.1), fill: (0.9, 0.2, 0.9)).writePNG(path: dir + "/green-stripes.png")
+        try ColorServerTests.picture(40, 56, kind: 0, ink: (1, 0.85, 0), fill: (0, 0.4, 0.6)).writePNG(path: dir + "/yellow-disc.png")
         return dir
     }
 
@@ -488,15 +469,15 @@ import Testing
             let g = Colorizer.grayscale(image)
             return RGBImage(width: g.width, height: g.height, planes: g.planes.map { ($0 * 255).rounded() / 255 })
         }
-        var gradient = picture(37, 23, kind: 1, ink: (0.05, 0.05, 0.05), fill: (0, 0, 0))
+        var gradient = ColorServerTests.picture(37, 23, kind: 1, ink: (0.05, 0.05, 0.05), fill: (0, 0, 0))
         let n = 37 * 23
         for y in 0..<23 { for x in 0..<37 where gradient.planes[y * 37 + x] == 0 {
             let v = Float(x + y) / Float(36 + 22)
             gradient.planes[y * 37 + x] = v; gradient.planes[n + y * 37 + x] = v * v; gradient.planes[2 * n + y * 37 + x] = 1 - v
         } }
-        return [quantised(picture(40, 40, kind: 0, ink: (0.9, 0.1, 0.1), fill: (1, 1, 1))),
+        return [quantised(ColorServerTests.picture(40, 40, kind: 0, ink: (0.9, 0.1, 0.1), fill: (1, 1, 1))),
                 quantised(gradient),
-                quantised(picture(150, 90, kind: 2, ink: (0.2, 0.6, 0.9), fill: (0.95, 0.9, 0.3)))]
+                quantised(ColorServerTests.picture(150, 90, kind: 2, ink: (0.2, 0.6, 0.9), fill: (0.95, 0.9, 0.3)))]
     }
 
     /// Retrieval colorization's float output has the input's L within 2e-3 (L in 0…100; "up to
@@ -518,12 +499,6 @@ import Testing
         }
     }
 
-    /// A multipart/form-data body with one PNG file part.
-    static func multipart(field: String, png: [UInt8], boundary: String) -> [UInt8] {
-        Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"\(field)\"; filename=\"gray.png\"\r\nContent-Type: image/png\r\n\r\n".utf8)
-            + png + Array("\r\n--\(boundary)--\r\n".utf8)
-    }
-
     /// POST /v1/colorize (server pool): the 8-bit PNG's L agrees with the input's within the 8-bit
     /// quantisation. The encoder rounds each channel to the nearest of k/255, so the float output
     /// lies in the cube q ± 0.5/255; L increases with each channel, so the input's L must lie
@@ -536,13 +511,8 @@ import Testing
         options.referencesDir = dir
         let service = MillraceService(folder: try Self.folder(), options: options)
         defer { service.beginShutdown() }
-        let boundary = "----MillraceOracleBoundary"
         for (k, gray) in Self.grayInputs().enumerated() {
-            let request = HTTPRequest(method: "POST", path: "/v1/colorize", query: [:],
-                                      headers: ["host": "127.0.0.1", "content-type": "multipart/form-data; boundary=\(boundary)"],
-                                      body: Self.multipart(field: "image", png: try gray.pngData(), boundary: boundary),
-                                      bodyTooLarge: false)
-            let response = service.handle(request)
+            let response = HardeningTests.form(service, "/v1/colorize", [try ColorServerTests.file("image", "gray.png", gray)])
             guard case .bytes(let body) = response.body else { Issue.record("streamed body"); continue }
             #expect(response.status == 200, "input \(k): \(String(decoding: body.prefix(200), as: UTF8.self))")
             guard response.status == 200 else { continue }
