@@ -334,7 +334,9 @@ import Testing
         _ = try reference.process(try RGBImage.decode(frames[0].pngData()))
         let expected = try reference.process(try RGBImage.decode(frames[4].pngData())).image
         let served = try #require(entry.output.next(after: 1, timeout: 5)).item.image
-        #expect(served.planes == expected.planes)
+        // To rounding: suites running alongside may change how the kernels split their sums
+        // (GlobalKernelSettings); another frame's output differs by far more.
+        #expect(relativeError(served.planes, expected.planes) < 1e-4)
     }
 
     @Test func streamOutputAsJPEG() throws {
