@@ -77,19 +77,44 @@ for (const b of document.querySelectorAll("nav button")) {
 let info = { classes: [] };
 fetch("/v1/info").then((r) => r.json()).then((j) => {
   info = j;
-  for (const sel of ["#gen-class", "#stream-class"]) {
-    j.classes.forEach((name, i) => {
-      const o = document.createElement("option");
-      o.value = String(i); o.textContent = name;
-      $(sel).appendChild(o);
-    });
-  }
-  $("#gen-form").guidance.value = j.default_guidance;
+  // The stream panel runs on the default model; the generate panel lists the models (below).
+  j.classes.forEach((name, i) => {
+    const o = document.createElement("option");
+    o.value = String(i); o.textContent = name;
+    $("#stream-class").appendChild(o);
+  });
   status("ready: " + j.classes.length + " classes");
   if (!j.reference_pool_images) {
     $("#color-status").textContent = "The server has no reference pool: upload one or more reference images to colorize.";
   }
 }).catch((e) => status("cannot reach the server: " + e));
+
+// --- models: the generate panel offers what the chosen model supports (GET /v1/models) ---
+let models = [];
+const option = (value, text) => { const o = document.createElement("option"); o.value = value; o.textContent = text ?? value; return o; };
+function showModelChoices() {
+  const m = models.find((x) => x.name === $("#gen-model").value) || models[0];
+  if (!m) return;
+  const keep = (sel, values) => {
+    const old = $(sel).value;
+    $(sel).replaceChildren(...values.map((v) => option(v)));
+    if (values.includes(old)) $(sel).value = old;
+  };
+  keep("#gen-schedule", m.schedules);
+  keep("#gen-source", m.sources);
+  $("#gen-schedule").title = m.boss_steps.length ? "boss: steps " + m.boss_steps.join(", ") : "";
+  const cls = $("#gen-class").value;
+  $("#gen-class").replaceChildren(option("all"), ...m.classes.map((name, i) => option(String(i), name)));
+  if ([...$("#gen-class").options].some((o) => o.value === cls)) $("#gen-class").value = cls;
+  $("#gen-form").guidance.value = m.default_guidance;
+}
+fetch("/v1/models").then((r) => r.json()).then((j) => {
+  models = j.models;
+  $("#gen-model").replaceChildren(...models.map((m) => option(m.name)));
+  $("#gen-model").value = j.default;
+  showModelChoices();
+}).catch((e) => status("cannot list the models: " + e));
+$("#gen-model").addEventListener("change", showModelChoices);
 
 // --- Generate ---
 $("#gen-form").addEventListener("submit", async (ev) => {
@@ -97,7 +122,7 @@ $("#gen-form").addEventListener("submit", async (ev) => {
   const f = ev.target;
   const q = new URLSearchParams({ class: f.class.value, steps: f.steps.value, guidance: f.guidance.value,
                                   count: f.count.value, seed: f.seed.value, schedule: f.schedule.value,
-                                  source: f.source.value, upscale: "4" });
+                                  source: f.source.value, solver: f.solver.value, model: f.model.value, upscale: "4" });
   $("#gen-progress").textContent = "generating…";
   delete document.body.dataset.generateFrames; delete document.body.dataset.generateError;
   let parts = 0;
@@ -424,7 +449,7 @@ async function autorun() {
     return { status: r.status, class: j.class, guidance: j.guidance, rcfg: j.rcfg };
   };
   try {
-    await until("model info", () => info.classes.length > 0, 10000);
+    await until("model info", () => info.classes.length > 0 && models.length > 0, 10000);
 
     const g = $("#gen-form");
     g.class.value = "0"; g.steps.value = "3"; g.count.value = "1";

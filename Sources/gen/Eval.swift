@@ -71,6 +71,7 @@ struct EvalGenerate: ParsableCommand {
             let evaluator = GenerationEvaluator(classifier: try EmojiClassifier.load(path: classifier),
                                                 heldOut: try ImageDataset.read(path: data))
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            try sampler.requireImageModel()
             let c = folder.config
             let grid = schedule == "boss" ? try BOSS.Schedules.times(steps: steps, modelFolder: modelPath) : Schedule.uniform(steps: steps)
             let g = guidance ?? Float(folder.flow.defaultGuidance)

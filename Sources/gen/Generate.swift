@@ -64,6 +64,7 @@ struct Generate: ParsableCommand {
             let folderPath = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(folderPath)
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            try sampler.requireImageModel()
             let classes = try ClassSelection.parse(className, flow: folder.flow, config: folder.config)
             let c = folder.config
             let k = classes.count * count

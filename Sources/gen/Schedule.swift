@@ -132,6 +132,7 @@ struct ScheduleBOSSCommand: ParsableCommand {
             let path = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(path)
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            try sampler.requireImageModel()
             let m = samples ?? 100, k = grid ?? 100, s = seed ?? 0
             let g = guidance ?? Float(folder.flow.defaultGuidance)
             let classes = folder.config.numClassEmbeds == nil

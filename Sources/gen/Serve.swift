@@ -19,6 +19,7 @@ struct Serve: ParsableCommand {
           MILLRACE_TOKEN=s3cret gen serve --host 0.0.0.0 --port 9000 --max-streams 4
           gen serve --token-file /etc/millrace/token --host 0.0.0.0 --allow-host millrace.example
           gen serve --refs my-references             POST /v1/colorize without uploads uses this pool
+          gen serve --model assets/models/emoji32 --model runs/straight-4   two models; "model" picks one
           gen serve --memory-budget 1024 --max-jobs 4 --request-timeout 30
         """)
 
@@ -26,8 +27,8 @@ struct Serve: ParsableCommand {
     var host: String = "127.0.0.1"
     @Option(help: "Port (0: any free port).")
     var port: UInt16 = 8080
-    @Option(help: "Model folder (default: the shipped emoji model).")
-    var model: String?
+    @Option(help: "Model folder; repeat to serve several (the first is the default, GET /v1/models lists them; default: the shipped emoji model).")
+    var model: [String] = []
     @Option(name: .customLong("static"), help: "Folder of the page's files.")
     var staticDir: String = "web-static"
     @Option(help: "Most live streams.")
@@ -101,7 +102,9 @@ struct Serve: ParsableCommand {
     func run() throws {
         threads.apply()
         try runReportingErrors {
-            let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
+            let folders = try (model.isEmpty ? [ModelFolder.defaultPath()] : model).map { try ModelFolder.load($0) }
+            for f in folders { try FlowSampler(model: f.model, flow: f.flow).requireImageModel() }
+            let folder = folders[0]
             var opts = MillraceService.Options()
             opts.staticDir = staticDir
             opts.maxStreams = maxStreams
@@ -115,7 +118,7 @@ struct Serve: ParsableCommand {
             opts.maxGenerateWork = maxGenerateWork
             opts.maxOutputPixels = maxOutputPixels
             opts.maxRequestPixels = maxRequestPixels
-            let service = MillraceService(folder: folder, options: opts)
+            let service = MillraceService(folders: folders, options: opts)
             var limits = HTTPServer.Limits()
             limits.maxBodyBytes = maxBody
             limits.maxConnections = maxConnections
@@ -139,7 +142,7 @@ struct Serve: ParsableCommand {
                 }
             }
             // Written unbuffered: a script that starts the server reads the port from this line.
-            FileHandle.standardOutput.write(Data("serving \(folder.path) on http://\(host.contains(":") ? "[\(host)]" : host):\(server.port)\n".utf8))
+            FileHandle.standardOutput.write(Data("serving \(folders.map(\.path).joined(separator: ", ")) on http://\(host.contains(":") ? "[\(host)]" : host):\(server.port)\n".utf8))
             let stop = DispatchSemaphore(value: 0)
             var sources: [DispatchSourceSignal] = []
             for sig in [SIGINT, SIGTERM] {

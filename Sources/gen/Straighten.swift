@@ -87,6 +87,7 @@ struct StraightenCommand: ParsableCommand {
             let labels = Straightening.teacherLabels(samples: samples, classes: classes, null: folder.flow.nullClass, nullEvery: 10)
             let keep = Set(schedules.schedules.values.flatMap(\.indices))
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            try sampler.requireImageModel()
 
             // The cache is valid for these weights and settings only.
             let weights = ModelFolder.weightFileNames.map { (modelPath as NSString).appendingPathComponent($0) }

@@ -62,6 +62,7 @@ struct StreamCommand: ParsableCommand {
             }
             let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            try sampler.requireImageModel()
             let times: [Float]
             if let tList {
                 let parts = tList.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }

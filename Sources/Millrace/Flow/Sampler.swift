@@ -37,6 +37,26 @@ public struct FlowSampler {
         self.flow = flow
     }
 
+    /// Why this model cannot generate RGB images, or nil when it can: a flow's velocity has the
+    /// shape of its input, and the images are 3-channel (a latent-space model would need a
+    /// decoder that Millrace does not have). Checked before sampling, so that such a model gets
+    /// this message instead of a shape failure halfway through.
+    public var imageProblem: String? {
+        let c = model.config
+        if c.inChannels != c.outChannels {
+            return "the model has in_channels \(c.inChannels) and out_channels \(c.outChannels): a flow model's velocity must have the shape of its input"
+        }
+        if c.inChannels != 3 {
+            return "the model has \(c.inChannels) channels: Millrace generates RGB images (3 channels) and has no decoder for a latent-space model"
+        }
+        return nil
+    }
+
+    /// Throws `imageProblem` as a ModelError.
+    public func requireImageModel() throws {
+        if let problem = imageProblem { throw ModelError(problem) }
+    }
+
     /// Number of network rows one velocity evaluation costs per sample.
     public func rowsPerSample(guidance: Float) -> Int { guidance == 1 || flow.nullClass == nil ? 1 : 2 }
 

@@ -138,9 +138,56 @@ public final class MillraceService: @unchecked Sendable {
     /// JPEG encodings of stream frames for viewers that ask for format=jpeg.
     let jpegFrames = JPEGFrames()
 
-    public init(folder: ModelFolder, options: Options) {
-        self.folder = folder
-        self.sampler = FlowSampler(model: folder.model, flow: folder.flow)
+    /// A model the service runs, with what its folder offers.
+    public struct ServedModel: @unchecked Sendable {
+        /// The name clients choose it by (its folder's name; made unique).
+        public let name: String
+        public let folder: ModelFolder
+        public let sampler: FlowSampler
+        /// Step counts with a BOSS schedule in the folder's schedules.json.
+        public let bossSteps: [Int]
+        /// Whether the folder has a SourceFM pruning set (`source: pruned`).
+        public let hasPruningSet: Bool
+
+        init(name: String, folder: ModelFolder) {
+            self.name = name
+            self.folder = folder
+            self.sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            let schedules = try? BOSS.Schedules.read(path: BOSS.Schedules.path(inModelFolder: folder.path))
+            self.bossSteps = schedules?.stepCounts ?? []
+            self.hasPruningSet = FileManager.default.fileExists(atPath: PruningSet.path(modelFolder: folder.path))
+        }
+
+        /// What `GET /v1/models` says of it.
+        var description: [String: Any] {
+            ["name": name, "classes": folder.flow.classNames, "null_class": folder.flow.nullClass as Any? ?? NSNull(),
+             "sample_size": folder.config.sampleSize, "default_guidance": folder.flow.defaultGuidance,
+             "schedules": ["uniform"] + (bossSteps.isEmpty ? [] : ["boss"]), "boss_steps": bossSteps,
+             "sources": ["gaussian"] + (hasPruningSet ? ["pruned"] : []), "solvers": Solver.allCases.map(\.rawValue)]
+        }
+    }
+
+    /// The models served, the default first.
+    public let models: [ServedModel]
+
+    public convenience init(folder: ModelFolder, options: Options) {
+        self.init(folders: [folder], options: options)
+    }
+
+    /// A service of several models (at least one; the first is the default).
+    public init(folders: [ModelFolder], options: Options) {
+        precondition(!folders.isEmpty, "a service needs a model")
+        var served: [ServedModel] = []
+        for f in folders {
+            let base = URL(fileURLWithPath: f.path).standardizedFileURL.lastPathComponent
+            var name = base.isEmpty ? "model" : base
+            var k = 2
+            while served.contains(where: { $0.name == name }) { name = "\(base)-\(k)"; k += 1 }
+            served.append(ServedModel(name: name, folder: f))
+        }
+        self.models = served
+        self.folder = served[0].folder
+        self.sampler = served[0].sampler
         self.options = options
         self.modelLock = scheduler.modelLock
         self.budget = MemoryBudget(capacity: options.memoryBudgetBytes)
@@ -252,6 +299,10 @@ public final class MillraceService: @unchecked Sendable {
                                        "sample_size": c.sampleSize, "default_guidance": folder.flow.defaultGuidance,
                                        "max_streams": options.maxStreams,
                                        "reference_pool_images": serverPool.imageCount as Any? ?? NSNull()]))
+        }
+        if parts == ["v1", "models"] {
+            guard m == "GET" else { return ("/v1/models", methodNotAllowed("GET")) }
+            return ("/v1/models", .json(["default": models[0].name, "models": models.map(\.description)]))
         }
         if parts == ["v1", "generate"] { return ("/v1/generate", m == "POST" ? generate(r) : methodNotAllowed("POST")) }
         if parts == ["v1", "generate", "stream"] {
@@ -401,6 +452,22 @@ public final class MillraceService: @unchecked Sendable {
         var guidance: Float = 1
         var count = 1
         var upscale = 4
+        var model: ServedModel
+        /// nil: uniform; otherwise the BOSS grid for `steps`.
+        var grid: [Float]?
+        var source = SourceDistribution.gaussian
+        var solver = Solver.euler
+        /// Model evaluations per step.
+        var evaluationsPerStep: Int { solver == .heun ? 2 : 1 }
+    }
+
+    /// The served model named `name` (nil: the default); 400 naming the models otherwise.
+    func model(named name: Any?) throws -> ServedModel {
+        guard let name else { return models[0] }
+        guard let s = name as? String, let m = models.first(where: { $0.name == s }) else {
+            throw StreamError("'model' must be one of \(models.map(\.name)) (GET /v1/models)")
+        }
+        return m
     }
 
     func parseJSONObject(_ body: [UInt8]) throws -> [String: Any] {
@@ -420,10 +487,13 @@ public final class MillraceService: @unchecked Sendable {
             }
             return n.intValue
         }
-        let known: Set = ["class", "steps", "seed", "guidance", "schedule", "source", "count", "upscale"]
+        let known: Set = ["class", "steps", "seed", "guidance", "schedule", "source", "solver", "count", "upscale", "model"]
         if let unknown = d.keys.first(where: { !known.contains($0) }) { throw StreamError("unknown parameter '\(unknown)'") }
+        let model = try model(named: d["model"])
+        if let problem = model.sampler.imageProblem { throw StreamError("model '\(model.name)' cannot generate: \(problem)") }
+        let folder = model.folder
         let cls = d["class"].map { "\($0)" } ?? "0"
-        var p = GenerateParams(classes: try ClassSelection.parse(cls, flow: folder.flow, config: folder.config))
+        var p = GenerateParams(classes: try ClassSelection.parse(cls, flow: folder.flow, config: folder.config), model: model)
         p.steps = try int("steps", 1...200) ?? p.steps
         p.seed = UInt64(try int("seed", 0...Int(Int32.max)) ?? 0)
         p.count = try int("count", 1...16) ?? p.count
@@ -436,8 +506,30 @@ public final class MillraceService: @unchecked Sendable {
         } else {
             p.guidance = Float(folder.flow.defaultGuidance)
         }
-        if let s = d["schedule"] as? String, s != "uniform" { throw StreamError("'schedule' must be uniform") }
-        if let s = d["source"] as? String, s != "gaussian" { throw StreamError("'source' must be gaussian") }
+        // The same choices as the CLI's --schedule, --source and --solver, checked against what
+        // the model's folder holds (GET /v1/models says it).
+        switch d["schedule"].map({ "\($0)" }) ?? "uniform" {
+        case "uniform": p.grid = nil
+        case "boss":
+            guard model.bossSteps.contains(p.steps) else {
+                throw StreamError(model.bossSteps.isEmpty
+                    ? "model '\(model.name)' has no BOSS schedules (make them with gen schedule boss)"
+                    : "model '\(model.name)' has BOSS schedules for steps \(model.bossSteps), not \(p.steps)")
+            }
+            let grid = try BOSS.Schedules.times(steps: p.steps, modelFolder: folder.path)
+            try Schedule.validate(grid)
+            p.grid = grid
+        default: throw StreamError("'schedule' must be uniform or boss")
+        }
+        guard let source = SourceDistribution(rawValue: d["source"].map { "\($0)" } ?? "gaussian") else {
+            throw StreamError("'source' must be gaussian or pruned")
+        }
+        if source == .pruned && !model.hasPruningSet {
+            throw StreamError("model '\(model.name)' has no pruning set for source 'pruned' (make it with gen prune-axes)")
+        }
+        p.source = source
+        guard let solver = Solver(rawValue: d["solver"].map { "\($0)" } ?? "euler") else { throw StreamError("'solver' must be euler or heun") }
+        p.solver = solver
         return p
     }
 
@@ -520,12 +612,12 @@ public final class MillraceService: @unchecked Sendable {
 
     /// Model rows one step of this request costs.
     func generationRows(_ p: GenerateParams) -> Int {
-        p.classes.count * p.count * sampler.rowsPerSample(guidance: p.guidance)
+        p.classes.count * p.count * p.model.sampler.rowsPerSample(guidance: p.guidance)
     }
 
     /// Width and height of the picture a request makes (one image, or a grid of `count` columns).
     func pictureSize(_ p: GenerateParams) -> (width: Int, height: Int) {
-        let side = folder.config.sampleSize * p.upscale
+        let side = p.model.folder.config.sampleSize * p.upscale
         let n = p.classes.count * p.count
         if n == 1 { return (side, side) }
         let cols = min(p.count, n), rows = (n + cols - 1) / cols
@@ -535,17 +627,17 @@ public final class MillraceService: @unchecked Sendable {
     /// Bytes a generation holds: the samples and their velocities, one model call's
     /// activations (calls are at most `maxRowsPerCall` rows) and the picture.
     func generationBytes(_ p: GenerateParams) -> Int {
-        let c = folder.config
+        let c = p.model.folder.config
         let sampleFloats = c.inChannels * c.sampleSize * c.sampleSize
         let n = p.classes.count * p.count
         let rowsPerCall = min(generationRows(p), max(1, options.maxRowsPerCall))
         let (w, h) = pictureSize(p)
-        return n * sampleFloats * 4 * 6 + rowsPerCall * folder.model.activationBytesPerRow + w * h * 16
+        return n * sampleFloats * 4 * 6 + rowsPerCall * p.model.folder.model.activationBytesPerRow + w * h * 16
     }
 
     /// Refuses (413) a request whose rows × steps or picture is over the limits, before any work.
     func checkGenerationCost(_ p: GenerateParams) throws {
-        let rows = generationRows(p)
+        let rows = generationRows(p) * p.evaluationsPerStep
         guard rows * p.steps <= options.maxGenerateWork else {
             throw JobRefusal(status: 413, message: "this request costs \(rows) model rows × \(p.steps) steps = \(rows * p.steps), over the "
                              + "server's limit of \(options.maxGenerateWork) (gen serve --max-generate-work): ask for fewer classes, images or steps")
@@ -562,15 +654,17 @@ public final class MillraceService: @unchecked Sendable {
     /// `JobStopped` within one step of a disconnect, the deadline or a shutdown.
     /// `onStep` gets every step's data estimate except the last.
     func runGeneration(_ p: GenerateParams, job: Job, onStep: ((Int, Int, Tensor) -> Void)? = nil) throws -> RGBImage {
-        let c = folder.config
+        let c = p.model.folder.config
+        let sampler = p.model.sampler
         var labels: [Int] = []
         for cls in p.classes { labels += [Int](repeating: cls, count: p.count) }
         try job.check()
-        let x0 = GaussianSource.draw(count: labels.count, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: p.seed)
+        let x0 = try p.source.draw(count: labels.count, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: p.seed,
+                                   modelFolder: p.model.folder.path).samples
         var stopped: JobStopped?
         let lock = modelLock
-        let x1 = sampler.integrate(x0, schedule: Schedule.uniform(steps: p.steps), labels: c.numClassEmbeds == nil ? nil : labels,
-                                   guidance: p.guidance,
+        let x1 = sampler.integrate(x0, schedule: p.grid ?? Schedule.uniform(steps: p.steps), labels: c.numClassEmbeds == nil ? nil : labels,
+                                   guidance: p.guidance, solver: p.solver,
                                    progress: { step, steps, estimate in
                                        if step == steps { return true }
                                        onStep?(step, steps, estimate)
@@ -585,7 +679,7 @@ public final class MillraceService: @unchecked Sendable {
     }
 
     func picture(_ x: Tensor, _ p: GenerateParams) -> RGBImage {
-        let images = FlowSampler.images(sampler.toImageSpace(x)).map {
+        let images = FlowSampler.images(p.model.sampler.toImageSpace(x)).map {
             p.upscale > 1 ? $0.resizedNearest(width: $0.width * p.upscale, height: $0.height * p.upscale) : $0
         }
         return images.count == 1 ? images[0] : RGBImage.grid(images, columns: p.count, padding: 2)
@@ -654,9 +748,11 @@ public final class MillraceService: @unchecked Sendable {
 
     // MARK: Streams
 
-    func streamSettings(_ d: [String: Any], base: StreamSettings?) throws -> StreamSettings {
+    func streamSettings(_ d: [String: Any], base: StreamSettings?, sampler: FlowSampler) throws -> StreamSettings {
         var s = base ?? StreamSettings(classIndex: 0)
-        if let c = d["class"] { s.classIndex = try ClassSelection.parse("\(c)", flow: folder.flow, config: folder.config)[0] }
+        if let c = d["class"] {
+            s.classIndex = try ClassSelection.parse("\(c)", flow: sampler.flow, config: sampler.model.config)[0]
+        }
         if let g = d["rcfg"] {
             guard let str = g as? String, let mode = StreamGuidance(rawValue: str) else { throw StreamError("'rcfg' must be none, full, self or onetime") }
             s.guidance = mode
@@ -675,7 +771,8 @@ public final class MillraceService: @unchecked Sendable {
     func createStream(_ r: HTTPRequest) -> HTTPResponse {
         do {
             let d = try parseJSONObject(r.body)
-            let known: Set = ["class", "rcfg", "guidance", "delta", "strength", "steps", "t_list", "similarity", "max_skip", "filter", "size", "seed"]
+            let known: Set = ["class", "rcfg", "guidance", "delta", "strength", "steps", "t_list", "similarity", "max_skip", "filter",
+                              "size", "seed", "model"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw StreamError("unknown parameter '\(unknown)'") }
             guard scheduler.streams.count < options.maxStreams else { return .error(429, "too many streams (limit \(options.maxStreams))") }
             func num(_ key: String) throws -> Double? {
@@ -692,12 +789,14 @@ public final class MillraceService: @unchecked Sendable {
                 guard steps == steps.rounded(), steps >= 1, steps <= 8 else { throw StreamError("'steps' must be an integer in 1...8") }
                 times = try StreamPipeline.times(strength: Float(try num("strength") ?? 0.6), steps: Int(steps))
             }
-            let settings = try streamSettings(d, base: nil)
+            let model = try model(named: d["model"])
+            if let problem = model.sampler.imageProblem { throw StreamError("model '\(model.name)' cannot run a stream: \(problem)") }
+            let settings = try streamSettings(d, base: nil, sampler: model.sampler)
             let seed = UInt64(max(0, min(try num("seed") ?? 0, Double(Int32.max))))
-            let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
+            let pipeline = try StreamPipeline(sampler: model.sampler, times: times, settings: settings, seed: seed)
             let f = try filterFields(d)
             let session = StreamSession(pipeline: pipeline, filter: f.on ?? true
-                ? SimilarityFilter(threshold: f.similarity ?? 0.98, maxSkip: f.maxSkip ?? 10, side: folder.config.sampleSize, seed: seed)
+                ? SimilarityFilter(threshold: f.similarity ?? 0.98, maxSkip: f.maxSkip ?? 10, side: model.folder.config.sampleSize, seed: seed)
                 : nil)
             if let size = try num("size") {
                 guard size >= 8 && size <= 1024 && size == size.rounded() else { throw StreamError("'size' must be an integer in 8...1024") }
@@ -853,10 +952,10 @@ public final class MillraceService: @unchecked Sendable {
             // Every value is checked before anything changes: a bad PATCH leaves the stream as it was.
             let f = try filterFields(d)
             try entry.withSession { session in
-                let s = try streamSettings(d, base: session.pipeline.settings)
+                let s = try streamSettings(d, base: session.pipeline.settings, sampler: session.pipeline.sampler)
                 try session.pipeline.update(s)
                 if let on = f.on {
-                    session.filter = on ? (session.filter ?? SimilarityFilter(side: folder.config.sampleSize, seed: 0)) : nil
+                    session.filter = on ? (session.filter ?? SimilarityFilter(side: session.pipeline.sampler.model.config.sampleSize, seed: 0)) : nil
                 }
                 if let eta = f.similarity { session.filter?.threshold = eta }
                 if let maxSkip = f.maxSkip { session.filter?.maxSkip = maxSkip }
