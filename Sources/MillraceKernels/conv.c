@@ -494,13 +494,24 @@ void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w,
         conv_forward_serial(s, x, w, b, y);
         return;
     }
-    if (s->batch >= parts) {
-        split_job j = {s, x, w, b, NULL, y, NULL, NULL, NULL, NULL, parts};
+    /* Whole images are shared out evenly; the images left over when the batch does not divide
+       (one of three on two cores) are each split across all the parts, so that no core idles
+       while another finishes an extra image. */
+    const int whole = s->batch - s->batch % parts;
+    if (whole > 0) {
+        mr_conv2d_shape head = *s;
+        head.batch = whole;
+        split_job j = {&head, x, w, b, NULL, y, NULL, NULL, NULL, NULL, parts};
         mr_run_parts(parts, forward_part, &j);
-        return;
     }
-    intra_job j = {s, &pl, x, w, b, NULL, y, NULL, NULL, parts, split_by_channels(&pl, parts)};
-    mr_run_parts(parts, intra_forward_part, &j);
+    if (whole < s->batch) {
+        mr_conv2d_shape tail = *s;
+        tail.batch = s->batch - whole;
+        const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w, y_img = (size_t)s->out_c * pl.P;
+        intra_job j = {&tail, &pl, x + whole * x_img, w, b, NULL, y + whole * y_img, NULL, NULL, parts,
+                       split_by_channels(&pl, parts)};
+        mr_run_parts(parts, intra_forward_part, &j);
+    }
 }
 
 void mr_conv2d_backward(const mr_conv2d_shape *s, const float *x, const float *w, const float *dy,

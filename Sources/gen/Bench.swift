@@ -250,7 +250,15 @@ struct BenchStream: ParsableCommand {
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             let still = try loadClip("still"), moving = try loadClip("moving")
 
-            func fps(n: Int, mode: StreamGuidance, sequential: Bool) throws -> Double {
+            /// CPU seconds (user + system, all threads) of this process so far.
+            func cpuSeconds() -> Double {
+                var u = rusage()
+                getrusage(RUSAGE_SELF.rawValue, &u)
+                return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+            }
+            /// Frames/s and CPU milliseconds per output frame (what a frame costs the machine, not
+            /// only how soon it comes: an idle core shows in the first, not in the second).
+            func measure(n: Int, mode: StreamGuidance, sequential: Bool) throws -> (fps: Double, cpuMs: Double) {
                 var settings = StreamSettings(classIndex: 0)
                 settings.guidance = mode
                 settings.scale = 1.5
@@ -259,12 +267,16 @@ struct BenchStream: ParsableCommand {
                 let session = StreamSession(pipeline: pipeline, filter: nil)
                 let inputs = moving.map { session.prepare($0) }
                 _ = try pipeline.process(inputs[0])  // warm-up
-                let start = Date()
+                let start = Date(), cpu0 = cpuSeconds()
                 for k in 0..<frames {
                     let f = inputs[(k + 1) % inputs.count]
                     if sequential { _ = pipeline.sequential(f) } else { _ = try pipeline.process(f) }
                 }
-                return Double(frames) / Date().timeIntervalSince(start)
+                let wall = Date().timeIntervalSince(start), cpu = cpuSeconds() - cpu0
+                return (Double(frames) / wall, 1000 * cpu / Double(frames))
+            }
+            func fps(n: Int, mode: StreamGuidance, sequential: Bool) throws -> Double {
+                try measure(n: n, mode: mode, sequential: sequential).fps
             }
             var seq: [String: Double] = [:], batch: [String: Double] = [:], guidance: [String: Double] = [:]
             for n in 1...4 {
@@ -276,6 +288,15 @@ struct BenchStream: ParsableCommand {
             for mode in StreamGuidance.allCases {
                 guidance[mode.rawValue] = round2(try fps(n: 2, mode: mode, sequential: false))
                 log(String(format: "guidance %@ at n = 2: %.2f frames/s", mode.rawValue, guidance[mode.rawValue]!))
+            }
+            // Every guidance mode at n = 1…4: frames/s and CPU time per output frame.
+            var byN: [String: [String: [String: Double]]] = [:]
+            for mode in StreamGuidance.allCases {
+                for n in 1...4 {
+                    let m = try measure(n: n, mode: mode, sequential: false)
+                    byN[mode.rawValue, default: [:]]["\(n)"] = ["fps": round2(m.fps), "cpu_ms_per_frame": round2(m.cpuMs)]
+                    log(String(format: "guidance %@ at n = %d: %.2f frames/s, %.1f ms of CPU per frame", mode.rawValue, n, m.fps, m.cpuMs))
+                }
             }
             var filter: [String: Double] = [:]
             for (name, clip) in [("static", still), ("moving", moving)] {
@@ -289,7 +310,7 @@ struct BenchStream: ParsableCommand {
                        batch["4"]! / seq["4"]!, guidance["self"]! / guidance["full"]!))
             if json {
                 let obj: [String: Any] = ["machine": Runtime.describe(), "sequential": seq, "stream_batch": batch,
-                                          "guidance": guidance, "filter": filter, "frames": frames]
+                                          "guidance": guidance, "guidance_by_n": byN, "filter": filter, "frames": frames]
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }

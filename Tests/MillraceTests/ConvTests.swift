@@ -143,3 +143,30 @@ extension ConvTests {
         }
     }
 }
+
+extension ConvTests {
+    /// A batch that does not divide into the parts (3 or 5 images on 2 parts, 4 on 3): whole
+    /// images split by images, the rest split within each image. Matches the reference and
+    /// repeats bit for bit; both kinds of split are exercised (pixel chunks and output channels).
+    @Test(arguments: [(2, 3), (2, 5), (3, 4)]) func oddBatchSplitMatchesReference(parts: Int, batch: Int) {
+        GlobalKernelSettings.exclusive {
+            let before = mr_get_threads()
+            mr_set_threads(Int32(parts))
+            defer { mr_set_threads(before) }
+            for c in [Case(batch: batch, inC: 5, inH: 23, inW: 17, outC: 6, k: 3, stride: 1, pads: (1, 1, 1, 1)),
+                      Case(batch: batch, inC: 6, inH: 8, inW: 8, outC: 7, k: 3, stride: 1, pads: (1, 1, 1, 1))] {
+                var rng = TestRNG(seed: 31)
+                var s = c.shape
+                let oh = Int(mr_conv2d_out_h(&s)), ow = Int(mr_conv2d_out_w(&s))
+                let x = rng.floats(c.batch * c.inC * c.inH * c.inW)
+                let w = rng.floats(c.outC * c.inC * c.k * c.k), b = rng.floats(c.outC)
+                var y = [Float](repeating: .nan, count: c.batch * c.outC * oh * ow), yRef = y, y2 = y
+                mr_conv2d_forward(&s, x, w, b, &y)
+                mr_conv2d_forward(&s, x, w, b, &y2)
+                mr_ref_conv2d_forward(&s, x, w, b, &yRef)
+                #expect(relativeError(y, yRef) < 1e-5, "forward \(c) on \(parts) parts")
+                #expect(y == y2, "forward repeats bit for bit")
+            }
+        }
+    }
+}
