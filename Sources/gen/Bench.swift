@@ -306,11 +306,37 @@ struct BenchStream: ParsableCommand {
                 log(String(format: "filter η 0.98, max_skip 10 on the %@ clip: %d of %d frames processed (%.3f)",
                            name, processed, clip.count, filter[name]!))
             }
+            // The filter's saving as the StreamDiffusion paper counts it (their 2.39× is energy): CPU
+            // seconds per input frame with and without the filter, on a clip with still stretches
+            // (the still clip, then the moving one, then the still one again), n = 2, full guidance.
+            let mixed = Array(still.prefix(frames * 2)) + Array(moving.prefix(frames * 2)) + Array(still.prefix(frames * 2))
+            func cpuPerInputFrame(filtered: Bool) throws -> (cpuMs: Double, processed: Int) {
+                var settings = StreamSettings(classIndex: 0)
+                settings.guidance = .full
+                settings.scale = 1.5
+                let pipeline = try StreamPipeline(sampler: sampler, times: try StreamPipeline.times(strength: 0.6, steps: 2),
+                                                  settings: settings, seed: 1)
+                let session = StreamSession(pipeline: pipeline, filter: filtered
+                    ? SimilarityFilter(threshold: 0.98, maxSkip: 10, side: folder.config.sampleSize, seed: 1) : nil)
+                _ = try session.process(mixed[0])  // warm-up
+                let cpu0 = cpuSeconds()
+                for f in mixed.dropFirst() { _ = try session.process(f) }
+                return (1000 * (cpuSeconds() - cpu0) / Double(mixed.count - 1), session.framesProcessed - 1)
+            }
+            let unfiltered = try cpuPerInputFrame(filtered: false), filtered = try cpuPerInputFrame(filtered: true)
+            let saving: [String: Double] = ["frames": Double(mixed.count - 1),
+                                            "cpu_ms_per_input_frame_without": round2(unfiltered.cpuMs),
+                                            "cpu_ms_per_input_frame_with": round2(filtered.cpuMs),
+                                            "processed_with": Double(filtered.processed),
+                                            "saving": round2(unfiltered.cpuMs / max(filtered.cpuMs, 1e-9))]
+            log(String(format: "filter on a clip with still stretches (%d frames, full guidance, n = 2): %.1f ms of CPU per input frame without, %.1f with (%d processed): %.2fx",
+                       mixed.count - 1, unfiltered.cpuMs, filtered.cpuMs, filtered.processed, saving["saving"]!))
             log(String(format: "ratios: stream batch / sequential at n = 4: %.2fx; self / full: %.2fx",
                        batch["4"]! / seq["4"]!, guidance["self"]! / guidance["full"]!))
             if json {
                 let obj: [String: Any] = ["machine": Runtime.describe(), "sequential": seq, "stream_batch": batch,
-                                          "guidance": guidance, "guidance_by_n": byN, "filter": filter, "frames": frames]
+                                          "guidance": guidance, "guidance_by_n": byN, "filter": filter,
+                                          "filter_cpu_saving": saving, "frames": frames]
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }
