@@ -32,9 +32,19 @@ public struct FlowSampler {
     public let model: UNet2DModel
     public let flow: FlowConfig
 
+    /// Runs the model's forward pass in place of `model.forward` (a server shares calls between
+    /// its callers this way: ModelBatcher); nil: `model.forward`.
+    public var forwardCall: ((Tensor, [Float], [Int]?) -> Tensor)?
+
     public init(model: UNet2DModel, flow: FlowConfig) {
         self.model = model
         self.flow = flow
+    }
+
+    /// The model's velocity rows for `x` at raw timesteps (already scaled), through `forwardCall`.
+    public func forward(_ x: Tensor, timesteps: [Float], classLabels: [Int]? = nil) -> Tensor {
+        if let forwardCall { return forwardCall(x, timesteps, classLabels) }
+        return model.forward(x, timesteps: timesteps, classLabels: classLabels)
     }
 
     /// Why this model cannot generate RGB images, or nil when it can: a flow's velocity has the
@@ -66,14 +76,14 @@ public struct FlowSampler {
         let b = x.shape[0]
         let scale = Float(flow.timestepScale)
         guard model.config.numClassEmbeds != nil else {
-            return model.forward(x, timesteps: t.map { $0 * scale })
+            return forward(x, timesteps: t.map { $0 * scale })
         }
         let null = flow.nullClass ?? 0
         let cond = labels ?? [Int](repeating: null, count: b)
         if guidance == 1 {
-            return model.forward(x, timesteps: t.map { $0 * scale }, classLabels: cond)
+            return forward(x, timesteps: t.map { $0 * scale }, classLabels: cond)
         }
-        let both = model.forward(Tensor.stack(rows: [x, x]), timesteps: (t + t).map { $0 * scale },
+        let both = forward(Tensor.stack(rows: [x, x]), timesteps: (t + t).map { $0 * scale },
                                  classLabels: cond + [Int](repeating: null, count: b))
         let vc = both.rows(0..<b), vu = both.rows(b..<(2 * b))
         var out = vu

@@ -115,6 +115,9 @@ public final class MillraceService: @unchecked Sendable {
         /// Most model rows per call of a generation: a larger request is run in chunks, and
         /// the model lock is given up after each call so that streams keep their pace.
         public var maxRowsPerCall = 32
+        /// Most rows of one shared model call (continuous batching of every stream's frame and
+        /// every generation's step, ModelBatcher); 0: no sharing, one caller per call.
+        public var maxBatchRows = 32
         public init() {}
     }
 
@@ -148,11 +151,23 @@ public final class MillraceService: @unchecked Sendable {
         public let bossSteps: [Int]
         /// Whether the folder has a SourceFM pruning set (`source: pruned`).
         public let hasPruningSet: Bool
+        /// Shares this model's calls between callers (nil: batching off).
+        public let batcher: ModelBatcher?
+        /// The sampler streams and generations run through (the batcher's, when batching is on).
+        let streamSampler: FlowSampler, generationSampler: FlowSampler
 
-        init(name: String, folder: ModelFolder) {
+        init(name: String, folder: ModelFolder, batcher: ModelBatcher?) {
             self.name = name
             self.folder = folder
             self.sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            self.batcher = batcher
+            var streams = sampler, generations = sampler
+            if let batcher {
+                streams.forwardCall = { batcher.forward($0, timesteps: $1, classLabels: $2, priority: .stream) }
+                generations.forwardCall = { batcher.forward($0, timesteps: $1, classLabels: $2, priority: .generation) }
+            }
+            self.streamSampler = streams
+            self.generationSampler = generations
             let schedules = try? BOSS.Schedules.read(path: BOSS.Schedules.path(inModelFolder: folder.path))
             self.bossSteps = schedules?.stepCounts ?? []
             self.hasPruningSet = FileManager.default.fileExists(atPath: PruningSet.path(modelFolder: folder.path))
@@ -183,13 +198,21 @@ public final class MillraceService: @unchecked Sendable {
             var name = base.isEmpty ? "model" : base
             var k = 2
             while served.contains(where: { $0.name == name }) { name = "\(base)-\(k)"; k += 1 }
-            served.append(ServedModel(name: name, folder: f))
+            let batcher = options.maxBatchRows > 0
+                ? ModelBatcher(model: f.model, modelLock: scheduler.modelLock, maxRows: options.maxBatchRows) : nil
+            served.append(ServedModel(name: name, folder: f, batcher: batcher))
         }
         self.models = served
         self.folder = served[0].folder
         self.sampler = served[0].sampler
         self.options = options
         self.modelLock = scheduler.modelLock
+        if options.maxBatchRows > 0 {
+            let byModel = served.map { ($0.folder.model, $0.batcher) }
+            scheduler.batcherFor = { entry in
+                byModel.first { $0.0 === entry.session.pipeline.sampler.model }?.1
+            }
+        }
         self.budget = MemoryBudget(capacity: options.memoryBudgetBytes)
         self.serverPool = ServerReferencePool(folder: options.referencesDir)
         // Exported from the start (as 0), as Prometheus counters should be.
@@ -228,6 +251,7 @@ public final class MillraceService: @unchecked Sendable {
         shuttingDown = true
         stateLock.unlock()
         scheduler.stop()
+        for m in models { m.batcher?.stop() }
     }
 
     /// The exposition text of /metrics.
@@ -242,6 +266,10 @@ public final class MillraceService: @unchecked Sendable {
             + "# HELP millrace_jobs_running Long jobs running or waiting for the model.\n# TYPE millrace_jobs_running gauge\nmillrace_jobs_running \(jobs)\n"
             + "# HELP millrace_memory_reserved_bytes Bytes reserved in the memory budget.\n# TYPE millrace_memory_reserved_bytes gauge\nmillrace_memory_reserved_bytes \(budget.reserved)\n"
             + "# HELP millrace_memory_budget_bytes The memory budget.\n# TYPE millrace_memory_budget_bytes gauge\nmillrace_memory_budget_bytes \(budget.capacity)\n"
+            + (models[0].batcher.map {
+                $0.batchRows.render("millrace_batch_rows", help: "Rows per shared model call (the default model).")
+                    + $0.queueWaitMs.render("millrace_batch_queue_wait_ms", help: "Milliseconds a caller waited for its shared call.")
+            } ?? "")
     }
 
     /// Entry point for the HTTP server.
@@ -655,7 +683,12 @@ public final class MillraceService: @unchecked Sendable {
     /// `onStep` gets every step's data estimate except the last.
     func runGeneration(_ p: GenerateParams, job: Job, onStep: ((Int, Int, Tensor) -> Void)? = nil) throws -> RGBImage {
         let c = p.model.folder.config
-        let sampler = p.model.sampler
+        let batcher = p.model.batcher
+        // With batching, the batcher takes the model lock for each shared call; without, each
+        // of this generation's calls takes it here.
+        let sampler = p.model.generationSampler
+        batcher?.join()
+        defer { batcher?.leave() }
         var labels: [Int] = []
         for cls in p.classes { labels += [Int](repeating: cls, count: p.count) }
         try job.check()
@@ -672,7 +705,7 @@ public final class MillraceService: @unchecked Sendable {
                                        return true
                                    },
                                    samplesPerCall: max(1, options.maxRowsPerCall / sampler.rowsPerSample(guidance: p.guidance)),
-                                   around: { call in lock.withLock(call) })
+                                   around: { call in batcher == nil ? lock.withLock(call) : call() })
         stateLock.lock(); generateCalls += p.steps; stateLock.unlock()
         if let stopped { throw stopped }
         return picture(x1, p)
@@ -793,7 +826,7 @@ public final class MillraceService: @unchecked Sendable {
             if let problem = model.sampler.imageProblem { throw StreamError("model '\(model.name)' cannot run a stream: \(problem)") }
             let settings = try streamSettings(d, base: nil, sampler: model.sampler)
             let seed = UInt64(max(0, min(try num("seed") ?? 0, Double(Int32.max))))
-            let pipeline = try StreamPipeline(sampler: model.sampler, times: times, settings: settings, seed: seed)
+            let pipeline = try StreamPipeline(sampler: model.streamSampler, times: times, settings: settings, seed: seed)
             let f = try filterFields(d)
             let session = StreamSession(pipeline: pipeline, filter: f.on ?? true
                 ? SimilarityFilter(threshold: f.similarity ?? 0.98, maxSkip: f.maxSkip ?? 10, side: model.folder.config.sampleSize, seed: seed)

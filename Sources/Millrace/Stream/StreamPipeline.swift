@@ -132,7 +132,7 @@ public final class StreamPipeline {
         case .onetime:
             rows.append(xs[0]); rowT.append(ts[0]); labels.append(null)
         }
-        let v = sampler.model.forward(Tensor.stack(rows: rows), timesteps: rowT.map { $0 * scale }, classLabels: labels)
+        let v = sampler.forward(Tensor.stack(rows: rows), timesteps: rowT.map { $0 * scale }, classLabels: labels)
         modelCalls += 1
         var newRef: Tensor?
         if s.guidance == .onetime {

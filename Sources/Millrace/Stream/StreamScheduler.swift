@@ -29,7 +29,11 @@ public final class StreamScheduler: @unchecked Sendable {
         let lock = NSLock()
         public private(set) var outputs = 0, errors = 0
         public private(set) var lastError: String?
-        public private(set) var lastActivity = Date()
+        /// Its own lock: a frame posted while the stream's previous frame is in the model (the
+        /// session lock held) must not wait for it.
+        private let activityLock = NSLock()
+        private var _lastActivity = Date()
+        public var lastActivity: Date { activityLock.lock(); defer { activityLock.unlock() }; return _lastActivity }
         /// Set when the stream is removed: its counters are final and frames still in flight are dropped.
         private var retired = false
 
@@ -45,13 +49,13 @@ public final class StreamScheduler: @unchecked Sendable {
             return try body(session)
         }
 
-        func touch() { lock.lock(); lastActivity = Date(); lock.unlock() }
+        func touch() { activityLock.lock(); _lastActivity = Date(); activityLock.unlock() }
 
         func process(_ frame: RGBImage, arrived: Date) {
             lock.lock()
             defer { lock.unlock() }
             if retired { return }
-            lastActivity = Date()
+            touch()
             do {
                 let result = try session.process(frame)
                 outputs += 1
@@ -98,6 +102,10 @@ public final class StreamScheduler: @unchecked Sendable {
     /// it too, because layers keep per-call state and one call at a time owns the cores. It is
     /// granted in turn, so a generation taking it per step and this worker per frame alternate.
     public let modelLock = FairLock()
+    /// When set, it names the batcher a stream's model calls go through (its pipeline's sampler
+    /// calls it), and each turn runs every stream with a frame waiting at once, so that their
+    /// rows share calls; nil: one stream at a time under `modelLock`.
+    public var batcherFor: ((Entry) -> ModelBatcher?)?
     private let lock = NSCondition()
     private var entries: [String: Entry] = [:]
     private var order: [String] = []
@@ -193,6 +201,37 @@ public final class StreamScheduler: @unchecked Sendable {
         return entry.id
     }
 
+    /// Runs every stream that has a frame waiting, at the same time, their model calls shared
+    /// by the batcher; returns the ids served (empty when no stream had a frame).
+    @discardableResult
+    public func runTurn() -> [String] {
+        guard let batcherFor else { return runOnce().map { [$0] } ?? [] }
+        lock.lock()
+        let n = order.count
+        var chosen: [(Entry, (RGBImage, Date))] = []
+        for k in 0..<n {
+            let idx = (cursor + k) % n
+            if let e = entries[order[idx]], let item = e.input.poll() { chosen.append((e, item)) }
+        }
+        if n > 0 { cursor = (cursor + 1) % n }
+        lock.unlock()
+        if chosen.isEmpty { return [] }
+        // Every stream of this turn is a caller its batcher waits for before it runs a call.
+        let batchers = chosen.map { batcherFor($0.0) }
+        for b in batchers { b?.join() }
+        let work = UncheckedSendable((chosen, batchers, modelLock))
+        DispatchQueue.concurrentPerform(iterations: chosen.count) { k in
+            let ((entry, (frame, arrived)), batcher) = (work.value.0[k], work.value.1[k])
+            if let batcher {
+                entry.process(frame, arrived: arrived)
+                batcher.leave()
+            } else {
+                work.value.2.withLock { entry.process(frame, arrived: arrived) }
+            }
+        }
+        return chosen.map(\.0.id)
+    }
+
     /// Starts the worker thread.
     public func start() {
         lock.lock()
@@ -220,7 +259,7 @@ public final class StreamScheduler: @unchecked Sendable {
             let keepGoing = running
             lock.unlock()
             if !keepGoing { return }
-            if runOnce() == nil {
+            if runTurn().isEmpty {
                 lock.lock()
                 if running { _ = lock.wait(until: Date().addingTimeInterval(0.05)) }
                 lock.unlock()
@@ -254,7 +293,7 @@ public final class StreamScheduler: @unchecked Sendable {
     @discardableResult
     public func expire(idle: TimeInterval) -> [String] {
         let now = Date()
-        let stale = streams.filter { e in e.withSession { _ in now.timeIntervalSince(e.lastActivity) } > idle }.map(\.id)
+        let stale = streams.filter { now.timeIntervalSince($0.lastActivity) > idle }.map(\.id)
         for id in stale { remove(id) }
         return stale
     }
