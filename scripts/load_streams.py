@@ -3,7 +3,7 @@
 with one viewer reading its multipart output. Prints one JSON object: frames posted, accepted,
 refused by status, output frames received, post latency p50/p99, 5xx count.
 
-Usage: scripts/load_streams.py --port 8181 --streams 8 --fps 30 --seconds 60
+Usage: scripts/load_streams.py --port 8181 --streams 8 --fps 30 --seconds 60 [--settings JSON]
 Only talks to 127.0.0.1. Standard library only.
 """
 import argparse, glob, http.client, json, os, threading, time
@@ -20,6 +20,8 @@ def main():
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--fps", type=float, default=30)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--settings", default='{"steps": 2, "strength": 0.6}',
+                    help='JSON merged into each POST /v1/streams, e.g. \'{"rcfg": "full", "guidance": 3, "strength": 0.9, "filter": false}\'')
     ap.add_argument("--clip", default=os.path.join(os.path.dirname(__file__), "..", "assets", "clips", "moving"))
     a = ap.parse_args()
     frames = [open(f, "rb").read() for f in sorted(glob.glob(os.path.join(a.clip, "*.png")))]
@@ -36,7 +38,7 @@ def main():
     ids = []
     c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
     for i in range(a.streams):
-        status, body = call(c, "POST", "/v1/streams", json.dumps({"class": i % 9, "steps": 2, "strength": 0.6}),
+        status, body = call(c, "POST", "/v1/streams", json.dumps({"class": i % 9, **json.loads(a.settings)}),
                             {"Content-Type": "application/json"})
         assert status == 201, (status, body)
         ids.append(json.loads(body)["id"])

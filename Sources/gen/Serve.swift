@@ -65,6 +65,8 @@ struct Serve: ParsableCommand {
     var maxOutputPixels: Int = 8_388_608
     @Option(help: "Most pixels of all images one request uploads (read from their headers before decoding).")
     var maxRequestPixels: Int = 16_000_000
+    @Option(help: "Most rows of one shared model call: every stream's frame and every generation's step that are waiting run together (0: off, one caller per call; measure with `gen bench serve` whether the model's cost per row falls with the batch on this machine).")
+    var maxBatchRows: Int = 0
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
@@ -79,6 +81,7 @@ struct Serve: ParsableCommand {
             throw ValidationError("--max-jobs ≥ 1, --memory-budget ≥ 64 (MiB), --max-generate-work ≥ 1, --max-output-pixels and "
                                   + "--max-request-pixels ≥ 1024, timeouts > 0, --max-connections-per-ip ≥ 0")
         }
+        guard maxBatchRows >= 0 && maxBatchRows <= 1024 else { throw ValidationError("--max-batch-rows must be in 0...1024") }
         if token != nil && tokenFile != nil { throw ValidationError("give --token or --token-file, not both") }
     }
 
@@ -118,6 +121,7 @@ struct Serve: ParsableCommand {
             opts.maxGenerateWork = maxGenerateWork
             opts.maxOutputPixels = maxOutputPixels
             opts.maxRequestPixels = maxRequestPixels
+            opts.maxBatchRows = maxBatchRows
             let service = MillraceService(folders: folders, options: opts)
             var limits = HTTPServer.Limits()
             limits.maxBodyBytes = maxBody

@@ -15,6 +15,17 @@ public struct HTTPRequest: Sendable {
     public var bodyTooLarge: Bool
     /// Whether the client has disconnected; long work asks between its steps and stops.
     public var isClientGone: @Sendable () -> Bool = { false }
+
+    /// A request as the server hands it over (for callers of the service in the same process).
+    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:],
+                body: [UInt8] = [], bodyTooLarge: Bool = false) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.bodyTooLarge = bodyTooLarge
+    }
 }
 
 /// The body of an endless or long response, fed by a producer on any thread and read by the

@@ -116,8 +116,10 @@ public final class MillraceService: @unchecked Sendable {
         /// the model lock is given up after each call so that streams keep their pace.
         public var maxRowsPerCall = 32
         /// Most rows of one shared model call (continuous batching of every stream's frame and
-        /// every generation's step, ModelBatcher); 0: no sharing, one caller per call.
-        public var maxBatchRows = 32
+        /// every generation's step, ModelBatcher); 0: no sharing, one caller per call. Off by
+        /// default: on the machine measured (docs/BENCHMARKS.md, `gen bench serve`) the shipped
+        /// model costs the same per row at batch 1 and 32, so sharing gains nothing there.
+        public var maxBatchRows = 0
         public init() {}
     }
 
@@ -686,9 +688,9 @@ public final class MillraceService: @unchecked Sendable {
         let batcher = p.model.batcher
         // With batching, the batcher takes the model lock for each shared call; without, each
         // of this generation's calls takes it here.
+        // A generation does not make calls wait for it (it has work of its own between steps):
+        // its steps join whatever call is next, and the rows that queued meanwhile share it.
         let sampler = p.model.generationSampler
-        batcher?.join()
-        defer { batcher?.leave() }
         var labels: [Int] = []
         for cls in p.classes { labels += [Int](repeating: cls, count: p.count) }
         try job.check()

@@ -69,6 +69,9 @@ public final class ModelBatcher: @unchecked Sendable {
         return r.result!
     }
 
+    /// Requests waiting for a call.
+    public var pendingCount: Int { condition.lock(); defer { condition.unlock() }; return pending.count }
+
     /// A caller that is about to submit (a stream's frame, a running generation) says so, so
     /// that calls wait for it; `leave` when it is done.
     public func join() { condition.lock(); active += 1; condition.broadcast(); condition.unlock() }

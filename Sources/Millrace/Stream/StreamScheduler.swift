@@ -219,8 +219,11 @@ public final class StreamScheduler: @unchecked Sendable {
         // Every stream of this turn is a caller its batcher waits for before it runs a call.
         let batchers = chosen.map { batcherFor($0.0) }
         for b in batchers { b?.join() }
+        // One thread per stream (not a width-limited concurrentPerform): every stream of the
+        // turn must be able to wait in the batcher at the same time for their rows to meet.
         let work = UncheckedSendable((chosen, batchers, modelLock))
-        DispatchQueue.concurrentPerform(iterations: chosen.count) { k in
+        let group = DispatchGroup()
+        @Sendable func serve(_ k: Int) {
             let ((entry, (frame, arrived)), batcher) = (work.value.0[k], work.value.1[k])
             if let batcher {
                 entry.process(frame, arrived: arrived)
@@ -229,6 +232,14 @@ public final class StreamScheduler: @unchecked Sendable {
                 work.value.2.withLock { entry.process(frame, arrived: arrived) }
             }
         }
+        for k in 1..<chosen.count {
+            group.enter()
+            let t = Thread { serve(k); group.leave() }
+            t.stackSize = 1 << 20
+            t.start()
+        }
+        serve(0)
+        group.wait()
         return chosen.map(\.0.id)
     }
 
