@@ -157,6 +157,29 @@ public final class MillraceService: @unchecked Sendable {
         public let batcher: ModelBatcher?
         /// The sampler streams and generations run through (the batcher's, when batching is on).
         let streamSampler: FlowSampler, generationSampler: FlowSampler
+        /// The pruning set, read on first use rather than once per request (it can be tens of MB).
+        private let pruned = PrunedCache()
+
+        final class PrunedCache: @unchecked Sendable {
+            private let lock = NSLock()
+            private var source: PrunedSource?
+            func get(_ folder: String) throws -> PrunedSource {
+                lock.lock()
+                defer { lock.unlock() }
+                if let source { return source }
+                let loaded = try PrunedSource.load(modelFolder: folder)
+                source = loaded
+                return loaded
+            }
+        }
+
+        /// `count` source samples of `shape` from `source` (the pruning set cached).
+        func draw(_ source: SourceDistribution, count: Int, shape: [Int], seed: UInt64) throws -> Tensor {
+            switch source {
+            case .gaussian: return GaussianSource.draw(count: count, shape: shape, seed: seed)
+            case .pruned: return try pruned.get(folder.path).draw(count: count, shape: shape, seed: seed).samples
+            }
+        }
 
         init(name: String, folder: ModelFolder, batcher: ModelBatcher?) {
             self.name = name
@@ -694,8 +717,7 @@ public final class MillraceService: @unchecked Sendable {
         var labels: [Int] = []
         for cls in p.classes { labels += [Int](repeating: cls, count: p.count) }
         try job.check()
-        let x0 = try p.source.draw(count: labels.count, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: p.seed,
-                                   modelFolder: p.model.folder.path).samples
+        let x0 = try p.model.draw(p.source, count: labels.count, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: p.seed)
         var stopped: JobStopped?
         let lock = modelLock
         let x1 = sampler.integrate(x0, schedule: p.grid ?? Schedule.uniform(steps: p.steps), labels: c.numClassEmbeds == nil ? nil : labels,
