@@ -128,6 +128,49 @@ import Testing
         }
     }
 
+    /// A light scene (64×64) with three emoji-sized discs (an orange, a green and a red one,
+    /// radius 8) each moving 3 pixels a frame in its own direction: the kind of clip a stream of
+    /// emoji scenes gets.
+    static func brightScene(_ k: Int, noise: Float = 0, seed: UInt64 = 0) -> RGBImage {
+        var img = RGBImage(width: 64, height: 64, fill: (0.95, 0.93, 0.88))
+        var rng = SplitMix64(seed: seed &+ UInt64(k) &* 7919)
+        let f = Float(k)
+        let discs: [(Float, Float, [Float])] = [(8 + 3 * f, 12, [0.9, 0.5, 0.1]), (52 - 3 * f, 30, [0.2, 0.6, 0.2]),
+                                                (30, 8 + 3 * f, [0.8, 0.15, 0.15])]
+        for y in 0..<64 {
+            for x in 0..<64 {
+                let hit = discs.first { (Float(x) - $0.0) * (Float(x) - $0.0) + (Float(y) - $0.1) * (Float(y) - $0.1) < 64 }
+                for c in 0..<3 {
+                    var v = hit.map { $0.2[c] } ?? img.planes[c * 4096 + y * 64 + x]
+                    if noise > 0 { v += noise * (rng.nextUnitFloat() * 2 - 1) * 1.7 }
+                    img.planes[c * 4096 + y * 64 + x] = min(1, max(0, v))
+                }
+            }
+        }
+        return img
+    }
+
+    /// Motion over a light background is processed; the same clip standing still with camera
+    /// noise (about 2 % per pixel) is mostly skipped. Comparing luma in [0, 1], as the filter
+    /// did, calls consecutive moving frames more than η-similar, so they were skipped.
+    @Test func brightMotionIsProcessedAndStillNoiseIsSkipped() {
+        let motion = (0..<14).map { Self.brightScene($0) }
+        // Nearly every step of the motion is below η (skip probability 0), whatever the draws.
+        let signatures = motion.map { SimilarityFilter.signature($0, side: 32) }
+        let steps = zip(signatures, signatures.dropFirst()).map { SimilarityFilter.cosine($0, $1) }
+        #expect(steps.filter { $0 > 0.98 }.count <= 1, "\(steps)")
+        var moving = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 32, seed: 3)
+        #expect(motion.filter { !moving.shouldSkip($0) }.count >= 13)
+        // Luma in [0, 1] would call most of these steps more similar than η.
+        let raw = motion.map { $0.resizedArea(width: 32, height: 32).luma() }
+        let rawSimilar = zip(raw, raw.dropFirst()).filter { SimilarityFilter.cosine($0, $1) > 0.98 }.count
+        #expect(rawSimilar >= 10, "luma in [0, 1] would call \(rawSimilar) of 13 steps similar")
+        var still = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 32, seed: 3)
+        let noisy = (0..<44).map { Self.brightScene(0, noise: 0.02, seed: UInt64($0) &+ 1) }
+        let processedStill = noisy.filter { !still.shouldSkip($0) }.count
+        #expect(Double(processedStill) <= 0.15 * 44, "\(processedStill) of 44 still noisy frames processed")
+    }
+
     @Test func skipProbabilityFollowsTheFormula() {
         let f = SimilarityFilter(threshold: 0.98, maxSkip: 10, seed: 0)
         #expect(f.skipProbability(1) == 1)

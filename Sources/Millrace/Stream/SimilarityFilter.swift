@@ -34,6 +34,15 @@ public struct SimilarityFilter: Sendable {
         return Float(dot / (na * nb).squareRoot())
     }
 
+    /// What the filter compares of a frame: its luma on a `side`×`side` thumbnail, mapped to
+    /// [−1, 1] as the reference compares its input tensors. (In [0, 1] any two bright frames
+    /// point the same way, a light background dominating both vectors, and frames that moved
+    /// were skipped.)
+    public static func signature(_ frame: RGBImage, side: Int) -> [Float] {
+        let thumb = frame.width == side && frame.height == side ? frame : frame.resizedArea(width: side, height: side)
+        return thumb.luma().map { 2 * $0 - 1 }
+    }
+
     /// The skip probability for a cosine similarity `cs` (§7).
     public func skipProbability(_ cs: Float) -> Float {
         threshold >= 1 ? 0 : max(0, 1 - (1 - cs) / (1 - threshold))
@@ -42,8 +51,7 @@ public struct SimilarityFilter: Sendable {
     /// Decides for a frame (an RGB image of any size): true means skip it. A processed frame
     /// becomes the new comparison point; a skipped one changes nothing but the counters and RNG.
     public mutating func shouldSkip(_ frame: RGBImage) -> Bool {
-        let thumb = frame.width == side && frame.height == side ? frame : frame.resizedArea(width: side, height: side)
-        let luma = thumb.luma()
+        let luma = Self.signature(frame, side: side)
         guard let last = lastProcessed else {
             accept(luma)
             return false
