@@ -208,3 +208,26 @@ import Testing
         }
     }
 }
+
+@Suite struct StreamMeasuresTests {
+    @Test func correlationOfLayouts() {
+        let a: [Float] = [0, 0.2, 0.9, 0.4, 0.1]
+        #expect(abs(StreamMeasures.correlation(a, a) - 1) < 1e-12)
+        #expect(abs(StreamMeasures.correlation(a, a.map { 1 - $0 }) + 1) < 1e-12)
+        #expect(abs(StreamMeasures.correlation(a, a.map { 0.5 * $0 + 0.1 }) - 1) < 1e-6, "brightness and contrast do not count")
+        #expect(StreamMeasures.correlation(a, [Float](repeating: 0.3, count: 5)) == 0)
+    }
+
+    /// Only pixels whose input stayed put count: a moving pixel's output change is left out.
+    @Test func flickerCountsStaticPixelsOnly() {
+        let inA: [Float] = [0.5, 0.5, 0.1, 0.9], inB: [Float] = [0.5, 0.5, 0.8, 0.9]
+        var outA = RGBImage(width: 2, height: 2, fill: (0.2, 0.2, 0.2)), outB = outA
+        outB.planes[0] = 0.3          // pixel 0 (static) changes by 0.1 in red
+        outB.planes[2] = 1.0          // pixel 2 (moving) changes a lot: not counted
+        let f = StreamMeasures.staticFlicker(inputs: (inA, inB), outputs: (outA, outB))
+        #expect(f.count == 9)
+        #expect(abs(f.sum - 0.1) < 1e-6)
+        outA.planes[3] = 0.2
+        #expect(StreamMeasures.staticFlicker(inputs: (inA, inA), outputs: (outA, outA)).sum == 0)
+    }
+}
