@@ -45,8 +45,6 @@ public final class HTTPStreamBody: @unchecked Sendable {
     private var waiting = false
     private var wake: (() -> Void)?
     private var cancelHandlers: [() -> Void] = []
-    /// Chunks replaced before they started to go out.
-    public private(set) var replaced = 0
 
     public init() {}
 
@@ -58,7 +56,6 @@ public final class HTTPStreamBody: @unchecked Sendable {
     public func offer(_ chunk: [UInt8]) -> Bool {
         lock.lock()
         if cancelled || ended { lock.unlock(); return false }
-        if latest != nil { replaced += 1 }
         latest = chunk
         let w = takeWake()
         lock.unlock()
@@ -229,12 +226,11 @@ public final class HTTPServer: @unchecked Sendable {
         self.workers = WorkerPool(threads: max(1, limits.workerThreads), name: "millrace-http")
     }
 
-    /// The former initialiser: a body limit and a connection limit, other limits at defaults.
+    /// A body limit, the other limits at their defaults.
     public convenience init(host: String = "127.0.0.1", port: UInt16 = 8080, maxBodyBytes: Int,
-                            connectionLimit: Int = 4096, handler: @escaping (HTTPRequest) -> HTTPResponse) {
+                            handler: @escaping (HTTPRequest) -> HTTPResponse) {
         var l = Limits()
         l.maxBodyBytes = maxBodyBytes
-        l.maxConnections = connectionLimit
         self.init(host: host, port: port, limits: l, handler: handler)
     }
 

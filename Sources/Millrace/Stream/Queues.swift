@@ -144,38 +144,3 @@ public final class Broadcast<Item>: @unchecked Sendable {
         return closed
     }
 }
-
-/// A first-in-first-out queue for a bounded producer (a generation's step images): every item
-/// reaches the reader, in order.
-public final class FIFOQueue<Item>: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var items: [Item] = []
-    private var closed = false
-
-    public init() {}
-
-    public func push(_ item: Item) {
-        condition.lock()
-        items.append(item)
-        condition.signal()
-        condition.unlock()
-    }
-
-    /// The next item, waiting up to `timeout`; nil on timeout or when closed and drained.
-    public func pop(timeout: TimeInterval) -> Item? {
-        condition.lock()
-        defer { condition.unlock() }
-        let deadline = Date().addingTimeInterval(timeout)
-        while items.isEmpty && !closed {
-            if !condition.wait(until: deadline) { break }
-        }
-        return items.isEmpty ? nil : items.removeFirst()
-    }
-
-    public func close() {
-        condition.lock()
-        closed = true
-        condition.broadcast()
-        condition.unlock()
-    }
-}
