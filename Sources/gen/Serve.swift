@@ -67,6 +67,8 @@ struct Serve: ParsableCommand {
     var maxRequestPixels: Int = 16_000_000
     @Option(help: "Most rows of one shared model call: every stream's frame and every generation's step that are waiting run together (0: off, one caller per call; measure with `gen bench serve` whether the model's cost per row falls with the batch on this machine).")
     var maxBatchRows: Int = 0
+    @Option(help: "This replica's name behind a reverse proxy (letters and digits): stream ids start with it, and deploy/nginx.conf.template routes each stream's requests by it (docs/DEPLOY.md).")
+    var instance: String?
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
@@ -82,6 +84,9 @@ struct Serve: ParsableCommand {
                                   + "--max-request-pixels ≥ 1024, timeouts > 0, --max-connections-per-ip ≥ 0")
         }
         guard maxBatchRows >= 0 && maxBatchRows <= 1024 else { throw ValidationError("--max-batch-rows must be in 0...1024") }
+        if let instance, instance.isEmpty || instance.count > 32 || !instance.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) {
+            throw ValidationError("--instance must be 1 to 32 ASCII letters and digits")
+        }
         if token != nil && tokenFile != nil { throw ValidationError("give --token or --token-file, not both") }
     }
 
@@ -122,6 +127,7 @@ struct Serve: ParsableCommand {
             opts.maxOutputPixels = maxOutputPixels
             opts.maxRequestPixels = maxRequestPixels
             opts.maxBatchRows = maxBatchRows
+            opts.instance = instance
             let service = MillraceService(folders: folders, options: opts)
             var limits = HTTPServer.Limits()
             limits.maxBodyBytes = maxBody

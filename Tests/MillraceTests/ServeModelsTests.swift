@@ -106,4 +106,27 @@ import Testing
         #expect(entry.session.pipeline.sampler.model === s.models[1].folder.model)
         #expect(s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "nope"}"#)).status == 400)
     }
+
+    /// A named replica's stream ids start with its name and a per-start tag, so a proxy can
+    /// route by the name and an id from an earlier run of the replica is unknown to this one.
+    @Test func aNamedReplicaPrefixesItsStreamIDs() throws {
+        let fixture = try ModelFolder.load(try Self.modelWithSchedules("tiny", boss: false))
+        func ids(_ instance: String?) throws -> [String] {
+            var o = MillraceService.Options()
+            o.instance = instance
+            let s = MillraceService(folders: [fixture], options: o)
+            defer { s.beginShutdown() }
+            return try (0..<2).map { _ in
+                let r = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"filter": false}"#))
+                let obj = try JSONSerialization.jsonObject(with: Data(HardeningTests.text(r).utf8)) as? [String: Any]
+                return try #require(obj?["id"] as? String)
+            }
+        }
+        #expect(try ids(nil) == ["s1", "s2"])
+        let a = try ids("r2"), b = try ids("r2")
+        #expect(a.allSatisfy { $0.hasPrefix("r2-") && $0.split(separator: "-").count == 3 })
+        #expect(a.map { $0.split(separator: "-")[2] } == ["s1", "s2"])
+        #expect(a[0].split(separator: "-")[1] == a[1].split(separator: "-")[1])
+        #expect(a[0] != b[0], "a restarted replica must not hand out the ids of the one before")
+    }
 }

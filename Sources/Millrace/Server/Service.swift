@@ -120,6 +120,10 @@ public final class MillraceService: @unchecked Sendable {
         /// default: on the machine measured (docs/BENCHMARKS.md, `gen bench serve`) the shipped
         /// model costs the same per row at batch 1 and 32, so sharing gains nothing there.
         public var maxBatchRows = 0
+        /// This replica's name behind a reverse proxy: stream ids then read `NAME-BOOT-sN`
+        /// (BOOT: random per start, so an id never outlives the process that made it), and the
+        /// proxy routes every request for a stream by its first part (deploy/nginx.conf.template).
+        public var instance: String?
         public init() {}
     }
 
@@ -127,6 +131,11 @@ public final class MillraceService: @unchecked Sendable {
     public let sampler: FlowSampler
     public let options: Options
     public let scheduler = StreamScheduler()
+    /// `NAME-BOOT-` when the service runs as a named replica (`Options.instance`).
+    let streamIDPrefix: String?
+    private let streamNumberLock = NSLock()
+    private var streamNumber = 0
+    private func nextStreamNumber() -> Int { streamNumberLock.withLock { streamNumber += 1; return streamNumber } }
     public let metrics = ServiceMetrics()
     /// Request bodies and jobs reserve their memory here first (docs/SECURITY.md).
     public let budget: MemoryBudget
@@ -217,6 +226,10 @@ public final class MillraceService: @unchecked Sendable {
     /// A service of several models (at least one; the first is the default).
     public init(folders: [ModelFolder], options: Options) {
         precondition(!folders.isEmpty, "a service needs a model")
+        streamIDPrefix = options.instance.map { name in
+            var rng = SystemRandomNumberGenerator()
+            return "\(name)-\(String(UInt32.random(in: 0x1000_0000...UInt32.max, using: &rng), radix: 16))-"
+        }
         var served: [ServedModel] = []
         for f in folders {
             let base = URL(fileURLWithPath: f.path).standardizedFileURL.lastPathComponent
@@ -859,7 +872,7 @@ public final class MillraceService: @unchecked Sendable {
                 guard size >= 8 && size <= 1024 && size == size.rounded() else { throw StreamError("'size' must be an integer in 8...1024") }
                 session.outputSize = (Int(size), Int(size))
             }
-            let entry = scheduler.add(session)
+            let entry = scheduler.add(session, id: streamIDPrefix.map { "\($0)s\(nextStreamNumber())" })
             scheduler.start()
             return .json(["id": entry.id], status: 201)
         } catch {
