@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Builds the multipart/form-data fuzz target with swiftc (libFuzzer + AddressSanitizer) and runs it.
+# (`swift build` builds the same check as a replay tool: .build/debug/fuzz-multipart FILES_OR_FOLDERS.)
 #   Fuzz/Multipart/run.sh [seconds] [extra libFuzzer flags...]
 # Default 60 seconds. Crashes are written to .build-fuzz/multipart/crash-*; reproduce one with
 #   .build-fuzz/multipart/fuzz-multipart .build-fuzz/multipart/crash-<hash>
@@ -11,10 +12,12 @@ seconds="${1:-60}"; shift || true
 mkdir -p "$out/corpus"
 cp -n "$here"/seeds/* "$out/corpus/" 2>/dev/null || true
 
-swiftc -parse-as-library -module-name MultipartFuzz -O -g \
-    -sanitize=fuzzer,address \
-    "$here/main.swift" "$root/Sources/Millrace/Server/Multipart.swift" \
-    -o "$out/fuzz-multipart"
+# The formats module with libFuzzer's coverage instrumentation, then the check against it.
+swiftc -parse-as-library -module-name MillraceFormats -O -g -sanitize=fuzzer,address \
+    -emit-library -static -emit-module -emit-module-path "$out/MillraceFormats.swiftmodule" \
+    "$root"/Sources/MillraceFormats/*.swift -o "$out/libMillraceFormats.a"
+swiftc -parse-as-library -module-name FuzzMultipart -O -g -sanitize=fuzzer,address -I "$out" \
+    "$here/Check.swift" "$out/libMillraceFormats.a" -o "$out/fuzz-multipart"
 
 cd "$out"
 exec ./fuzz-multipart -max_total_time="$seconds" -max_len=4096 -timeout=10 \

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceImaging
+import MillracePipelines
 
 /// `gen bss`: Batch Styles Standardization (docs/METHODS.md §8) of a set of images.
 struct BSSCommand: ParsableCommand {

@@ -1,7 +1,10 @@
 import ArgumentParser
 import Foundation
-import Millrace
 import MillraceKernels
+import MillraceCore
+import MillraceImaging
+import MillraceTraining
+import MillracePipelines
 
 /// `gen bench ...`: speed figures. Benchmarks print numbers; tests never depend on timing.
 struct Bench: ParsableCommand {

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceImaging
+import MillracePipelines
+import MillraceHTTP
 
 /// `gen bench serve`: the service's model sharing (continuous batching) on and off in one run.
 struct BenchServe: ParsableCommand {

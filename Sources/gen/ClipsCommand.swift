@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceImaging
+import MillraceTraining
+import MillracePipelines
 
 /// `gen clips`: make the sample clips for streams from the dataset.
 struct ClipsCommand: ParsableCommand {

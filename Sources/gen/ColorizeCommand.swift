@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceImaging
+import MillracePipelines
 
 /// `gen colorize`: retrieval-augmented exemplar colorization (docs/METHODS.md §9).
 struct ColorizeCommand: ParsableCommand {

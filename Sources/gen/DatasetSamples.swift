@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceTraining
+import MillracePipelines
 
 /// `gen dataset samples`: gray inputs for the page's Colorize panel, from the held-out split.
 struct DatasetSamplesCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceTraining
 
 /// `gen eval`: measure generation quality.
 struct Eval: ParsableCommand {
@@ -90,7 +91,7 @@ struct EvalGenerate: ParsableCommand {
                                                guidance: g, batch: batch) { bar.update(samples + $0) }
                 : nil
             bar.finish()
-            let m = evaluator.metrics(images: images, labels: labels, classes: classes, reference: reference)
+            let m = try evaluator.metrics(images: images, labels: labels, classes: classes, reference: reference)
             let (discrepancy, frechet, accuracy) = (m.discrepancy, m.frechet, m.accuracy)
             let heldCount = evaluator.heldOutFeatures.count / evaluator.classifier.featureDim
             let names = classes.map { folder.flow.classNames.indices.contains($0) ? folder.flow.classNames[$0] : "class \($0)" }

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceImaging
+import MillraceTraining
+import MillracePipelines
 
 /// `gen eval colorize`: colorization quality on held-out colour images, and colour stability
 /// along a frame sequence.

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceImaging
+import MillraceTraining
 
 /// `gen eval table`: the few-step results table (NFE × schedule × source × model) and its plot.
 struct EvalTable: ParsableCommand {
@@ -152,7 +154,7 @@ struct EvalTable: ParsableCommand {
                         }
                         for (schedule, s, grid, gg) in runs {
                             let images = gen(s, grid, gg)
-                            let m = evaluator.metrics(images: images, labels: labels, classes: classes, reference: reference)
+                            let m = try evaluator.metrics(images: images, labels: labels, classes: classes, reference: reference)
                             cells.append(Cell(model: name, source: source, schedule: schedule, nfe: n, guidance: Double(gg),
                                               discrepancy: m.discrepancy, frechet: m.frechet, accuracy: m.accuracy,
                                               acceptanceRate: acceptance))

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
 
 /// `gen`: Millrace's command line. `gen --steps N` generates with the shipped model.
 struct Gen: ParsableCommand {

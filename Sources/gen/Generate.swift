@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceFormats
+import MillraceCore
+import MillraceImaging
 
 /// `gen generate` (the default command): sample images from a flow model.
 struct Generate: ParsableCommand {
@@ -78,7 +80,7 @@ struct Generate: ParsableCommand {
                 guard t.shape == [k, c.inChannels, c.sampleSize, c.sampleSize] else {
                     throw ModelError("\(latents): 'latents' has shape \(t.shape), expected \([k, c.inChannels, c.sampleSize, c.sampleSize]) for \(classes.count) class(es) × --count \(count)")
                 }
-                x0 = t
+                x0 = Tensor(t)
             } else {
                 let drawn = try SourceDistribution(rawValue: source)!.draw(
                     count: k, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: seed, modelFolder: folder.path)
@@ -110,7 +112,7 @@ struct Generate: ParsableCommand {
                 let unscaled = x1.scaled(Float(1 / folder.flow.normScale))
                 try SafetensorsFile(tensors: ["latents": unscaled]).write(path: saveLatents)
             }
-            let images = FlowSampler.images(sampler.toImageSpace(x1)).map {
+            let images = try RGBImage.batch(from: x1, scale: Float(sampler.flow.normScale)).map {
                 upscale > 1 ? $0.resizedNearest(width: $0.width * upscale, height: $0.height * upscale) : $0
             }
             let names = classes.map { folder.flow.classNames.indices.contains($0) ? folder.flow.classNames[$0] : "class \($0)" }

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
 
 /// `gen info MODEL_DIR`: what a model folder holds.
 struct Info: ParsableCommand {

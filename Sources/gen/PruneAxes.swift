@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceTraining
 
 /// `gen prune-axes`: build a model folder's SourceFM pruning set (docs/METHODS.md §4.2).
 struct PruneAxes: ParsableCommand {

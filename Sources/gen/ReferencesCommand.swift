@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceImaging
+import MillraceTraining
+import MillracePipelines
 
 /// `gen references`: make the shipped colorization reference pool and the cartoon sample clip.
 struct ReferencesCommand: ParsableCommand {

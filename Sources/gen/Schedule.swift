@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
 
 /// `gen schedule`: step schedules for sampling.
 struct ScheduleCommand: ParsableCommand {

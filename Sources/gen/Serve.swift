@@ -1,7 +1,9 @@
 import ArgumentParser
 import Dispatch
 import Foundation
-import Millrace
+import MillraceCore
+import MillracePipelines
+import MillraceHTTP
 
 /// `gen serve`: the HTTP service and the browser page.
 struct Serve: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceTraining
 
 /// `gen straighten`: fine-tune a copy of a model on teacher chords of its BOSS schedule (§3.4).
 struct StraightenCommand: ParsableCommand {

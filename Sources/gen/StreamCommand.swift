@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceImaging
+import MillraceTraining
+import MillracePipelines
 
 /// `gen stream`: run a folder of frames through the real-time image-to-image pipeline.
 struct StreamCommand: ParsableCommand {

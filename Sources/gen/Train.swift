@@ -1,7 +1,8 @@
 import ArgumentParser
 import Dispatch
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceTraining
 
 /// `gen dataset emoji`: build the emoji training set.
 struct DatasetCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import Millrace
+import MillraceCore
+import MillraceTraining
 
 /// `gen train-classifier`: train the evaluation classifier (a small CNN over the dataset's groups).
 struct TrainClassifier: ParsableCommand {

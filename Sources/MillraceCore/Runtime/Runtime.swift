@@ -1,0 +1,39 @@
+import Foundation
+import MillraceKernels
+
+/// Process-wide runtime settings: who owns the cores.
+///
+/// Millrace's worker pool owns them: convolutions split their work into one part per core, each
+/// part calling single-threaded OpenBLAS (which stays at one thread, so results never depend on
+/// its thread count). Pipelines serialise model calls.
+public enum Runtime {
+    /// Sets how many parts kernels split into (nil: all cores).
+    public static func configureThreads(_ n: Int?) {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        mr_set_threads(Int32(max(1, min(n ?? cores, cores))))
+    }
+
+    /// A line describing the machine and the BLAS setup, for benchmark reports.
+    public static func describe() -> String {
+        let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
+            .split(separator: "\n").first { $0.hasPrefix("model name") }
+            .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
+        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads"
+    }
+
+    /// Advice when the CPU has AVX-512 but OpenBLAS runs narrower kernels because the environment
+    /// chose them (gen keeps a user's OPENBLAS_CORETYPE); nil otherwise.
+    public static func blasCoreHint() -> String? {
+        let core = String(cString: mr_blas_corename()).lowercased()
+        guard mr_cpu_has_avx512f() != 0, !["skylakex", "cooperlake", "sapphirerapids"].contains(where: core.contains),
+              let set = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] else { return nil }
+        return "OPENBLAS_CORETYPE=\(set) is set in the environment and kept; this CPU has AVX-512, and OPENBLAS_CORETYPE=SKYLAKEX runs sgemm faster on it (1.46× on the AMD EPYC of docs/BENCHMARKS.md)"
+    }
+}
+
+extension Runtime {
+    /// The OpenBLAS build's kernel family (a link check as much as a report). The imaging and
+    /// HTTP layers report their own libraries (`TextRenderer.harfBuzzVersion`,
+    /// `HTTPServer.libraryVersion`).
+    public static var openBLASCore: String { String(cString: mr_blas_corename()) }
+}

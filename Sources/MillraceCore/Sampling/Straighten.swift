@@ -1,0 +1,162 @@
+import Foundation
+import MillraceFormats
+
+/// Straightening (docs/METHODS.md §3.4): teacher states from K-step uniform Euler, and the chords
+/// of a schedule over them, which a copy of the model is fine-tuned to follow in one Euler step.
+public enum Straightening {
+    /// Teacher states of S source samples at some indices of the K-step uniform grid.
+    public struct TeacherStates: Sendable {
+        /// K of the grid `t_k = k/K`.
+        public let grid: Int
+        public let samples: Int
+        /// Elements per sample (C·H·W).
+        public let dimension: Int
+        /// Class label of each sample (the null class for unconditional ones).
+        public let labels: [Int]
+        /// Guidance the teacher integrated with.
+        public let guidance: Float
+        /// Kept states: grid index → [samples · dimension].
+        public var states: [Int: [Float]]
+
+        public var indices: [Int] { states.keys.sorted() }
+
+        public init(grid: Int, samples: Int, dimension: Int, labels: [Int], guidance: Float, states: [Int: [Float]]) {
+            self.grid = grid
+            self.samples = samples
+            self.dimension = dimension
+            self.labels = labels
+            self.guidance = guidance
+            self.states = states
+        }
+    }
+
+    /// Pairs `(x_{τk}, τk, label, (x_{τk+1} − x_{τk}) / (τk+1 − τk))`: the training set of §3.4.
+    public struct Chords: Sendable {
+        public var states: [Float]
+        public var targets: [Float]
+        public var times: [Float]
+        public var labels: [Int]
+        public let dimension: Int
+        public var count: Int { times.count }
+    }
+
+    /// Labels of the teacher samples: round-robin over `classes`, with every `nullEvery`-th sample
+    /// (if > 0) given the null class, so that the unconditional velocity is straightened too.
+    public static func teacherLabels(samples: Int, classes: [Int], null: Int?, nullEvery: Int) -> [Int] {
+        var labels: [Int] = []
+        var k = 0
+        for s in 0..<samples {
+            if let null, nullEvery > 0, s % nullEvery == nullEvery - 1 {
+                labels.append(null)
+            } else {
+                labels.append(classes[k % classes.count])
+                k += 1
+            }
+        }
+        return labels
+    }
+
+    /// Integrates `samples` Gaussian source samples of `seed` with K-step uniform Euler at
+    /// `guidance` (rows with the null class get exactly the unguided velocity, since v_c = v_u
+    /// there) and keeps the states at `keep`. Batches of `batch` samples; `progress` gets
+    /// (samples done, samples).
+    public static func teacherStates(sampler: FlowSampler, samples: Int, grid k: Int, keep: Set<Int>,
+                                     labels: [Int], guidance: Float, seed: UInt64, batch: Int = 32,
+                                     progress: ((Int, Int) -> Void)? = nil) throws -> TeacherStates {
+        guard samples >= 1 else { throw ModelError("straightening needs at least 1 teacher sample") }
+        guard k >= 1 else { throw ModelError("the teacher grid needs K ≥ 1 steps, got \(k)") }
+        guard labels.count == samples else { throw ModelError("\(labels.count) labels for \(samples) teacher samples") }
+        if let bad = keep.first(where: { $0 < 0 || $0 > k }) {
+            throw ModelError("teacher index \(bad) is outside 0...\(k)")
+        }
+        let c = sampler.model.config
+        let shape = [c.inChannels, c.sampleSize, c.sampleSize]
+        let d = shape.reduce(1, *)
+        let x0 = GaussianSource.draw(count: samples, shape: shape, seed: seed)
+        let t = BOSS.referenceGrid(k)
+        var states: [Int: [Float]] = [:]
+        for i in keep { states[i] = [Float](repeating: 0, count: samples * d) }
+        for start in stride(from: 0, to: samples, by: max(batch, 1)) {
+            let range = start..<min(samples, start + max(batch, 1))
+            var x = x0.rows(range)
+            let lb = Array(labels[range])
+            func store(_ index: Int) {
+                guard states[index] != nil else { return }
+                states[index]!.replaceSubrange((range.lowerBound * d)..<(range.upperBound * d), with: x.data)
+            }
+            store(0)
+            for step in 0..<k {
+                let v = sampler.velocity(x, t: [Float](repeating: t[step], count: range.count), labels: lb, guidance: guidance)
+                x.addScaled(v, t[step + 1] - t[step])
+                store(step + 1)
+            }
+            progress?(range.upperBound, samples)
+        }
+        return TeacherStates(grid: k, samples: samples, dimension: d, labels: labels, guidance: guidance, states: states)
+    }
+
+    /// The chords of the schedule `indices` (grid indices, strictly increasing from 0 to K).
+    public static func chords(_ teacher: TeacherStates, indices: [Int]) throws -> Chords {
+        guard indices.count >= 2, indices.first == 0, indices.last == teacher.grid,
+              zip(indices, indices.dropFirst()).allSatisfy({ $0 < $1 }) else {
+            throw ModelError("a straightening schedule must increase strictly from 0 to \(teacher.grid), got \(indices)")
+        }
+        if let missing = indices.first(where: { teacher.states[$0] == nil }) {
+            throw ModelError("the teacher states do not include grid index \(missing)")
+        }
+        let d = teacher.dimension
+        var out = Chords(states: [], targets: [], times: [], labels: [], dimension: d)
+        out.states.reserveCapacity(teacher.samples * (indices.count - 1) * d)
+        out.targets.reserveCapacity(teacher.samples * (indices.count - 1) * d)
+        for (a, b) in zip(indices, indices.dropFirst()) {
+            let ta = Float(a) / Float(teacher.grid), tb = Float(b) / Float(teacher.grid)
+            let inv = 1 / (tb - ta)
+            let xa = teacher.states[a]!, xb = teacher.states[b]!
+            for s in 0..<teacher.samples {
+                let o = s * d
+                out.states.append(contentsOf: xa[o..<(o + d)])
+                for j in o..<(o + d) { out.targets.append((xb[j] - xa[j]) * inv) }
+                out.times.append(ta)
+                out.labels.append(teacher.labels[s])
+            }
+        }
+        return out
+    }
+
+    // MARK: - Cache file
+
+    /// Writes teacher states to a safetensors file (keys `x.<index>`, `labels`), atomically.
+    public static func writeCache(_ teacher: TeacherStates, path: String, key: String) throws {
+        var tensors: [String: Tensor] = [:]
+        for (i, s) in teacher.states { tensors["x.\(i)"] = Tensor(shape: [teacher.samples, teacher.dimension], data: s) }
+        tensors["labels"] = Tensor(shape: [teacher.samples], data: teacher.labels.map(Float.init))
+        let meta = ["format": "millrace-teacher-1", "key": key, "grid": String(teacher.grid),
+                    "guidance": String(teacher.guidance)]
+        try SafetensorsFile(tensors: tensors, metadata: meta).write(path: path)
+    }
+
+    /// Reads a cache written by `writeCache`; nil when it was made for other settings (`key`).
+    public static func readCache(path: String, key: String) throws -> TeacherStates? {
+        let file = try SafetensorsFile.read(path: path)
+        guard file.metadata["format"] == "millrace-teacher-1" else {
+            throw ModelError("\(path) is not a Millrace teacher cache")
+        }
+        guard file.metadata["key"] == key else { return nil }
+        guard let grid = Int(file.metadata["grid"] ?? ""), let g = Float(file.metadata["guidance"] ?? ""),
+              let labels = file.tensors["labels"], labels.shape.count == 1 else {
+            throw ModelError("\(path): teacher cache lacks grid, guidance or labels")
+        }
+        let samples = labels.shape[0]
+        var states: [Int: [Float]] = [:]
+        var d = 0
+        for (name, t) in file.tensors where name.hasPrefix("x.") {
+            guard let i = Int(name.dropFirst(2)), t.shape.count == 2, t.shape[0] == samples else {
+                throw ModelError("\(path): bad teacher tensor '\(name)' \(t.shape)")
+            }
+            d = t.shape[1]
+            states[i] = t.data
+        }
+        return TeacherStates(grid: grid, samples: samples, dimension: d, labels: labels.data.map { Int($0) },
+                             guidance: g, states: states)
+    }
+}

@@ -1,0 +1,236 @@
+import Foundation
+import MillraceCore
+
+/// Guidance in a stream (docs/METHODS.md §6).
+public enum StreamGuidance: String, Sendable, CaseIterable, Codable {
+    /// n rows, v = v_c.
+    case none
+    /// 2n rows: standard classifier-free guidance per row (null-class rows).
+    case full
+    /// Residual CFG, self-negative: the reference is the input frame the slot holds. n rows.
+    case selfNegative = "self"
+    /// Residual CFG, onetime-negative: one extra null-class row for slot 0. n + 1 rows.
+    case onetime
+}
+
+/// Parameters of a stream that may change between frames.
+public struct StreamSettings: Sendable, Equatable, Codable {
+    /// Class of the condition (the null class for unconditional).
+    public var classIndex: Int
+    public var guidance: StreamGuidance = .none
+    /// Guidance scale g (§6).
+    public var scale: Float = 1.5
+    /// RCFG damping δ ∈ (0, 1].
+    public var delta: Float = 1
+    public init(classIndex: Int) { self.classIndex = classIndex }
+}
+
+/// A problem with stream parameters or frames.
+public struct StreamError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The StreamDiffusion pipeline in flow form (docs/METHODS.md §5): n slots at times
+/// t_0 < … < t_{n−1} < 1, fixed per-slot noise, one batched model call per frame. The output of
+/// call k is frame k − n + 1 run through all n stages.
+public final class StreamPipeline {
+    public let sampler: FlowSampler
+    /// Slot times t_0 … t_{n−1}.
+    public let times: [Float]
+    public var settings: StreamSettings
+    /// Per-slot noise N_i, drawn once from the stream's seed.
+    let noise: [Tensor]
+    let frameShape: [Int]
+    /// Rows 1 … n−1 of the buffer (row i holds the frame that arrived i calls ago, at stage i);
+    /// nil until the first frame.
+    var buffer: [Tensor]?
+    /// RCFG references travelling with each buffered frame (same indexing as `buffer`).
+    var references: [Tensor]?
+    /// Model calls so far (one per processed frame; warm-up adds n − 1 sequential calls).
+    public private(set) var modelCalls = 0
+
+    public var slots: Int { times.count }
+
+    /// Times for `strength` and `steps`: t_0 = 1 − strength, then evenly spaced towards 1.
+    public static func times(strength: Float, steps: Int) throws -> [Float] {
+        guard strength > 0 && strength <= 1 else { throw StreamError("--strength must be in (0, 1], got \(strength)") }
+        guard steps >= 1 && steps <= 50 else { throw StreamError("--steps must be between 1 and 50, got \(steps)") }
+        let t0 = 1 - strength
+        return (0..<steps).map { t0 + Float($0) * strength / Float(steps) }
+    }
+
+    /// - Parameters:
+    ///   - times: strictly increasing slot times in [0, 1).
+    ///   - seed: seeds the per-slot noise.
+    public init(sampler: FlowSampler, times: [Float], settings: StreamSettings, seed: UInt64) throws {
+        guard !times.isEmpty, times.allSatisfy({ $0 >= 0 && $0 < 1 }),
+              zip(times, times.dropFirst()).allSatisfy({ $0 < $1 }) else {
+            throw StreamError("slot times must increase strictly within [0, 1), got \(times)")
+        }
+        self.sampler = sampler
+        self.times = times
+        self.settings = settings
+        let c = sampler.model.config
+        let shape = [1, c.inChannels, c.sampleSize, c.sampleSize]
+        frameShape = shape
+        noise = (0..<times.count).map { i in
+            GaussianSource.draw(count: 1, shape: Array(shape.dropFirst()), seed: seed &+ UInt64(i) &* 7919)
+        }
+        try validate(settings)
+    }
+
+    /// Throws if `settings` cannot run with these slot times and this model.
+    public func validate(_ s: StreamSettings) throws {
+        let k = sampler.model.config.numClassEmbeds ?? 1
+        guard s.classIndex >= 0 && s.classIndex < k else {
+            throw StreamError("class \(s.classIndex) is out of range 0..<\(k)")
+        }
+        if s.guidance == .selfNegative || s.guidance == .onetime {
+            guard times[0] > 0 else {
+                throw StreamError("RCFG (\(s.guidance.rawValue)) divides by t_0 and needs t_0 > 0 (strength < 1)")
+            }
+        }
+        if s.guidance == .full || s.guidance == .onetime {
+            guard sampler.flow.nullClass != nil else { throw StreamError("guidance \(s.guidance.rawValue) needs a model with a null class") }
+        }
+        guard s.delta > 0 && s.delta <= 1 else { throw StreamError("δ must be in (0, 1], got \(s.delta)") }
+        guard s.scale.isFinite && s.scale >= 0 && s.scale <= 50 else { throw StreamError("guidance scale must be in [0, 50]") }
+    }
+
+    /// Changes class or guidance between frames.
+    public func update(_ s: StreamSettings) throws {
+        try validate(s)
+        settings = s
+    }
+
+    /// Noises a frame (model space) to time t with slot noise N: t·f + (1 − t)·N.
+    static func mix(_ f: Tensor, _ t: Float, _ n: Tensor) -> Tensor {
+        var x = f.scaled(t)
+        x.addScaled(n, 1 - t)
+        return x
+    }
+
+    /// One batched evaluation of rows `xs` (each [1, C, H, W]) at `ts`, with guidance from
+    /// `refs` (RCFG references per row) — returns the data estimates x̂_i and, for onetime, the
+    /// reference computed for row 0. `firstRowIsNew`: row 0 is a frame entering slot 0, whose
+    /// onetime reference is computed now (one null row); otherwise every row brings its reference
+    /// (the warm-up's later stages: the frame keeps the reference of its slot 0, §6).
+    func evaluate(_ xs: [Tensor], _ ts: [Float], refs: [Tensor?], firstRowIsNew: Bool = true) -> (estimates: [Tensor], newReference: Tensor?) {
+        var s = settings
+        // Rows that carry their references are guided as in `self`, without a null row.
+        if s.guidance == .onetime && !firstRowIsNew { s.guidance = .selfNegative }
+        let n = xs.count
+        let cond = s.classIndex
+        let null = sampler.flow.nullClass ?? cond
+        let scale = Float(sampler.flow.timestepScale)
+        var rows = xs, rowT = ts, labels = [Int](repeating: cond, count: n)
+        switch s.guidance {
+        case .none, .selfNegative: break
+        case .full:
+            rows += xs; rowT += ts; labels += [Int](repeating: null, count: n)
+        case .onetime:
+            rows.append(xs[0]); rowT.append(ts[0]); labels.append(null)
+        }
+        let v = sampler.forward(Tensor.stack(rows: rows), timesteps: rowT.map { $0 * scale }, classLabels: labels)
+        modelCalls += 1
+        var newRef: Tensor?
+        if s.guidance == .onetime {
+            var r = xs[0]
+            r.addScaled(v.rows(n..<(n + 1)), 1 - ts[0])
+            newRef = r
+        }
+        var estimates: [Tensor] = []
+        for i in 0..<n {
+            let vc = v.rows(i..<(i + 1))
+            var vg = vc
+            switch s.guidance {
+            case .none: break
+            case .full:
+                let vu = v.rows((n + i)..<(n + i + 1))
+                vg = Self.guide(vu: vu, vc: vc, g: s.scale)
+            case .selfNegative, .onetime:
+                let r = (s.guidance == .onetime && i == 0) ? newRef! : refs[i]!
+                vg = Self.guide(vu: Self.residualNegative(x: xs[i], t: ts[i], reference: r, delta: s.delta), vc: vc, g: s.scale)
+            }
+            var est = xs[i]
+            est.addScaled(vg, 1 - ts[i])
+            estimates.append(est)
+        }
+        return (estimates, newRef)
+    }
+
+    /// v_g = v_u + g·(v_c − v_u).
+    static func guide(vu: Tensor, vc: Tensor, g: Float) -> Tensor {
+        var out = vu
+        for i in 0..<out.count { out.data[i] += g * (vc.data[i] - vu.data[i]) }
+        return out
+    }
+
+    /// RCFG's virtual negative velocity (§6): ε' = (x − t·r)/(1 − t), ẑ_u = δ·ε', v_u = (x − ẑ_u)/t.
+    public static func residualNegative(x: Tensor, t: Float, reference r: Tensor, delta: Float) -> Tensor {
+        var vu = x
+        for i in 0..<vu.count {
+            let eps = (x.data[i] - t * r.data[i]) / (1 - t)
+            vu.data[i] = (x.data[i] - delta * eps) / t
+        }
+        return vu
+    }
+
+    /// Processes one frame ([1, C, H, W] in model space: [−1, 1] times the norm scale) and
+    /// returns the output data estimate (model space): frame k − n + 1 after n stages. The first
+    /// frame warms the buffer up by running itself through all stages, so outputs are real images
+    /// from the first call on.
+    public func process(_ frame: Tensor) throws -> Tensor {
+        guard frame.shape == frameShape else {
+            throw StreamError("frame has shape \(frame.shape), the model needs \(frameShape)")
+        }
+        // A non-finite value would spread through every slot of the stream batch and stay there.
+        guard frame.data.allSatisfy(\.isFinite) else {
+            throw StreamError("frame has non-finite values (NaN or infinity); it was not processed")
+        }
+        let n = slots
+        let x0 = Self.mix(frame, times[0], noise[0])
+        if buffer == nil {
+            // Warm-up: run this frame stage by stage; row i of the buffer gets its stage-i state.
+            var rows: [Tensor] = [], refs: [Tensor] = []
+            var x = x0
+            var ref: Tensor? = settings.guidance == .selfNegative ? frame.scaled(1) : nil
+            for i in 0..<n {
+                if i > 0 { rows.append(x); refs.append(ref ?? frame) }
+                let (est, newRef) = evaluate([x], [times[i]], refs: [ref], firstRowIsNew: i == 0)
+                if i == 0, let newRef { ref = newRef }
+                if i + 1 < n { x = Self.mix(est[0], times[i + 1], noise[i + 1]) } else { x = est[0] }
+            }
+            // The buffer now holds frame 0 at stages 1…n−1; the next n−1 outputs repeat it.
+            buffer = rows
+            references = refs
+            return x
+        }
+        var xs = [x0] + buffer!
+        let firstRef: Tensor? = settings.guidance == .selfNegative ? frame : nil
+        let refs: [Tensor?] = [firstRef] + (references ?? []).map { Optional($0) }
+        let (est, newRef) = evaluate(xs, Array(times), refs: refs)
+        let output = est[n - 1]
+        // Advance: row i+1 ← t_{i+1}·x̂_i + (1 − t_{i+1})·N_{i+1}; references travel with frames.
+        var next: [Tensor] = []
+        for i in 0..<(n - 1) { next.append(Self.mix(est[i], times[i + 1], noise[i + 1])) }
+        let rowRefs = refs.enumerated().map { i, r in (i == 0 ? (newRef ?? r) : r) ?? frame }
+        buffer = next
+        references = Array(rowRefs.prefix(n - 1))
+        xs.removeAll()
+        return output
+    }
+
+    /// The same computation without batching: frame f through the n stages one model call at a
+    /// time (guidance `none`; the reference the stream-batch result must equal, §5).
+    public func sequential(_ frame: Tensor) -> Tensor {
+        var x = Self.mix(frame, times[0], noise[0])
+        for i in 0..<slots {
+            let (est, _) = evaluate([x], [times[i]], refs: [nil])
+            x = i + 1 < slots ? Self.mix(est[0], times[i + 1], noise[i + 1]) : est[0]
+        }
+        return x
+    }
+}

@@ -1,0 +1,389 @@
+import Foundation
+import MillraceKernels
+import MillraceFormats
+import MillraceCore
+
+/// Options of a rectified-flow training run (docs/METHODS.md §1, §4.1).
+public struct TrainOptions: Codable, Sendable, Equatable {
+    public var steps = 20_000
+    public var batchSize = 64
+    public var seed: UInt64 = 0
+    /// Probability of replacing a label by the null class (classifier-free guidance training).
+    public var labelDropout = 0.1
+    public var horizontalFlips = true
+    /// Draw a class uniformly, then an image of it (the emoji groups differ in size by 25×).
+    public var balanceClasses = true
+    /// Train on s·x1 with s = E‖x0‖ / E‖x1‖ (§4.1).
+    public var normAlign = false
+    public var checkpointEvery = 500
+    /// Data-parallel workers: the batch is split into this many parts, each run forward and
+    /// backward on its own thread and model replica, its kernels not splitting further; gradients
+    /// are summed in a fixed order. 1 = one model whose kernels split over the cores.
+    public var workers = 1
+    public var optimizer = AdamW.Options()
+    public init() {}
+}
+
+/// Training data for the flow trainer: images in [−1, 1] as [count, 3, H, W] and labels.
+public struct FlowTrainingData: Sendable {
+    public var images: [Float]
+    public var labels: [Int]
+    public var size: Int
+    public var classNames: [String]
+
+    public var count: Int { labels.count }
+
+    /// The train split of a dataset file.
+    public init(dataset: ImageDataset, split: UInt8 = 0) {
+        let idx = dataset.indices(split: split)
+        let per = 3 * dataset.size * dataset.size
+        var images = [Float](repeating: 0, count: idx.count * per)
+        dataset.pixels.withUnsafeBufferPointer { px in
+            for (n, i) in idx.enumerated() {
+                for j in 0..<per { images[n * per + j] = Float(px[i * per + j]) / 127.5 - 1 }
+            }
+        }
+        self.images = images
+        self.labels = idx.map { Int(dataset.labels[$0]) }
+        self.size = dataset.size
+        self.classNames = dataset.classNames
+    }
+
+    public init(images: [Float], labels: [Int], size: Int, classNames: [String]) {
+        precondition(images.count == labels.count * 3 * size * size)
+        self.images = images
+        self.labels = labels
+        self.size = size
+        self.classNames = classNames
+    }
+
+    /// s = E‖x0‖ / E‖x1‖ with E‖x0‖ ≈ √(d − ½) for N(0, I) in d dimensions (§4.1).
+    public func normAlignmentScale() -> Double {
+        let d = 3 * size * size
+        var total = 0.0
+        for n in 0..<count {
+            var s = 0.0
+            for j in 0..<d { let v = Double(images[n * d + j]); s += v * v }
+            total += s.squareRoot()
+        }
+        return (Double(d) - 0.5).squareRoot() / (total / Double(max(count, 1)))
+    }
+}
+
+/// A problem with training input or a checkpoint.
+public struct TrainError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Rectified-flow training of a class-conditional UNet2DModel: x_t = t·x1 + (1 − t)·x0 with
+/// x0 ~ N(0, I), t ~ U(0, 1), loss ‖v_θ(x_t, t, c) − (x1 − x0)‖² (mean over elements).
+/// Everything random comes from one seeded generator whose state is checkpointed, so a run split
+/// by `--resume` gives the same weights as an uninterrupted one.
+public final class FlowTrainer {
+    public let model: UNet2DModel
+    public let data: FlowTrainingData
+    public let options: TrainOptions
+    public var flow: FlowConfig
+    public let optimizer: AdamW
+    public var rng: SplitMix64
+    /// Exponentially smoothed loss (for display).
+    public var smoothedLoss: Double = .nan
+
+    public var step: Int { optimizer.step }
+
+    public init(config: UNetConfig, data: FlowTrainingData, options: TrainOptions) throws {
+        guard config.inChannels == 3, config.outChannels == 3 else {
+            throw TrainError("the trainer needs in_channels = out_channels = 3 (RGB)")
+        }
+        guard config.dropout == 0 else { throw TrainError("dropout > 0 is not supported in training") }
+        guard let k = config.numClassEmbeds, k == data.classNames.count + 1 else {
+            throw TrainError("num_class_embeds must be the number of classes + 1 (the null class): \(data.classNames.count + 1)")
+        }
+        guard data.count > 0 else { throw TrainError("the training split is empty") }
+        guard data.labels.allSatisfy({ $0 >= 0 && $0 < data.classNames.count }) else {
+            throw TrainError("a label is outside 0..<\(data.classNames.count)")
+        }
+        guard options.batchSize >= 1, options.steps >= 1 else { throw TrainError("steps and batch size must be positive") }
+        guard options.workers >= 1 && options.workers <= options.batchSize else {
+            throw TrainError("workers must be between 1 and the batch size")
+        }
+        self.model = UNet2DModel(config: config, seed: options.seed)
+        self.replicas = (1..<options.workers).map { _ in UNet2DModel(config: config) }
+        self.data = data
+        self.options = options
+        var flow = FlowConfig()
+        flow.classNames = data.classNames
+        flow.nullClass = data.classNames.count
+        flow.normScale = options.normAlign ? data.normAlignmentScale() : 1
+        flow.defaultGuidance = 1
+        self.flow = flow
+        self.optimizer = AdamW(parameters: model.namedParameters(), options: options.optimizer)
+        self.rng = SplitMix64(seed: options.seed &+ 0x5EED)
+        var groups = [[Int]](repeating: [], count: data.classNames.count)
+        for (i, l) in data.labels.enumerated() { groups[l].append(i) }
+        self.byClass = groups.filter { !$0.isEmpty }
+    }
+
+    /// Training images by class (classes without images left out).
+    let byClass: [[Int]]
+
+    /// Straightening (§3.4): when set, batches are teacher chords instead of data/noise pairs.
+    public private(set) var chords: Straightening.Chords?
+
+    /// A trainer that fine-tunes the model of `folder` on teacher chords (§3.4): each row is a
+    /// state x_{τk} at τk with the chord (x_{τk+1} − x_{τk}) / (τk+1 − τk) as its target, drawn
+    /// uniformly from `chords`; no label dropout and no flips (the chords fix both). Weights and
+    /// EMA start from the folder's weights.
+    public convenience init(folder: ModelFolder, chords: Straightening.Chords, options: TrainOptions) throws {
+        let c = folder.config
+        guard chords.count > 0, chords.dimension == c.inChannels * c.sampleSize * c.sampleSize else {
+            throw TrainError("straightening needs chords of the model's sample shape")
+        }
+        guard !folder.flow.classNames.isEmpty else { throw TrainError("straightening needs a class-conditional model folder with class names") }
+        // The data split is not used when chords are set; one blank image keeps the checks simple.
+        let placeholder = FlowTrainingData(images: [Float](repeating: 0, count: chords.dimension), labels: [0],
+                                           size: c.sampleSize, classNames: folder.flow.classNames)
+        var opts = options
+        opts.labelDropout = 0
+        opts.horizontalFlips = false
+        try self.init(config: c, data: placeholder, options: opts)
+        try initialize(from: folder)
+        flow = folder.flow
+        guard let embeds = c.numClassEmbeds, chords.labels.allSatisfy({ $0 >= 0 && $0 < embeds }) else {
+            throw TrainError("a chord label is outside the model's classes")
+        }
+        self.chords = chords
+    }
+
+    /// Draws a batch of chords: (x_{τk}, τk, labels, chord velocity).
+    func drawChordBatch(_ chords: Straightening.Chords) -> (Tensor, [Float], [Int], Tensor) {
+        let b = options.batchSize, size = data.size, d = chords.dimension
+        var xt = Tensor(zeros: [b, 3, size, size]), target = xt
+        var ts = [Float](repeating: 0, count: b), labels = [Int](repeating: 0, count: b)
+        for n in 0..<b {
+            let i = Int(rng.next() % UInt64(chords.count))
+            xt.data.replaceSubrange((n * d)..<((n + 1) * d), with: chords.states[(i * d)..<((i + 1) * d)])
+            target.data.replaceSubrange((n * d)..<((n + 1) * d), with: chords.targets[(i * d)..<((i + 1) * d)])
+            ts[n] = chords.times[i]
+            labels[n] = chords.labels[i]
+        }
+        return (xt, ts, labels, target)
+    }
+
+    /// Draws one batch: (x_t, t, labels, target velocity).
+    func drawBatch() -> (Tensor, [Float], [Int], Tensor) {
+        if let chords { return drawChordBatch(chords) }
+        let b = options.batchSize, size = data.size
+        let per = 3 * size * size
+        let s = Float(flow.normScale)
+        var xt = Tensor(zeros: [b, 3, size, size]), target = xt
+        var ts = [Float](repeating: 0, count: b), labels = [Int](repeating: 0, count: b)
+        for n in 0..<b {
+            let i: Int
+            if options.balanceClasses {
+                let members = byClass[Int(rng.next() % UInt64(byClass.count))]
+                i = members[Int(rng.next() % UInt64(members.count))]
+            } else {
+                i = Int(rng.next() % UInt64(data.count))
+            }
+            let flip = options.horizontalFlips && rng.next() & 1 == 1
+            let t = rng.nextUnitFloat()
+            ts[n] = t
+            labels[n] = rng.nextUnitDouble() < options.labelDropout ? flow.nullClass! : data.labels[i]
+            for c in 0..<3 {
+                for y in 0..<size {
+                    for x in 0..<size {
+                        let sx = flip ? size - 1 - x : x
+                        let x1 = s * data.images[i * per + (c * size + y) * size + sx]
+                        let x0 = rng.nextGaussian()
+                        let o = n * per + (c * size + y) * size + x
+                        xt.data[o] = t * x1 + (1 - t) * x0
+                        target.data[o] = x1 - x0
+                    }
+                }
+            }
+        }
+        return (xt, ts, labels, target)
+    }
+
+    /// Extra copies of the model for data-parallel workers (weights shared by reference each step).
+    let replicas: [UNet2DModel]
+
+    /// Forward and backward of rows `range` of the batch on `net`; returns the summed squared
+    /// error. Gradients are scaled for the mean over the whole batch.
+    static func lossAndGradients(_ net: UNet2DModel, _ xt: Tensor, _ ts: [Float], _ labels: [Int],
+                                 _ target: Tensor, range: Range<Int>, batchElements: Int) -> Double {
+        let x = xt.rows(range), y = target.rows(range)
+        let pred = net.forward(x, timesteps: Array(ts[range]), classLabels: Array(labels[range]), training: true)
+        var grad = Tensor(uninitialized: pred.shape)
+        var sse = 0.0
+        let inv = 2 / Float(batchElements)
+        pred.data.withUnsafeBufferPointer { p in
+            y.data.withUnsafeBufferPointer { t in
+                grad.data.withUnsafeMutableBufferPointer { g in
+                    for i in 0..<p.count {
+                        let d = p[i] - t[i]
+                        sse += Double(d * d)
+                        g[i] = inv * d
+                    }
+                }
+            }
+        }
+        net.backward(grad)
+        return sse
+    }
+
+    /// One optimisation step; returns the batch loss.
+    @discardableResult
+    public func trainStep() -> Double {
+        let (xt, ts, labels, target) = drawBatch()
+        let scale = Float(flow.timestepScale)
+        let tsScaled = ts.map { $0 * scale }
+        let b = options.batchSize
+        optimizer.zeroGrad()
+        var sse = 0.0
+        if replicas.isEmpty {
+            sse = Self.lossAndGradients(model, xt, tsScaled, labels, target, range: 0..<b, batchElements: target.count)
+        } else {
+            let workers = [model] + replicas
+            let params = workers.map { $0.namedParameters().map(\.1) }
+            for k in 1..<workers.count {
+                for (p, q) in zip(params[0], params[k]) { q.value = p.value; q.zeroGrad() }
+            }
+            let n = workers.count
+            let ranges = (0..<n).map { k in (k * b / n)..<((k + 1) * b / n) }
+            let box = UncheckedSendable((workers, xt, tsScaled, labels, target))
+            let results = UncheckedSendable(ResultSlots(count: n))
+            DispatchQueue.concurrentPerform(iterations: n) { k in
+                // Each worker is one core: its kernels must not split again.
+                mr_set_thread_serial(1)
+                defer { mr_set_thread_serial(0) }
+                let (w, x, t, l, y) = box.value
+                results.value.sse[k] = Self.lossAndGradients(w[k], x, t, l, y, range: ranges[k], batchElements: y.count)
+            }
+            for k in 1..<n {
+                for (p, q) in zip(params[0], params[k]) {
+                    p.grad.withUnsafeMutableBufferPointer { g in mr_axpy(g.count, 1, q.grad, g.baseAddress) }
+                }
+            }
+            sse = results.value.sse.reduce(0, +)
+        }
+        optimizer.update()
+        let loss = sse / Double(target.count)
+        smoothedLoss = smoothedLoss.isNaN ? loss : 0.98 * smoothedLoss + 0.02 * loss
+        return loss
+    }
+
+    /// Starts from the weights of a model folder (weights and EMA; the optimizer starts fresh),
+    /// keeping its flow.json `default_guidance`.
+    /// With `normAlign` the run keeps the scale computed on its data, so a plain model can be
+    /// fine-tuned into a norm-aligned one.
+    /// For continuing a model whose checkpoint is gone; `--resume` is exact, this is not.
+    public func initialize(from folder: ModelFolder) throws {
+        guard folder.config == model.config else {
+            throw TrainError("--init: \(folder.path) has another architecture than this run's config")
+        }
+        try model.load(folder.model.stateDict())
+        optimizer.ema = model.namedParameters().map { $0.1.value.data }
+        // A --norm-align run trains on its own s (computed on the data); otherwise the folder's
+        // scale carries over, so that continuing a norm-aligned model keeps its s.
+        if !options.normAlign { flow.normScale = folder.flow.normScale }
+        // The serving guidance is the folder's choice too: a continued model keeps it.
+        flow.defaultGuidance = folder.flow.defaultGuidance
+    }
+
+    /// A model with the EMA weights (what gets shipped and sampled from).
+    public func emaModel() -> UNet2DModel {
+        let ema = UNet2DModel(config: model.config)
+        for ((_, p), w) in zip(ema.namedParameters(), optimizer.ema) { p.value.data = w }
+        return ema
+    }
+
+    // MARK: Checkpoints
+
+    /// Writes weights, optimizer moments, EMA, RNG state and step to one safetensors file, atomically.
+    public func saveCheckpoint(path: String) throws {
+        var tensors: [String: Tensor] = [:]
+        for (i, (name, p)) in optimizer.parameters.enumerated() {
+            tensors["model." + name] = p.value
+            tensors["adam_m." + name] = Tensor(shape: p.value.shape, data: optimizer.m[i])
+            tensors["adam_v." + name] = Tensor(shape: p.value.shape, data: optimizer.v[i])
+            tensors["ema." + name] = Tensor(shape: p.value.shape, data: optimizer.ema[i])
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = .sortedKeys
+        let meta: [String: String] = [
+            "format": "millrace-checkpoint-1",
+            "step": String(optimizer.step),
+            "rng": String(rng.state),
+            "smoothed_loss": String(smoothedLoss),
+            "config": String(decoding: model.config.jsonData(), as: UTF8.self),
+            "options": String(decoding: try enc.encode(options), as: UTF8.self),
+            "flow": String(decoding: try enc.encode(flow), as: UTF8.self),
+        ]
+        try SafetensorsFile(tensors: tensors, metadata: meta).write(path: path)
+    }
+
+    /// Restores a checkpoint written by `saveCheckpoint`. The model config must match.
+    public func loadCheckpoint(path: String) throws {
+        let file: SafetensorsFile
+        do { file = try SafetensorsFile.read(path: path) } catch {
+            throw TrainError("checkpoint \(path) cannot be read: \(error)")
+        }
+        let meta = file.metadata
+        guard meta["format"] == "millrace-checkpoint-1" else {
+            throw TrainError("\(path) is not a Millrace checkpoint (no format tag)")
+        }
+        guard let stepText = meta["step"], let step = Int(stepText), step >= 0,
+              let rngText = meta["rng"], let rngState = UInt64(rngText) else {
+            throw TrainError("checkpoint \(path) has no valid step or RNG state")
+        }
+        if let configText = meta["config"] {
+            let saved = try UNetConfig(json: Data(configText.utf8))
+            guard saved == model.config else {
+                throw TrainError("checkpoint \(path) was written for another model config; start a new run or use the same --config")
+            }
+        }
+        var m: [[Float]] = [], v: [[Float]] = [], ema: [[Float]] = [], weights: [[Float]] = []
+        for (name, p) in optimizer.parameters {
+            func get(_ prefix: String) throws -> [Float] {
+                guard let t = file.tensors[prefix + name] else {
+                    throw TrainError("checkpoint \(path) lacks '\(prefix + name)'")
+                }
+                guard t.shape == p.value.shape else {
+                    throw TrainError("checkpoint \(path): '\(prefix + name)' has shape \(t.shape), expected \(p.value.shape)")
+                }
+                return t.data
+            }
+            weights.append(try get("model."))
+            m.append(try get("adam_m."))
+            v.append(try get("adam_v."))
+            ema.append(try get("ema."))
+        }
+        // Only now, with everything validated, change state.
+        for (i, (_, p)) in optimizer.parameters.enumerated() { p.value.data = weights[i] }
+        optimizer.m = m
+        optimizer.v = v
+        optimizer.ema = ema
+        optimizer.step = step
+        rng = SplitMix64(seed: 0)
+        rng.state = rngState
+        smoothedLoss = Double(meta["smoothed_loss"] ?? "") ?? .nan
+        if let flowText = meta["flow"], let f = try? JSONDecoder().decode(FlowConfig.self, from: Data(flowText.utf8)) {
+            flow = f
+        }
+    }
+}
+
+/// Per-worker results, each slot written by one worker only (raw storage: no exclusivity
+/// tracking across threads).
+final class ResultSlots: @unchecked Sendable {
+    let sse: UnsafeMutableBufferPointer<Double>
+    init(count: Int) {
+        sse = .allocate(capacity: count)
+        sse.initialize(repeating: 0)
+    }
+    deinit { sse.deallocate() }
+}

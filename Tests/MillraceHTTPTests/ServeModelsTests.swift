@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+@testable import MillraceCore
+@testable import MillraceHTTP
+import MillraceTestSupport
+
+/// Several models behind one service, and the CLI's schedule, source and solver choices
+/// through `POST /v1/generate` (docs/API.md).
+@Suite struct ServeModelsTests {
+    /// A copy of the tiny fixture under `name`, with a BOSS schedule for 3 steps when asked.
+    static func modelWithSchedules(_ name: String, boss: Bool = true) throws -> String {
+        let dir = Fixtures.tempPath("models-\(UUID().uuidString)") + "/" + name
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let fixture = Fixtures.path("unet-tiny-a")
+        for file in try FileManager.default.contentsOfDirectory(atPath: fixture) {
+            try FileManager.default.copyItem(atPath: fixture + "/" + file, toPath: dir + "/" + file)
+        }
+        guard boss else { return dir }
+        var schedules = BOSS.Schedules(grid: 10, samples: 4, guidance: 1)
+        try schedules.set(indices: [0, 2, 6, 10], cost: 0.5)
+        try schedules.write(path: BOSS.Schedules.path(inModelFolder: dir))
+        return dir
+    }
+
+    static func service() throws -> MillraceService {
+        let boss = try ModelFolder.load(try modelWithSchedules("tiny-boss"))
+        let plain = try ModelFolder.load(try modelWithSchedules("tiny-plain", boss: false))
+        return MillraceService(folders: [boss, plain], options: MillraceService.Options())
+    }
+
+    @Test func modelsAreListedWithWhatTheyOffer() throws {
+        let s = try Self.service()
+        defer { s.beginShutdown() }
+        let r = s.handle(HardeningTests.request("GET", "/v1/models"))
+        #expect(r.status == 200)
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(r).utf8)) as? [String: Any])
+        #expect(obj["default"] as? String == "tiny-boss")
+        let list = try #require(obj["models"] as? [[String: Any]])
+        #expect(list.map { $0["name"] as? String } == ["tiny-boss", "tiny-plain"])
+        #expect(list[0]["schedules"] as? [String] == ["uniform", "boss"] && list[0]["boss_steps"] as? [Int] == [3])
+        #expect(list[1]["schedules"] as? [String] == ["uniform"])
+        #expect(list.allSatisfy { $0["sources"] as? [String] == ["gaussian"] && $0["solvers"] as? [String] == ["euler", "heun"] })
+    }
+
+    @Test func generateTakesModelScheduleSourceAndSolver() throws {
+        let s = try Self.service()
+        defer { s.beginShutdown() }
+        func generate(_ json: String) -> HTTPResponse { s.handle(HardeningTests.request("POST", "/v1/generate", body: json)) }
+        let boss = generate(#"{"steps": 3, "schedule": "boss", "upscale": 1}"#)
+        #expect(boss.status == 200, "\(HardeningTests.text(boss))")
+        let uniform = generate(#"{"steps": 3, "upscale": 1}"#)
+        #expect(uniform.status == 200)
+        #expect(HardeningTests.text(boss) != HardeningTests.text(uniform), "another grid, another image")
+        // The BOSS image is the sampler's on the file's grid.
+        let p = try s.generateParams(["steps": 3, "schedule": "boss"])
+        #expect(p.grid == [0, 0.2, 0.6, 1])
+        #expect(generate(#"{"steps": 3, "solver": "heun", "upscale": 1}"#).status == 200)
+        let other = generate(#"{"steps": 2, "model": "tiny-plain", "upscale": 1}"#)
+        #expect(other.status == 200)
+        for (bad, mention) in [(#"{"steps": 4, "schedule": "boss"}"#, "[3]"), (#"{"schedule": "boss", "model": "tiny-plain"}"#, "no BOSS"),
+                               (#"{"source": "pruned"}"#, "pruning set"), (#"{"solver": "rk4"}"#, "solver"),
+                               (#"{"model": "nope"}"#, "tiny-boss"), (#"{"schedule": "cosine"}"#, "schedule")] {
+            let r = generate(bad)
+            #expect(r.status == 400, "\(bad)")
+            #expect(HardeningTests.text(r).contains(mention), "\(bad): \(HardeningTests.text(r))")
+        }
+    }
+
+    /// A model that cannot make RGB images (unet-tiny-b: 2 channels in, 1 out; a latent-space
+    /// model alike) gets a clear 400, never a trap, and `gen serve` refuses to start with it.
+    @Test func aModelThatCannotMakeImagesIsRefused() throws {
+        let odd = try ModelFolder.load(Fixtures.path("unet-tiny-b"))
+        let s = MillraceService(folders: [try ModelFolder.load(Fixtures.path("unet-tiny-a")), odd], options: MillraceService.Options())
+        defer { s.beginShutdown() }
+        let name = s.models[1].name
+        let gen = s.handle(HardeningTests.request("POST", "/v1/generate", body: #"{"steps": 2, "model": "\#(name)"}"#))
+        #expect(gen.status == 400)
+        #expect(HardeningTests.text(gen).contains("out_channels 1"))
+        #expect(s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "\#(name)"}"#)).status == 400)
+        #expect(throws: ModelError.self) { try FlowSampler(model: odd.model, flow: odd.flow).requireImageModel() }
+        let (status, _, err) = try GenCLI.run(["serve", "--port", "0", "--model", Fixtures.path("unet-tiny-b")])
+        #expect(status != 0)
+        #expect(err.contains("out_channels"), "\(err)")
+        let (genStatus, _, genErr) = try GenCLI.run(["--steps", "1", "--model", Fixtures.path("unet-tiny-b"),
+                                                     "--out", Fixtures.tempPath("never-\(UUID().uuidString).png")])
+        #expect(genStatus != 0 && genErr.contains("out_channels"), "\(genErr)")
+    }
+
+    @Test func heunCountsTwiceInTheCostLimit() throws {
+        let folder = try ModelFolder.load(Fixtures.path("unet-tiny-a"))
+        var o = MillraceService.Options()
+        o.maxGenerateWork = 10
+        let s = MillraceService(folder: folder, options: o)
+        defer { s.beginShutdown() }
+        // unet-tiny-a: guidance 1 by default here, so 1 row per image.
+        let rows = s.generationRows(try s.generateParams(["steps": 6, "guidance": 1]))
+        #expect(rows == 1)
+        #expect(s.handle(HardeningTests.request("POST", "/v1/generate", body: #"{"steps": 6, "guidance": 1}"#)).status == 200)
+        #expect(s.handle(HardeningTests.request("POST", "/v1/generate", body: #"{"steps": 6, "guidance": 1, "solver": "heun"}"#)).status == 413)
+    }
+
+    @Test func streamsRunOnTheChosenModel() throws {
+        let s = try Self.service()
+        defer { s.beginShutdown() }
+        let created = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "tiny-plain", "filter": false}"#))
+        #expect(created.status == 201)
+        let entry = try #require(s.scheduler.streams.first)
+        #expect(entry.session.pipeline.sampler.model === s.models[1].folder.model)
+        #expect(s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "nope"}"#)).status == 400)
+    }
+
+    /// A named replica's stream ids start with its name and a per-start tag, so a proxy can
+    /// route by the name and an id from an earlier run of the replica is unknown to this one.
+    @Test func aNamedReplicaPrefixesItsStreamIDs() throws {
+        let fixture = try ModelFolder.load(try Self.modelWithSchedules("tiny", boss: false))
+        func ids(_ instance: String?) throws -> [String] {
+            var o = MillraceService.Options()
+            o.instance = instance
+            let s = MillraceService(folders: [fixture], options: o)
+            defer { s.beginShutdown() }
+            return try (0..<2).map { _ in
+                let r = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"filter": false}"#))
+                let obj = try JSONSerialization.jsonObject(with: Data(HardeningTests.text(r).utf8)) as? [String: Any]
+                return try #require(obj?["id"] as? String)
+            }
+        }
+        #expect(try ids(nil) == ["s1", "s2"])
+        let a = try ids("r2"), b = try ids("r2")
+        #expect(a.allSatisfy { $0.hasPrefix("r2-") && $0.split(separator: "-").count == 3 })
+        #expect(a.map { $0.split(separator: "-")[2] } == ["s1", "s2"])
+        #expect(a[0].split(separator: "-")[1] == a[1].split(separator: "-")[1])
+        #expect(a[0] != b[0], "a restarted replica must not hand out the ids of the one before")
+    }
+}

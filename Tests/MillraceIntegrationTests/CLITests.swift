@@ -1,0 +1,129 @@
+import Foundation
+import Testing
+@testable import MillraceFormats
+@testable import MillraceCore
+import MillraceTestSupport
+
+/// The `gen` command line as a user runs it: `swift test` builds it next to the test bundle.
+@Suite(.serialized) struct CLITests {
+    @Test func genIsBuiltWithTheTests() {
+        #expect(FileManager.default.isExecutableFile(atPath: GenCLI.binary), "no gen at \(GenCLI.binary)")
+    }
+
+    @Test func latentsRunsReproduceBitForBit() throws {
+        let dir = Fixtures.tempPath("cli-latents")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // Two source samples for class 0 and --count 2.
+        let latents = GaussianSource.draw(count: 2, shape: [3, 32, 32], seed: 77)
+        try SafetensorsFile(tensors: ["latents": latents]).write(path: dir + "/in.safetensors")
+        var outputs: [Data] = [], saved: [Data] = []
+        for k in 0..<2 {
+            let (status, _, err) = try GenCLI.run(["--steps", "2", "--class", "0", "--count", "2", "--threads", "1",
+                                                    "--latents", dir + "/in.safetensors", "--out", dir + "/out\(k).png",
+                                                    "--save-latents", dir + "/final\(k).safetensors"])
+            #expect(status == 0, "gen failed: \(err)")
+            outputs.append(try Data(contentsOf: URL(fileURLWithPath: dir + "/out\(k).png")))
+            saved.append(try Data(contentsOf: URL(fileURLWithPath: dir + "/final\(k).safetensors")))
+        }
+        #expect(outputs[0] == outputs[1])
+        #expect(saved[0] == saved[1])
+        let final = try #require(try SafetensorsFile.read(path: dir + "/final0.safetensors").tensors["latents"])
+        #expect(final.shape == [2, 3, 32, 32])
+        // A latents file of the wrong shape is refused with a message naming the expected shape.
+        try SafetensorsFile(tensors: ["latents": GaussianSource.draw(count: 1, shape: [3, 8, 8], seed: 1)]).write(path: dir + "/bad.safetensors")
+        let (status, _, err) = try GenCLI.run(["--steps", "2", "--class", "0", "--count", "2", "--latents", dir + "/bad.safetensors",
+                                               "--out", dir + "/never.png"])
+        #expect(status != 0)
+        #expect(err.contains("expected"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/never.png"))
+    }
+
+    /// `OUT` in the arguments stands for a fresh path in the test's own temporary folder.
+    @Test(arguments: [
+        (["--steps", "0", "--out", "OUT.png"], "steps"),
+        (["--steps", "2", "--class", "Dinosaurs", "--out", "OUT.png"], "Dinosaurs"),
+        (["--steps", "2", "--class", "42", "--out", "OUT.png"], "42"),
+        (["schedule", "boss", "--nfe", "0"], "nfe"),
+        (["straighten", "--nfe", "0", "--out", "OUT"], "nfe"),
+        (["eval", "table", "--nfe", "2,x"], "nfe"),
+        (["train", "--data", "x.mrds", "--out", "OUT", "--min-lr", "1e-5"], "--decay cosine"),
+        (["train", "--data", "x.mrds", "--out", "OUT", "--decay", "linear"], "decay"),
+    ])
+    func badFlagValuesGetClearErrors(args: [String], mention: String) throws {
+        let out = Fixtures.tempPath("cli-never")
+        let (status, _, err) = try GenCLI.run(args.map { $0.replacingOccurrences(of: "OUT", with: out) })
+        #expect(status != 0)
+        #expect(err.lowercased().contains(mention.lowercased()), "stderr: \(err)")
+        #expect(!FileManager.default.fileExists(atPath: out + ".png") && !FileManager.default.fileExists(atPath: out))
+    }
+
+    @Test func costsFilesThatAreNotSquareOrNegativeAreRefused() throws {
+        let dir = Fixtures.tempPath("cli-costs")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let cases = [
+            ("notsquare", "[[0, 1, 2], [0, 0, 1]]"),
+            ("negative", "[[0, 0, -1], [0, 0, 0], [0, 0, 0]]"),
+            ("notjson", "[[0, 1"),
+        ]
+        for (name, text) in cases {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: "\(dir)/\(name).json"))
+            let (status, out, err) = try GenCLI.run(["schedule", "boss", "--costs", "\(dir)/\(name).json", "--nfe", "1", "--json"])
+            #expect(status != 0, "\(name): \(out)")
+            #expect(err.contains("\(name).json"), "\(name): \(err)")
+        }
+        try Data("[[0, 0, 5], [0, 0, 0], [0, 0, 0]]".utf8).write(to: URL(fileURLWithPath: "\(dir)/ok.json"))
+        let (status, out, _) = try GenCLI.run(["schedule", "boss", "--costs", "\(dir)/ok.json", "--nfe", "2", "--json"])
+        #expect(status == 0)
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        #expect(obj["indices"] as? [Int] == [0, 1, 2])
+        #expect(obj["cost"] as? Double == 0)
+    }
+
+    /// `gen serve` as a user starts it: the token from a file, and SIGTERM with a generation in
+    /// flight: the generation is stopped (503 to its client) and the process exits 0 in time.
+    @Test func serveTakesItsTokenFromAFileAndStopsCleanlyOnSIGTERM() throws {
+        let dir = Fixtures.tempPath("cli-serve")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data("s3cret-token\n".utf8).write(to: URL(fileURLWithPath: dir + "/token"))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: GenCLI.binary)
+        p.arguments = ["serve", "--port", "0", "--token-file", dir + "/token", "--threads", "1"]
+        p.currentDirectoryURL = URL(fileURLWithPath: Fixtures.repositoryRoot)
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { p.interrupt(); p.waitUntilExit() } }
+        // The first line names the port.
+        var text = ""
+        while !text.contains("\n") {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        let port = try #require(text.split(separator: ":").last.flatMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }, "\(text)")
+        let info = "GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        #expect(loopbackExchange(port: port, info + "\r\n").hasPrefix("HTTP/1.1 401"))
+        #expect(loopbackExchange(port: port, info + "Authorization: Bearer s3cret-token\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+        // A long generation (16 images × 200 steps), then SIGTERM while it runs.
+        let body = #"{"steps": 200, "count": 16}"#
+        let fd = loopbackSocket(port: port, timeout: 20)
+        defer { close(fd) }
+        let request = "POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret-token\r\n"
+            + "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        _ = request.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        let running = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        let end = Date().addingTimeInterval(30)
+        while Date() < end && !loopbackExchange(port: port, running).contains("millrace_jobs_running 1") { usleep(20_000) }
+        let signalled = Date()
+        kill(p.processIdentifier, SIGTERM)
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = recv(fd, &buf, buf.count, 0)
+        let reply = String(decoding: buf[0..<max(0, n)], as: UTF8.self)
+        #expect(reply.hasPrefix("HTTP/1.1 503"), "\(reply.prefix(200))")
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(Date().timeIntervalSince(signalled) < 5, "exit within 5 s of SIGTERM")
+    }
+}
+

@@ -1,0 +1,229 @@
+import Foundation
+import Testing
+@testable import MillraceCore
+@testable import MillraceImaging
+@testable import MillracePipelines
+import MillraceTestSupport
+
+/// Stream batch (§5), RCFG (§6) on a tiny random model.
+@Suite struct StreamTests {
+
+    static func frames(_ count: Int) -> [Tensor] {
+        (0..<count).map { GaussianSource.draw(count: 1, shape: [3, 8, 8], seed: 100 + UInt64($0)).scaled(0.5) }
+    }
+
+    /// Call k's output equals frame k − n + 1 run through the n stages one at a time (1e-5).
+    @Test(arguments: [1, 2, 3, 4]) func streamBatchEqualsSequential(n: Int) throws {
+        let s = Fixtures.tinySampler()
+        let times = try StreamPipeline.times(strength: 0.6, steps: n)
+        let stream = try StreamPipeline(sampler: s, times: times, settings: StreamSettings(classIndex: 1), seed: 9)
+        let reference = try StreamPipeline(sampler: s, times: times, settings: StreamSettings(classIndex: 1), seed: 9)
+        let fs = Self.frames(n + 4)
+        for (k, f) in fs.enumerated() {
+            let out = try stream.process(f)
+            let source = fs[max(0, k - n + 1)]  // warm-up repeats frame 0
+            let expected = reference.sequential(source)
+            #expect(relativeError(out.data, expected.data) < 1e-5, "call \(k), n \(n)")
+        }
+        // One batched model call per frame after the n warm-up calls of the first frame.
+        #expect(stream.modelCalls == n + fs.count - 1)
+    }
+
+    @Test func residualNegativeWithFullDeltaReproducesTheReference() {
+        var rng = TestRNG(seed: 4)
+        let x = Tensor(shape: [1, 3, 4, 4], data: rng.floats(48))
+        let r = Tensor(shape: [1, 3, 4, 4], data: rng.floats(48))
+        let t: Float = 0.37
+        let vu = StreamPipeline.residualNegative(x: x, t: t, reference: r, delta: 1)
+        var estimate = x
+        estimate.addScaled(vu, 1 - t)  // data estimate x̂ = x + (1 − t)·v_u
+        #expect(relativeError(estimate.data, r.data) < 1e-5)
+    }
+
+    @Test func rcfgIsRefusedAtTimeZero() throws {
+        let s = Fixtures.tinySampler()
+        let times = try StreamPipeline.times(strength: 1, steps: 2)
+        #expect(times[0] == 0)
+        for g in [StreamGuidance.selfNegative, .onetime] {
+            var settings = StreamSettings(classIndex: 0)
+            settings.guidance = g
+            #expect(throws: StreamError.self) { _ = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 1) }
+        }
+        var ok = StreamSettings(classIndex: 0)
+        ok.guidance = .full
+        _ = try StreamPipeline(sampler: s, times: times, settings: ok, seed: 1)
+    }
+
+    @Test(arguments: StreamGuidance.allCases) func everyGuidanceModeRunsAndIsFinite(mode: StreamGuidance) throws {
+        let s = Fixtures.tinySampler()
+        var settings = StreamSettings(classIndex: 0)
+        settings.guidance = mode
+        settings.scale = 2
+        settings.delta = 0.8
+        let stream = try StreamPipeline(sampler: s, times: try StreamPipeline.times(strength: 0.5, steps: 3), settings: settings, seed: 2)
+        for f in Self.frames(5) {
+            let out = try stream.process(f)
+            #expect(out.shape == [1, 3, 8, 8])
+            let finite = out.data.allSatisfy { $0.isFinite }
+            #expect(finite)
+        }
+        settings.classIndex = 1
+        try stream.update(settings)
+        _ = try stream.process(Self.frames(1)[0])
+    }
+
+    @Test func badFramesAndSettingsGetClearErrors() throws {
+        let stream = try StreamPipeline(sampler: Fixtures.tinySampler(), times: [0.5], settings: StreamSettings(classIndex: 0), seed: 1)
+        #expect(throws: StreamError.self) { _ = try stream.process(Tensor(zeros: [1, 3, 4, 4])) }
+        #expect(throws: StreamError.self) { try stream.update(StreamSettings(classIndex: 7)) }
+        #expect(throws: StreamError.self) { _ = try StreamPipeline.times(strength: 0, steps: 2) as [Float] }
+        #expect(throws: StreamError.self) { _ = try StreamPipeline.times(strength: 0.5, steps: 0) }
+        #expect(throws: StreamError.self) {
+            _ = try StreamPipeline(sampler: Fixtures.tinySampler(), times: [0.5, 0.4], settings: StreamSettings(classIndex: 0), seed: 1)
+        }
+    }
+}
+
+@Suite struct SimilarityFilterTests {
+    static func image(_ value: Float, size: Int = 16) -> RGBImage {
+        RGBImage(width: size, height: size, fill: (value, value * 0.5, 1 - value))
+    }
+
+    /// A static input with η = 0.98, max_skip = 10: cs = 1 so p_skip = 1, and exactly one frame
+    /// in 11 is processed (the one after every run of 10 skips).
+    @Test func staticInputProcessesOneFrameInEleven() {
+        var f = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 8, seed: 1)
+        var pattern: [Bool] = []
+        for _ in 0..<33 { pattern.append(f.shouldSkip(Self.image(0.4))) }
+        let expected = (0..<33).map { $0 % 11 != 0 }
+        #expect(pattern == expected)
+        #expect(f.processed == 3 && f.skipped == 30)
+    }
+
+    /// The skip pattern with a fixed seed on a slightly varying input is reproducible.
+    @Test func skipPatternIsDeterministicForASeed() {
+        func run(seed: UInt64) -> [Bool] {
+            var f = SimilarityFilter(threshold: 0.9, maxSkip: 3, side: 8, seed: seed)
+            return (0..<40).map { f.shouldSkip(Self.image(0.4 + 0.002 * Float($0 % 5))) }
+        }
+        #expect(run(seed: 5) == run(seed: 5))
+        #expect(run(seed: 5).contains(true) && run(seed: 5).contains(false))
+    }
+
+    @Test func dissimilarFramesAreAlwaysProcessed() {
+        var f = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 8, seed: 2)
+        var white = RGBImage(width: 8, height: 8, fill: (1, 1, 1))
+        let black = RGBImage(width: 8, height: 8, fill: (0.05, 0.05, 0.05))
+        for i in 0..<20 {
+            // alternate between a white frame and one with a dark half
+            if i % 2 == 0 { white = RGBImage(width: 8, height: 8, fill: (1, 1, 1)) }
+            var half = white
+            for y in 0..<4 { for x in 0..<8 { for c in 0..<3 { half.planes[c * 64 + y * 8 + x] = black.planes[0] } } }
+            let skipped = f.shouldSkip(i % 2 == 0 ? white : half)
+            #expect(!skipped)
+        }
+    }
+
+    /// A light scene (64×64) with three emoji-sized discs (an orange, a green and a red one,
+    /// radius 8) each moving 3 pixels a frame in its own direction: the kind of clip a stream of
+    /// emoji scenes gets.
+    static func brightScene(_ k: Int, noise: Float = 0, seed: UInt64 = 0) -> RGBImage {
+        var img = RGBImage(width: 64, height: 64, fill: (0.95, 0.93, 0.88))
+        var rng = SplitMix64(seed: seed &+ UInt64(k) &* 7919)
+        let f = Float(k)
+        let discs: [(Float, Float, [Float])] = [(8 + 3 * f, 12, [0.9, 0.5, 0.1]), (52 - 3 * f, 30, [0.2, 0.6, 0.2]),
+                                                (30, 8 + 3 * f, [0.8, 0.15, 0.15])]
+        for y in 0..<64 {
+            for x in 0..<64 {
+                let hit = discs.first { (Float(x) - $0.0) * (Float(x) - $0.0) + (Float(y) - $0.1) * (Float(y) - $0.1) < 64 }
+                for c in 0..<3 {
+                    var v = hit.map { $0.2[c] } ?? img.planes[c * 4096 + y * 64 + x]
+                    if noise > 0 { v += noise * (rng.nextUnitFloat() * 2 - 1) * 1.7 }
+                    img.planes[c * 4096 + y * 64 + x] = min(1, max(0, v))
+                }
+            }
+        }
+        return img
+    }
+
+    /// Motion over a light background is processed; the same clip standing still with camera
+    /// noise (about 2 % per pixel) is mostly skipped. Comparing luma in [0, 1], as the filter
+    /// did, calls consecutive moving frames more than η-similar, so they were skipped.
+    @Test func brightMotionIsProcessedAndStillNoiseIsSkipped() {
+        let motion = (0..<14).map { Self.brightScene($0) }
+        // Nearly every step of the motion is below η (skip probability 0), whatever the draws.
+        let signatures = motion.map { SimilarityFilter.signature($0, side: 32) }
+        let steps = zip(signatures, signatures.dropFirst()).map { SimilarityFilter.cosine($0, $1) }
+        #expect(steps.filter { $0 > 0.98 }.count <= 1, "\(steps)")
+        var moving = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 32, seed: 3)
+        #expect(motion.filter { !moving.shouldSkip($0) }.count >= 13)
+        // Luma in [0, 1] would call most of these steps more similar than η.
+        let raw = motion.map { $0.resizedArea(width: 32, height: 32).luma() }
+        let rawSimilar = zip(raw, raw.dropFirst()).filter { SimilarityFilter.cosine($0, $1) > 0.98 }.count
+        #expect(rawSimilar >= 10, "luma in [0, 1] would call \(rawSimilar) of 13 steps similar")
+        var still = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 32, seed: 3)
+        let noisy = (0..<44).map { Self.brightScene(0, noise: 0.02, seed: UInt64($0) &+ 1) }
+        let processedStill = noisy.filter { !still.shouldSkip($0) }.count
+        #expect(Double(processedStill) <= 0.15 * 44, "\(processedStill) of 44 still noisy frames processed")
+    }
+
+    @Test func skipProbabilityFollowsTheFormula() {
+        let f = SimilarityFilter(threshold: 0.98, maxSkip: 10, seed: 0)
+        #expect(f.skipProbability(1) == 1)
+        #expect(f.skipProbability(0.98) == 0)
+        #expect(abs(f.skipProbability(0.99) - 0.5) < 1e-5)
+        #expect(f.skipProbability(0.5) == 0)
+    }
+}
+
+@Suite struct StreamSessionTests {
+    /// A skipped frame returns the previous output and leaves the pipeline as it was.
+    @Test func skippedFrameLeavesThePipelineUnchanged() throws {
+        let s = Fixtures.tinySampler()
+        let pipeline = try StreamPipeline(sampler: s, times: [0.3, 0.6], settings: StreamSettings(classIndex: 0), seed: 4)
+        let session = StreamSession(pipeline: pipeline, filter: SimilarityFilter(threshold: 0.98, maxSkip: 10, side: 8, seed: 1))
+        let frame = RGBImage(width: 20, height: 12, fill: (0.2, 0.7, 0.4))
+        let first = try session.process(frame)
+        #expect(!first.skipped)
+        let buffer = pipeline.buffer, calls = pipeline.modelCalls
+        let second = try session.process(frame)  // identical: p_skip = 1
+        #expect(second.skipped)
+        #expect(second.image == first.image)
+        #expect(pipeline.buffer == buffer && pipeline.modelCalls == calls)
+        #expect(session.framesIn == 2 && session.framesProcessed == 1 && session.framesSkipped == 1)
+    }
+
+    /// Frames of odd sizes are centre-cropped and resized; outputs come at the asked size.
+    @Test func oddSizedFramesAndOutputSize() throws {
+        let pipeline = try StreamPipeline(sampler: Fixtures.tinySampler(), times: [0.5], settings: StreamSettings(classIndex: 1), seed: 4)
+        let session = StreamSession(pipeline: pipeline, filter: nil)
+        session.outputSize = (24, 24)
+        for (w, h) in [(1, 1), (7, 3), (33, 65)] {
+            let out = try session.process(RGBImage(width: w, height: h, fill: (0.5, 0.5, 0.5)))
+            #expect(out.image.width == 24 && out.image.height == 24)
+        }
+    }
+}
+
+@Suite struct StreamMeasuresTests {
+    @Test func correlationOfLayouts() {
+        let a: [Float] = [0, 0.2, 0.9, 0.4, 0.1]
+        #expect(abs(StreamMeasures.correlation(a, a) - 1) < 1e-12)
+        #expect(abs(StreamMeasures.correlation(a, a.map { 1 - $0 }) + 1) < 1e-12)
+        #expect(abs(StreamMeasures.correlation(a, a.map { 0.5 * $0 + 0.1 }) - 1) < 1e-6, "brightness and contrast do not count")
+        #expect(StreamMeasures.correlation(a, [Float](repeating: 0.3, count: 5)) == 0)
+    }
+
+    /// Only pixels whose input stayed put count: a moving pixel's output change is left out.
+    @Test func flickerCountsStaticPixelsOnly() {
+        let inA: [Float] = [0.5, 0.5, 0.1, 0.9], inB: [Float] = [0.5, 0.5, 0.8, 0.9]
+        var outA = RGBImage(width: 2, height: 2, fill: (0.2, 0.2, 0.2)), outB = outA
+        outB.planes[0] = 0.3          // pixel 0 (static) changes by 0.1 in red
+        outB.planes[2] = 1.0          // pixel 2 (moving) changes a lot: not counted
+        let f = StreamMeasures.staticFlicker(inputs: (inA, inB), outputs: (outA, outB))
+        #expect(f.count == 9)
+        #expect(abs(f.sum - 0.1) < 1e-6)
+        outA.planes[3] = 0.2
+        #expect(StreamMeasures.staticFlicker(inputs: (inA, inA), outputs: (outA, outA)).sum == 0)
+    }
+}

@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+@testable import MillraceFormats
+@testable import MillraceCore
+@testable import MillraceTraining
+import MillraceTestSupport
+
+/// Straightening (§3.4): teacher states, chords, the chord trainer, the teacher cache.
+@Suite(.serialized) struct StraightenTests {
+    /// A tiny trained-from-scratch model folder (8×8, 2 classes + null), written to a temp dir.
+    static func tinyFolder() throws -> ModelFolder {
+        let model = UNet2DModel(config: Fixtures.tinyUNetConfig(), seed: 3)
+        var flow = FlowConfig()
+        flow.classNames = ["square", "disc"]
+        flow.nullClass = 2
+        flow.defaultGuidance = 2
+        let path = Fixtures.tempPath("straighten-teacher")
+        try ModelFolder.write(model: model, flow: flow, to: path)
+        return try ModelFolder.load(path)
+    }
+
+    @Test func teacherStatesFollowTheSampler() throws {
+        try GlobalKernelSettings.exclusive {
+            let folder = try Self.tinyFolder()
+            let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            let labels = Straightening.teacherLabels(samples: 5, classes: [0, 1], null: 2, nullEvery: 3)
+            #expect(labels == [0, 1, 2, 0, 1])
+            // Batches of 2 give the same states as one batch, and the kept end state is what the
+            // sampler's own 10-step uniform Euler integration returns.
+            let a = try Straightening.teacherStates(sampler: sampler, samples: 5, grid: 10, keep: [0, 3, 10],
+                                                    labels: labels, guidance: 2, seed: 9, batch: 2)
+            let b = try Straightening.teacherStates(sampler: sampler, samples: 5, grid: 10, keep: [0, 3, 10],
+                                                    labels: labels, guidance: 2, seed: 9, batch: 5)
+            #expect(a.indices == [0, 3, 10])
+            #expect(relativeError(a.states[3]!, b.states[3]!) < 1e-5)
+            let x0 = GaussianSource.draw(count: 5, shape: [3, 8, 8], seed: 9)
+            #expect(a.states[0]! == x0.data)
+            let x1 = sampler.integrate(x0, schedule: Schedule.uniform(steps: 10), labels: labels, guidance: 2)
+            #expect(relativeError(a.states[10]!, x1.data) < 1e-5)
+            #expect(throws: ModelError.self) {
+                _ = try Straightening.teacherStates(sampler: sampler, samples: 2, grid: 10, keep: [11],
+                                                    labels: [0, 1], guidance: 2, seed: 9)
+            }
+        }
+    }
+
+    @Test func chordsAreTheTeacherSecants() throws {
+        let d = 4
+        var states: [Int: [Float]] = [:]
+        for i in [0, 2, 5, 10] { states[i] = (0..<(2 * d)).map { Float($0 * i) * 0.1 + Float(i * i) } }
+        let teacher = Straightening.TeacherStates(grid: 10, samples: 2, dimension: d, labels: [1, 2], guidance: 3, states: states)
+        let chords = try Straightening.chords(teacher, indices: [0, 2, 10])
+        #expect(chords.count == 4)   // 2 intervals × 2 samples
+        #expect(chords.times == [0, 0, 0.2, 0.2])
+        #expect(chords.labels == [1, 2, 1, 2])
+        // second interval, second sample: (x_10 − x_2) / 0.8
+        for j in 0..<d {
+            let expected = (states[10]![d + j] - states[2]![d + j]) / 0.8
+            #expect(abs(chords.targets[3 * d + j] - expected) <= 1e-4 * max(1, abs(expected)))
+            #expect(chords.states[3 * d + j] == states[2]![d + j])
+        }
+        #expect(throws: ModelError.self) { _ = try Straightening.chords(teacher, indices: [0, 5, 2, 10]) }
+        #expect(throws: ModelError.self) { _ = try Straightening.chords(teacher, indices: [0, 3, 10]) }   // 3 not kept
+        #expect(throws: ModelError.self) { _ = try Straightening.chords(teacher, indices: [0, 5]) }      // does not end at K
+    }
+
+    @Test func fineTuningOnChordsLowersTheChordLoss() throws {
+        try GlobalKernelSettings.exclusive {
+            let folder = try Self.tinyFolder()
+            let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            let labels = Straightening.teacherLabels(samples: 8, classes: [0, 1], null: 2, nullEvery: 4)
+            let teacher = try Straightening.teacherStates(sampler: sampler, samples: 8, grid: 8, keep: [0, 3, 8],
+                                                          labels: labels, guidance: 2, seed: 4)
+            let chords = try Straightening.chords(teacher, indices: [0, 3, 8])
+            var opts = TrainerTests.options(steps: 30)
+            opts.optimizer.learningRate = 2e-3
+            let trainer = try FlowTrainer(folder: folder, chords: chords, options: opts)
+            #expect(trainer.options.labelDropout == 0 && !trainer.options.horizontalFlips)
+            // The trainer starts from the teacher's weights.
+            let w0 = trainer.model.stateDict()
+            for (name, t) in folder.model.stateDict() { #expect(w0[name]!.data == t.data) }
+            var first: [Double] = [], last: [Double] = []
+            for s in 0..<30 {
+                let l = trainer.trainStep()
+                if s < 5 { first.append(l) }
+                if s >= 25 { last.append(l) }
+            }
+            #expect(last.reduce(0, +) < 0.8 * first.reduce(0, +))
+            // A chord label outside the model's classes is refused.
+            var bad = chords
+            bad.labels[0] = 7
+            #expect(throws: TrainError.self) { _ = try FlowTrainer(folder: folder, chords: bad, options: opts) }
+        }
+    }
+
+    @Test func teacherCacheRoundTripAndKey() throws {
+        let d = 3
+        let teacher = Straightening.TeacherStates(grid: 4, samples: 2, dimension: d, labels: [0, 2], guidance: 1.5,
+                                                  states: [0: [1, 2, 3, 4, 5, 6], 4: [6, 5, 4, 3, 2, 1]])
+        let path = Fixtures.tempPath("teacher-cache.safetensors")
+        try Straightening.writeCache(teacher, path: path, key: "k1")
+        let back = try #require(try Straightening.readCache(path: path, key: "k1"))
+        #expect(back.grid == 4 && back.samples == 2 && back.dimension == d && back.labels == [0, 2] && back.guidance == 1.5)
+        #expect(back.states == teacher.states)
+        #expect(try Straightening.readCache(path: path, key: "other") == nil)
+        // A safetensors file that is not a teacher cache is refused with a clear error.
+        let other = Fixtures.tempPath("not-teacher.safetensors")
+        try SafetensorsFile(tensors: ["x": Tensor(shape: [1], data: [0])]).write(path: other)
+        #expect(throws: ModelError.self) { _ = try Straightening.readCache(path: other, key: "k1") }
+    }
+}
