@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import Foundation
 import MillraceCore
 import MillraceTraining
@@ -51,26 +50,6 @@ struct DatasetCommand: ParsableCommand {
             }
         }
     }
-}
-
-/// Sets a flag on SIGINT/SIGTERM so that a long loop can checkpoint and stop cleanly.
-final class InterruptFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var raised = false
-    private var sources: [DispatchSourceSignal] = []
-
-    init() {
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            src.setEventHandler { [weak self] in self?.raise() }
-            src.resume()
-            sources.append(src)
-        }
-    }
-
-    func raise() { lock.lock(); raised = true; lock.unlock() }
-    var isRaised: Bool { lock.lock(); defer { lock.unlock() }; return raised }
 }
 
 /// `gen train`: rectified-flow training of a class-conditional UNet2DModel.
@@ -195,58 +174,34 @@ struct Train: ParsableCommand {
             opts.optimizer.gradClip = clip
             opts.optimizer.emaDecay = ema
             let trainer = try FlowTrainer(config: config, data: trainData, options: opts)
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            let checkpoint = out + "/checkpoint.safetensors"
-            let csvPath = out + "/loss.csv"
-            if resume {
-                guard FileManager.default.fileExists(atPath: checkpoint) else {
-                    throw TrainError("--resume: no checkpoint at \(checkpoint)")
-                }
-                try trainer.loadCheckpoint(path: checkpoint)
-                FileHandle.standardError.write(Data("resumed at step \(trainer.step) from \(checkpoint)\n".utf8))
-            } else if FileManager.default.fileExists(atPath: checkpoint) {
-                throw TrainError("\(checkpoint) exists: pass --resume to continue it, or choose another --out")
-            } else if let initFrom {
-                try trainer.initialize(from: try ModelFolder.load(initFrom))
-                FileHandle.standardError.write(Data("initialised from \(initFrom)\n".utf8))
-            }
-            var log = try LossLog(path: csvPath, keepUpTo: trainer.step)
+            var settings = TrainingRun.Settings(out: out, steps: steps)
+            settings.checkpointEvery = checkpointEvery
+            settings.resume = resume
+            settings.initFrom = initFrom
+            let run = try TrainingRun(trainer: trainer, settings: settings)
             let interrupt = InterruptFlag()
-            FileHandle.standardError.write(Data("training \(trainer.model.parameterCount) parameters on \(trainData.count) images, batch \(batch), \(opts.workers) worker(s), \(Runtime.describe())\n".utf8))
-            let bar = ProgressBar("train", total: steps, unit: "img", initial: trainer.step)
-            let startStep = trainer.step
-            let t0 = Date()
-            // Wall time of earlier runs of this training (from the log), so elapsed adds up across resumes.
-            let wallBefore = LossLog.lastElapsed(path: csvPath) ?? 0
-            while trainer.step < steps && !interrupt.isRaised {
-                let loss = trainer.trainStep()
-                let elapsed = Date().timeIntervalSince(t0)
-                let ips = Double((trainer.step - startStep) * batch) / max(elapsed, 1e-9)
-                try log.append(step: trainer.step, loss: loss, smoothed: trainer.smoothedLoss,
-                               lr: trainer.optimizer.currentLearningRate, imagesPerSecond: ips,
-                               elapsed: wallBefore + elapsed)
-                bar.update(trainer.step, extra: String(format: "loss %.4f", trainer.smoothedLoss), rateScale: Double(batch))
-                if trainer.step % checkpointEvery == 0 || trainer.step == steps {
-                    try save(trainer, checkpoint: checkpoint)
-                    log.flush()
+            var bar: ProgressBar?
+            func note(_ text: String) { FileHandle.standardError.write(Data((text + "\n").utf8)) }
+            try run.run(shouldStop: { interrupt.isRaised }, onEvent: { event in
+                switch event {
+                case .resumed(let step): note("resumed at step \(step) from \(run.checkpointPath)")
+                case .initialised(let from): note("initialised from \(from)")
+                case .stepped(let step, _, let smoothed, _):
+                    if bar == nil {
+                        note("training \(trainer.model.parameterCount) parameters on \(trainData.count) images, batch \(batch), \(opts.workers) worker(s), \(Runtime.describe())")
+                        bar = ProgressBar("train", total: steps, unit: "img", initial: step - 1)
+                    }
+                    bar?.update(step, extra: String(format: "loss %.4f", smoothed), rateScale: Double(batch))
+                case .checkpointed: break
+                case .interrupted(let step):
+                    bar?.finish()
+                    bar = nil
+                    note("interrupted: checkpoint written at step \(step); continue with --resume")
                 }
-            }
-            bar.finish()
-            if interrupt.isRaised {
-                try save(trainer, checkpoint: checkpoint)
-                FileHandle.standardError.write(Data("interrupted: checkpoint written at step \(trainer.step); continue with --resume\n".utf8))
-            }
-            try log.close()
-            try LossPlot.write(csv: csvPath, png: out + "/loss.png")
+            })
+            bar?.finish()
             print("wrote \(out) (step \(trainer.step), smoothed loss \(String(format: "%.4f", trainer.smoothedLoss)))")
         }
-    }
-
-    func save(_ trainer: FlowTrainer, checkpoint: String) throws {
-        try trainer.saveCheckpoint(path: checkpoint)
-        try ModelFolder.write(model: trainer.emaModel(), flow: trainer.flow, to: out,
-                              metadata: ["step": String(trainer.step), "weights": "ema"])
-        try? LossPlot.write(csv: out + "/loss.csv", png: out + "/loss.png")
     }
 }
 
