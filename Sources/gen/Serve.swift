@@ -114,7 +114,6 @@ struct Serve: ParsableCommand {
         try runReportingErrors {
             let folders = try (model.isEmpty ? [ModelFolder.defaultPath()] : model).map { try ModelFolder.load($0) }
             for f in folders { try FlowSampler(model: f.model, flow: f.flow).requireImageModel() }
-            let folder = folders[0]
             var opts = MillraceService.Options()
             opts.staticDir = staticDir
             opts.maxStreams = maxStreams

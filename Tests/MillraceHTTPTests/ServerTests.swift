@@ -320,7 +320,7 @@ import MillraceTestSupport
         // One slot: each output is the frame just processed (with n slots it would be the frame
         // n − 1 calls before).
         let entry = try Self.createStream(s, #"{"class": 0, "filter": false, "steps": 1}"#)
-        let frames = try (1...5).map { try RGBImage(width: 10, height: 10, fill: (Float($0) / 5, 0.5, 1 - Float($0) / 5)) }
+        let frames = (1...5).map { RGBImage(width: 10, height: 10, fill: (Float($0) / 5, 0.5, 1 - Float($0) / 5)) }
         // The worker takes frame 1 and waits for the model; frames 2–5 arrive meanwhile.
         s.service.modelLock.lock()
         #expect(s.call("POST", "/v1/streams/\(entry.id)/frames", body: try frames[0].pngData(), type: "image/png").status == 202)

@@ -55,8 +55,11 @@ import MillraceTestSupport
         }
     }
 
-    @Test func pageRunsGenerateStreamAndColorizeInChromium() throws {
-        let browser = try #require(Self.chromium(), "Chromium is missing: run scripts/install-deps.sh")
+    /// Skipped, with this reason in the test report, where Chromium is not installed
+    /// (scripts/install-deps.sh installs it, so CI runs it).
+    @Test(.enabled(if: BrowserTests.chromium() != nil, "Chromium is missing (/usr/bin/chromium): run scripts/install-deps.sh to run the page in a browser"))
+    func pageRunsGenerateStreamAndColorizeInChromium() throws {
+        let browser = try #require(Self.chromium())
         let folder = try ModelFolder.load(Fixtures.path("unet-tiny-a"))
         var options = MillraceService.Options()
         options.staticDir = Self.repo.appendingPathComponent("web-static").path
@@ -89,7 +92,7 @@ import MillraceTestSupport
             }
         }
         let logPath = work.appendingPathComponent("chromium.log").path
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         defer { try? log.close() }
         let started = Date()
