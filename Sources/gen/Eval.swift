@@ -31,11 +31,11 @@ struct EvalGenerate: ParsableCommand {
     @Option(help: "Integration steps.")
     var steps: Int = 8
     @Option(help: "Step schedule: uniform or boss.")
-    var schedule: String = "uniform"
+    var schedule: ScheduleChoice = .uniform
     @Option(help: "Source distribution: gaussian or pruned (needs `gen prune-axes`).")
-    var source: String = "gaussian"
+    var source: SourceDistribution = .gaussian
     @Option(help: "ODE solver: euler or heun.")
-    var solver: String = "euler"
+    var solver: Solver = .euler
     @Option(help: "Classifier-free guidance scale (default: the model's).")
     var guidance: Float?
     @Option(help: "Number of samples.")
@@ -58,9 +58,6 @@ struct EvalGenerate: ParsableCommand {
         guard steps >= 1 && steps <= 1000 else { throw ValidationError("--steps must be between 1 and 1000") }
         guard referenceSteps >= 0 else { throw ValidationError("--reference-steps must be ≥ 0") }
         guard samples >= 2 else { throw ValidationError("--samples must be at least 2") }
-        guard ["uniform", "boss"].contains(schedule) else { throw ValidationError("--schedule must be uniform or boss") }
-        guard SourceDistribution(rawValue: source) != nil else { throw ValidationError("--source must be gaussian or pruned") }
-        guard Solver(rawValue: solver) != nil else { throw ValidationError("--solver must be euler or heun") }
         guard batch >= 1 else { throw ValidationError("--batch must be positive") }
     }
 
@@ -74,18 +71,18 @@ struct EvalGenerate: ParsableCommand {
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             try sampler.requireImageModel()
             let c = folder.config
-            let grid = schedule == "boss" ? try BOSS.Schedules.times(steps: steps, modelFolder: modelPath) : Schedule.uniform(steps: steps)
+            let grid = schedule == .boss ? try BOSS.Schedules.times(steps: steps, modelFolder: modelPath) : Schedule.uniform(steps: steps)
             let g = guidance ?? Float(folder.flow.defaultGuidance)
             let classes = try ClassSelection.parse("all", flow: folder.flow, config: c)
             let labels = (0..<samples).map { classes[$0 % classes.count] }
             let shape = [c.inChannels, c.sampleSize, c.sampleSize]
-            let (x0, acceptance) = try SourceDistribution(rawValue: source)!.draw(
+            let (x0, acceptance) = try source.draw(
                 count: samples, shape: shape, seed: seed, modelFolder: modelPath)
 
             let total = referenceSteps > 0 ? 2 * samples : samples
             let bar = ProgressBar("eval", total: total, unit: "samples")
             let images = GenerationEvaluator.generate(sampler, x0: x0, labels: labels, schedule: grid, guidance: g,
-                                                      solver: Solver(rawValue: solver)!, batch: batch) { bar.update($0) }
+                                                      solver: solver, batch: batch) { bar.update($0) }
             let reference: Tensor? = referenceSteps > 0
                 ? GenerationEvaluator.generate(sampler, x0: x0, labels: labels, schedule: Schedule.uniform(steps: referenceSteps),
                                                guidance: g, batch: batch) { bar.update(samples + $0) }
@@ -99,7 +96,7 @@ struct EvalGenerate: ParsableCommand {
                 var perClass: [String: Double] = [:]
                 for (k, n) in names.enumerated() { perClass[n] = m.accuracyPerClass[k] }
                 let obj: [String: Any] = [
-                    "model": modelPath, "steps": steps, "schedule": schedule, "source": source, "solver": solver,
+                    "model": modelPath, "steps": steps, "schedule": schedule.rawValue, "source": source.rawValue, "solver": solver.rawValue,
                     "guidance": g, "samples": samples, "seed": seed, "reference_steps": referenceSteps,
                     "discrepancy": discrepancy as Any? ?? NSNull(), "frechet": frechet, "accuracy": accuracy,
                     "accuracy_per_class": perClass, "heldout_images": heldCount,
@@ -108,7 +105,7 @@ struct EvalGenerate: ParsableCommand {
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             } else {
-                print(String(format: "%@, %d steps, %@ schedule, %@ source, guidance %.2f, %d samples", modelPath, steps, schedule, source, g, samples))
+                print(String(format: "%@, %d steps, %@ schedule, %@ source, guidance %.2f, %d samples", modelPath, steps, schedule.rawValue, source.rawValue, g, samples))
                 print(String(format: "discrepancy %@   frechet %.3f   accuracy %.3f",
                              discrepancy.map { String(format: "%.5f", $0) } ?? "-", frechet, accuracy))
                 for (k, n) in names.enumerated() {

@@ -15,7 +15,13 @@ struct Gen: ParsableCommand {
           gen dataset emoji --out data/emoji32.mrds    build the training set
           gen train --data data/emoji32.mrds --out runs/emoji32
         """,
-        subcommands: [Generate.self, Info.self, Bench.self, DatasetCommand.self, Train.self, TrainClassifier.self, ScheduleCommand.self, StraightenCommand.self, StreamCommand.self, ClipsCommand.self, Eval.self, Serve.self, PruneAxes.self, BSSCommand.self, ColorizeCommand.self, ReferencesCommand.self],
+        subcommands: [Generate.self],
+        groupedSubcommands: [
+            CommandGroup(name: "Few-step sampling", subcommands: [ScheduleCommand.self, StraightenCommand.self, PruneAxes.self]),
+            CommandGroup(name: "Streams, colour and serving", subcommands: [StreamCommand.self, ColorizeCommand.self, BSSCommand.self, Serve.self]),
+            CommandGroup(name: "Data and training", subcommands: [DatasetCommand.self, Train.self, TrainClassifier.self, ClipsCommand.self, ReferencesCommand.self]),
+            CommandGroup(name: "Measuring", subcommands: [Eval.self, Bench.self, Info.self]),
+        ],
         defaultSubcommand: Generate.self)
 }
 

@@ -31,11 +31,11 @@ struct Generate: ParsableCommand {
     @Option(help: "Classifier-free guidance scale (1 = off).")
     var guidance: Float?
     @Option(help: "Step schedule: uniform, or boss (the model folder's schedules.json; see `gen schedule boss`).")
-    var schedule: String = "uniform"
+    var schedule: ScheduleChoice = .uniform
     @Option(help: "Source distribution: gaussian, or pruned (SourceFM §4.3; needs the model folder's prune-axes.safetensors from `gen prune-axes`).")
-    var source: String = "gaussian"
+    var source: SourceDistribution = .gaussian
     @Option(help: "ODE solver: euler or heun.")
-    var solver: String = "euler"
+    var solver: Solver = .euler
     @Option(help: "Output PNG path.")
     var out: String = "out/generated.png"
     @Option(help: "Nearest-neighbour upscale factor for viewing.")
@@ -52,11 +52,6 @@ struct Generate: ParsableCommand {
         guard steps >= 1 && steps <= 10_000 else { throw ValidationError("--steps must be between 1 and 10000, got \(steps)") }
         guard count >= 1 && count <= 1024 else { throw ValidationError("--count must be between 1 and 1024") }
         guard upscale >= 1 && upscale <= 32 else { throw ValidationError("--upscale must be between 1 and 32") }
-        guard Solver(rawValue: solver) != nil else { throw ValidationError("--solver must be euler or heun, got '\(solver)'") }
-        guard schedule == "uniform" || schedule == "boss" else {
-            throw ValidationError("--schedule must be uniform or boss, got '\(schedule)'")
-        }
-        guard SourceDistribution(rawValue: source) != nil else { throw ValidationError("--source must be gaussian or pruned, got '\(source)'") }
         if let g = guidance, !(g.isFinite && g >= 0 && g <= 50) { throw ValidationError("--guidance must be between 0 and 50") }
     }
 
@@ -82,7 +77,7 @@ struct Generate: ParsableCommand {
                 }
                 x0 = Tensor(t)
             } else {
-                let drawn = try SourceDistribution(rawValue: source)!.draw(
+                let drawn = try source.draw(
                     count: k, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: seed, modelFolder: folder.path)
                 x0 = drawn.samples
                 if let rate = drawn.acceptanceRate {
@@ -91,7 +86,7 @@ struct Generate: ParsableCommand {
             }
             let g = guidance ?? Float(folder.flow.defaultGuidance)
             let grid: [Float]
-            if schedule == "boss" {
+            if schedule == .boss {
                 grid = try BOSS.Schedules.times(steps: steps, modelFolder: folderPath)
                 try Schedule.validate(grid)
                 let file = BOSS.Schedules.path(inModelFolder: folderPath)
@@ -103,7 +98,7 @@ struct Generate: ParsableCommand {
             }
             let bar = ProgressBar("generate", total: steps, unit: "steps")
             let x1 = sampler.integrate(x0, schedule: grid, labels: folder.config.numClassEmbeds == nil ? nil : labels,
-                                       guidance: g, solver: Solver(rawValue: solver)!) { done, _, _ in
+                                       guidance: g, solver: solver) { done, _, _ in
                 bar.update(done)
                 return true
             }
@@ -128,7 +123,7 @@ struct Generate: ParsableCommand {
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try picture.writePNG(path: out)
-            print("wrote \(out): \(k) image(s), \(steps) \(schedule == "boss" ? "BOSS " : "")steps, classes: \(names.joined(separator: ", "))")
+            print("wrote \(out): \(k) image(s), \(steps) \(schedule == .boss ? "BOSS " : "")steps, classes: \(names.joined(separator: ", "))")
         }
     }
 }

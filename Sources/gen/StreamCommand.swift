@@ -38,7 +38,7 @@ struct StreamCommand: ParsableCommand {
     @Option(help: "Guidance scale g.")
     var guidance: Float = 1.5
     @Option(help: "Guidance mode: none, full, self, onetime.")
-    var rcfg: String = "none"
+    var rcfg: StreamGuidance = .none
     @Option(help: "RCFG damping δ in (0, 1].")
     var delta: Float = 1
     @Option(name: .customLong("class"), help: "Class name, index, or 'null'.")
@@ -60,9 +60,7 @@ struct StreamCommand: ParsableCommand {
     func run() throws {
         threads.apply()
         try runReportingErrors {
-            guard let mode = StreamGuidance(rawValue: rcfg) else {
-                throw StreamError("--rcfg must be none, full, self or onetime, got '\(rcfg)'")
-            }
+            let mode = rcfg
             let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             try sampler.requireImageModel()
