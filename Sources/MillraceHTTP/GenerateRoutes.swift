@@ -189,7 +189,7 @@ extension MillraceService {
         } catch let e as JobStopped {
             return .busy("generation stopped: \(e.reason)")
         } catch {
-            return .error(400, "\(error)")
+            return .failure(error)
         }
     }
 
@@ -217,7 +217,7 @@ extension MillraceService {
         } catch let e as JobRefusal {
             return e.response
         } catch {
-            return .error(400, "\(error)")
+            return .failure(error)
         }
         let work = UncheckedSendable((self, p, job, body))
         Thread.detachNewThread {

@@ -4,6 +4,18 @@ import Foundation
 import MillraceCore
 
 /// An HTTP request as the router sees it.
+/// Why the server could not start.
+public enum HTTPServerError: Error, CustomStringConvertible, Equatable {
+    /// libmicrohttpd refused to start (the address is taken, the port is not free, ...).
+    case startFailed(String)
+
+    public var description: String {
+        switch self {
+        case .startFailed(let why): return "cannot start the HTTP server: \(why)"
+        }
+    }
+}
+
 extension HTTPServer {
     /// The version of the libmicrohttpd this program is linked against.
     public static var libraryVersion: String { MHD_get_version().map { String(cString: $0) } ?? "unknown" }
@@ -253,7 +265,7 @@ public final class HTTPServer: @unchecked Sendable {
             return mr_http_start(&c, HTTPServer.access, me, HTTPServer.completed, me, HTTPServer.notify, me, &err, err.count)
         }
         guard let d = started else {
-            throw ModelError(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw HTTPServerError.startFailed(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         daemon = d
         port = mr_http_port(d)

@@ -66,7 +66,7 @@ extension MillraceService {
             scheduler.start()
             return .json(["id": entry.id], status: 201)
         } catch {
-            return .error(400, "\(error)")
+            return .failure(error)
         }
     }
 
@@ -149,7 +149,7 @@ extension MillraceService {
     func streamOutput(id: String, query: [String: String] = [:]) -> HTTPResponse {
         guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
         let format: OutputFormat
-        do { format = try Self.outputFormat(query) } catch { return .error(400, "\(error)") }
+        do { format = try Self.outputFormat(query) } catch { return .failure(error) }
         // Frames are pushed to the viewer as they are published (no thread waits for them); a
         // slow viewer skips to the newest frame.
         let body = HTTPStreamBody()
@@ -222,7 +222,7 @@ extension MillraceService {
             }
             return .json(["id": id, "updated": true])
         } catch {
-            return .error(400, "\(error)")
+            return .failure(error)
         }
     }
 }

@@ -98,7 +98,7 @@ struct BenchServe: ParsableCommand {
         for k in 0..<count {
             let r = s.handle(Self.request("POST", "/v1/streams",
                                           #"{"class": \#(k % 9), "rcfg": "full", "guidance": 3, "strength": 0.9, "steps": 2, "filter": false}"#))
-            guard r.status == 201, let e = s.scheduler.streams.last else { throw ModelError("cannot create a stream: \(r.status)") }
+            guard r.status == 201, let e = s.scheduler.streams.last else { throw ModelError.invalidArgument("cannot create a stream: \(r.status)") }
             entries.append(e)
         }
         let feeding = StopFlag()

@@ -33,10 +33,10 @@ struct DatasetSamplesCommand: ParsableCommand {
             var index: [[String: Any]] = []
             for group in groups.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
                 guard let cls = ds.classNames.firstIndex(of: group) else {
-                    throw DatasetError("no group '\(group)' in \(data); groups: \(ds.classNames.joined(separator: ", "))")
+                    throw DatasetError.invalidArgument("no group '\(group)' in \(data); groups: \(ds.classNames.joined(separator: ", "))")
                 }
                 guard let i = held.first(where: { Int(ds.labels[$0]) == cls }) else {
-                    throw DatasetError("group '\(group)' has no held-out image in \(data)")
+                    throw DatasetError.invalidArgument("group '\(group)' has no held-out image in \(data)")
                 }
                 let name = ds.items.indices.contains(i) ? ds.items[i].name : "image \(i)"
                 let slug = name.lowercased().map { $0.isLetter || $0.isNumber ? String($0) : "-" }.joined()

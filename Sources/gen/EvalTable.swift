@@ -146,7 +146,7 @@ struct EvalTable: ParsableCommand {
                             if FileManager.default.fileExists(atPath: sdir) {
                                 let sf = try ModelFolder.load(sdir)
                                 guard sf.config == folder.config else {
-                                    throw ModelError("\(sdir) has another architecture than \(dir)")
+                                    throw ModelError.invalidModel("\(sdir) has another architecture than \(dir)")
                                 }
                                 let st = try BOSS.Schedules.times(steps: n, modelFolder: sdir)
                                 runs.append(("boss+straightened", FlowSampler(model: sf.model, flow: sf.flow), st, Float(sf.flow.defaultGuidance)))

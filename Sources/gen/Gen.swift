@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MillraceCore
+import MillraceTraining
 
 /// `gen`: Millrace's command line. `gen --steps N` generates with the shipped model.
 struct Gen: ParsableCommand {
@@ -30,8 +31,30 @@ func runReportingErrors(_ body: () throws -> Void) throws {
     do { try body() } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch let e as ValidationError {
         throw e
     } catch {
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        let advice = commandAdvice(for: error).map { "\n       make it with: \($0)" } ?? ""
+        FileHandle.standardError.write(Data("error: \(error)\(advice)\n".utf8))
         throw ExitCode.failure
+    }
+}
+
+/// The `gen` command that makes what an error says is missing (the library's errors name no
+/// commands; this is where the CLI adds them).
+func commandAdvice(for error: Error) -> String? {
+    switch error {
+    case ModelError.missingFile(let path, let kind, _):
+        let folder = (path as NSString).deletingLastPathComponent
+        let model = folder == ModelFolder.defaultPath() ? "" : " --model \(folder)"
+        switch kind {
+        case .pruningSet: return "gen prune-axes --data data/emoji32.mrds\(model)"
+        case .bossSchedules: return "gen schedule boss --nfe STEPS\(model)"
+        case .classifier: return "gen train-classifier --data data/emoji32.mrds --out \(path)"
+        case .modelFolder: return "gen train --data data/emoji32.mrds --out \(path)"
+        case .teacherCache, .costs: return nil
+        }
+    case DatasetError.notFound(let path):
+        return "gen dataset emoji --out \(path)"
+    default:
+        return nil
     }
 }
 

@@ -71,9 +71,9 @@ struct Generate: ParsableCommand {
             var x0: Tensor
             if let latents {
                 let file = try SafetensorsFile.read(path: latents)
-                guard let t = file.tensors["latents"] else { throw ModelError("\(latents) has no tensor 'latents'") }
+                guard let t = file.tensors["latents"] else { throw ModelError.invalidFile("\(latents) has no tensor 'latents'") }
                 guard t.shape == [k, c.inChannels, c.sampleSize, c.sampleSize] else {
-                    throw ModelError("\(latents): 'latents' has shape \(t.shape), expected \([k, c.inChannels, c.sampleSize, c.sampleSize]) for \(classes.count) class(es) × --count \(count)")
+                    throw ModelError.invalidFile("\(latents): 'latents' has shape \(t.shape), expected \([k, c.inChannels, c.sampleSize, c.sampleSize]) for \(classes.count) class(es) × --count \(count)")
                 }
                 x0 = Tensor(t)
             } else {

@@ -42,14 +42,14 @@ struct PruneAxes: ParsableCommand {
             let folder = model ?? ModelFolder.defaultPath()
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDir), isDir.boolValue else {
-                throw ModelError("model folder '\(folder)' does not exist; give one with --model")
+                throw ModelError.invalidModel("model folder '\(folder)' does not exist; give one with --model")
             }
             let dataset = try ImageDataset.read(path: data)
             let configPath = (folder as NSString).appendingPathComponent("config.json")
             if let json = FileManager.default.contents(atPath: configPath) {
                 let config = try UNetConfig(json: json)
                 guard config.inChannels == 3, config.sampleSize == dataset.size else {
-                    throw ModelError("\(data) holds 3×\(dataset.size)×\(dataset.size) images but the model in \(folder) takes \(config.inChannels)×\(config.sampleSize)×\(config.sampleSize)")
+                    throw ModelError.invalidArgument("\(data) holds 3×\(dataset.size)×\(dataset.size) images but the model in \(folder) takes \(config.inChannels)×\(config.sampleSize)×\(config.sampleSize)")
                 }
             }
             let d = dataset.bytesPerImage
@@ -91,7 +91,7 @@ struct PruneAxes: ParsableCommand {
             print("  signed axes with γ ≤ t: " + cuts.map { t in "t=\(t): \(all.filter { $0 <= t }.count)" }.joined(separator: ", "))
             print("|R| = \(set.count) signed axes on \(set.axisCount) components (\(set.twoSidedCount) with both signs) at τ = \(tau)")
             guard set.count > 0 else {
-                throw ModelError("no signed axis has γ ≤ τ = \(tau): nothing to prune; raise --tau (the smallest γ is \(quantile(0)))")
+                throw ModelError.invalidArgument("no signed axis has γ ≤ τ = \(tau): nothing to prune; raise --tau (the smallest γ is \(quantile(0)))")
             }
             let kept = set.components.map { analysis.basis.variances[$0] }
             print(String(format: "  variance along the kept axes: %.3g … %.3g (largest of all: %.3g); first kept component %ld",

@@ -120,7 +120,7 @@ struct ScheduleBOSSCommand: ParsableCommand {
                 let matrix = try BOSS.readCosts(path: costs)
                 let k = matrix.count - 1
                 do { try Self.checkFits(steps, grid: k, what: "the cost matrix's") } catch let e as ValidationError {
-                    throw ModelError("\(costs): \(e.message)")
+                    throw ModelError.invalidFile("\(costs): \(e.message)")
                 }
                 for n in steps {
                     let (indices, cost) = try BOSS.solve(costs: matrix, steps: n)

@@ -74,14 +74,14 @@ struct StraightenCommand: ParsableCommand {
             let folder = try ModelFolder.load(modelPath)
             let schedulesPath = BOSS.Schedules.path(inModelFolder: modelPath)
             guard FileManager.default.fileExists(atPath: schedulesPath) else {
-                throw ModelError("\(modelPath) has no schedules.json: run `gen schedule boss --model \(modelPath) --nfe 1...10` first")
+                throw ModelError.invalidFile("\(modelPath) has no schedules.json: run `gen schedule boss --model \(modelPath) --nfe 1...10` first")
             }
             let schedules = try BOSS.Schedules.read(path: schedulesPath)
             guard let indices = schedules.indices(steps: nfe) else {
-                throw ModelError("\(schedulesPath) has no \(nfe)-step schedule (it has \(schedules.stepCounts.map(String.init).joined(separator: ", "))); run `gen schedule boss --model \(modelPath) --nfe \(nfe)`")
+                throw ModelError.invalidFile("\(schedulesPath) has no \(nfe)-step schedule (it has \(schedules.stepCounts.map(String.init).joined(separator: ", "))); run `gen schedule boss --model \(modelPath) --nfe \(nfe)`")
             }
             guard folder.flow.distilledGuidance == nil else {
-                throw ModelError("\(modelPath) is already a straightened model; straighten its teacher instead")
+                throw ModelError.invalidArgument("\(modelPath) is already a straightened model; straighten its teacher instead")
             }
             let g = guidance ?? Float(folder.flow.defaultGuidance)
             let classes = try ClassSelection.parse("all", flow: folder.flow, config: folder.config)

@@ -234,13 +234,14 @@ import MillraceTestSupport
         // No temporary files are left behind.
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["schedules.json"])
 
-        // Missing step count, missing file: the error says how to make one.
+        // Missing step count, missing file: a missing-file error naming the file and the steps
+        // (gen adds the command that makes it).
         do {
             _ = try BOSS.Schedules.times(steps: 4, modelFolder: dir)
             Issue.record("expected an error")
         } catch let e as ModelError {
-            #expect(e.message.contains("no BOSS schedule for 4 steps in \(path)"))
-            #expect(e.message.contains("gen schedule boss --nfe 4"))
+            #expect(e == .missingFile(path: path, kind: .bossSchedules, detail: "no schedule for 4 steps"))
+            #expect(e.message.contains(path) && e.message.contains("4 steps"))
         }
         let empty = Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: empty) }

@@ -86,7 +86,7 @@ import MillraceTestSupport
             let s = MillraceService(folder: try Self.folder(), options: o)
             defer { s.beginShutdown() }
             let g = s.handle(HardeningTests.request("POST", "/v1/generate", body: #"{"class": 1, "steps": 4, "count": 3, "guidance": 2, "upscale": 1}"#))
-            guard case .bytes(let png) = g.body, g.status == 200 else { throw ModelError("generate failed: \(g.status)") }
+            guard case .bytes(let png) = g.body, g.status == 200 else { throw TestFailure("generate failed: \(g.status)") }
             #expect(s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"filter": false, "rcfg": "full", "guidance": 2}"#)).status == 201)
             let entry = try #require(s.scheduler.streams.first)
             _ = s.scheduler.submit(RGBImage(width: 8, height: 8, fill: (0.3, 0.6, 0.9)), to: entry.id)

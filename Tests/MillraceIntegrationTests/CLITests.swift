@@ -38,7 +38,8 @@ import MillraceTestSupport
         #expect(!FileManager.default.fileExists(atPath: dir + "/never.png"))
     }
 
-    /// `OUT` in the arguments stands for a fresh path in the test's own temporary folder.
+    /// `OUT` in the arguments stands for a fresh path in the test's own temporary folder, `MODEL`
+    /// for a small model folder (without a pruning set).
     @Test(arguments: [
         (["--steps", "0", "--out", "OUT.png"], "steps"),
         (["--steps", "2", "--class", "Dinosaurs", "--out", "OUT.png"], "Dinosaurs"),
@@ -48,10 +49,17 @@ import MillraceTestSupport
         (["eval", "table", "--nfe", "2,x"], "nfe"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--min-lr", "1e-5"], "--decay cosine"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--decay", "linear"], "decay"),
+        // Typed options list their values; missing files come with the command that makes them.
+        (["--steps", "2", "--solver", "rk4", "--out", "OUT.png"], "'euler'"),
+        (["stream", "--input", "OUT", "--out", "OUT", "--rcfg", "x"], "'onetime'"),
+        (["train", "--data", "OUT.mrds", "--out", "OUT"], "make it with: gen dataset emoji --out"),
+        (["--steps", "2", "--source", "pruned", "--model", "MODEL", "--out", "OUT.png"], "make it with: gen prune-axes --data data/emoji32.mrds --model"),
     ])
     func badFlagValuesGetClearErrors(args: [String], mention: String) throws {
         let out = Fixtures.tempPath("cli-never")
-        let (status, _, err) = try GenCLI.run(args.map { $0.replacingOccurrences(of: "OUT", with: out) })
+        let (status, _, err) = try GenCLI.run(args.map {
+            $0.replacingOccurrences(of: "OUT", with: out).replacingOccurrences(of: "MODEL", with: Fixtures.path("unet-tiny-a"))
+        })
         #expect(status != 0)
         #expect(err.lowercased().contains(mention.lowercased()), "stderr: \(err)")
         #expect(!FileManager.default.fileExists(atPath: out + ".png") && !FileManager.default.fileExists(atPath: out))

@@ -126,3 +126,9 @@ public enum Fixtures {
         return dir
     }
 }
+
+/// A test's own failure, thrown where a helper cannot go on.
+public struct TestFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

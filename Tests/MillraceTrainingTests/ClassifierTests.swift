@@ -290,7 +290,7 @@ import MillraceTestSupport
             }
         }
 
-        expectModelError(Self.tempDir("nothing-here"), mentioning: "does not exist")
+        expectModelError(Self.tempDir("nothing-here"), mentioning: "no classifier at")
         expectModelError(try variant("no-config") { try fm.removeItem(atPath: $0 + "/classifier.json") }, mentioning: "classifier.json")
         expectModelError(try variant("no-weights") { try fm.removeItem(atPath: $0 + "/model.safetensors") }, mentioning: "model.safetensors")
         expectModelError(try variant("bad-json") {

@@ -232,7 +232,8 @@ private func resealed(_ bytes: [UInt8]) -> [UInt8] {
 
         let truncated = message { _ = try ImageDataset.parse(Array(good.dropLast(10)), path: path) }
         #expect(truncated?.contains("truncated") == true)
-        #expect(truncated?.contains("gen dataset emoji --out runs/x.mrds") == true)
+        #expect(truncated?.contains("rebuild it") == true)
+        #expect(throws: DatasetError.notFound(path: "/nonexistent/x.mrds")) { try ImageDataset.read(path: "/nonexistent/x.mrds") }
         #expect(message { _ = try ImageDataset.parse(Array(good.prefix(20)), path: path) }?.contains("truncated") == true)
         #expect(message { _ = try ImageDataset.parse([], path: path) } != nil)
 

@@ -404,12 +404,16 @@ import MillraceTestSupport
         }
         // Missing.
         let missing = message { _ = try PruningSet.load(modelFolder: dir) }
-        #expect(missing.contains("gen prune-axes --data data/emoji32.mrds"), "\(missing)")
         #expect(missing.contains(PruningSet.fileName))
+        #expect(throws: ModelError.missingFile(path: path, kind: .pruningSet,
+                                               detail: "the model folder \(dir) has no \(PruningSet.fileName), which pruned sampling needs")) {
+            try PruningSet.load(modelFolder: dir)
+        }
         // Not safetensors at all.
         try Data("not a safetensors file".utf8).write(to: URL(fileURLWithPath: path))
         let garbage = message { _ = try PruningSet.load(modelFolder: dir) }
-        #expect(!garbage.isEmpty && garbage.contains("gen prune-axes"), "\(garbage)")
+        #expect(!garbage.isEmpty && garbage.contains("rebuild"), "\(garbage)")
+        #expect { try PruningSet.load(modelFolder: dir) } throws: { if case ModelError.invalidFile = $0 { true } else { false } }
         // Truncated real file.
         try set.write(path: path)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))

@@ -17,23 +17,23 @@ public enum SymmetricEigen {
     /// copy of a large matrix. Returns the eigenvalues, ascending.
     public static func decomposeInPlace(_ a: inout [Double], dimension n: Int) throws -> [Double] {
         guard n >= 1, a.count == n * n, n <= Int(Int32.max) else {
-            throw ModelError("an eigen-decomposition needs an n × n matrix with n ≥ 1; got \(a.count) values for n = \(n)")
+            throw ModelError.invalidArgument("an eigen-decomposition needs an n × n matrix with n ≥ 1; got \(a.count) values for n = \(n)")
         }
         guard a.allSatisfy(\.isFinite) else {
-            throw ModelError("the matrix to decompose holds a value that is not finite (NaN or infinity)")
+            throw ModelError.invalidArgument("the matrix to decompose holds a value that is not finite (NaN or infinity)")
         }
         var nn = Int32(n), lda = Int32(n), info: Int32 = 0
         var w = [Double](repeating: 0, count: n)
         var workSize = 0.0, iworkSize: Int32 = 0
         var query: Int32 = -1, iquery: Int32 = -1
         dsyevd_("V", "U", &nn, &a, &lda, &w, &workSize, &query, &iworkSize, &iquery, &info, 1, 1)
-        guard info == 0 else { throw ModelError("dsyevd's workspace query failed (info \(info))") }
+        guard info == 0 else { throw ModelError.numerical("dsyevd's workspace query failed (info \(info))") }
         var lwork = Int32(max(workSize.rounded(.up), 1)), liwork = max(iworkSize, 1)
         var work = [Double](repeating: 0, count: Int(lwork))
         var iwork = [Int32](repeating: 0, count: Int(liwork))
         dsyevd_("V", "U", &nn, &a, &lda, &w, &work, &lwork, &iwork, &liwork, &info, 1, 1)
         guard info == 0 else {
-            throw ModelError("dsyevd failed (info \(info)): the eigen-decomposition did not converge")
+            throw ModelError.numerical("dsyevd failed (info \(info)): the eigen-decomposition did not converge")
         }
         return w
     }

@@ -54,21 +54,21 @@ public struct ModelFolder {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
-            throw ModelError("model folder '\(path)' does not exist")
+            throw ModelError.invalidModel("model folder '\(path)' does not exist")
         }
         let configPath = (path as NSString).appendingPathComponent("config.json")
         guard let configData = fm.contents(atPath: configPath) else {
-            throw ModelError("'\(configPath)' is missing: a model folder needs config.json")
+            throw ModelError.invalidModel("'\(configPath)' is missing: a model folder needs config.json")
         }
         let config: UNetConfig
         do { config = try UNetConfig(json: configData) } catch let e as ModelError {
-            throw ModelError("\(configPath): \(e.message)")
+            throw e.prefixed(configPath)
         }
         var flow = FlowConfig()
         let flowPath = (path as NSString).appendingPathComponent("flow.json")
         if let flowData = fm.contents(atPath: flowPath) {
             do { flow = try JSONDecoder().decode(FlowConfig.self, from: flowData) } catch {
-                throw ModelError("\(flowPath) is not valid: \(error)")
+                throw ModelError.invalidModel("\(flowPath) is not valid: \(error)")
             }
             try validate(flow: flow, config: config, path: flowPath)
         } else if let n = config.numClassEmbeds {
@@ -79,33 +79,33 @@ public struct ModelFolder {
         guard let weightsName = weightFileNames.first(where: {
             fm.fileExists(atPath: (path as NSString).appendingPathComponent($0))
         }) else {
-            throw ModelError("no weights in '\(path)': expected \(weightFileNames.joined(separator: " or "))")
+            throw ModelError.invalidModel("no weights in '\(path)': expected \(weightFileNames.joined(separator: " or "))")
         }
         let weightsPath = (path as NSString).appendingPathComponent(weightsName)
         let file: SafetensorsFile
         do { file = try SafetensorsFile.read(path: weightsPath) } catch {
-            throw ModelError("\(weightsPath): \(error)")
+            throw ModelError.invalidModel("\(weightsPath): \(error)")
         }
         let model = UNet2DModel(config: config)
         do { try model.load(file.tensors.mapValues(Tensor.init)) } catch let e as ModelError {
-            throw ModelError("\(weightsPath): \(e.message)")
+            throw e.prefixed(weightsPath)
         }
         return ModelFolder(path: path, config: config, flow: flow, model: model)
     }
 
     static func validate(flow: FlowConfig, config: UNetConfig, path: String) throws {
         guard flow.prediction == "velocity" else {
-            throw ModelError("\(path): prediction \"\(flow.prediction)\" is not supported; Millrace models predict \"velocity\"")
+            throw ModelError.invalidModel("\(path): prediction \"\(flow.prediction)\" is not supported; Millrace models predict \"velocity\"")
         }
         guard flow.timestepScale > 0, flow.normScale > 0 else {
-            throw ModelError("\(path): timestep_scale and norm_scale must be positive")
+            throw ModelError.invalidModel("\(path): timestep_scale and norm_scale must be positive")
         }
         if let n = config.numClassEmbeds {
             guard let null = flow.nullClass, null >= 0, null < n else {
-                throw ModelError("\(path): null_class must be an index below num_class_embeds (\(n))")
+                throw ModelError.invalidModel("\(path): null_class must be an index below num_class_embeds (\(n))")
             }
             guard flow.classNames.count <= n else {
-                throw ModelError("\(path): \(flow.classNames.count) class names but num_class_embeds is \(n)")
+                throw ModelError.invalidModel("\(path): \(flow.classNames.count) class names but num_class_embeds is \(n)")
             }
         }
     }
@@ -150,16 +150,16 @@ extension UNet2DModel {
         let expected = Set(params.map(\.0))
         let missing = params.map(\.0).filter { byName[$0] == nil }
         if !missing.isEmpty {
-            throw ModelError("missing tensor\(missing.count > 1 ? "s" : "") \(missing.prefix(5).map { "'\($0)'" }.joined(separator: ", "))\(missing.count > 5 ? " and \(missing.count - 5) more" : "") that the config needs")
+            throw ModelError.invalidModel("missing tensor\(missing.count > 1 ? "s" : "") \(missing.prefix(5).map { "'\($0)'" }.joined(separator: ", "))\(missing.count > 5 ? " and \(missing.count - 5) more" : "") that the config needs")
         }
         let unexpected = byName.keys.filter { !expected.contains($0) }.sorted()
         if !unexpected.isEmpty {
-            throw ModelError("unexpected tensor\(unexpected.count > 1 ? "s" : "") \(unexpected.prefix(5).map { "'\($0)'" }.joined(separator: ", ")): the weights do not match config.json")
+            throw ModelError.invalidModel("unexpected tensor\(unexpected.count > 1 ? "s" : "") \(unexpected.prefix(5).map { "'\($0)'" }.joined(separator: ", ")): the weights do not match config.json")
         }
         for (name, p) in params {
             let t = byName[name]!
             guard t.shape == p.value.shape else {
-                throw ModelError("tensor '\(name)' has shape \(t.shape) but the config needs \(p.value.shape)")
+                throw ModelError.invalidModel("tensor '\(name)' has shape \(t.shape) but the config needs \(p.value.shape)")
             }
         }
         for (name, p) in params { p.value = byName[name]! }

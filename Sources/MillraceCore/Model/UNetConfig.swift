@@ -2,11 +2,7 @@ import Foundation
 import MillraceFormats
 
 /// A problem with a model folder, its config or its weights, said so that a user can act on it.
-public struct ModelError: Error, CustomStringConvertible, Equatable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
+
 
 /// diffusers' `UNet2DModel` configuration: the keys of its config.json, with the same meanings.
 /// Values Millrace cannot run are refused by `init(json:)` with an error that names the key.
@@ -47,7 +43,7 @@ public struct UNetConfig: Sendable, Equatable {
     public init(json data: Data) throws {
         guard let any = try? JSONSerialization.jsonObject(with: data),
               let dict = any as? [String: Any] else {
-            throw ModelError("config.json is not a JSON object")
+            throw ModelError.invalidModel("config.json is not a JSON object")
         }
         try self.init(dictionary: dict)
     }
@@ -57,7 +53,7 @@ public struct UNetConfig: Sendable, Equatable {
 
     init(dictionary d: [String: Any]) throws {
         func bad(_ key: String, _ why: String) -> ModelError {
-            ModelError("config.json: '\(key)' \(why)")
+            ModelError.invalidModel("config.json: '\(key)' \(why)")
         }
         func int(_ key: String, _ v: Any) throws -> Int {
             guard let n = v as? NSNumber, !isJSONBool(n),
@@ -152,7 +148,7 @@ public struct UNetConfig: Sendable, Equatable {
             case "num_class_embeds": numClassEmbeds = isNull(v) ? nil : try int(key, v)
             case "num_train_timesteps": numTrainTimesteps = isNull(v) ? nil : try int(key, v)
             default:
-                throw ModelError("config.json: unknown key '\(key)'; Millrace cannot run a UNet2DModel that uses it")
+                throw ModelError.invalidModel("config.json: unknown key '\(key)'; Millrace cannot run a UNet2DModel that uses it")
             }
         }
         if let name = d["_class_name"] as? String, name != "UNet2DModel" {
@@ -163,7 +159,7 @@ public struct UNetConfig: Sendable, Equatable {
 
     /// Checks the relations between values (counts, divisibility).
     public func validate() throws {
-        func bad(_ key: String, _ why: String) -> ModelError { ModelError("config.json: '\(key)' \(why)") }
+        func bad(_ key: String, _ why: String) -> ModelError { ModelError.invalidModel("config.json: '\(key)' \(why)") }
         let n = blockOutChannels.count
         guard n >= 1 else { throw bad("block_out_channels", "must not be empty") }
         guard downBlockTypes.count == n else {

@@ -17,16 +17,16 @@ public enum BOSS {
     public static func validate(costs: [[Double]]) throws -> Int {
         let rows = costs.count
         guard rows >= 2 else {
-            throw ModelError("cost matrix has \(rows) row\(rows == 1 ? "" : "s"): it needs K + 1 ≥ 2 rows for a grid of K ≥ 1 intervals")
+            throw ModelError.invalidArgument("cost matrix has \(rows) row\(rows == 1 ? "" : "s"): it needs K + 1 ≥ 2 rows for a grid of K ≥ 1 intervals")
         }
         for (r, row) in costs.enumerated() where row.count != rows {
-            throw ModelError("cost matrix is not square: row \(r) has \(row.count) entries, expected \(rows)")
+            throw ModelError.invalidArgument("cost matrix is not square: row \(r) has \(row.count) entries, expected \(rows)")
         }
         for i in 0..<rows {
             for j in (i + 1)..<rows {
                 let c = costs[i][j]
-                guard c.isFinite else { throw ModelError("cost matrix entry [\(i)][\(j)] is not finite (\(c))") }
-                guard c >= 0 else { throw ModelError("cost matrix entry [\(i)][\(j)] is negative (\(c)); jump costs must be ≥ 0") }
+                guard c.isFinite else { throw ModelError.invalidArgument("cost matrix entry [\(i)][\(j)] is not finite (\(c))") }
+                guard c >= 0 else { throw ModelError.invalidArgument("cost matrix entry [\(i)][\(j)] is negative (\(c)); jump costs must be ≥ 0") }
             }
         }
         return rows - 1
@@ -40,9 +40,9 @@ public enum BOSS {
     /// Returns the N + 1 strictly increasing grid indices from 0 to K and the cost.
     public static func solve(costs: [[Double]], steps: Int) throws -> (indices: [Int], cost: Double) {
         let k = try validate(costs: costs)
-        guard steps >= 1 else { throw ModelError("the number of steps must be at least 1, got \(steps)") }
+        guard steps >= 1 else { throw ModelError.invalidArgument("the number of steps must be at least 1, got \(steps)") }
         guard steps <= k else {
-            throw ModelError("cannot take \(steps) steps on a grid of K = \(k) intervals: at most \(k)")
+            throw ModelError.invalidArgument("cannot take \(steps) steps on a grid of K = \(k) intervals: at most \(k)")
         }
         // value[n][i]: least cost of reaching K from i in exactly n jumps (+∞ when impossible).
         var value = [[Double]](repeating: [Double](repeating: .infinity, count: k + 1), count: steps + 1)
@@ -78,7 +78,7 @@ public enum BOSS {
         }
         indices.append(k)
         guard value[steps][0].isFinite else {
-            throw ModelError("the summed jump cost overflows a Double; scale the cost matrix down")
+            throw ModelError.invalidArgument("the summed jump cost overflows a Double; scale the cost matrix down")
         }
         return (indices, value[steps][0])
     }
@@ -137,18 +137,18 @@ public enum BOSS {
                                              classes: [Int]?, guidance: Float, seed: UInt64,
                                              sampleOffset: Int = 0,
                                              progress: ((Int, Int) -> Void)? = nil) throws -> ReferenceTrajectories {
-        guard samples >= 1 else { throw ModelError("BOSS needs at least 1 reference sample, got \(samples)") }
-        guard k >= 1 else { throw ModelError("the BOSS grid needs K ≥ 1 intervals, got \(k)") }
-        guard sampleOffset >= 0 else { throw ModelError("sample offset must be ≥ 0, got \(sampleOffset)") }
-        guard guidance.isFinite else { throw ModelError("guidance must be finite, got \(guidance)") }
+        guard samples >= 1 else { throw ModelError.invalidArgument("BOSS needs at least 1 reference sample, got \(samples)") }
+        guard k >= 1 else { throw ModelError.invalidArgument("the BOSS grid needs K ≥ 1 intervals, got \(k)") }
+        guard sampleOffset >= 0 else { throw ModelError.invalidArgument("sample offset must be ≥ 0, got \(sampleOffset)") }
+        guard guidance.isFinite else { throw ModelError.invalidArgument("guidance must be finite, got \(guidance)") }
         let config = sampler.model.config
         var labels: [Int]? = nil
         if let embeds = config.numClassEmbeds {
             guard let classes, !classes.isEmpty else {
-                throw ModelError("this model is class-conditional: BOSS needs the classes to spread the reference samples over")
+                throw ModelError.invalidArgument("this model is class-conditional: BOSS needs the classes to spread the reference samples over")
             }
             if let bad = classes.first(where: { $0 < 0 || $0 >= embeds }) {
-                throw ModelError("class index \(bad) is out of range: this model has classes 0...\(embeds - 1)")
+                throw ModelError.invalidArgument("class index \(bad) is out of range: this model has classes 0...\(embeds - 1)")
             }
             labels = (sampleOffset..<(sampleOffset + samples)).map { label(forSample: $0, classes: classes) }
         }
@@ -229,8 +229,8 @@ public enum BOSS {
     public static func estimateCosts(sampler: FlowSampler, samples m: Int, grid k: Int, classes: [Int]?,
                                      guidance: Float, seed: UInt64, batchSize: Int = 10,
                                      progress: ((Int, Int) -> Void)? = nil) throws -> [[Double]] {
-        guard m >= 1 else { throw ModelError("BOSS needs at least 1 reference sample, got \(m)") }
-        guard batchSize >= 1 else { throw ModelError("batch size must be at least 1, got \(batchSize)") }
+        guard m >= 1 else { throw ModelError.invalidArgument("BOSS needs at least 1 reference sample, got \(m)") }
+        guard batchSize >= 1 else { throw ModelError.invalidArgument("batch size must be at least 1, got \(batchSize)") }
         var sums = [[Double]](repeating: [Double](repeating: 0, count: k + 1), count: k + 1)
         var start = 0
         while start < m {
@@ -251,17 +251,17 @@ public enum BOSS {
     /// `validate(costs:)`; every error names the file.
     public static func readCosts(path: String) throws -> [[Double]] {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ModelError("cannot read costs file '\(path)'")
+            throw ModelError.invalidFile("cannot read costs file '\(path)'")
         }
         let costs: [[Double]]
         do { costs = try JSONDecoder().decode([[Double]].self, from: data) } catch let DecodingError.typeMismatch(_, context) {
-            throw ModelError("\(path): not a JSON array of rows of numbers (\(describe(context.codingPath)))")
+            throw ModelError.invalidFile("\(path): not a JSON array of rows of numbers (\(describe(context.codingPath)))")
         } catch let DecodingError.valueNotFound(_, context) {
-            throw ModelError("\(path): not a JSON array of rows of numbers (\(describe(context.codingPath)))")
+            throw ModelError.invalidFile("\(path): not a JSON array of rows of numbers (\(describe(context.codingPath)))")
         } catch {
-            throw ModelError("\(path) is not valid JSON: expected an array of K + 1 rows of K + 1 numbers")
+            throw ModelError.invalidFile("\(path) is not valid JSON: expected an array of K + 1 rows of K + 1 numbers")
         }
-        do { try validate(costs: costs) } catch let e as ModelError { throw ModelError("\(path): \(e.message)") }
+        do { try validate(costs: costs) } catch let e as ModelError { throw ModelError.invalidFile("\(path): \(e.message)") }
         return costs
     }
 
@@ -295,12 +295,12 @@ public enum BOSS {
         do {
             try data.write(to: temp)
         } catch {
-            throw ModelError("cannot write '\(path)': \(error.localizedDescription)")
+            throw ModelError.io("cannot write '\(path)': \(error.localizedDescription)")
         }
         guard rename(temp.path, path) == 0 else {
             let reason = String(cString: strerror(errno))
             try? FileManager.default.removeItem(at: temp)
-            throw ModelError("cannot write '\(path)': \(reason)")
+            throw ModelError.io("cannot write '\(path)': \(reason)")
         }
     }
 }
@@ -381,12 +381,12 @@ extension BOSS {
 
         /// Checks the header and every entry.
         public func validate() throws {
-            guard grid >= 1 else { throw ModelError("grid must be at least 1, got \(grid)") }
-            guard samples >= 1 else { throw ModelError("samples must be at least 1, got \(samples)") }
-            guard guidance.isFinite else { throw ModelError("guidance must be finite") }
+            guard grid >= 1 else { throw ModelError.invalidArgument("grid must be at least 1, got \(grid)") }
+            guard samples >= 1 else { throw ModelError.invalidArgument("samples must be at least 1, got \(samples)") }
+            guard guidance.isFinite else { throw ModelError.invalidArgument("guidance must be finite") }
             for (key, entry) in schedules {
                 guard let n = Int(key), n >= 1 else {
-                    throw ModelError("schedule key \"\(key)\" is not a step count ≥ 1")
+                    throw ModelError.invalidFile("schedule key \"\(key)\" is not a step count ≥ 1")
                 }
                 try Self.validate(entry: entry, steps: n, grid: grid, context: "schedule \"\(key)\"")
             }
@@ -395,30 +395,30 @@ extension BOSS {
         static func validate(entry: Entry, steps n: Int, grid k: Int, context: String) throws {
             let ix = entry.indices
             guard ix.count == n + 1 else {
-                throw ModelError("\(context): \(ix.count) indices, expected N + 1 = \(n + 1)")
+                throw ModelError.invalidFile("\(context): \(ix.count) indices, expected N + 1 = \(n + 1)")
             }
             guard ix.first == 0, ix.last == k, zip(ix, ix.dropFirst()).allSatisfy({ $0 < $1 }) else {
-                throw ModelError("\(context): indices must increase strictly from 0 to the grid's K = \(k), got \(ix)")
+                throw ModelError.invalidFile("\(context): indices must increase strictly from 0 to the grid's K = \(k), got \(ix)")
             }
             guard entry.times.count == ix.count,
                   zip(entry.times, ix).allSatisfy({ abs($0 - Double($1) / Double(k)) <= 1e-9 }) else {
-                throw ModelError("\(context): times do not match indices / K (K = \(k))")
+                throw ModelError.invalidFile("\(context): times do not match indices / K (K = \(k))")
             }
             guard entry.cost.isFinite, entry.cost >= 0 else {
-                throw ModelError("\(context): cost must be finite and ≥ 0, got \(entry.cost)")
+                throw ModelError.invalidFile("\(context): cost must be finite and ≥ 0, got \(entry.cost)")
             }
         }
 
         /// Reads and validates a schedules file; errors name the file.
         public static func read(path: String) throws -> Schedules {
             guard let data = FileManager.default.contents(atPath: path) else {
-                throw ModelError("cannot read '\(path)'")
+                throw ModelError.invalidFile("cannot read '\(path)'")
             }
             let file: Schedules
             do { file = try JSONDecoder().decode(Schedules.self, from: data) } catch {
-                throw ModelError("\(path) is not a valid BOSS schedules file: \(error)")
+                throw ModelError.invalidFile("\(path) is not a valid BOSS schedules file: \(error)")
             }
-            do { try file.validate() } catch let e as ModelError { throw ModelError("\(path): \(e.message)") }
+            do { try file.validate() } catch let e as ModelError { throw ModelError.invalidFile("\(path): \(e.message)") }
             return file
         }
 
@@ -430,13 +430,11 @@ extension BOSS {
             try BOSS.writeAtomically(try enc.encode(self), path: path)
         }
 
-        /// The BOSS times for N steps from a model folder's schedules.json, or an error telling
-        /// the user how to make them.
+        /// The BOSS times for N steps from a model folder's schedules.json; `.missingFile` when
+        /// the file or its N-step schedule is not there.
         public static func times(steps: Int, modelFolder folder: String) throws -> [Float] {
             let path = path(inModelFolder: folder)
-            var command = "gen schedule boss --nfe \(steps)"
-            if folder != ModelFolder.defaultPath() { command += " --model \(folder)" }
-            let missing = ModelError("no BOSS schedule for \(steps) steps in \(path); run `\(command)`")
+            let missing = ModelError.missingFile(path: path, kind: .bossSchedules, detail: "no schedule for \(steps) steps")
             guard FileManager.default.fileExists(atPath: path) else { throw missing }
             guard let times = try read(path: path).times(steps: steps) else { throw missing }
             return times

@@ -53,10 +53,10 @@ public struct PrunedSource: Sendable {
     /// A sampler for `set`, with τ_r from the set unless given.
     public init(_ set: PruningSet, tauR: Float? = nil) throws {
         let r = tauR ?? set.tauR
-        guard r.isFinite, r > 0 else { throw ModelError("τ_r must be positive, got \(r)") }
+        guard r.isFinite, r > 0 else { throw ModelError.invalidArgument("τ_r must be positive, got \(r)") }
         let d = set.dimension, m = set.axisCount
         guard set.axes.shape == [m, d], set.upper.count == m, set.lower.count == m else {
-            throw ModelError("pruning set axes have shape \(set.axes.shape), expected [\(m), \(d)] with \(m) sides")
+            throw ModelError.invalidFile("pruning set axes have shape \(set.axes.shape), expected [\(m), \(d)] with \(m) sides")
         }
         self.set = set
         self.tauR = r
@@ -164,9 +164,9 @@ public struct PrunedSource: Sendable {
     public func draw(count: Int, shape: [Int], seed: UInt64) throws -> (samples: Tensor, acceptanceRate: Double) {
         let d = set.dimension
         guard shape.reduce(1, *) == d else {
-            throw ModelError("the pruning set is for samples of shape \(set.shape) (\(d) values); asked for \(shape)")
+            throw ModelError.invalidArgument("the pruning set is for samples of shape \(set.shape) (\(d) values); asked for \(shape)")
         }
-        guard count >= 0 else { throw ModelError("cannot draw \(count) samples") }
+        guard count >= 0 else { throw ModelError.invalidArgument("cannot draw \(count) samples") }
         var data = [Float](repeating: 0, count: count * d)
         var attempts = 0
         for i in 0..<count {
@@ -231,7 +231,7 @@ public struct PrunedSource: Sendable {
             // 4: the exact rule on the final floats.
             if ruleValue(w) <= tau { return (w, attempts) }
         }
-        throw ModelError("pruned sampling found no sample in \(Self.maxAttemptsPerSample) attempts: τ_r = \(tauR) is too small for \(set.count) pruned axes in d = \(d)")
+        throw ModelError.numerical("pruned sampling found no sample in \(Self.maxAttemptsPerSample) attempts: τ_r = \(tauR) is too small for \(set.count) pruned axes in d = \(d)")
     }
 
     /// N(0, 1) restricted to [lower, upper], an interval that contains 0 (exact rejection):

@@ -122,7 +122,7 @@ public struct PruningSet: Sendable, Equatable {
     /// An empty set is refused.
     public func write(path: String, precision: SafetensorsDType = .f32) throws {
         guard count > 0 else {
-            throw ModelError("the pruning set is empty (no signed axis has γ ≤ τ = \(tau)); raise τ")
+            throw ModelError.invalidArgument("the pruning set is empty (no signed axis has γ ≤ τ = \(tau)); raise τ")
         }
         let metadata: [String: String] = [
             "format": Self.format,
@@ -146,16 +146,16 @@ public struct PruningSet: Sendable, Equatable {
         try write(path: Self.path(modelFolder: modelFolder), precision: precision)
     }
 
-    /// Reads and validates a pruning set file. `rebuild` is the advice appended to errors.
-    public static func read(path: String, rebuild: String? = nil) throws -> PruningSet {
-        let advice = rebuild ?? "rebuild it with `gen prune-axes --data data/emoji32.mrds`"
-        func fail(_ why: String) -> ModelError { ModelError("\(path) \(why); \(advice)") }
+    /// Reads and validates a pruning set file: `.missingFile` when there is none, `.invalidFile`
+    /// naming what is wrong otherwise.
+    public static func read(path: String) throws -> PruningSet {
+        func fail(_ why: String) -> ModelError { ModelError.invalidFile("\(path) \(why); it is not a pruning set this version can use, so rebuild it") }
         guard FileManager.default.fileExists(atPath: path) else {
-            throw ModelError("no pruning set at \(path); \(rebuild ?? "run `gen prune-axes --data data/emoji32.mrds` first")")
+            throw ModelError.missingFile(path: path, kind: .pruningSet, detail: "")
         }
         let file: SafetensorsFile
         do { file = try SafetensorsFile.read(path: path) } catch {
-            throw ModelError("\(error) — not a readable pruning set; \(advice)")
+            throw ModelError.invalidFile("\(error) — not a readable pruning set; rebuild it")
         }
         let meta = file.metadata
         guard meta["format"] == format else {
@@ -215,13 +215,10 @@ public struct PruningSet: Sendable, Equatable {
 
     /// Reads `prune-axes.safetensors` from a model folder.
     public static func load(modelFolder: String) throws -> PruningSet {
-        let command = modelFolder == ModelFolder.defaultPath()
-            ? "gen prune-axes --data data/emoji32.mrds"
-            : "gen prune-axes --data data/emoji32.mrds --model \(modelFolder)"
         let file = path(modelFolder: modelFolder)
         if !FileManager.default.fileExists(atPath: file) {
-            throw ModelError("model folder \(modelFolder) has no \(fileName) (the pruning set for --source pruned); run `\(command)` first")
+            throw ModelError.missingFile(path: file, kind: .pruningSet, detail: "the model folder \(modelFolder) has no \(fileName), which pruned sampling needs")
         }
-        return try read(path: file, rebuild: "rebuild it with `\(command)`")
+        return try read(path: file)
     }
 }

@@ -21,7 +21,7 @@ public enum Schedule {
     public static func validate(_ grid: [Float]) throws {
         guard grid.count >= 2, grid.first == 0, grid.last == 1,
               zip(grid, grid.dropFirst()).allSatisfy({ $0 < $1 }) else {
-            throw ModelError("a schedule must increase strictly from 0 to 1, got \(grid)")
+            throw ModelError.invalidArgument("a schedule must increase strictly from 0 to 1, got \(grid)")
         }
     }
 }
@@ -64,7 +64,7 @@ public struct FlowSampler {
 
     /// Throws `imageProblem` as a ModelError.
     public func requireImageModel() throws {
-        if let problem = imageProblem { throw ModelError(problem) }
+        if let problem = imageProblem { throw ModelError.unsupported(problem) }
     }
 
     /// Number of network rows one velocity evaluation costs per sample.

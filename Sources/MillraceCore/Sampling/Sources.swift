@@ -17,7 +17,7 @@ public enum GaussianSource {
 public enum ClassSelection {
     public static func parse(_ text: String, flow: FlowConfig, config: UNetConfig) throws -> [Int] {
         guard let k = config.numClassEmbeds else {
-            guard text == "all" || text == "0" else { throw ModelError("this model has no classes; omit --class") }
+            guard text == "all" || text == "0" else { throw ModelError.unsupported("this model has no classes; ask for none") }
             return [0]
         }
         let names = flow.classNames
@@ -25,7 +25,7 @@ public enum ClassSelection {
         if text.lowercased() == "all" { return real }
         if let i = Int(text) {
             guard i >= 0 && i < k else {
-                throw ModelError("class index \(i) is out of range: this model has classes 0...\(k - 1)")
+                throw ModelError.invalidArgument("class index \(i) is out of range: this model has classes 0...\(k - 1)")
             }
             return [i]
         }
@@ -35,7 +35,7 @@ public enum ClassSelection {
         let matches = names.indices.filter { names[$0].lowercased().hasPrefix(lower) }
         if matches.count == 1 { return matches }
         let list = names.enumerated().map { "\($0.offset): \($0.element)" }.joined(separator: ", ")
-        throw ModelError(matches.isEmpty ? "unknown class '\(text)'; classes are \(list), or 'all'"
+        throw ModelError.invalidArgument(matches.isEmpty ? "unknown class '\(text)'; classes are \(list), or 'all'"
                                          : "class '\(text)' is ambiguous; classes are \(list)")
     }
 }

@@ -63,11 +63,11 @@ public enum Straightening {
     public static func teacherStates(sampler: FlowSampler, samples: Int, grid k: Int, keep: Set<Int>,
                                      labels: [Int], guidance: Float, seed: UInt64, batch: Int = 32,
                                      progress: ((Int, Int) -> Void)? = nil) throws -> TeacherStates {
-        guard samples >= 1 else { throw ModelError("straightening needs at least 1 teacher sample") }
-        guard k >= 1 else { throw ModelError("the teacher grid needs K ≥ 1 steps, got \(k)") }
-        guard labels.count == samples else { throw ModelError("\(labels.count) labels for \(samples) teacher samples") }
+        guard samples >= 1 else { throw ModelError.invalidArgument("straightening needs at least 1 teacher sample") }
+        guard k >= 1 else { throw ModelError.invalidArgument("the teacher grid needs K ≥ 1 steps, got \(k)") }
+        guard labels.count == samples else { throw ModelError.invalidArgument("\(labels.count) labels for \(samples) teacher samples") }
         if let bad = keep.first(where: { $0 < 0 || $0 > k }) {
-            throw ModelError("teacher index \(bad) is outside 0...\(k)")
+            throw ModelError.invalidArgument("teacher index \(bad) is outside 0...\(k)")
         }
         let c = sampler.model.config
         let shape = [c.inChannels, c.sampleSize, c.sampleSize]
@@ -99,10 +99,10 @@ public enum Straightening {
     public static func chords(_ teacher: TeacherStates, indices: [Int]) throws -> Chords {
         guard indices.count >= 2, indices.first == 0, indices.last == teacher.grid,
               zip(indices, indices.dropFirst()).allSatisfy({ $0 < $1 }) else {
-            throw ModelError("a straightening schedule must increase strictly from 0 to \(teacher.grid), got \(indices)")
+            throw ModelError.invalidArgument("a straightening schedule must increase strictly from 0 to \(teacher.grid), got \(indices)")
         }
         if let missing = indices.first(where: { teacher.states[$0] == nil }) {
-            throw ModelError("the teacher states do not include grid index \(missing)")
+            throw ModelError.invalidArgument("the teacher states do not include grid index \(missing)")
         }
         let d = teacher.dimension
         var out = Chords(states: [], targets: [], times: [], labels: [], dimension: d)
@@ -139,19 +139,19 @@ public enum Straightening {
     public static func readCache(path: String, key: String) throws -> TeacherStates? {
         let file = try SafetensorsFile.read(path: path)
         guard file.metadata["format"] == "millrace-teacher-1" else {
-            throw ModelError("\(path) is not a Millrace teacher cache")
+            throw ModelError.invalidFile("\(path) is not a Millrace teacher cache")
         }
         guard file.metadata["key"] == key else { return nil }
         guard let grid = Int(file.metadata["grid"] ?? ""), let g = Float(file.metadata["guidance"] ?? ""),
               let labels = file.tensors["labels"], labels.shape.count == 1 else {
-            throw ModelError("\(path): teacher cache lacks grid, guidance or labels")
+            throw ModelError.invalidFile("\(path): teacher cache lacks grid, guidance or labels")
         }
         let samples = labels.shape[0]
         var states: [Int: [Float]] = [:]
         var d = 0
         for (name, t) in file.tensors where name.hasPrefix("x.") {
             guard let i = Int(name.dropFirst(2)), t.shape.count == 2, t.shape[0] == samples else {
-                throw ModelError("\(path): bad teacher tensor '\(name)' \(t.shape)")
+                throw ModelError.invalidFile("\(path): bad teacher tensor '\(name)' \(t.shape)")
             }
             d = t.shape[1]
             states[i] = t.data

@@ -73,7 +73,7 @@ public struct ChromaRefiner {
         for (x, g) in zip(colorized, gray) where x.width != g.width || x.height != g.height {
             throw ColorError("refine: colorized image is \(x.width)x\(x.height) but the gray input is \(g.width)x\(g.height)")
         }
-        let side = c.sampleSize, n = side * side, per = 3 * n, count = colorized.count
+        let side = c.sampleSize, n = side * side, count = colorized.count
         let scale = Float(flow.normScale)
         func toModelSize(_ image: RGBImage) -> RGBImage {
             if image.width == side && image.height == side { return image }

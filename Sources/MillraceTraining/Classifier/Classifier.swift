@@ -41,7 +41,7 @@ public struct ClassifierConfig: Sendable, Equatable {
 
     /// Refuses configs the classifier cannot be built from, naming the key.
     public func validate() throws {
-        func bad(_ key: String, _ why: String) -> ModelError { ModelError("classifier.json: '\(key)' \(why)") }
+        func bad(_ key: String, _ why: String) -> ModelError { ModelError.invalidModel("classifier.json: '\(key)' \(why)") }
         guard imageSize >= 1 && imageSize <= 4096 else { throw bad("image_size", "must be between 1 and 4096, got \(imageSize)") }
         guard !channels.isEmpty else { throw bad("channels", "must not be empty") }
         guard channels.allSatisfy({ $0 >= 1 && $0 <= 65_536 }) else { throw bad("channels", "must be positive, got \(channels)") }
@@ -63,9 +63,9 @@ public struct ClassifierConfig: Sendable, Equatable {
     /// Parses and validates a classifier.json body. Unknown keys are refused.
     public init(json data: Data) throws {
         guard let any = try? JSONSerialization.jsonObject(with: data), let d = any as? [String: Any] else {
-            throw ModelError("classifier.json is not a JSON object")
+            throw ModelError.invalidModel("classifier.json is not a JSON object")
         }
-        func bad(_ key: String, _ why: String) -> ModelError { ModelError("classifier.json: '\(key)' \(why)") }
+        func bad(_ key: String, _ why: String) -> ModelError { ModelError.invalidModel("classifier.json: '\(key)' \(why)") }
         func int(_ key: String, _ v: Any) throws -> Int {
             guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(),
                   abs(n.doubleValue) < 1e9 else { throw bad(key, "must be an integer, got \(v)") }
@@ -77,7 +77,7 @@ public struct ClassifierConfig: Sendable, Equatable {
         }
         let required = ["image_size", "channels", "strides", "num_classes"]
         if let missing = required.first(where: { d[$0] == nil }) {
-            throw ModelError("classifier.json: '\(missing)' is missing")
+            throw ModelError.invalidModel("classifier.json: '\(missing)' is missing")
         }
         for key in d.keys.sorted() {
             let v = d[key]!
@@ -320,20 +320,20 @@ public final class EmojiClassifier: ParameterContainer {
         let params = namedParameters()
         let missing = params.map(\.0).filter { tensors[$0] == nil }
         if !missing.isEmpty {
-            throw ModelError("missing tensor\(missing.count > 1 ? "s" : "") \(missing.prefix(5).map { "'\($0)'" }.joined(separator: ", "))\(missing.count > 5 ? " and \(missing.count - 5) more" : "") that classifier.json needs")
+            throw ModelError.invalidModel("missing tensor\(missing.count > 1 ? "s" : "") \(missing.prefix(5).map { "'\($0)'" }.joined(separator: ", "))\(missing.count > 5 ? " and \(missing.count - 5) more" : "") that classifier.json needs")
         }
         let expected = Set(params.map(\.0))
         let unexpected = tensors.keys.filter { !expected.contains($0) }.sorted()
         if !unexpected.isEmpty {
-            throw ModelError("unexpected tensor\(unexpected.count > 1 ? "s" : "") \(unexpected.prefix(5).map { "'\($0)'" }.joined(separator: ", ")): the weights do not match classifier.json")
+            throw ModelError.invalidModel("unexpected tensor\(unexpected.count > 1 ? "s" : "") \(unexpected.prefix(5).map { "'\($0)'" }.joined(separator: ", ")): the weights do not match classifier.json")
         }
         for (name, p) in params {
             let t = tensors[name]!
             guard t.shape == p.value.shape else {
-                throw ModelError("tensor '\(name)' has shape \(t.shape) but classifier.json needs \(p.value.shape)")
+                throw ModelError.invalidModel("tensor '\(name)' has shape \(t.shape) but classifier.json needs \(p.value.shape)")
             }
             guard t.data.allSatisfy({ $0.isFinite }) else {
-                throw ModelError("tensor '\(name)' contains NaN or infinite values")
+                throw ModelError.invalidModel("tensor '\(name)' contains NaN or infinite values")
             }
         }
         for (name, p) in params { p.value = tensors[name]! }
@@ -346,7 +346,7 @@ public final class EmojiClassifier: ParameterContainer {
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         } catch {
-            throw ModelError("cannot create classifier folder '\(path)': \(error.localizedDescription)")
+            throw ModelError.io("cannot create classifier folder '\(path)': \(error.localizedDescription)")
         }
         var meta = metadata
         meta["format"] = "millrace-classifier-1"
@@ -355,13 +355,13 @@ public final class EmojiClassifier: ParameterContainer {
         do {
             try SafetensorsFile(tensors: stateDict(), metadata: meta).write(path: weightsPath)
         } catch {
-            throw ModelError("cannot write \(weightsPath): \(error)")
+            throw ModelError.io("cannot write \(weightsPath): \(error)")
         }
         let configPath = (path as NSString).appendingPathComponent(Self.configFileName)
         do {
             try config.jsonData().write(to: URL(fileURLWithPath: configPath), options: .atomic)
         } catch {
-            throw ModelError("cannot write \(configPath): \(error.localizedDescription)")
+            throw ModelError.io("cannot write \(configPath): \(error.localizedDescription)")
         }
     }
 
@@ -370,36 +370,36 @@ public final class EmojiClassifier: ParameterContainer {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
-            throw ModelError("classifier folder '\(path)' does not exist; train one with `gen train-classifier`")
+            throw ModelError.missingFile(path: path, kind: .classifier, detail: "")
         }
         let configPath = (path as NSString).appendingPathComponent(configFileName)
         guard let configData = fm.contents(atPath: configPath) else {
-            throw ModelError("'\(configPath)' is missing: a classifier folder needs \(configFileName)")
+            throw ModelError.invalidModel("'\(configPath)' is missing: a classifier folder needs \(configFileName)")
         }
         let config: ClassifierConfig
         do { config = try ClassifierConfig(json: configData) } catch let e as ModelError {
-            throw ModelError("\(configPath): \(e.message)")
+            throw e.prefixed(configPath)
         }
         let weightsPath = (path as NSString).appendingPathComponent(weightsFileName)
         guard fm.fileExists(atPath: weightsPath) else {
-            throw ModelError("'\(weightsPath)' is missing: a classifier folder needs \(weightsFileName)")
+            throw ModelError.invalidModel("'\(weightsPath)' is missing: a classifier folder needs \(weightsFileName)")
         }
         let file: SafetensorsFile
         do { file = try SafetensorsFile.read(path: weightsPath) } catch {
-            throw ModelError("\(weightsPath): \(error)")
+            throw ModelError.invalidModel("\(weightsPath): \(error)")
         }
         if let saved = file.metadata["config"] {
             let savedConfig: ClassifierConfig
             do { savedConfig = try ClassifierConfig(json: Data(saved.utf8)) } catch {
-                throw ModelError("\(weightsPath): its recorded config is invalid (\(error))")
+                throw ModelError.invalidModel("\(weightsPath): its recorded config is invalid (\(error))")
             }
             guard savedConfig == config else {
-                throw ModelError("\(weightsPath) was written for another \(configFileName) than '\(configPath)'; the folder is inconsistent")
+                throw ModelError.invalidModel("\(weightsPath) was written for another \(configFileName) than '\(configPath)'; the folder is inconsistent")
             }
         }
         let model = EmojiClassifier(config: config)
         do { try model.load(file.tensors.mapValues(Tensor.init)) } catch let e as ModelError {
-            throw ModelError("\(weightsPath): \(e.message)")
+            throw e.prefixed(weightsPath)
         }
         return model
     }

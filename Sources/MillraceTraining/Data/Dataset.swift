@@ -7,15 +7,27 @@ import Darwin
 import MillraceImaging
 
 /// An error from building, writing or reading a dataset, with a message meant for people.
-public struct DatasetError: Error, CustomStringConvertible, Sendable {
-    /// What went wrong and, where possible, how to fix it.
-    public let message: String
-    public var description: String { message }
+public enum DatasetError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// No dataset file at `path` (`gen` says how to build one).
+    case notFound(path: String)
+    /// The file is damaged, truncated or not a dataset; the message says what was found.
+    case corrupt(String)
+    /// A value given by the caller is out of range (size, labels, classes, a group name).
+    case invalidArgument(String)
+    /// A source the builder needs (the emoji font, emoji-test.txt, FreeType, HarfBuzz) is
+    /// missing or unusable; the message names the Debian package.
+    case missingSource(String)
+    /// Reading or writing a file failed.
+    case io(String)
 
-    /// An error with the given message.
-    public init(_ message: String) { self.message = message }
-    /// An error with the given message.
-    public init(message: String) { self.message = message }
+    /// What went wrong and, where possible, how to fix it.
+    public var message: String {
+        switch self {
+        case .notFound(let path): return "dataset file \(path) not found"
+        case .corrupt(let m), .invalidArgument(let m), .missingSource(let m), .io(let m): return m
+        }
+    }
+    public var description: String { message }
 }
 
 /// Metadata of one image in a dataset.
@@ -129,16 +141,16 @@ public struct ImageDataset: Sendable, Equatable {
     /// The complete file contents.
     public func serialized() throws -> [UInt8] {
         guard classNames.count <= 256 else {
-            throw DatasetError("a dataset can hold at most 256 classes (labels are one byte); got \(classNames.count)")
+            throw DatasetError.invalidArgument("a dataset can hold at most 256 classes (labels are one byte); got \(classNames.count)")
         }
         guard size <= Self.maxSize, count <= Int(UInt32.max) else {
-            throw DatasetError("dataset too large to store: size \(size), count \(count)")
+            throw DatasetError.invalidArgument("dataset too large to store: size \(size), count \(count)")
         }
         if let bad = labels.first(where: { Int($0) >= classNames.count }) {
-            throw DatasetError("label \(bad) is out of range for \(classNames.count) classes")
+            throw DatasetError.invalidArgument("label \(bad) is out of range for \(classNames.count) classes")
         }
         if let bad = split.first(where: { $0 > 1 }) {
-            throw DatasetError("split value \(bad) is not 0 (train) or 1 (held-out)")
+            throw DatasetError.invalidArgument("split value \(bad) is not 0 (train) or 1 (held-out)")
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -168,41 +180,41 @@ public struct ImageDataset: Sendable, Equatable {
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         } catch {
-            throw DatasetError("cannot create directory \(directory.path) for dataset \(path): \(error.localizedDescription)")
+            throw DatasetError.io("cannot create directory \(directory.path) for dataset \(path): \(error.localizedDescription)")
         }
         let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())").path
         do {
             try Data(bytes).write(to: URL(fileURLWithPath: temporary))
         } catch {
             try? FileManager.default.removeItem(atPath: temporary)
-            throw DatasetError("cannot write dataset \(path): \(error.localizedDescription)")
+            throw DatasetError.io("cannot write dataset \(path): \(error.localizedDescription)")
         }
         if rename(temporary, path) != 0 {
             let reason = String(cString: strerror(errno))
             try? FileManager.default.removeItem(atPath: temporary)
-            throw DatasetError("cannot move dataset into place at \(path): \(reason)")
+            throw DatasetError.io("cannot move dataset into place at \(path): \(reason)")
         }
     }
 
     /// Reads and validates a dataset file written by `write(path:)`.
     public static func read(path: String) throws -> ImageDataset {
         guard FileManager.default.fileExists(atPath: path) else {
-            throw DatasetError("dataset file \(path) not found; build it with `gen dataset emoji --out \(path)`")
+            throw DatasetError.notFound(path: path)
         }
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw DatasetError("cannot read dataset file \(path): \(error.localizedDescription)")
+            throw DatasetError.io("cannot read dataset file \(path): \(error.localizedDescription)")
         }
         return try parse([UInt8](data), path: path)
     }
 
     /// Parses and validates file contents. `path` names the file in error messages.
     public static func parse(_ bytes: [UInt8], path: String = "<memory>") throws -> ImageDataset {
-        let rebuild = "rebuild it with `gen dataset emoji --out \(path)`"
+        let rebuild = "rebuild it"
         func fail(_ why: String) -> DatasetError {
-            DatasetError("dataset file \(path) \(why); \(rebuild)")
+            DatasetError.corrupt("dataset file \(path) \(why); \(rebuild)")
         }
         guard bytes.count >= 4, Array(bytes[0..<4]) == magic else {
             throw fail("is not a Millrace dataset (it does not start with \"MRDS\")")

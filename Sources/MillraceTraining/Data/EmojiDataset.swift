@@ -36,17 +36,17 @@ public enum EmojiDatasetBuilder {
                              emojiTestPath: String = defaultEmojiTestPath, limit: Int? = nil,
                              progress: ((Int, Int) -> Void)? = nil) throws -> ImageDataset {
         guard size >= 1, size <= ImageDataset.maxSize else {
-            throw DatasetError("image size must be between 1 and \(ImageDataset.maxSize); got \(size)")
+            throw DatasetError.invalidArgument("image size must be between 1 and \(ImageDataset.maxSize); got \(size)")
         }
-        if let limit, limit < 1 { throw DatasetError("limit must be at least 1; got \(limit)") }
+        if let limit, limit < 1 { throw DatasetError.invalidArgument("limit must be at least 1; got \(limit)") }
         guard FileManager.default.fileExists(atPath: fontPath) else {
-            throw DatasetError("emoji font \(fontPath) not found; it comes from the Debian package "
+            throw DatasetError.missingSource("emoji font \(fontPath) not found; it comes from the Debian package "
                 + "fonts-noto-color-emoji (install it: apt-get install fonts-noto-color-emoji)")
         }
         let testFile = try EmojiTestFile(path: emojiTestPath)
         let classNames = testFile.classNames
         guard !classNames.isEmpty, classNames.count <= 256 else {
-            throw DatasetError("\(emojiTestPath) has \(classNames.count) usable groups; expected 1 to 256")
+            throw DatasetError.missingSource("\(emojiTestPath) has \(classNames.count) usable groups; expected 1 to 256")
         }
         let candidates = testFile.classEntries
         let renderer = try EmojiRenderer(fontPath: fontPath)
@@ -132,35 +132,35 @@ final class EmojiRenderer {
         self.fontPath = fontPath
         let package = "reinstall the Debian package fonts-noto-color-emoji"
         var error = FT_Init_FreeType(&library)
-        guard error == 0, let library else { throw DatasetError("cannot initialise FreeType (error \(error))") }
+        guard error == 0, let library else { throw DatasetError.missingSource("cannot initialise FreeType (error \(error))") }
         error = FT_New_Face(library, fontPath, 0, &face)
         guard error == 0, let face else {
-            throw DatasetError("cannot open emoji font \(fontPath) (FreeType error \(error)); \(package)")
+            throw DatasetError.missingSource("cannot open emoji font \(fontPath) (FreeType error \(error)); \(package)")
         }
         // Pick the largest bitmap strike: colour emoji fonts are bitmap-only.
         let strikes = Int(face.pointee.num_fixed_sizes)
         guard strikes > 0, let sizes = face.pointee.available_sizes else {
-            throw DatasetError("font \(fontPath) has no bitmap strikes, so it is not a colour bitmap "
+            throw DatasetError.missingSource("font \(fontPath) has no bitmap strikes, so it is not a colour bitmap "
                 + "emoji font; use NotoColorEmoji.ttf from fonts-noto-color-emoji")
         }
         var best = 0
         for i in 1..<max(strikes, 1) where sizes[i].y_ppem > sizes[best].y_ppem { best = i }
         error = FT_Select_Size(face, FT_Int(best))
         guard error == 0 else {
-            throw DatasetError("cannot select the bitmap strike of \(fontPath) (FreeType error \(error)); \(package)")
+            throw DatasetError.missingSource("cannot select the bitmap strike of \(fontPath) (FreeType error \(error)); \(package)")
         }
         guard let blob = hb_blob_create_from_file(fontPath) else {
-            throw DatasetError("HarfBuzz cannot read \(fontPath); \(package)")
+            throw DatasetError.missingSource("HarfBuzz cannot read \(fontPath); \(package)")
         }
         defer { hb_blob_destroy(blob) }
         guard hb_blob_get_length(blob) > 0, let hbFace = hb_face_create(blob, 0) else {
-            throw DatasetError("HarfBuzz cannot read \(fontPath); \(package)")
+            throw DatasetError.missingSource("HarfBuzz cannot read \(fontPath); \(package)")
         }
         defer { hb_face_destroy(hbFace) }
         hbFont = hb_font_create(hbFace)
         buffer = hb_buffer_create()
         guard hbFont != nil, hb_buffer_allocation_successful(buffer) != 0 else {
-            throw DatasetError("HarfBuzz could not allocate a font or buffer")
+            throw DatasetError.missingSource("HarfBuzz could not allocate a font or buffer")
         }
     }
 

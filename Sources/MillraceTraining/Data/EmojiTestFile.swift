@@ -58,7 +58,7 @@ public struct EmojiTestFile: Sendable {
                 let comment = line.dropFirst().trimmingCharacters(in: .whitespaces)
                 if let name = Self.value(of: "group:", in: comment) {
                     if groups.contains(name) {
-                        throw DatasetError("\(source):\(lineNumber): group \"\(name)\" appears twice")
+                        throw DatasetError.corrupt("\(source):\(lineNumber): group \"\(name)\" appears twice")
                     }
                     groups.append(name)
                     group = name
@@ -69,14 +69,14 @@ public struct EmojiTestFile: Sendable {
                 continue
             }
             guard let currentGroup = group else {
-                throw DatasetError("\(source):\(lineNumber): emoji line before any '# group:' line; "
+                throw DatasetError.corrupt("\(source):\(lineNumber): emoji line before any '# group:' line; "
                     + "is this Unicode's emoji-test.txt (Debian package unicode-data)?")
             }
             entries.append(try Self.parseEntry(line, group: currentGroup, subgroup: subgroup,
                                                source: source, lineNumber: lineNumber))
         }
         if entries.isEmpty {
-            throw DatasetError("\(source) contains no emoji lines; expected Unicode's emoji-test.txt "
+            throw DatasetError.corrupt("\(source) contains no emoji lines; expected Unicode's emoji-test.txt "
                 + "from the Debian package unicode-data")
         }
         self.groups = groups
@@ -86,17 +86,17 @@ public struct EmojiTestFile: Sendable {
     /// Reads and parses an emoji-test file. A missing file gives an error naming the Debian package.
     public init(path: String) throws {
         guard FileManager.default.fileExists(atPath: path) else {
-            throw DatasetError("emoji test data \(path) not found; it comes from the Debian package "
+            throw DatasetError.missingSource("emoji test data \(path) not found; it comes from the Debian package "
                 + "unicode-data (install it: apt-get install unicode-data)")
         }
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw DatasetError("cannot read emoji test data \(path): \(error.localizedDescription)")
+            throw DatasetError.missingSource("cannot read emoji test data \(path): \(error.localizedDescription)")
         }
         guard let text = String(data: data, encoding: .utf8) else {
-            throw DatasetError("emoji test data \(path) is not valid UTF-8; reinstall unicode-data")
+            throw DatasetError.missingSource("emoji test data \(path) is not valid UTF-8; reinstall unicode-data")
         }
         try self.init(text: text, source: path)
     }
@@ -127,7 +127,7 @@ public struct EmojiTestFile: Sendable {
     private static func parseEntry(_ line: String, group: String, subgroup: String,
                                    source: String, lineNumber: Int) throws -> EmojiTestEntry {
         func fail(_ why: String) -> DatasetError {
-            DatasetError("\(source):\(lineNumber): \(why) in line \"\(line)\"")
+            DatasetError.corrupt("\(source):\(lineNumber): \(why) in line \"\(line)\"")
         }
         let hashSplit = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)
         let data = hashSplit[0]

@@ -103,7 +103,7 @@ extension PruningSet {
     public static func principalAxes(rows n: Int, dimension d: Int, data: [Float],
                                      progress: ((PruneBuildStage, Int, Int) -> Void)? = nil) throws -> PCABasis {
         guard n >= 1, d >= 1, data.count == n * d else {
-            throw ModelError("PCA needs at least one row of \(d) values; got \(data.count) values for \(n) rows")
+            throw ModelError.invalidArgument("PCA needs at least one row of \(d) values; got \(data.count) values for \(n) rows")
         }
         // Mean (double accumulation), then the centred rows.
         var meanD = [Double](repeating: 0, count: d)
@@ -205,13 +205,13 @@ extension PruningSet {
     public static func build(dataset: ImageDataset, datasetPath: String, tau: Float = defaultTau,
                              tauR: Float? = nil,
                              progress: ((PruneBuildStage, Int, Int) -> Void)? = nil) throws -> PruningAnalysis {
-        guard tau.isFinite else { throw ModelError("τ must be a finite number, got \(tau)") }
+        guard tau.isFinite else { throw ModelError.invalidArgument("τ must be a finite number, got \(tau)") }
         let d = dataset.bytesPerImage
         let r = tauR ?? defaultTauR(dimension: d)
-        guard r.isFinite, r > 0 else { throw ModelError("τ_r must be positive, got \(r)") }
+        guard r.isFinite, r > 0 else { throw ModelError.invalidArgument("τ_r must be positive, got \(r)") }
         let trainCount = dataset.indices(split: 0).count
         guard trainCount >= 1 else {
-            throw ModelError("dataset \(datasetPath) has no training images (split 0): nothing to build a pruning set from")
+            throw ModelError.invalidArgument("dataset \(datasetPath) has no training images (split 0): nothing to build a pruning set from")
         }
         let (n, rows) = normalisedTrainingRows(dataset)
         let basis = try principalAxes(rows: n, dimension: d, data: rows, progress: progress)
