@@ -1,12 +1,13 @@
 import Foundation
 
-/// A small, strict JSON reader for untrusted input (RFC 8259), used for safetensors headers.
+/// A small, strict JSON reader for untrusted input (RFC 8259): the one way Millrace reads JSON
+/// it did not just write (safetensors headers, config.json, flow.json, request bodies).
 ///
 /// Unlike `JSONSerialization` it keeps integers apart from other numbers (so `3.0`, `1e2` and
 /// `true` are never taken for a dimension), reports duplicate object keys, bounds nesting depth
 /// so hostile input cannot exhaust the stack, and never traps: every failure is a thrown
 /// `StrictJSON.ParseError` naming the byte offset and the key path it happened under.
-enum StrictJSON: Sendable {
+public enum StrictJSON: Sendable {
     case null
     case bool(Bool)
     /// A number. `.integer` when the literal has no fraction or exponent and fits in `Int`.
@@ -17,7 +18,7 @@ enum StrictJSON: Sendable {
     case object([(key: String, value: StrictJSON)])
 
     /// A JSON number as written.
-    enum Number: Sendable, Equatable {
+    public enum Number: Sendable, Equatable {
         /// An integer literal (no `.`, `e` or `E`) that fits in `Int`.
         case integer(Int)
         /// Any other number (fraction, exponent or out of `Int` range), as written.
@@ -25,15 +26,15 @@ enum StrictJSON: Sendable {
     }
 
     /// Why a JSON text was rejected.
-    struct ParseError: Error, CustomStringConvertible, Sendable {
+    public struct ParseError: Error, CustomStringConvertible, Sendable {
         /// Byte offset into the input where the problem was found.
-        var offset: Int
+        public var offset: Int
         /// What was wrong.
-        var reason: String
+        public var reason: String
         /// Object keys leading to the problem, outermost first (empty at top level).
-        var path: [String]
+        public var path: [String]
 
-        var description: String {
+        public var description: String {
             let location = path.isEmpty
                 ? "at byte \(offset)"
                 : "at byte \(offset), under \(path.map { "'\($0)'" }.joined(separator: " → "))"
@@ -42,10 +43,10 @@ enum StrictJSON: Sendable {
     }
 
     /// Most arrays/objects allowed to be open at once.
-    static let maximumDepth = 64
+    public static let maximumDepth = 64
 
     /// Parses one JSON value from `bytes`; only whitespace may follow it.
-    static func parse(_ bytes: [UInt8]) throws(ParseError) -> StrictJSON {
+    public static func parse(_ bytes: [UInt8]) throws(ParseError) -> StrictJSON {
         var parser = Parser(bytes: bytes)
         parser.skipWhitespace()
         let value = try parser.parseValue(depth: 0)
@@ -57,7 +58,7 @@ enum StrictJSON: Sendable {
     }
 
     /// A short human name for the kind of value, for error messages.
-    var kindName: String {
+    public var kindName: String {
         switch self {
         case .null: return "null"
         case .bool(let b): return b ? "true" : "false"
@@ -360,4 +361,41 @@ private struct Parser {
 /// Whether a number that JSONSerialization produced was a JSON `true`/`false` (boxed as a char).
 public func isJSONBool(_ n: NSNumber) -> Bool {
     String(cString: n.objCType) == "c"
+}
+
+extension StrictJSON {
+    /// The value as Foundation objects, the shape JSONSerialization gives: [String: Any],
+    /// [Any], String, NSNumber (integers as Int, other numbers as Double, booleans as Bool, so
+    /// `isJSONBool` tells them apart) and NSNull.
+    public var foundationValue: Any {
+        switch self {
+        case .null: return NSNull()
+        case .bool(let b): return NSNumber(value: b)
+        case .number(.integer(let i)): return NSNumber(value: i)
+        case .number(.other(let text)): return NSNumber(value: Double(text) ?? .nan)
+        case .string(let s): return s
+        case .array(let a): return a.map(\.foundationValue)
+        case .object(let members):
+            var d: [String: Any] = [:]
+            for (k, v) in members { d[k] = v.foundationValue }
+            return d
+        }
+    }
+
+    /// Parses `bytes`, which must hold one JSON object, into a dictionary (see `foundationValue`).
+    /// Duplicate keys, nesting deeper than `maximumDepth` and anything but an object are errors.
+    public static func parseObject(_ bytes: [UInt8]) throws -> [String: Any] {
+        let value = try parse(bytes)
+        guard case .object = value, let d = value.foundationValue as? [String: Any] else {
+            throw ParseError(offset: 0, reason: "expected a JSON object, found \(value.kindName)", path: [])
+        }
+        return d
+    }
+
+    /// Checks `bytes` with the strict reader, then decodes them with JSONDecoder: the strict
+    /// reader refuses duplicate keys and deep nesting that JSONDecoder would accept.
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        _ = try parse(bytes)
+        return try JSONDecoder().decode(type, from: Data(bytes))
+    }
 }

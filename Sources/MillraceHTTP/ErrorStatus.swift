@@ -1,5 +1,5 @@
-import MillraceCore
 import MillraceFormats
+import MillraceCore
 import MillraceImaging
 import MillracePipelines
 

@@ -35,10 +35,9 @@ extension MillraceService {
 
     func parseJSONObject(_ body: [UInt8]) throws -> [String: Any] {
         if body.isEmpty { return [:] }
-        guard let obj = try? JSONSerialization.jsonObject(with: Data(body)), let dict = obj as? [String: Any] else {
-            throw RequestError("body is not a JSON object")
+        do { return try StrictJSON.parseObject(body) } catch {
+            throw RequestError("body is not a JSON object: \(error)")
         }
-        return dict
     }
 
     func generateParams(_ d: [String: Any]) throws -> GenerateParams {

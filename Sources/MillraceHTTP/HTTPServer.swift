@@ -302,6 +302,18 @@ public final class HTTPServer: @unchecked Sendable {
         inFlight.lock()
         while inFlightCount > 0 && inFlight.wait(until: end) {}
         inFlight.unlock()
+        // Streaming bodies end once their reader runs again after the cancel resumed it; MHD
+        // aborts the process if it is stopped while one is still suspended, so wait until
+        // every one is freed (cancelling again any a late handler opened).
+        while true {
+            lock.lock()
+            let left = bodies.values.map(\.body)
+            lock.unlock()
+            if left.isEmpty { break }
+            guard Date() < end else { return false }
+            for b in left { b.cancel() }
+            usleep(2_000)
+        }
         reaper?.cancel()
         reaper = nil
         MHD_stop_daemon(d)

@@ -67,7 +67,7 @@ public struct ModelFolder {
         var flow = FlowConfig()
         let flowPath = (path as NSString).appendingPathComponent("flow.json")
         if let flowData = fm.contents(atPath: flowPath) {
-            do { flow = try JSONDecoder().decode(FlowConfig.self, from: flowData) } catch {
+            do { flow = try StrictJSON.decode(FlowConfig.self, from: [UInt8](flowData)) } catch {
                 throw ModelError.invalidModel("\(flowPath) is not valid: \(error)")
             }
             try validate(flow: flow, config: config, path: flowPath)

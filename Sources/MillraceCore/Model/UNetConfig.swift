@@ -41,9 +41,9 @@ public struct UNetConfig: Sendable, Equatable {
 
     /// Parses and validates a config.json body.
     public init(json data: Data) throws {
-        guard let any = try? JSONSerialization.jsonObject(with: data),
-              let dict = any as? [String: Any] else {
-            throw ModelError.invalidModel("config.json is not a JSON object")
+        let dict: [String: Any]
+        do { dict = try StrictJSON.parseObject([UInt8](data)) } catch {
+            throw ModelError.invalidModel("config.json is not a JSON object: \(error)")
         }
         try self.init(dictionary: dict)
     }

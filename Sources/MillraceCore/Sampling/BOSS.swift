@@ -1,4 +1,5 @@
 import Foundation
+import MillraceFormats
 
 /// BOSS: Bellman optimal step sizes (docs/METHODS.md §3.1–3.3).
 ///
@@ -254,7 +255,7 @@ public enum BOSS {
             throw ModelError.invalidFile("cannot read costs file '\(path)'")
         }
         let costs: [[Double]]
-        do { costs = try JSONDecoder().decode([[Double]].self, from: data) } catch let DecodingError.typeMismatch(_, context) {
+        do { costs = try StrictJSON.decode([[Double]].self, from: [UInt8](data)) } catch let DecodingError.typeMismatch(_, context) {
             throw ModelError.invalidFile("\(path): not a JSON array of rows of numbers (\(describe(context.codingPath)))")
         } catch let DecodingError.valueNotFound(_, context) {
             throw ModelError.invalidFile("\(path): not a JSON array of rows of numbers (\(describe(context.codingPath)))")
@@ -415,7 +416,7 @@ extension BOSS {
                 throw ModelError.invalidFile("cannot read '\(path)'")
             }
             let file: Schedules
-            do { file = try JSONDecoder().decode(Schedules.self, from: data) } catch {
+            do { file = try StrictJSON.decode(Schedules.self, from: [UInt8](data)) } catch {
                 throw ModelError.invalidFile("\(path) is not a valid BOSS schedules file: \(error)")
             }
             do { try file.validate() } catch let e as ModelError { throw ModelError.invalidFile("\(path): \(e.message)") }

@@ -62,8 +62,9 @@ public struct ClassifierConfig: Sendable, Equatable {
 
     /// Parses and validates a classifier.json body. Unknown keys are refused.
     public init(json data: Data) throws {
-        guard let any = try? JSONSerialization.jsonObject(with: data), let d = any as? [String: Any] else {
-            throw ModelError.invalidModel("classifier.json is not a JSON object")
+        let d: [String: Any]
+        do { d = try StrictJSON.parseObject([UInt8](data)) } catch {
+            throw ModelError.invalidModel("classifier.json is not a JSON object: \(error)")
         }
         func bad(_ key: String, _ why: String) -> ModelError { ModelError.invalidModel("classifier.json: '\(key)' \(why)") }
         func int(_ key: String, _ v: Any) throws -> Int {
