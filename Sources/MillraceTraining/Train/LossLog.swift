@@ -57,54 +57,26 @@ public struct LossLog {
     }
 }
 
-/// A loss curve as a PNG: smoothed loss (dark) over raw loss (light), log-scale y, step on x.
+/// A loss curve as a PNG: smoothed loss (dark line) over the loss of each step (light dots),
+/// log-scale y, step on x; drawn by the one chart renderer (`LineChart`).
 public enum LossPlot {
     public static func write(csv: String, png: String, width: Int = 640, height: Int = 360) throws {
         let rows = try LossLog.read(path: csv)
-        var img = RGBImage(width: width, height: height, fill: (1, 1, 1))
-        guard rows.count >= 2 else { try img.writePNG(path: png); return }
-        let margin = 48
-        let maxStep = Double(rows.last!.step)
-        let values = rows.flatMap { [$0.loss, $0.smoothed] }.filter { $0 > 0 && $0.isFinite }
-        let lo = log10(values.min() ?? 1e-3), hi = log10(values.max() ?? 1)
-        let span = max(hi - lo, 1e-6)
-        func px(_ step: Int, _ v: Double) -> (Int, Int) {
-            let x = margin + Int(Double(width - 2 * margin) * Double(step) / max(maxStep, 1))
-            let y = height - margin - Int(Double(height - 2 * margin) * (log10(max(v, 1e-12)) - lo) / span)
-            return (x, y)
-        }
-        func dot(_ x: Int, _ y: Int, _ c: (Float, Float, Float)) { img.setPixel(x, y, c) }
-        func line(_ a: (Int, Int), _ b: (Int, Int), _ c: (Float, Float, Float)) { img.drawLine(a, b, c) }
-        // axes, and a faint gridline at every power of ten
-        line((margin, height - margin), (width - margin, height - margin), (0, 0, 0))
-        line((margin, margin), (margin, height - margin), (0, 0, 0))
-        for decade in Int(lo.rounded(.up))...max(Int(lo.rounded(.up)), Int(hi.rounded(.down))) {
-            let y = px(0, pow(10, Double(decade))).1
-            line((margin, y), (width - margin, y), (0.85, 0.85, 0.85))
-        }
-        if let text = TextRenderer(pixelSize: 11) {
-            for decade in Int(lo.rounded(.up))...max(Int(lo.rounded(.up)), Int(hi.rounded(.down))) {
-                let y = px(0, pow(10, Double(decade))).1
-                text.draw(decade >= 0 ? String(format: "%g", pow(10, Double(decade))) : "1e\(decade)", x: 4, y: y + 4, into: &img)
-            }
-            for k in 0...4 {
-                let step = Int(maxStep) * k / 4
-                let label = String(step)
-                text.draw(label, x: px(step, 1).0 - text.width(of: label) / 2, y: height - margin + 16, into: &img)
-            }
-            text.draw("training loss (mean squared velocity error, log scale) by step; dark: smoothed", x: margin, y: 16, into: &img)
+        guard rows.count >= 2 else {
+            try RGBImage(width: width, height: height, fill: (1, 1, 1)).writePNG(path: png)
+            return
         }
         let stride = max(1, rows.count / (4 * width))
-        var prev: (Int, Int)?
-        for r in Swift.stride(from: 0, to: rows.count, by: stride) {
-            let p = px(rows[r].step, rows[r].loss)
-            dot(p.0, p.1, (0.7, 0.8, 1.0))
-        }
-        for r in Swift.stride(from: 0, to: rows.count, by: stride) {
-            let p = px(rows[r].step, rows[r].smoothed)
-            if let q = prev { line(q, p, (0.1, 0.2, 0.7)) }
-            prev = p
-        }
-        try img.writePNG(path: png)
+        let kept = Swift.stride(from: 0, to: rows.count, by: stride).map { rows[$0] }
+        let maxStep = Double(rows.last!.step)
+        let chart = LineChart(
+            title: "training loss (mean squared velocity error, log scale) by step; dark: smoothed",
+            xLabel: "step", yLabel: "", xTicks: (0...4).map { (maxStep * Double($0) / 4).rounded() },
+            series: [
+                .init(name: "loss", color: (0.7, 0.8, 1.0), style: .dots, points: kept.map { (Double($0.step), $0.loss) }),
+                .init(name: "smoothed", color: (0.1, 0.2, 0.7), style: .line, points: kept.map { (Double($0.step), $0.smoothed) }),
+            ],
+            logScaleY: true, legendWidth: 0)
+        try chart.render(width: width, height: height).writePNG(path: png)
     }
 }
