@@ -61,7 +61,12 @@ struct Generate: ParsableCommand {
             let folderPath = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(folderPath)
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
-            try sampler.requireImageModel()
+            // A latent-space model (same channels in and out, not 3) samples fine; it only has no
+            // pictures without a decoder, so it runs when its latents are what is asked for.
+            let latentOnly = sampler.imageProblem != nil && folder.config.inChannels == folder.config.outChannels
+            if let problem = sampler.imageProblem, !latentOnly || saveLatents == nil {
+                throw ModelError.unsupported(problem + (latentOnly ? "; pass --save-latents FILE to write the generated latents instead" : ""))
+            }
             let classes = try ClassSelection.parse(className, flow: folder.flow, config: folder.config)
             let c = folder.config
             let k = classes.count * count
@@ -106,6 +111,10 @@ struct Generate: ParsableCommand {
             if let saveLatents {
                 let unscaled = x1.scaled(Float(1 / folder.flow.normScale))
                 try SafetensorsFile(tensors: ["latents": unscaled]).write(path: saveLatents)
+                if latentOnly {
+                    print("wrote \(saveLatents): latents \(unscaled.shape) (no picture: the model has \(c.inChannels) channels and Millrace has no decoder)")
+                    return
+                }
             }
             let images = try RGBImage.batch(from: x1, scale: Float(sampler.flow.normScale)).map {
                 upscale > 1 ? $0.resizedNearest(width: $0.width * upscale, height: $0.height * upscale) : $0

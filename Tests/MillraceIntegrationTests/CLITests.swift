@@ -6,6 +6,30 @@ import MillraceTestSupport
 
 /// The `gen` command line as a user runs it: `swift test` builds it next to the test bundle.
 @Suite(.serialized) struct CLITests {
+    /// A latent-space model (4 channels in and out) gets a clear error, not a trap, and with
+    /// --save-latents it runs and writes its latents (there is no decoder to make a picture).
+    @Test func aLatentModelWritesLatentsOrGetsAClearError() throws {
+        var config = Fixtures.tinyUNetConfig()
+        config.inChannels = 4
+        config.outChannels = 4
+        var flow = FlowConfig()
+        flow.classNames = ["a", "b"]
+        flow.nullClass = 2
+        let dir = Fixtures.tempPath("latent-model-\(UUID().uuidString)")
+        try ModelFolder.write(model: UNet2DModel(config: config, seed: 1), flow: flow, to: dir)
+        let png = Fixtures.tempPath("latent-\(UUID().uuidString).png"), latents = png + ".safetensors"
+
+        let (status, _, err) = try GenCLI.run(["--steps", "2", "--model", dir, "--out", png])
+        #expect(status == 1 && err.contains("4 channels") && err.contains("--save-latents"), "\(err)")
+        #expect(!err.contains("Fatal error") && !FileManager.default.fileExists(atPath: png))
+
+        let (ok, out, err2) = try GenCLI.run(["--steps", "2", "--model", dir, "--class", "a", "--count", "3", "--out", png, "--save-latents", latents])
+        #expect(ok == 0, "\(err2)")
+        #expect(out.contains("no picture"), "\(out)")
+        #expect(try SafetensorsFile.read(path: latents).tensors["latents"]?.shape == [3, 4, 8, 8])
+        #expect(!FileManager.default.fileExists(atPath: png))
+    }
+
     @Test func genIsBuiltWithTheTests() {
         #expect(FileManager.default.isExecutableFile(atPath: GenCLI.binary), "no gen at \(GenCLI.binary)")
     }

@@ -1,8 +1,8 @@
 import Foundation
-import MillraceImaging
-import MillraceTestSupport
-import MillraceTraining
 import Testing
+import MillraceImaging
+import MillraceTraining
+import MillraceTestSupport
 
 /// The loss plot, drawn by the one chart renderer: a falling loss gives a dark curve that
 /// starts high on the left and ends low on the right, over lighter per-step dots.

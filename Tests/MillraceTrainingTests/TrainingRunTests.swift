@@ -1,9 +1,9 @@
 import Foundation
-import MillraceCore
-import MillraceFormats
-import MillraceTestSupport
-@testable import MillraceTraining
 import Testing
+@testable import MillraceFormats
+@testable import MillraceCore
+@testable import MillraceTraining
+import MillraceTestSupport
 
 /// The training loop around the trainer (what `gen train` runs), tested in-process: an
 /// interrupted run checkpoints, a resumed one ends where an uninterrupted one does, and a run
