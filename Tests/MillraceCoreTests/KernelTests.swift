@@ -1,5 +1,6 @@
 import Foundation
 import MillraceKernels
+import MillraceTestSupport
 import Testing
 
 /// The non-convolution kernels (linear, GroupNorm, SiLU, softmax, attention, elementwise and
@@ -14,24 +15,6 @@ import Testing
 @Suite(.serialized) struct KernelTests {
 
     // MARK: - Helpers
-
-    /// SplitMix64, seeded, so every run draws the same numbers.
-    struct RNG {
-        var state: UInt64
-        init(_ seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        /// Uniform in [-1, 1).
-        mutating func symmetric() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
-        mutating func array(_ n: Int, scale: Float = 1, offset: Float = 0) -> [Float] {
-            (0..<n).map { _ in offset + scale * symmetric() }
-        }
-    }
 
     static func maxAbs(_ a: [Float]) -> Float { a.reduce(0) { max($0, abs($1)) } }
 
@@ -99,7 +82,7 @@ import Testing
     }
 
     /// A few indices spread over 0..<n (first, last and some in between).
-    static func sampleIndices(_ n: Int, count: Int = 6, rng: inout RNG) -> [Int] {
+    static func sampleIndices(_ n: Int, count: Int = 6, rng: inout TestRNG) -> [Int] {
         if n <= count { return Array(0..<n) }
         var out = [0, n - 1]
         while out.count < count { out.append(Int(rng.next() % UInt64(n))) }
@@ -111,7 +94,7 @@ import Testing
     // MARK: - Linear
 
     @Test func linearMatchesReference() {
-        var rng = RNG(1)
+        var rng = TestRNG(seed: 1)
         for (n, inF, outF) in [(1, 1, 1), (3, 7, 5), (17, 33, 9), (64, 40, 130), (5, 1, 3)] {
             let x = rng.array(n * inF), w = rng.array(outF * inF), b = rng.array(outF)
             for useBias in [true, false] {
@@ -137,7 +120,7 @@ import Testing
     }
 
     @Test func linearGradientsAccumulate() {
-        var rng = RNG(2)
+        var rng = TestRNG(seed: 2)
         let (n, inF, outF) = (9, 13, 6)
         let x = rng.array(n * inF), w = rng.array(outF * inF), dy = rng.array(n * outF)
         for fast in [true, false] {
@@ -154,7 +137,7 @@ import Testing
     }
 
     @Test func linearReferenceFiniteDifferences() {
-        var rng = RNG(3)
+        var rng = TestRNG(seed: 3)
         let (n, inF, outF) = (4, 5, 3)
         let x = rng.array(n * inF), w = rng.array(outF * inF), b = rng.array(outF)
         let g = rng.array(n * outF)  // loss = <y, g>, so dy = g
@@ -180,7 +163,7 @@ import Testing
     ]
 
     @Test func groupNormForwardMatchesReference() {
-        var rng = RNG(4)
+        var rng = TestRNG(seed: 4)
         for (batch, ch, hw, groups, offset) in Self.gnCases {
             let n = batch * ch * hw
             let x = rng.array(n, scale: 2, offset: offset)
@@ -207,7 +190,7 @@ import Testing
     }
 
     @Test func groupNormFusedSiLUMatchesSeparate() {
-        var rng = RNG(5)
+        var rng = TestRNG(seed: 5)
         for (batch, ch, hw, groups, offset) in Self.gnCases {
             let n = batch * ch * hw
             let x = rng.array(n, scale: 3, offset: offset)
@@ -223,7 +206,7 @@ import Testing
     }
 
     @Test func groupNormInPlace() {
-        var rng = RNG(6)
+        var rng = TestRNG(seed: 6)
         let (batch, ch, hw, groups) = (2, 6, 11, 3)
         let x = rng.array(batch * ch * hw, scale: 2, offset: 1)
         let gamma = rng.array(ch), beta = rng.array(ch)
@@ -242,7 +225,7 @@ import Testing
 
     /// gamma = NULL means ones, beta = NULL zeros, in the forward and backward, fast and reference.
     @Test func groupNormNullGammaBeta() {
-        var rng = RNG(22)
+        var rng = TestRNG(seed: 22)
         let (batch, ch, hw, groups) = (2, 6, 13, 3)
         let n = batch * ch * hw
         let x = rng.array(n, scale: 2, offset: 0.5), dy = rng.array(n)
@@ -290,7 +273,7 @@ import Testing
     }
 
     @Test func groupNormBackwardInPlace() {
-        var rng = RNG(23)
+        var rng = TestRNG(seed: 23)
         let (batch, ch, hw, groups) = (2, 8, 9, 4)
         let n = batch * ch * hw
         let x = rng.array(n, offset: 0.2), gamma = rng.array(ch), beta = rng.array(ch)
@@ -316,7 +299,7 @@ import Testing
     }
 
     @Test func groupNormBackwardMatchesReference() {
-        var rng = RNG(7)
+        var rng = TestRNG(seed: 7)
         for (batch, ch, hw, groups, offset) in Self.gnCases {
             let n = batch * ch * hw
             let x = rng.array(n, scale: 2, offset: offset)
@@ -347,7 +330,7 @@ import Testing
     }
 
     @Test func groupNormGradientsAccumulate() {
-        var rng = RNG(8)
+        var rng = TestRNG(seed: 8)
         let (batch, ch, hw, groups) = (2, 6, 7, 2)
         let n = batch * ch * hw
         let x = rng.array(n), gamma = rng.array(ch), beta = rng.array(ch), dy = rng.array(n)
@@ -369,7 +352,7 @@ import Testing
     }
 
     @Test func groupNormReferenceFiniteDifferences() {
-        var rng = RNG(9)
+        var rng = TestRNG(seed: 9)
         for (batch, ch, hw, groups) in [(2, 6, 5, 3), (1, 4, 7, 1), (1, 3, 1, 3), (1, 2, 3, 1)] {
             let n = batch * ch * hw
             let x = rng.array(n, offset: 0.3), gamma = rng.array(ch, offset: 0.5)
@@ -455,7 +438,7 @@ import Testing
     // MARK: - SiLU
 
     @Test func siluMatchesReference() {
-        var rng = RNG(10)
+        var rng = TestRNG(seed: 10)
         for n in [1, 7, 63, 1000] {
             var x = rng.array(n, scale: 12)
             if n >= 7 { x[0] = 100; x[1] = -100; x[2] = 0; x[3] = 88.8; x[4] = -88.8; x[5] = 1e-30 }
@@ -488,7 +471,7 @@ import Testing
     }
 
     @Test func siluInPlace() {
-        var rng = RNG(11)
+        var rng = TestRNG(seed: 11)
         let x = rng.array(37, scale: 5), dy = rng.array(37)
         var y = [Float](repeating: 0, count: 37), dx = y
         mr_silu_forward(37, x, &y)
@@ -519,7 +502,7 @@ import Testing
     // MARK: - Softmax
 
     @Test func softmaxMatchesReference() {
-        var rng = RNG(12)
+        var rng = TestRNG(seed: 12)
         for (rows, n, scale, offset) in [(1, 1, Float(1), Float(0)), (3, 5, 4, 0), (7, 64, 10, 50),
                                          (2, 100, 30, -1000), (5, 17, 1, 0)] {
             let x = rng.array(rows * n, scale: scale, offset: offset)
@@ -578,7 +561,7 @@ import Testing
     }
 
     @Test func softmaxReferenceFiniteDifferences() {
-        var rng = RNG(13)
+        var rng = TestRNG(seed: 13)
         for (rows, n) in [(2, 5), (1, 1), (3, 9)] {
             let x = rng.array(rows * n, scale: 2), g = rng.array(rows * n)
             var y = [Float](repeating: 0, count: rows * n), dx = y
@@ -601,7 +584,7 @@ import Testing
     ]
 
     @Test func attentionMatchesReference() {
-        var rng = RNG(14)
+        var rng = TestRNG(seed: 14)
         for (batch, heads, L, d) in Self.attnCases {
             let n = batch * L * heads * d
             let q = rng.array(n, scale: 2), k = rng.array(n, scale: 2), v = rng.array(n)
@@ -638,7 +621,7 @@ import Testing
     }
 
     @Test func attentionBackwardOverwrites() {
-        var rng = RNG(15)
+        var rng = TestRNG(seed: 15)
         let (batch, heads, L, d) = (2, 2, 9, 4)
         let n = batch * L * heads * d
         let q = rng.array(n), k = rng.array(n), v = rng.array(n), dout = rng.array(n)
@@ -656,7 +639,7 @@ import Testing
     }
 
     @Test func attentionReferenceFiniteDifferences() {
-        var rng = RNG(16)
+        var rng = TestRNG(seed: 16)
         for (batch, heads, L, d) in [(1, 2, 4, 3), (2, 1, 3, 2), (1, 1, 1, 2)] {
             let n = batch * L * heads * d
             let q = rng.array(n), k = rng.array(n), v = rng.array(n), g = rng.array(n)
@@ -688,7 +671,7 @@ import Testing
     // MARK: - Elementwise and layout
 
     @Test func elementwiseArithmetic() {
-        var rng = RNG(17)
+        var rng = TestRNG(seed: 17)
         for n in [0, 1, 7, 63, 1001] {
             let a = rng.array(n), b = rng.array(n)
             var y = [Float](repeating: .nan, count: n), yr = y
@@ -734,7 +717,7 @@ import Testing
     }
 
     @Test func channelBias() {
-        var rng = RNG(18)
+        var rng = TestRNG(seed: 18)
         for (batch, ch, hw) in [(1, 1, 1), (2, 3, 7), (3, 5, 63), (1, 13, 1000)] {
             let n = batch * ch * hw
             let x = rng.array(n), bias = rng.array(batch * ch)
@@ -763,7 +746,7 @@ import Testing
     }
 
     @Test func concatAndSplit() {
-        var rng = RNG(19)
+        var rng = TestRNG(seed: 19)
         for (batch, c1, c2, hw) in [(1, 1, 1, 1), (2, 3, 5, 7), (3, 6, 2, 63), (2, 4, 0, 5), (2, 0, 3, 4)] {
             let a = rng.array(batch * c1 * hw), b = rng.array(batch * c2 * hw)
             let n = batch * (c1 + c2) * hw
@@ -785,7 +768,7 @@ import Testing
     }
 
     @Test func transposeMatchesReference() {
-        var rng = RNG(20)
+        var rng = TestRNG(seed: 20)
         for (batch, rows, cols) in [(1, 1, 1), (2, 7, 63), (3, 33, 65), (1, 64, 1), (1, 1, 5),
                                     (2, 100, 37), (1, 32, 32), (1, 130, 70), (2, 64, 128)] {
             let x = rng.array(batch * rows * cols)
@@ -799,7 +782,7 @@ import Testing
     }
 
     @Test func upsampleMatchesReference() {
-        var rng = RNG(21)
+        var rng = TestRNG(seed: 21)
         for (planes, h, w) in [(1, 1, 1), (3, 2, 5), (2, 7, 7), (4, 8, 63), (1, 1, 9)] {
             let x = rng.array(planes * h * w)
             var y = [Float](repeating: .nan, count: planes * 4 * h * w), yr = y

@@ -10,6 +10,14 @@ extension SplitMix64 {
     public mutating func floats(_ n: Int, scale: Float = 1) -> [Float] {
         (0..<n).map { _ in Float.random(in: -scale...scale, using: &self) }
     }
+
+    /// Uniform in [−1, 1) from 24 random bits.
+    public mutating func symmetric() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
+
+    /// `n` values `offset + scale·u`, u uniform in [−1, 1).
+    public mutating func array(_ n: Int, scale: Float = 1, offset: Float = 0) -> [Float] {
+        (0..<n).map { _ in offset + scale * symmetric() }
+    }
 }
 
 /// Largest absolute difference, relative to the reference's magnitude: |a - b| / (1 + max|b|).

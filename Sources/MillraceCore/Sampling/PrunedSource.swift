@@ -170,7 +170,7 @@ public struct PrunedSource: Sendable {
         var data = [Float](repeating: 0, count: count * d)
         var attempts = 0
         for i in 0..<count {
-            var rng = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(i) &* 0xD1B5_4A32_D192_ED03)
+            var rng = SplitMix64(seed: seed, stream: i)
             let (z, tries) = try drawOne(&rng)
             attempts += tries
             data.replaceSubrange((i * d)..<((i + 1) * d), with: z)

@@ -5,7 +5,7 @@ public enum GaussianSource {
         let per = shape.reduce(1, *)
         var data = [Float](repeating: 0, count: count * per)
         for i in 0..<count {
-            var rng = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(i) &* 0xD1B5_4A32_D192_ED03)
+            var rng = SplitMix64(seed: seed, stream: i)
             let g = rng.gaussians(per)
             data.replaceSubrange((i * per)..<((i + 1) * per), with: g)
         }

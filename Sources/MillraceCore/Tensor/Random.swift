@@ -8,6 +8,12 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Codable, Equatable {
 
     public init(seed: UInt64) { state = seed }
 
+    /// Generator `index` of the family `seed`: sample i of a batch drawn with seed S uses
+    /// stream (S, i), so a sample does not depend on the batch it is drawn in.
+    public init(seed: UInt64, stream index: Int) {
+        state = seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(index) &* 0xD1B5_4A32_D192_ED03
+    }
+
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
