@@ -1,7 +1,7 @@
-"""Writes the diffusers reference fixtures used by Tests/MillraceTests/DiffusersParityTests.swift.
+"""Writes the diffusers reference fixtures used by Tests/MillraceCoreTests/DiffusersParityTests.swift.
 
 Run once by hand (needs torch, diffusers and safetensors from PyPI; the tests themselves need none):
-    python3 tools/make_diffusers_fixtures.py Tests/MillraceTests/Fixtures
+    python3 tools/make_diffusers_fixtures.py Tests/MillraceTestSupport/Fixtures
 
 For each tiny config it saves the folder that `UNet2DModel.save_pretrained` writes, plus
 `io.safetensors` with an input batch, its timesteps and labels, diffusers' output, and the
@@ -59,4 +59,4 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "Tests/MillraceTests/Fixtures")
+    main(sys.argv[1] if len(sys.argv) > 1 else "Tests/MillraceTestSupport/Fixtures")

@@ -35,16 +35,31 @@ public enum SafetensorsDType: String, Sendable, CaseIterable {
     }
 }
 
-/// An error reading or writing a safetensors file. `message` says which tensor or field is
-/// wrong and what to do about it.
-public struct SafetensorsError: Error, CustomStringConvertible, Equatable, Sendable {
+/// An error reading or writing a safetensors file: the case says what kind, the message which
+/// tensor or field is wrong and what to do about it.
+public enum SafetensorsError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The file could not be opened, read, written or moved into place.
+    case io(String)
+    /// The bytes are not a valid safetensors file (truncated, a bad header, bad offsets).
+    case malformed(String)
+    /// A tensor given to the writer cannot be stored (a reserved name, a shape that does not
+    /// match its values).
+    case invalidTensor(String)
+
     /// What went wrong, in words.
-    public let message: String
-    /// Same as `message`.
+    public var message: String {
+        switch self { case .io(let m), .malformed(let m), .invalidTensor(let m): return m }
+    }
     public var description: String { message }
 
-    /// An error with the given message.
-    public init(_ message: String) { self.message = message }
+    /// The same error with `prefix: ` before its message.
+    func prefixed(_ prefix: String) -> SafetensorsError {
+        switch self {
+        case .io(let m): return .io("\(prefix): \(m)")
+        case .malformed(let m): return .malformed("\(prefix): \(m)")
+        case .invalidTensor(let m): return .invalidTensor("\(prefix): \(m)")
+        }
+    }
 }
 
 /// One tensor of a safetensors file, widened to Float32: a shape and its elements in row-major
@@ -90,23 +105,23 @@ public struct SafetensorsFile: Sendable {
     public static func read(path: String) throws -> SafetensorsFile {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            throw SafetensorsError("cannot open '\(path)': \(errnoDescription()); check the path")
+            throw SafetensorsError.io("cannot open '\(path)': \(errnoDescription()); check the path")
         }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else {
-            throw SafetensorsError("cannot stat '\(path)': \(errnoDescription())")
+            throw SafetensorsError.io("cannot stat '\(path)': \(errnoDescription())")
         }
         guard (info.st_mode & S_IFMT) == S_IFREG else {
-            throw SafetensorsError("'\(path)' is not a regular file; give the path of a .safetensors file")
+            throw SafetensorsError.io("'\(path)' is not a regular file; give the path of a .safetensors file")
         }
         guard info.st_size >= 0, let size = Int(exactly: info.st_size) else {
-            throw SafetensorsError("'\(path)' has an unusable size \(info.st_size)")
+            throw SafetensorsError.io("'\(path)' has an unusable size \(info.st_size)")
         }
         do {
             return try decode(FileSource(fd: fd, count: size))
         } catch let error as SafetensorsError {
-            throw SafetensorsError("\(path): \(error.message)")
+            throw error.prefixed(path)
         }
     }
 
@@ -154,7 +169,7 @@ public struct SafetensorsFile: Sendable {
             fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
             if fd >= 0 { break }
             if errno != EEXIST || attempt == 99 {
-                throw SafetensorsError("cannot create a temporary file next to '\(path)': "
+                throw SafetensorsError.io("cannot create a temporary file next to '\(path)': "
                                        + "\(errnoDescription()); check the folder exists and is writable")
             }
         }
@@ -171,7 +186,7 @@ public struct SafetensorsFile: Sendable {
                 let n = posixWrite(fd, chunk.baseAddress! + offset, chunk.count - offset)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    writeError = SafetensorsError("cannot write '\(path)': \(errnoDescription()); "
+                    writeError = SafetensorsError.io("cannot write '\(path)': \(errnoDescription()); "
                                                   + "check free disk space; the original file is untouched")
                     return
                 }
@@ -186,16 +201,16 @@ public struct SafetensorsFile: Sendable {
         }
         if let writeError { throw writeError }
         guard fsync(fd) == 0 else {
-            throw SafetensorsError("cannot flush '\(path)' to disk: \(errnoDescription()); "
+            throw SafetensorsError.io("cannot flush '\(path)' to disk: \(errnoDescription()); "
                                    + "the original file is untouched")
         }
         let closed = close(fd)
         fd = -1
         guard closed == 0 else {
-            throw SafetensorsError("cannot write '\(path)': \(errnoDescription()); the original file is untouched")
+            throw SafetensorsError.io("cannot write '\(path)': \(errnoDescription()); the original file is untouched")
         }
         guard rename(tempPath, path) == 0 else {
-            throw SafetensorsError("cannot move the finished file into place at '\(path)': "
+            throw SafetensorsError.io("cannot move the finished file into place at '\(path)': "
                                    + "\(errnoDescription()); the original file is untouched")
         }
         finished = true
@@ -226,7 +241,7 @@ private struct MemorySource: ByteSource {
         guard length > 0 else { return }
         guard offset >= 0, length <= buffer.count, offset <= buffer.count - length,
               let base = buffer.baseAddress else {
-            throw SafetensorsError("internal error: read of \(length) bytes at \(offset) outside \(buffer.count)")
+            throw SafetensorsError.malformed("internal error: read of \(length) bytes at \(offset) outside \(buffer.count)")
         }
         destination.copyMemory(from: base + offset, byteCount: length)
     }
@@ -241,10 +256,10 @@ private struct FileSource: ByteSource {
             let n = pread(fd, destination + done, length - done, off_t(offset + done))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw SafetensorsError("read failed at byte \(offset + done): \(errnoDescription())")
+                throw SafetensorsError.io("read failed at byte \(offset + done): \(errnoDescription())")
             }
             if n == 0 {
-                throw SafetensorsError("file ended at byte \(offset + done) while reading; "
+                throw SafetensorsError.malformed("file ended at byte \(offset + done) while reading; "
                                        + "was it truncated or replaced while being read?")
             }
             done += n
@@ -286,23 +301,23 @@ extension SafetensorsFile {
     fileprivate static func decode<Source: ByteSource>(_ source: Source) throws -> SafetensorsFile {
         let total = source.count
         guard total >= 8 else {
-            throw SafetensorsError("file is \(total) bytes, too short for a safetensors file "
+            throw SafetensorsError.malformed("file is \(total) bytes, too short for a safetensors file "
                                    + "(needs at least the 8-byte header length); it is truncated or not safetensors")
         }
         var lengthBytes: UInt64 = 0
         try withUnsafeMutableBytes(of: &lengthBytes) { try source.copy(offset: 0, length: 8, to: $0.baseAddress!) }
         let declared = UInt64(littleEndian: lengthBytes)
         guard declared <= UInt64(maximumHeaderSize) else {
-            throw SafetensorsError("header length field says \(declared) bytes, over the \(maximumHeaderSize)-byte "
+            throw SafetensorsError.malformed("header length field says \(declared) bytes, over the \(maximumHeaderSize)-byte "
                                    + "limit; the file is corrupt or not safetensors")
         }
         let headerSize = Int(declared)
         guard headerSize <= total - 8 else {
-            throw SafetensorsError("header length field says \(headerSize) bytes but only \(total - 8) bytes "
+            throw SafetensorsError.malformed("header length field says \(headerSize) bytes but only \(total - 8) bytes "
                                    + "follow it; the file is truncated or not safetensors")
         }
         guard headerSize > 0 else {
-            throw SafetensorsError("header is empty (length 0); the file is corrupt or not safetensors")
+            throw SafetensorsError.malformed("header is empty (length 0); the file is corrupt or not safetensors")
         }
         let header = try [UInt8](unsafeUninitializedCapacity: headerSize) { buffer, initialized in
             try source.copy(offset: 8, length: headerSize, to: UnsafeMutableRawPointer(buffer.baseAddress!))
@@ -332,10 +347,10 @@ extension SafetensorsFile {
         do {
             json = try StrictJSON.parse(header)
         } catch {
-            throw SafetensorsError("header is not valid JSON: \(error); the file is corrupt or not safetensors")
+            throw SafetensorsError.malformed("header is not valid JSON: \(error); the file is corrupt or not safetensors")
         }
         guard case .object(let members) = json else {
-            throw SafetensorsError("header must be a JSON object mapping tensor names to entries, but it is "
+            throw SafetensorsError.malformed("header must be a JSON object mapping tensor names to entries, but it is "
                                    + "\(json.kindName); the file is corrupt or not safetensors")
         }
         var entries: [TensorEntry] = []
@@ -353,13 +368,13 @@ extension SafetensorsFile {
 
     fileprivate static func parseMetadata(_ value: StrictJSON) throws -> [String: String] {
         guard case .object(let members) = value else {
-            throw SafetensorsError("'__metadata__' must be an object of strings, but it is \(value.kindName); "
+            throw SafetensorsError.malformed("'__metadata__' must be an object of strings, but it is \(value.kindName); "
                                    + "fix or remove it in the file's header")
         }
         var metadata: [String: String] = [:]
         for (key, item) in members {
             guard case .string(let text) = item else {
-                throw SafetensorsError("'__metadata__' value for '\(key)' must be a string, but it is "
+                throw SafetensorsError.malformed("'__metadata__' value for '\(key)' must be a string, but it is "
                                        + "\(item.kindName); fix or remove it in the file's header")
             }
             metadata[key] = text
@@ -370,12 +385,12 @@ extension SafetensorsFile {
     fileprivate static func parseEntry(name: String, _ value: StrictJSON, dataSize: Int) throws -> TensorEntry {
         let fix = "the file is malformed; re-export it"
         guard case .object(let fields) = value else {
-            throw SafetensorsError("tensor '\(name)': entry must be an object with dtype, shape and data_offsets, "
+            throw SafetensorsError.malformed("tensor '\(name)': entry must be an object with dtype, shape and data_offsets, "
                                    + "but it is \(value.kindName); \(fix)")
         }
         func field(_ key: String) throws -> StrictJSON {
             guard let found = fields.first(where: { $0.key == key }) else {
-                throw SafetensorsError("tensor '\(name)' has no '\(key)'; \(fix)")
+                throw SafetensorsError.malformed("tensor '\(name)' has no '\(key)'; \(fix)")
             }
             return found.value
         }
@@ -383,18 +398,18 @@ extension SafetensorsFile {
         // dtype
         let dtypeValue = try field("dtype")
         guard case .string(let dtypeName) = dtypeValue else {
-            throw SafetensorsError("tensor '\(name)': 'dtype' must be a string such as \"F32\", "
+            throw SafetensorsError.malformed("tensor '\(name)': 'dtype' must be a string such as \"F32\", "
                                    + "but it is \(dtypeValue.kindName); \(fix)")
         }
         guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
-            throw SafetensorsError("tensor '\(name)' has dtype \(dtypeName); \(supportedList). "
+            throw SafetensorsError.malformed("tensor '\(name)' has dtype \(dtypeName); \(supportedList). "
                                    + "Convert the checkpoint to float32 or float16 first")
         }
 
         // shape
         let shapeValue = try field("shape")
         guard case .array(let dims) = shapeValue else {
-            throw SafetensorsError("tensor '\(name)': 'shape' must be an array of non-negative integers, "
+            throw SafetensorsError.malformed("tensor '\(name)': 'shape' must be an array of non-negative integers, "
                                    + "but it is \(shapeValue.kindName); \(fix)")
         }
         var shape: [Int] = []
@@ -402,13 +417,13 @@ extension SafetensorsFile {
         var elementCount = 1
         for (axis, dim) in dims.enumerated() {
             guard case .number(.integer(let extent)) = dim, extent >= 0 else {
-                throw SafetensorsError("tensor '\(name)': shape dimension \(axis) must be a non-negative "
+                throw SafetensorsError.malformed("tensor '\(name)': shape dimension \(axis) must be a non-negative "
                                        + "integer, but it is \(dim.kindName); \(fix)")
             }
             // Multiply in the same order as MillraceCore's Tensor does, so an accepted shape never traps there.
             let (product, overflow) = elementCount.multipliedReportingOverflow(by: extent)
             guard !overflow else {
-                throw SafetensorsError("tensor '\(name)': shape \(describeShape(dims)) has too many elements "
+                throw SafetensorsError.malformed("tensor '\(name)': shape \(describeShape(dims)) has too many elements "
                                        + "(the product overflows); \(fix)")
             }
             elementCount = product
@@ -418,24 +433,24 @@ extension SafetensorsFile {
         // data_offsets
         let offsetsValue = try field("data_offsets")
         guard case .array(let offsets) = offsetsValue, offsets.count == 2 else {
-            throw SafetensorsError("tensor '\(name)': 'data_offsets' must be an array [begin, end] of two "
+            throw SafetensorsError.malformed("tensor '\(name)': 'data_offsets' must be an array [begin, end] of two "
                                    + "integers, but it is \(describeOffsetsValue(offsetsValue)); \(fix)")
         }
         guard case .number(.integer(let begin)) = offsets[0], begin >= 0,
               case .number(.integer(let end)) = offsets[1], end >= 0 else {
-            throw SafetensorsError("tensor '\(name)': 'data_offsets' must be two non-negative integers, but it "
+            throw SafetensorsError.malformed("tensor '\(name)': 'data_offsets' must be two non-negative integers, but it "
                                    + "holds \(offsets[0].kindName) and \(offsets[1].kindName); \(fix)")
         }
         guard begin <= end else {
-            throw SafetensorsError("tensor '\(name)': data_offsets [\(begin), \(end)] end before they begin; \(fix)")
+            throw SafetensorsError.malformed("tensor '\(name)': data_offsets [\(begin), \(end)] end before they begin; \(fix)")
         }
         guard end <= dataSize else {
-            throw SafetensorsError("tensor '\(name)': data_offsets [\(begin), \(end)] run past the end of the "
+            throw SafetensorsError.malformed("tensor '\(name)': data_offsets [\(begin), \(end)] run past the end of the "
                                    + "data section (\(dataSize) bytes); the file is truncated or malformed")
         }
         let (needed, overflow) = elementCount.multipliedReportingOverflow(by: dtype.byteSize)
         guard !overflow, needed == end - begin else {
-            throw SafetensorsError("tensor '\(name)': data_offsets [\(begin), \(end)] hold \(end - begin) bytes "
+            throw SafetensorsError.malformed("tensor '\(name)': data_offsets [\(begin), \(end)] hold \(end - begin) bytes "
                                    + "but shape \(shape) of \(dtype.rawValue) needs "
                                    + (overflow ? "more than Int.max" : "\(needed)") + " bytes; \(fix)")
         }
@@ -534,18 +549,18 @@ extension SafetensorsFile {
         for name in names {
             guard let tensor = tensors[name] else { continue }
             if name == "__metadata__" {
-                throw SafetensorsError("a tensor is named '__metadata__', which safetensors reserves; rename it")
+                throw SafetensorsError.invalidTensor("a tensor is named '__metadata__', which safetensors reserves; rename it")
             }
             var elements = 1
             for extent in tensor.shape {
                 let (p, o) = elements.multipliedReportingOverflow(by: extent)
                 guard extent >= 0, !o else {
-                    throw SafetensorsError("tensor '\(name)' has an invalid shape \(tensor.shape); fix the tensor")
+                    throw SafetensorsError.invalidTensor("tensor '\(name)' has an invalid shape \(tensor.shape); fix the tensor")
                 }
                 elements = p
             }
             guard elements == tensor.data.count else {
-                throw SafetensorsError("tensor '\(name)' has shape \(tensor.shape) (\(elements) elements) but "
+                throw SafetensorsError.invalidTensor("tensor '\(name)' has shape \(tensor.shape) (\(elements) elements) but "
                                        + "\(tensor.data.count) values; fix the tensor before saving")
             }
             let bytes = elements * dtype.byteSize

@@ -36,14 +36,14 @@ struct BSSCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            guard images.count >= 2 else { throw ColorError("BSS needs at least two images, got \(images.count)") }
+            guard images.count >= 2 else { throw CLIError("BSS needs at least two images, got \(images.count)") }
             let loaded = try images.map { path -> RGBImage in
-                do { return try RGBImage.load(path: path) } catch { throw ColorError("cannot read \(path): \(error)") }
+                do { return try RGBImage.load(path: path) } catch { throw CLIError("cannot read \(path): \(error)") }
             }
             var w = loaded[0].width, h = loaded[0].height
             if let size {
                 let wh = size.lowercased().split(separator: "x").compactMap { Int($0) }
-                guard wh.count == 2, wh.allSatisfy({ $0 >= 1 && $0 <= 4096 }) else { throw ColorError("--size must be WxH like 128x128") }
+                guard wh.count == 2, wh.allSatisfy({ $0 >= 1 && $0 <= 4096 }) else { throw CLIError("--size must be WxH like 128x128") }
                 (w, h) = (wh[0], wh[1])
             }
             let (outs, j, r) = try BatchStyleStandardization.batch(loaded, width: w, height: h, ratioMin: ratioMin,

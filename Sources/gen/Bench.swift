@@ -240,7 +240,7 @@ struct BenchStream: ParsableCommand {
     func loadClip(_ name: String) throws -> [RGBImage] {
         let dir = (clips as NSString).appendingPathComponent(name)
         let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".png") }.sorted()
-        guard !names.isEmpty else { throw StreamError("no frames in \(dir); run `gen clips --data data/emoji32.mrds`") }
+        guard !names.isEmpty else { throw CLIError("no frames in \(dir); run `gen clips --data data/emoji32.mrds`") }
         return try names.map { try RGBImage.load(path: (dir as NSString).appendingPathComponent($0)) }
     }
 

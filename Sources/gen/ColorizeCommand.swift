@@ -80,7 +80,7 @@ struct ColorizeCommand: ParsableCommand {
             let refs = self.refs ?? ReferencePool.defaultFolder()
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: refs, isDirectory: &isDir), isDir.boolValue else {
-                throw ColorError("""
+                throw CLIError("""
                     reference folder \(refs) does not exist. Make the shipped one with \
                     `gen references --data data/emoji32.mrds`, or put colour PNG or JPEG images in a folder \
                     and pass it with --refs
@@ -109,7 +109,7 @@ struct ColorizeCommand: ParsableCommand {
                 return try refiner.refine(colorized: image, gray: input)
             }
             guard FileManager.default.fileExists(atPath: input, isDirectory: &isDir) else {
-                throw ColorError("input \(input) does not exist")
+                throw CLIError("input \(input) does not exist")
             }
             if !isDir.boolValue {
                 let image = try RGBImage.load(path: input)
@@ -128,7 +128,7 @@ struct ColorizeCommand: ParsableCommand {
             }
             let names = try FileManager.default.contentsOfDirectory(atPath: input)
                 .filter { !$0.hasPrefix(".") && ["png", "jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }.sorted()
-            guard !names.isEmpty else { throw ColorError("no PNG or JPEG frames in \(input)") }
+            guard !names.isEmpty else { throw CLIError("no PNG or JPEG frames in \(input)") }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let bar = ProgressBar("colorize", total: names.count, unit: "frames")
             let sequence = FrameSequenceColorizer(colorizer: colorizer, reuseThreshold: reuseThreshold)

@@ -86,7 +86,7 @@ struct EvalColorize: ParsableCommand {
             let refs = self.refs ?? ReferencePool.defaultFolder()
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: refs, isDirectory: &isDir), isDir.boolValue else {
-                throw ColorError("reference folder \(refs) does not exist: make the shipped one with `gen references --data data/emoji32.mrds`, or pass a folder of colour images with --refs")
+                throw CLIError("reference folder \(refs) does not exist: make the shipped one with `gen references --data data/emoji32.mrds`, or pass a folder of colour images with --refs")
             }
             let pool = ReferencePool(folder: refs)
             try pool.index()
@@ -103,7 +103,7 @@ struct EvalColorize: ParsableCommand {
     func evaluateImages(data: String, pool: ReferencePool, refs: String) throws -> [String: Any] {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: data, isDirectory: &isDir) else {
-            throw ColorError("data \(data) does not exist")
+            throw CLIError("data \(data) does not exist")
         }
         var loaders: [() throws -> RGBImage] = []
         if isDir.boolValue {
@@ -112,7 +112,7 @@ struct EvalColorize: ParsableCommand {
             let ds = try ImageDataset.read(path: data)
             loaders = ds.indices(split: 1).map { i in { ds.image(at: i) } }
         }
-        guard !loaders.isEmpty else { throw ColorError("no held-out colour images in \(data)") }
+        guard !loaders.isEmpty else { throw CLIError("no held-out colour images in \(data)") }
         if limit > 0 && loaders.count > limit { loaders = Array(loaders.prefix(limit)) }
         let retrieval = Colorizer(pool: pool), plain = Colorizer(pool: pool, mode: .noRetrieval)
         var refiner: ChromaRefiner? = nil
@@ -196,7 +196,7 @@ struct EvalColorize: ParsableCommand {
 
     func evaluateFrames(dir: String, pool: ReferencePool) throws -> [String: Any] {
         let names = try Self.listImages(dir)
-        guard names.count >= 2 else { throw ColorError("--frames \(dir) needs at least 2 PNG or JPEG frames") }
+        guard names.count >= 2 else { throw CLIError("--frames \(dir) needs at least 2 PNG or JPEG frames") }
         let originals = try names.map { try RGBImage.load(path: (dir as NSString).appendingPathComponent($0)) }
         let grays = originals.map(Colorizer.grayscale)
         let withReuse = FrameSequenceColorizer(colorizer: Colorizer(pool: pool), reuseThreshold: reuseThreshold)

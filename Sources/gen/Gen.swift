@@ -37,6 +37,12 @@ func runReportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
+/// A command-line problem found while running (a missing input, an empty folder).
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// The `gen` command that makes what an error says is missing (the library's errors name no
 /// commands; this is where the CLI adds them).
 func commandAdvice(for error: Error) -> String? {

@@ -67,7 +67,7 @@ struct StreamCommand: ParsableCommand {
             let times: [Float]
             if let tList {
                 let parts = tList.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
-                guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else { throw StreamError("--t-list must be numbers like 0.4,0.6,0.8") }
+                guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else { throw CLIError("--t-list must be numbers like 0.4,0.6,0.8") }
                 times = parts.map { $0! }
             } else {
                 times = try StreamPipeline.times(strength: strength, steps: steps)
@@ -81,12 +81,12 @@ struct StreamCommand: ParsableCommand {
                 : SimilarityFilter(threshold: similarity, maxSkip: maxSkip, side: folder.config.sampleSize, seed: seed))
             if let size {
                 let wh = size.lowercased().split(separator: "x").compactMap { Int($0) }
-                guard wh.count == 2, wh.allSatisfy({ $0 >= 1 && $0 <= 4096 }) else { throw StreamError("--size must be WxH like 256x256") }
+                guard wh.count == 2, wh.allSatisfy({ $0 >= 1 && $0 <= 4096 }) else { throw CLIError("--size must be WxH like 256x256") }
                 session.outputSize = (wh[0], wh[1])
             }
             let names = try FileManager.default.contentsOfDirectory(atPath: input)
                 .filter { ["png", "jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }.sorted()
-            guard !names.isEmpty else { throw StreamError("no PNG or JPEG frames in \(input)") }
+            guard !names.isEmpty else { throw CLIError("no PNG or JPEG frames in \(input)") }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let bar = ProgressBar("stream", total: names.count, unit: "frames")
             var latencies: [Double] = [], errors: [[String: String]] = []

@@ -3,7 +3,7 @@ import Testing
 @testable import MillraceFormats
 import MillraceTestSupport
 
-/// The multipart/form-data reader and writer (Sources/Millrace/Server/Multipart.swift).
+/// The multipart/form-data reader and writer (Sources/MillraceFormats/Multipart.swift).
 struct MultipartTests {
     static func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 

@@ -257,7 +257,7 @@ private func stSample() -> SafetensorsFile {
     @Test func malformedErrorsNameTheTensor() throws {
         let bytes = stFile(header: #"{"down.0.conv":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#,
                          data: stLE32([0, 0]))
-        #expect(throws: SafetensorsError("tensor 'down.0.conv' has dtype I64; Millrace reads F32, F16 and "
+        #expect(throws: SafetensorsError.malformed("tensor 'down.0.conv' has dtype I64; Millrace reads F32, F16 and "
                                          + "BF16. Convert the checkpoint to float32 or float16 first")) {
             try SafetensorsFile.parse(bytes)
         }

@@ -96,7 +96,7 @@ func bssTestImage(width: Int, height: Int, seed: UInt64) -> RGBImage {
     }
 
     @Test func errors() {
-        #expect(throws: ColorError("BSS needs at least two images, got 1")) {
+        #expect(throws: ColorError.invalidInput("BSS needs at least two images, got 1")) {
             try BatchStyleStandardization.apply(images: [images[0]], reference: 0, ratio: 0.1)
         }
         let small = bssTestImage(width: 8, height: 8, seed: 9)

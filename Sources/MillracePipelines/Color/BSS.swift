@@ -10,11 +10,20 @@ import MillraceCore
 import MillraceImaging
 
 /// An error from the colour tools (batch style standardization, reference pools, colorization).
-public struct ColorError: Error, CustomStringConvertible, Sendable, Equatable {
+/// Why colorization or BSS refused its input.
+public enum ColorError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// Images or parameters that cannot be used (sizes, counts, strength, ratios, a class).
+    case invalidInput(String)
+    /// The model cannot do it (refinement needs an RGB model).
+    case unsupportedModel(String)
+    /// The reference pool is missing, empty, unreadable or not indexed.
+    case referencePool(String)
+
     /// What went wrong, in words meant for the user.
-    public let message: String
+    public var message: String {
+        switch self { case .invalidInput(let m), .unsupportedModel(let m), .referencePool(let m): return m }
+    }
     public var description: String { message }
-    public init(_ message: String) { self.message = message }
 }
 
 /// A 2-D discrete Fourier transform of one real plane, on KissFFT.
@@ -182,9 +191,9 @@ public enum BatchStyleStandardization {
     /// Draws the reference index j uniformly in 0..<count and r ~ U(ratioMin, ratioMax) with SplitMix64.
     public static func randomParameters(count: Int, ratioMin: Double, ratioMax: Double,
                                         seed: UInt64) throws -> (reference: Int, ratio: Double) {
-        guard count >= 2 else { throw ColorError("BSS needs at least two images, got \(count)") }
+        guard count >= 2 else { throw ColorError.invalidInput("BSS needs at least two images, got \(count)") }
         guard ratioMin > 0, ratioMax <= 1, ratioMin <= ratioMax else {
-            throw ColorError("BSS ratio bounds must satisfy 0 < min ≤ max ≤ 1, got \(ratioMin) and \(ratioMax)")
+            throw ColorError.invalidInput("BSS ratio bounds must satisfy 0 < min ≤ max ≤ 1, got \(ratioMin) and \(ratioMax)")
         }
         var rng = SplitMix64(seed: seed)
         let j = Int(rng.next() % UInt64(count))
@@ -209,15 +218,15 @@ public enum BatchStyleStandardization {
     }
 
     static func validate(images: [RGBImage], reference j: Int, ratio r: Double) throws {
-        guard images.count >= 2 else { throw ColorError("BSS needs at least two images, got \(images.count)") }
+        guard images.count >= 2 else { throw ColorError.invalidInput("BSS needs at least two images, got \(images.count)") }
         let w = images[0].width, h = images[0].height
-        guard w >= 1, h >= 1 else { throw ColorError("BSS needs non-empty images, got \(w)x\(h)") }
+        guard w >= 1, h >= 1 else { throw ColorError.invalidInput("BSS needs non-empty images, got \(w)x\(h)") }
         for (k, image) in images.enumerated() where image.width != w || image.height != h {
-            throw ColorError("BSS needs images of one size: image 0 is \(w)x\(h) but image \(k) is \(image.width)x\(image.height) (resize them first)")
+            throw ColorError.invalidInput("BSS needs images of one size: image 0 is \(w)x\(h) but image \(k) is \(image.width)x\(image.height) (resize them first)")
         }
         guard j >= 0, j < images.count else {
-            throw ColorError("BSS reference index \(j) is out of range 0..<\(images.count)")
+            throw ColorError.invalidInput("BSS reference index \(j) is out of range 0..<\(images.count)")
         }
-        guard r > 0, r <= 1, r.isFinite else { throw ColorError("BSS ratio r must be in (0, 1], got \(r)") }
+        guard r > 0, r <= 1, r.isFinite else { throw ColorError.invalidInput("BSS ratio r must be in (0, 1], got \(r)") }
     }
 }

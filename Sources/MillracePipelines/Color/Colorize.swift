@@ -57,7 +57,7 @@ public final class Colorizer {
     /// Colorizes a gray image; `reusing` skips retrieval and uses earlier patches (for stable video).
     public func colorize(gray input: RGBImage, reusing: [RetrievedPatch]? = nil) throws
         -> (image: RGBImage, references: [RetrievedPatch]) {
-        guard input.width >= 1, input.height >= 1 else { throw ColorError("cannot colorize an empty image") }
+        guard input.width >= 1, input.height >= 1 else { throw ColorError.invalidInput("cannot colorize an empty image") }
         if pool.patchCount == 0 { try pool.index() }
         let gray = Self.grayscale(input)
         let work = working(gray)

@@ -56,22 +56,22 @@ public struct ChromaRefiner {
     /// must have the same size.
     public func refine(colorized: [RGBImage], gray: [RGBImage]) throws -> [RGBImage] {
         guard colorized.count == gray.count else {
-            throw ColorError("refine: \(colorized.count) colorized images but \(gray.count) gray ones")
+            throw ColorError.invalidInput("refine: \(colorized.count) colorized images but \(gray.count) gray ones")
         }
         guard !colorized.isEmpty else { return [] }
-        guard strength > 0 && strength <= 1 else { throw ColorError("refine: strength must be in (0, 1], got \(strength)") }
-        guard steps >= 1 else { throw ColorError("refine: steps must be at least 1, got \(steps)") }
+        guard strength > 0 && strength <= 1 else { throw ColorError.invalidInput("refine: strength must be in (0, 1], got \(strength)") }
+        guard steps >= 1 else { throw ColorError.invalidInput("refine: steps must be at least 1, got \(steps)") }
         let c = model.config
         guard c.inChannels == 3, c.outChannels == 3 else {
-            throw ColorError("refine needs an RGB model (3 input and output channels), this one has \(c.inChannels) → \(c.outChannels)")
+            throw ColorError.unsupportedModel("refine needs an RGB model (3 input and output channels), this one has \(c.inChannels) → \(c.outChannels)")
         }
         if let k = classIndex {
             guard let n = c.numClassEmbeds, k >= 0, k < n else {
-                throw ColorError("refine: class \(k) is not a class of this model")
+                throw ColorError.invalidInput("refine: class \(k) is not a class of this model")
             }
         }
         for (x, g) in zip(colorized, gray) where x.width != g.width || x.height != g.height {
-            throw ColorError("refine: colorized image is \(x.width)x\(x.height) but the gray input is \(g.width)x\(g.height)")
+            throw ColorError.invalidInput("refine: colorized image is \(x.width)x\(x.height) but the gray input is \(g.width)x\(g.height)")
         }
         let side = c.sampleSize, n = side * side, count = colorized.count
         let scale = Float(flow.normScale)

@@ -141,7 +141,7 @@ public final class ReferencePool: @unchecked Sendable {
     private func listing() throws -> [FileStamp] {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDir), isDir.boolValue else {
-            throw ColorError("reference folder \(folder) does not exist")
+            throw ColorError.referencePool("reference folder \(folder) does not exist")
         }
         let names = try FileManager.default.contentsOfDirectory(atPath: folder)
             .filter { !$0.hasPrefix(".") && ["png", "jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }
@@ -159,7 +159,7 @@ public final class ReferencePool: @unchecked Sendable {
     public func index() throws -> Bool {
         let stamps = try listing()
         guard !stamps.isEmpty else {
-            throw ColorError("reference pool \(folder) is empty: put colour PNG or JPEG images in it")
+            throw ColorError.referencePool("reference pool \(folder) is empty: put colour PNG or JPEG images in it")
         }
         if let data = FileManager.default.contents(atPath: cachePath),
            let cached = try? JSONDecoder().decode(IndexFile.self, from: data),
@@ -225,7 +225,7 @@ public final class ReferencePool: @unchecked Sendable {
         let path = (folder as NSString).appendingPathComponent(names[i])
         let image: RGBImage
         do { image = try RGBImage.load(path: path) } catch {
-            throw ColorError("cannot read reference image \(path): \(error)")
+            throw ColorError.referencePool("cannot read reference image \(path): \(error)")
         }
         let side = max(image.width, image.height)
         guard side > Self.workingSide else { return image }
@@ -245,7 +245,7 @@ public final class ReferencePool: @unchecked Sendable {
 
     /// The `top` best pool patches for one standardized luma patch (`PatchDescriptor.standardLuma`).
     public func search(luma: [Float], top: Int, quadrant: Int = 0) throws -> [RetrievedPatch] {
-        guard let f = file else { throw ColorError("reference pool \(folder) is not indexed: call index() first") }
+        guard let f = file else { throw ColorError.referencePool("reference pool \(folder) is not indexed: call index() first") }
         let q = PatchDescriptor.descriptor(luma: luma, referenceAmplitude: f.referenceAmplitude)
         let d = q.count
         var scored: [(Int, Float)] = []

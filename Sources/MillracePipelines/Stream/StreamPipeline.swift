@@ -26,9 +26,16 @@ public struct StreamSettings: Sendable, Equatable, Codable {
 }
 
 /// A problem with stream parameters or frames.
-public struct StreamError: Error, CustomStringConvertible, Equatable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
+/// Why a stream refused its settings or a frame.
+public enum StreamError: Error, CustomStringConvertible, Equatable {
+    /// Slot times, strength, steps, class, guidance or δ out of range for this model.
+    case invalidSettings(String)
+    /// A frame of the wrong shape or with values that are not finite.
+    case badFrame(String)
+
+    public var message: String {
+        switch self { case .invalidSettings(let m), .badFrame(let m): return m }
+    }
     public var description: String { message }
 }
 
@@ -55,8 +62,8 @@ public final class StreamPipeline {
 
     /// Times for `strength` and `steps`: t_0 = 1 − strength, then evenly spaced towards 1.
     public static func times(strength: Float, steps: Int) throws -> [Float] {
-        guard strength > 0 && strength <= 1 else { throw StreamError("--strength must be in (0, 1], got \(strength)") }
-        guard steps >= 1 && steps <= 50 else { throw StreamError("--steps must be between 1 and 50, got \(steps)") }
+        guard strength > 0 && strength <= 1 else { throw StreamError.invalidSettings("strength must be in (0, 1], got \(strength)") }
+        guard steps >= 1 && steps <= 50 else { throw StreamError.invalidSettings("steps must be between 1 and 50, got \(steps)") }
         let t0 = 1 - strength
         return (0..<steps).map { t0 + Float($0) * strength / Float(steps) }
     }
@@ -67,7 +74,7 @@ public final class StreamPipeline {
     public init(sampler: FlowSampler, times: [Float], settings: StreamSettings, seed: UInt64) throws {
         guard !times.isEmpty, times.allSatisfy({ $0 >= 0 && $0 < 1 }),
               zip(times, times.dropFirst()).allSatisfy({ $0 < $1 }) else {
-            throw StreamError("slot times must increase strictly within [0, 1), got \(times)")
+            throw StreamError.invalidSettings("slot times must increase strictly within [0, 1), got \(times)")
         }
         self.sampler = sampler
         self.times = times
@@ -85,18 +92,18 @@ public final class StreamPipeline {
     public func validate(_ s: StreamSettings) throws {
         let k = sampler.model.config.numClassEmbeds ?? 1
         guard s.classIndex >= 0 && s.classIndex < k else {
-            throw StreamError("class \(s.classIndex) is out of range 0..<\(k)")
+            throw StreamError.invalidSettings("class \(s.classIndex) is out of range 0..<\(k)")
         }
         if s.guidance == .selfNegative || s.guidance == .onetime {
             guard times[0] > 0 else {
-                throw StreamError("RCFG (\(s.guidance.rawValue)) divides by t_0 and needs t_0 > 0 (strength < 1)")
+                throw StreamError.invalidSettings("RCFG (\(s.guidance.rawValue)) divides by t_0 and needs t_0 > 0 (strength < 1)")
             }
         }
         if s.guidance == .full || s.guidance == .onetime {
-            guard sampler.flow.nullClass != nil else { throw StreamError("guidance \(s.guidance.rawValue) needs a model with a null class") }
+            guard sampler.flow.nullClass != nil else { throw StreamError.invalidSettings("guidance \(s.guidance.rawValue) needs a model with a null class") }
         }
-        guard s.delta > 0 && s.delta <= 1 else { throw StreamError("δ must be in (0, 1], got \(s.delta)") }
-        guard s.scale.isFinite && s.scale >= 0 && s.scale <= 50 else { throw StreamError("guidance scale must be in [0, 50]") }
+        guard s.delta > 0 && s.delta <= 1 else { throw StreamError.invalidSettings("δ must be in (0, 1], got \(s.delta)") }
+        guard s.scale.isFinite && s.scale >= 0 && s.scale <= 50 else { throw StreamError.invalidSettings("guidance scale must be in [0, 50]") }
     }
 
     /// Changes class or guidance between frames.
@@ -184,11 +191,11 @@ public final class StreamPipeline {
     /// from the first call on.
     public func process(_ frame: Tensor) throws -> Tensor {
         guard frame.shape == frameShape else {
-            throw StreamError("frame has shape \(frame.shape), the model needs \(frameShape)")
+            throw StreamError.badFrame("frame has shape \(frame.shape), the model needs \(frameShape)")
         }
         // A non-finite value would spread through every slot of the stream batch and stay there.
         guard frame.data.allSatisfy(\.isFinite) else {
-            throw StreamError("frame has non-finite values (NaN or infinity); it was not processed")
+            throw StreamError.badFrame("frame has non-finite values (NaN or infinity); it was not processed")
         }
         let n = slots
         let x0 = Self.mix(frame, times[0], noise[0])

@@ -116,19 +116,19 @@ public final class ClassifierTrainer {
     public var step: Int { optimizer.step }
 
     public init(config: ClassifierConfig, dataset: ImageDataset, options: ClassifierTrainOptions) throws {
-        do { try config.validate() } catch { throw TrainError("\(error)") }
+        do { try config.validate() } catch { throw TrainError.invalidSetup("\(error)") }
         guard config.imageSize == dataset.size else {
-            throw TrainError("the classifier takes \(config.imageSize)px images but the dataset's are \(dataset.size)px")
+            throw TrainError.invalidSetup("the classifier takes \(config.imageSize)px images but the dataset's are \(dataset.size)px")
         }
         guard config.numClasses == dataset.classNames.count else {
-            throw TrainError("the classifier has \(config.numClasses) classes but the dataset \(dataset.classNames.count)")
+            throw TrainError.invalidSetup("the classifier has \(config.numClasses) classes but the dataset \(dataset.classNames.count)")
         }
-        guard options.batchSize >= 1, options.steps >= 1 else { throw TrainError("steps and batch size must be positive") }
+        guard options.batchSize >= 1, options.steps >= 1 else { throw TrainError.invalidSetup("steps and batch size must be positive") }
         guard options.maxShift >= 0 && options.maxShift < dataset.size else {
-            throw TrainError("the translation must be between 0 and \(dataset.size - 1) pixels")
+            throw TrainError.invalidSetup("the translation must be between 0 and \(dataset.size - 1) pixels")
         }
         let train = dataset.indices(split: 0)
-        guard !train.isEmpty else { throw TrainError("the training split is empty") }
+        guard !train.isEmpty else { throw TrainError.invalidSetup("the training split is empty") }
         self.model = EmojiClassifier(config: config, seed: options.seed)
         self.dataset = dataset
         self.options = options

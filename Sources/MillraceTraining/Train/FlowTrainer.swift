@@ -71,9 +71,20 @@ public struct FlowTrainingData: Sendable {
 }
 
 /// A problem with training input or a checkpoint.
-public struct TrainError: Error, CustomStringConvertible, Equatable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
+/// Why training refused to start or to go on.
+public enum TrainError: Error, CustomStringConvertible, Equatable {
+    /// A model config, dataset or option the trainer cannot use.
+    case invalidSetup(String)
+    /// A checkpoint that cannot be read or belongs to another run's config.
+    case checkpoint(String)
+    /// The run folder: a checkpoint to resume is missing, or one exists and would be overwritten.
+    case runFolder(String)
+    /// A log or file could not be written.
+    case io(String)
+
+    public var message: String {
+        switch self { case .invalidSetup(let m), .checkpoint(let m), .runFolder(let m), .io(let m): return m }
+    }
     public var description: String { message }
 }
 
@@ -95,19 +106,19 @@ public final class FlowTrainer {
 
     public init(config: UNetConfig, data: FlowTrainingData, options: TrainOptions) throws {
         guard config.inChannels == 3, config.outChannels == 3 else {
-            throw TrainError("the trainer needs in_channels = out_channels = 3 (RGB)")
+            throw TrainError.invalidSetup("the trainer needs in_channels = out_channels = 3 (RGB)")
         }
-        guard config.dropout == 0 else { throw TrainError("dropout > 0 is not supported in training") }
+        guard config.dropout == 0 else { throw TrainError.invalidSetup("dropout > 0 is not supported in training") }
         guard let k = config.numClassEmbeds, k == data.classNames.count + 1 else {
-            throw TrainError("num_class_embeds must be the number of classes + 1 (the null class): \(data.classNames.count + 1)")
+            throw TrainError.invalidSetup("num_class_embeds must be the number of classes + 1 (the null class): \(data.classNames.count + 1)")
         }
-        guard data.count > 0 else { throw TrainError("the training split is empty") }
+        guard data.count > 0 else { throw TrainError.invalidSetup("the training split is empty") }
         guard data.labels.allSatisfy({ $0 >= 0 && $0 < data.classNames.count }) else {
-            throw TrainError("a label is outside 0..<\(data.classNames.count)")
+            throw TrainError.invalidSetup("a label is outside 0..<\(data.classNames.count)")
         }
-        guard options.batchSize >= 1, options.steps >= 1 else { throw TrainError("steps and batch size must be positive") }
+        guard options.batchSize >= 1, options.steps >= 1 else { throw TrainError.invalidSetup("steps and batch size must be positive") }
         guard options.workers >= 1 && options.workers <= options.batchSize else {
-            throw TrainError("workers must be between 1 and the batch size")
+            throw TrainError.invalidSetup("workers must be between 1 and the batch size")
         }
         self.model = UNet2DModel(config: config, seed: options.seed)
         self.replicas = (1..<options.workers).map { _ in UNet2DModel(config: config) }
@@ -139,9 +150,9 @@ public final class FlowTrainer {
     public convenience init(folder: ModelFolder, chords: Straightening.Chords, options: TrainOptions) throws {
         let c = folder.config
         guard chords.count > 0, chords.dimension == c.inChannels * c.sampleSize * c.sampleSize else {
-            throw TrainError("straightening needs chords of the model's sample shape")
+            throw TrainError.invalidSetup("straightening needs chords of the model's sample shape")
         }
-        guard !folder.flow.classNames.isEmpty else { throw TrainError("straightening needs a class-conditional model folder with class names") }
+        guard !folder.flow.classNames.isEmpty else { throw TrainError.invalidSetup("straightening needs a class-conditional model folder with class names") }
         // The data split is not used when chords are set; one blank image keeps the checks simple.
         let placeholder = FlowTrainingData(images: [Float](repeating: 0, count: chords.dimension), labels: [0],
                                            size: c.sampleSize, classNames: folder.flow.classNames)
@@ -152,7 +163,7 @@ public final class FlowTrainer {
         try initialize(from: folder)
         flow = folder.flow
         guard let embeds = c.numClassEmbeds, chords.labels.allSatisfy({ $0 >= 0 && $0 < embeds }) else {
-            throw TrainError("a chord label is outside the model's classes")
+            throw TrainError.invalidSetup("a chord label is outside the model's classes")
         }
         self.chords = chords
     }
@@ -283,7 +294,7 @@ public final class FlowTrainer {
     /// For continuing a model whose checkpoint is gone; `--resume` is exact, this is not.
     public func initialize(from folder: ModelFolder) throws {
         guard folder.config == model.config else {
-            throw TrainError("--init: \(folder.path) has another architecture than this run's config")
+            throw TrainError.invalidSetup("\(folder.path) has another architecture than this run's config, so its weights cannot start it")
         }
         try model.load(folder.model.stateDict())
         optimizer.ema = model.namedParameters().map { $0.1.value.data }
@@ -330,30 +341,30 @@ public final class FlowTrainer {
     public func loadCheckpoint(path: String) throws {
         let file: SafetensorsFile
         do { file = try SafetensorsFile.read(path: path) } catch {
-            throw TrainError("checkpoint \(path) cannot be read: \(error)")
+            throw TrainError.checkpoint("checkpoint \(path) cannot be read: \(error)")
         }
         let meta = file.metadata
         guard meta["format"] == "millrace-checkpoint-1" else {
-            throw TrainError("\(path) is not a Millrace checkpoint (no format tag)")
+            throw TrainError.checkpoint("\(path) is not a Millrace checkpoint (no format tag)")
         }
         guard let stepText = meta["step"], let step = Int(stepText), step >= 0,
               let rngText = meta["rng"], let rngState = UInt64(rngText) else {
-            throw TrainError("checkpoint \(path) has no valid step or RNG state")
+            throw TrainError.checkpoint("checkpoint \(path) has no valid step or RNG state")
         }
         if let configText = meta["config"] {
             let saved = try UNetConfig(json: Data(configText.utf8))
             guard saved == model.config else {
-                throw TrainError("checkpoint \(path) was written for another model config; start a new run or use the same --config")
+                throw TrainError.checkpoint("checkpoint \(path) was written for another model config; start a new run or use the same config")
             }
         }
         var m: [[Float]] = [], v: [[Float]] = [], ema: [[Float]] = [], weights: [[Float]] = []
         for (name, p) in optimizer.parameters {
             func get(_ prefix: String) throws -> [Float] {
                 guard let t = file.tensors[prefix + name] else {
-                    throw TrainError("checkpoint \(path) lacks '\(prefix + name)'")
+                    throw TrainError.checkpoint("checkpoint \(path) lacks '\(prefix + name)'")
                 }
                 guard t.shape == p.value.shape else {
-                    throw TrainError("checkpoint \(path): '\(prefix + name)' has shape \(t.shape), expected \(p.value.shape)")
+                    throw TrainError.checkpoint("checkpoint \(path): '\(prefix + name)' has shape \(t.shape), expected \(p.value.shape)")
                 }
                 return t.data
             }

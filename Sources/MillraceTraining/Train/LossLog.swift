@@ -17,7 +17,7 @@ public struct LossLog {
             }
         }
         try (kept.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
-        guard let h = FileHandle(forWritingAtPath: path) else { throw TrainError("cannot open \(path) for writing") }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw TrainError.io("cannot open \(path) for writing") }
         h.seekToEndOfFile()
         handle = h
     }

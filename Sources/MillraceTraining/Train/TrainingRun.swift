@@ -46,8 +46,8 @@ public struct TrainingRun {
     public var plotPath: String { (settings.out as NSString).appendingPathComponent("loss.png") }
 
     public init(trainer: FlowTrainer, settings: Settings) throws {
-        guard settings.steps >= 1 else { throw TrainError("the number of steps must be at least 1, got \(settings.steps)") }
-        guard settings.checkpointEvery >= 1 else { throw TrainError("checkpoints must be at least 1 step apart, got \(settings.checkpointEvery)") }
+        guard settings.steps >= 1 else { throw TrainError.invalidSetup("the number of steps must be at least 1, got \(settings.steps)") }
+        guard settings.checkpointEvery >= 1 else { throw TrainError.invalidSetup("checkpoints must be at least 1 step apart, got \(settings.checkpointEvery)") }
         self.trainer = trainer
         self.settings = settings
     }
@@ -59,11 +59,11 @@ public struct TrainingRun {
         try FileManager.default.createDirectory(atPath: settings.out, withIntermediateDirectories: true)
         let exists = FileManager.default.fileExists(atPath: checkpointPath)
         if settings.resume {
-            guard exists else { throw TrainError("cannot resume: no checkpoint at \(checkpointPath)") }
+            guard exists else { throw TrainError.runFolder("cannot resume: no checkpoint at \(checkpointPath)") }
             try trainer.loadCheckpoint(path: checkpointPath)
             onEvent(.resumed(step: trainer.step))
         } else if exists {
-            throw TrainError("\(checkpointPath) exists: resume it, or train into another folder")
+            throw TrainError.runFolder("\(checkpointPath) exists: resume it, or train into another folder")
         } else if let from = settings.initFrom {
             try trainer.initialize(from: try ModelFolder.load(from))
             onEvent(.initialised(from: from))
