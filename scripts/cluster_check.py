@@ -263,19 +263,34 @@ def main():
     check("generations spread over every replica", not fails and all(delta.values()) and sum(delta.values()) == n_gen,
           f"{n_gen} requests; by header {seen}; by /metrics {delta}" + (f"; failures {fails}" if fails else ""))
 
-    # Kill one replica, with a viewer open on one of its streams.
+    # Kill one replica, with a viewer open on one of its streams and a generation running on
+    # every replica (least_conn gives each of them one of the concurrent requests).
     victim = names[1]
     vstreams = [sid for sid, n in streams if n == victim]
     live = [(sid, n) for sid, n in streams if n != victim]
     viewer = PartReader(client, P, f"/v1/streams/{vstreams[0]}/output")
+    inflight = []
+
+    def slow():
+        s, h, body, dt = client.json(P, "POST", "/v1/generate", {"steps": 20, "count": 2}, timeout=30)
+        inflight.append((s, h.get("x-millrace-upstream", ""), body.startswith(b"\x89PNG"), dt))
+
+    slow_threads = [threading.Thread(target=slow) for _ in names]
+    [t.start() for t in slow_threads]
+    time.sleep(0.5)
     os.kill(reps[victim]["pid"], signal.SIGKILL)
-    t_kill = time.monotonic()
     print(f"killed {victim} (pid {reps[victim]['pid']}, {reps[victim]['addr']}) with SIGKILL", flush=True)
 
     ended = viewer.wait_end(3)
     viewer.close()
     check("a viewer of the dead replica's stream sees its response end", ended is not None and ended < 2,
           f"ended {ended:.2f} s after the kill" if ended is not None else "still open 3 s after the kill")
+
+    [t.join(30) for t in slow_threads]
+    resent = [u for s, u, _, _ in inflight if u.split(",")[0].strip() == reps[victim]["addr"]]
+    check("a generation running on the killed replica is answered by another",
+          len(inflight) == len(names) and all(s == 200 and png_ok for s, _, png_ok, _ in inflight) and resent and "," in resent[0],
+          "; ".join(f"{s} via {u} in {dt:.1f} s" for s, u, _, dt in inflight))
 
     slow, wrong = [], []
     for sid in vstreams:
