@@ -78,8 +78,13 @@ render() {
     ups+="    upstream millrace_r$i { server $addr; keepalive 8; keepalive_timeout 10s; }"$'\n'
     routes+="        \"~^/v1/streams/r$i-[0-9a-f]{8}-s[0-9]+(/|\$)\" millrace_r$i;"$'\n'
   done
-  local line
+  local line header=1
+  echo "# Made by scripts/cluster.sh from deploy/nginx.conf.template (which explains it): $# replica(s)."
   while IFS= read -r line || [ -n "$line" ]; do
+    if [ $header = 1 ]; then   # the template's opening comment is about its placeholders
+      [[ "$line" == "#"* ]] && continue
+      header=0
+    fi
     case "$line" in
       @@ALL_SERVERS@@) printf '%s' "$all" ;;
       @@REPLICA_UPSTREAMS@@) printf '%s' "$ups" ;;

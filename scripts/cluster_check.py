@@ -277,7 +277,13 @@ def main():
 
     slow_threads = [threading.Thread(target=slow) for _ in names]
     [t.start() for t in slow_threads]
-    time.sleep(0.5)
+    until = time.monotonic() + 3   # kill once the victim is running its generation
+    while time.monotonic() < until:
+        _, _, m, _ = client.request(reps[victim]["port"], "GET", "/metrics", timeout=2)
+        running = re.search(rb"^millrace_jobs_running (\d+)", m, re.M)
+        if running and int(running.group(1)) >= 1:
+            break
+        time.sleep(0.02)
     os.kill(reps[victim]["pid"], signal.SIGKILL)
     print(f"killed {victim} (pid {reps[victim]['pid']}, {reps[victim]['addr']}) with SIGKILL", flush=True)
 
