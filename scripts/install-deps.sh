@@ -19,6 +19,7 @@ packages=(
   curl                   # the tests' real HTTP client (multipart uploads)
   ffmpeg                 # the tests' standard reader of a JPEG stream output (mpjpeg)
   python3                # scripts/attack.sh, scripts/load-test.sh
+  nginx                  # reverse proxy in front of replicas (scripts/cluster.sh)
 )
 
 missing=()
