@@ -1,0 +1,41 @@
+import Foundation
+import MillraceTestSupport
+import Testing
+
+/// Replicas behind nginx (scripts/cluster.sh, deploy/nginx.conf.template): the check drives
+/// streams and generation through nginx, then SIGKILLs a replica and checks that generation is
+/// answered by another, that the dead replica's streams get 410 at once, and that the others'
+/// streams go on (scripts/cluster_check.py). The replicas are the `gen` built with the tests,
+/// serving a small model so a debug build keeps pace.
+@Suite(.serialized) struct ClusterTests {
+    static let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    @Test(.enabled(if: ClusterTests.nginx != nil, "nginx is missing: run scripts/install-deps.sh to run the cluster through it"))
+    func streamsAndGenerationThroughNginxSurviveAKilledReplica() throws {
+        let state = Fixtures.tempPath("cluster-\(UUID().uuidString)")
+        // A port for nginx with three free ones after it (the replicas').
+        let port = 20_000 + Int(getpid() % 5_000) * 4
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = [Fixtures.repositoryRoot + "/scripts/cluster.sh", "check", String(port)]
+        var env = ProcessInfo.processInfo.environment
+        env["GEN"] = Fixtures.builtExecutable("gen")
+        env["CLUSTER_STATE"] = state
+        env["REPLICA_ARGS"] = "--model " + Fixtures.path("unet-tiny-a") + " --threads 1"
+        env["MILLRACE_NO_REEXEC"] = "1"
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "\(text.suffix(4000))")
+        #expect(text.range(of: #"\b[1-9][0-9]* passed, 0 failed"#, options: .regularExpression) != nil, "\(text.suffix(2000))")
+        // Nothing is left running.
+        let pids = (try? String(contentsOfFile: state + "/replicas", encoding: .utf8)) ?? ""
+        for line in pids.split(separator: "\n") {
+            if let pid = line.split(separator: " ").last.flatMap({ Int32($0) }) { #expect(kill(pid, 0) != 0, "replica \(pid) still runs") }
+        }
+    }
+}
