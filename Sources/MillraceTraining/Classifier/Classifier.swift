@@ -294,16 +294,7 @@ public final class EmojiClassifier: ParameterContainer {
     }
 
     public static func inputBatch(_ dataset: ImageDataset, indices: [Int]) -> Tensor {
-        let per = dataset.bytesPerImage
-        var x = Tensor(uninitialized: [indices.count, 3, dataset.size, dataset.size])
-        x.data.withUnsafeMutableBufferPointer { xp in
-            dataset.pixels.withUnsafeBufferPointer { px in
-                for (n, i) in indices.enumerated() {
-                    for j in 0..<per { xp[n * per + j] = Float(px[i * per + j]) * (1 / 127.5) - 1 }
-                }
-            }
-        }
-        return x
+        dataset.modelInputs(indices)
     }
 
     // MARK: Folder

@@ -4,6 +4,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import MillraceCore
 import MillraceImaging
 
 /// An error from building, writing or reading a dataset, with a message meant for people.
@@ -113,6 +114,25 @@ public struct ImageDataset: Sendable, Equatable {
         let n = bytesPerImage
         let planes = pixels[i * n ..< (i + 1) * n].map { Float($0) * (1 / 255) }
         return RGBImage(width: size, height: size, planes: planes)
+    }
+
+    /// A stored byte in model space: u8/127.5 − 1, in [−1, 1]. The one conversion from dataset
+    /// bytes to model inputs (pictures go through `Tensor(images:)`, which gives the same values
+    /// for the same bytes up to rounding).
+    @inline(__always) public static func modelValue(_ byte: UInt8) -> Float { Float(byte) / 127.5 - 1 }
+
+    /// Images `indices` in model space, [n, 3, S, S].
+    public func modelInputs(_ indices: [Int]) -> Tensor {
+        let per = bytesPerImage
+        var x = Tensor(uninitialized: [indices.count, 3, size, size])
+        x.data.withUnsafeMutableBufferPointer { xp in
+            pixels.withUnsafeBufferPointer { px in
+                for (n, i) in indices.enumerated() {
+                    for j in 0..<per { xp[n * per + j] = Self.modelValue(px[i * per + j]) }
+                }
+            }
+        }
+        return x
     }
 
     /// Indices of the train (0) or held-out (1) split, ascending.

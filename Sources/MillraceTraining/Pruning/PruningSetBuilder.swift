@@ -81,7 +81,7 @@ extension PruningSet {
                                 let rowBase = c * s * s + y * s
                                 for x in 0..<s {
                                     let sx = flip == 0 ? x : s - 1 - x
-                                    out[dst + rowBase + x] = Float(px[src + rowBase + sx]) / 127.5 - 1
+                                    out[dst + rowBase + x] = ImageDataset.modelValue(px[src + rowBase + sx])
                                 }
                             }
                         }

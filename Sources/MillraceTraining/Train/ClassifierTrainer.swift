@@ -172,7 +172,7 @@ public final class ClassifierTrainer {
                                 if sy < 0 || sy >= size || ux < 0 || ux >= size {
                                     xp[dst + y * size + xx] = 1  // white
                                 } else {
-                                    xp[dst + y * size + xx] = Float(px[src + sy * size + sx]) * (1 / 127.5) - 1
+                                    xp[dst + y * size + xx] = ImageDataset.modelValue(px[src + sy * size + sx])
                                 }
                             }
                         }

@@ -36,14 +36,7 @@ public struct FlowTrainingData: Sendable {
     /// The train split of a dataset file.
     public init(dataset: ImageDataset, split: UInt8 = 0) {
         let idx = dataset.indices(split: split)
-        let per = 3 * dataset.size * dataset.size
-        var images = [Float](repeating: 0, count: idx.count * per)
-        dataset.pixels.withUnsafeBufferPointer { px in
-            for (n, i) in idx.enumerated() {
-                for j in 0..<per { images[n * per + j] = Float(px[i * per + j]) / 127.5 - 1 }
-            }
-        }
-        self.images = images
+        self.images = dataset.modelInputs(idx).data
         self.labels = idx.map { Int(dataset.labels[$0]) }
         self.size = dataset.size
         self.classNames = dataset.classNames
