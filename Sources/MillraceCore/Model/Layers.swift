@@ -103,7 +103,7 @@ public final class Conv2d: ParameterContainer {
         y.data.withUnsafeMutableBufferPointer { yp in
             mr_conv2d_forward(&s, x.data, weight.value.data, bias.value.data, yp.baseAddress)
         }
-        cachedInput = training ? x : nil
+        if training { cachedInput = x }
         return y
     }
 
@@ -151,7 +151,7 @@ public final class Linear: ParameterContainer {
             mr_linear_forward(Int32(rows), Int32(inFeatures), Int32(outFeatures), x.data,
                               weight.value.data, bias.value.data, yp.baseAddress)
         }
-        cachedInput = training ? x : nil
+        if training { cachedInput = x }
         return y
     }
 
@@ -258,7 +258,7 @@ public final class SiLU {
     public func forward(_ x: Tensor, training: Bool) -> Tensor {
         var y = Tensor(uninitialized: x.shape)
         y.data.withUnsafeMutableBufferPointer { mr_silu_forward(x.count, x.data, $0.baseAddress) }
-        cachedInput = training ? x : nil
+        if training { cachedInput = x }
         return y
     }
 
@@ -317,7 +317,7 @@ public final class Embedding: ParameterContainer {
             precondition(id >= 0 && id < count, "class id \(id) outside 0..<\(count)")
             for j in 0..<dim { y.data[r * dim + j] = weight.value.data[id * dim + j] }
         }
-        cachedIds = training ? ids : []
+        if training { cachedIds = ids }
         return y
     }
 

@@ -183,7 +183,6 @@ public final class UNet2DModel: ParameterContainer {
     // MARK: Forward
 
     /// Cached between a training forward and its backward.
-    private var skipChannels: [Int] = []
 
     /// Predicts for `sample` [B, in_channels, H, W] at `timesteps` (B values, or one for all) with
     /// `classLabels` (B ids; required when the model has a class embedding).
@@ -228,10 +227,12 @@ public final class UNet2DModel: ParameterContainer {
             h = midAll[1].forward(h, tembAct: t, training: training)
         }
         for block in upBlocks {
-            block.concatChannels = []
+            // Only a training forward writes to the model (what its backward needs): inference
+            // keeps no state, so two inference calls can share one model from two threads.
+            if training { block.concatChannels = [] }
             for j in block.resnets.indices {
                 let skip = skips.removeLast()
-                block.concatChannels.append(h.shape[1])
+                if training { block.concatChannels.append(h.shape[1]) }
                 h = block.resnets[j].forward(ChannelConcat.forward(h, skip), tembAct: t, training: training)
                 if !block.attentions.isEmpty { h = block.attentions[j].forward(h, training: training) }
             }

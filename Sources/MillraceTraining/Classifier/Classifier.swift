@@ -191,7 +191,7 @@ public final class EmojiClassifier: ParameterContainer {
         for i in convs.indices {
             h = norms[i].forward(convs[i].forward(h, training: training), training: training)
         }
-        pooledShape = training ? h.shape : nil
+        if training { pooledShape = h.shape }
         return Self.globalAveragePool(h)
     }
 
