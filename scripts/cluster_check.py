@@ -150,6 +150,9 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--pids", default=f"bash {here}/cluster.sh pids", help="command printing the replicas' pids")
     ap.add_argument("--budget", type=float, default=60, help="seconds the whole check may take")
+    ap.add_argument("--slow-generate", default=os.environ.get("CLUSTER_CHECK_SLOW_GENERATE", '{"steps": 20, "count": 2}'),
+                    help="JSON body of the generations in flight when a replica is killed: long enough to be "
+                         "running then (default for the shipped model; env CLUSTER_CHECK_SLOW_GENERATE)")
     ap.add_argument("--frame", default=os.path.join(here, "..", "assets", "clips", "moving", "frame-000.png"))
     a = ap.parse_args()
     started = time.monotonic()
@@ -159,6 +162,7 @@ def main():
     frame2 = open(sorted(glob.glob(os.path.join(os.path.dirname(a.frame), "*.png")))[-1], "rb").read()
     png = {"Content-Type": "image/png"}
     gen_body = {"steps": 1, "count": 1}
+    slow_body = json.loads(a.slow_generate)
 
     reps = replicas_from_pids(a.pids)
     if not check("replicas found", len(reps) >= 2, ", ".join(f"{n} pid {r['pid']} port {r['port']}" for n, r in sorted(reps.items()))
@@ -272,7 +276,7 @@ def main():
     inflight = []
 
     def slow():
-        s, h, body, dt = client.json(P, "POST", "/v1/generate", {"steps": 20, "count": 2}, timeout=30)
+        s, h, body, dt = client.json(P, "POST", "/v1/generate", slow_body, timeout=30)
         inflight.append((s, h.get("x-millrace-upstream", ""), body.startswith(b"\x89PNG"), dt))
 
     slow_threads = [threading.Thread(target=slow) for _ in names]

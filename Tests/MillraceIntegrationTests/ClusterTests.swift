@@ -23,6 +23,8 @@ import Testing
         env["CLUSTER_STATE"] = state
         env["REPLICA_ARGS"] = "--model " + Fixtures.path("unet-tiny-a") + " --threads 1"
         env["MILLRACE_NO_REEXEC"] = "1"
+        // Long enough on the small model to be running when a replica is killed.
+        env["CLUSTER_CHECK_SLOW_GENERATE"] = #"{"steps": 200, "count": 16, "guidance": 1}"#
         p.environment = env
         let out = Pipe()
         p.standardOutput = out
