@@ -41,8 +41,8 @@ final class ServerReferencePool: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let list = listing() else {
-            throw Unavailable(description: "the server's reference pool \(folder) does not exist: build it with `gen references`, "
-                + "start the server with --refs DIR, or upload 'reference' files with the request")
+            throw Unavailable(description: "the server has no reference pool (\(folder) does not exist): "
+                + "upload 'reference' files with the request")
         }
         guard !list.isEmpty else {
             throw Unavailable(description: "the server's reference pool \(folder) is empty: put colour PNG or JPEG images in it, "

@@ -75,7 +75,7 @@ extension MillraceService {
         case "boss":
             guard model.bossSteps.contains(p.steps) else {
                 throw RequestError(model.bossSteps.isEmpty
-                    ? "model '\(model.name)' has no BOSS schedules (make them with gen schedule boss)"
+                    ? "model '\(model.name)' has no BOSS schedules"
                     : "model '\(model.name)' has BOSS schedules for steps \(model.bossSteps), not \(p.steps)")
             }
             let grid = try BOSS.Schedules.times(steps: p.steps, modelFolder: folder.path)
@@ -87,7 +87,7 @@ extension MillraceService {
             throw RequestError("'source' must be gaussian or pruned")
         }
         if source == .pruned && !model.hasPruningSet {
-            throw RequestError("model '\(model.name)' has no pruning set for source 'pruned' (make it with gen prune-axes)")
+            throw RequestError("model '\(model.name)' has no pruning set for source 'pruned'")
         }
         p.source = source
         guard let solver = Solver(rawValue: d["solver"].map { "\($0)" } ?? "euler") else { throw RequestError("'solver' must be euler or heun") }

@@ -141,10 +141,13 @@ import MillraceTestSupport
             #expect(s.call("GET", "/v1/generate").status == 405)
             let big = [UInt8](repeating: 0x20, count: 100 << 10)
             #expect(s.call("POST", "/v1/generate", body: big).status == 413)
-            // The progress stream: one part per step's estimate, then the final image, then the end.
+            // The progress stream: a part per step's estimate, then the final image, then the end.
+            // The latest estimate replaces one that has not started to go out (a slow reader, a
+            // loaded machine), so 1 to 4 parts arrive; the final image always does.
             let stream = s.call("GET", "/v1/generate/stream?class=0&steps=4")
             #expect(stream.type.hasPrefix("multipart/x-mixed-replace"))
-            #expect(stream.text.components(separatedBy: "Content-Type: image/png").count - 1 == 4)
+            let parts = stream.text.components(separatedBy: "Content-Type: image/png").count - 1
+            #expect((1...4).contains(parts), "\(parts) parts")
             #expect(stream.text.hasSuffix("--millraceframe--\r\n"))
         }
     }
