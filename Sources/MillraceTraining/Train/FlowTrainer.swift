@@ -330,9 +330,10 @@ public final class FlowTrainer {
         return total[0]
     }
 
-    /// Checks that every process starts from the same state: step, generator, weights, EMA and
-    /// training data (rank 0's are broadcast and compared). Throws `TrainError.parallel` on every
-    /// process when one differs, e.g. a host with another dataset file or checkpoint.
+    /// Checks that every process holds the same state: options, step, generator, weights, EMA,
+    /// moments and training data (checksums of rank 0's are broadcast and compared). Throws
+    /// `TrainError.parallel` on every process when one differs, e.g. a machine with another
+    /// dataset file or checkpoint.
     public func checkProcessesAgree() throws {
         guard collective.size > 1 else { return }
         func total(_ arrays: [[Float]]) -> Double {

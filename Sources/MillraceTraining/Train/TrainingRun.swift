@@ -58,8 +58,8 @@ public struct TrainingRun {
     /// With a trainer split over several processes (`FlowTrainer.collective`), every process calls
     /// this and steps; only rank 0 writes files (checkpoint, model folder, loss log and plot).
     /// With `resume` every process reads the checkpoint. The processes start together or all
-    /// throw, and stop at the same step when any of them is asked to. Every process reports
-    /// events.
+    /// throw, and stop at the same step when any of them is asked to; at the start and at each
+    /// checkpoint they check that they hold the same state. Every process reports events.
     @discardableResult
     public func run(shouldStop: () -> Bool = { false }, onEvent: (Event) -> Void = { _ in }) throws -> Int {
         let group = trainer.collective
@@ -87,12 +87,15 @@ public struct TrainingRun {
                             lr: trainer.optimizer.currentLearningRate, imagesPerSecond: ips, elapsed: wallBefore + elapsed)
             onEvent(.stepped(step: trainer.step, loss: loss, smoothed: trainer.smoothedLoss, imagesPerSecond: ips))
             if trainer.step % settings.checkpointEvery == 0 || trainer.step == settings.steps {
+                // The processes still hold the same weights (what rank 0 saves is everyone's).
+                try trainer.checkProcessesAgree()
                 try save()
                 log?.flush()
                 onEvent(.checkpointed(step: trainer.step))
             }
         }
         if stopped {
+            try trainer.checkProcessesAgree()
             try save()
             onEvent(.interrupted(step: trainer.step))
         }
