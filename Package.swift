@@ -14,7 +14,8 @@ let cOptimise: [CSetting] = [.unsafeFlags(["-O3", "-ffp-contract=fast", "-fno-ma
 //   MillraceImaging    images: codecs, resize, Lab, text, charts, image <-> tensor (libpng, libjpeg,
 //                      FreeType)
 //   MillraceTraining   datasets (emoji drawn with FreeType and HarfBuzz), trainers, the classifier,
-//                      evaluation, pruning-set building
+//                      evaluation, pruning-set building; data parallelism over MPI (Open MPI
+//                      loaded at run time, only under mpirun)
 //   MillracePipelines  streams (StreamDiffusion-style) and colour (retrieval colorization, BSS on KissFFT)
 //   MillraceHTTP       the HTTP server (libmicrohttpd) and the service's routes
 //   gen                the command-line tool
@@ -43,6 +44,9 @@ let package = Package(
         .systemLibrary(name: "CFreeType", pkgConfig: "freetype2", providers: [.apt(["libfreetype-dev"])]),
         .systemLibrary(name: "CHarfBuzz", pkgConfig: "harfbuzz", providers: [.apt(["libharfbuzz-dev"])]),
         .systemLibrary(name: "CKissFFT", pkgConfig: "kissfft-float", providers: [.apt(["libkissfft-dev"])]),
+        // Open MPI for data-parallel training: declarations only, no `link` line. The library is
+        // opened with dlopen when mpirun started the process, so gen runs where it is not installed.
+        .systemLibrary(name: "CMPI", providers: [.apt(["openmpi-bin", "libopenmpi-dev"])]),
 
         // C.
         .target(name: "MillraceKernels", dependencies: ["CBLAS"], cSettings: cOptimise),
@@ -53,7 +57,7 @@ let package = Package(
         .target(name: "MillraceFormats"),
         .target(name: "MillraceCore", dependencies: ["MillraceFormats", "MillraceKernels", "CLAPACK"]),
         .target(name: "MillraceImaging", dependencies: ["MillraceCore", "MillraceCodecs", "CFreeType"]),
-        .target(name: "MillraceTraining", dependencies: ["MillraceCore", "MillraceImaging", "CFreeType", "CHarfBuzz"]),
+        .target(name: "MillraceTraining", dependencies: ["MillraceCore", "MillraceImaging", "CFreeType", "CHarfBuzz", "CMPI"]),
         .target(name: "MillracePipelines", dependencies: ["MillraceCore", "MillraceImaging", "CKissFFT"]),
         .target(name: "MillraceHTTP", dependencies: ["MillracePipelines", "MillraceFormats", "CMillraceHTTP", "CMicroHTTPD"]),
         .executableTarget(name: "gen", dependencies: [
@@ -79,6 +83,6 @@ let package = Package(
         .testTarget(name: "MillraceTrainingTests", dependencies: ["MillraceTraining", "MillraceTestSupport"]),
         .testTarget(name: "MillracePipelinesTests", dependencies: ["MillracePipelines", "MillraceTestSupport"]),
         .testTarget(name: "MillraceHTTPTests", dependencies: ["MillraceHTTP", "MillraceTestSupport"]),
-        .testTarget(name: "MillraceIntegrationTests", dependencies: ["MillraceHTTP", "MillraceTestSupport"]),
+        .testTarget(name: "MillraceIntegrationTests", dependencies: ["MillraceHTTP", "MillraceTraining", "MillraceTestSupport"]),
     ]
 )

@@ -20,6 +20,8 @@ packages=(
   ffmpeg                 # the tests' standard reader of a JPEG stream output (mpjpeg)
   python3                # scripts/attack.sh, scripts/load-test.sh
   nginx                  # reverse proxy in front of replicas (scripts/cluster.sh)
+  openmpi-bin            # mpirun, for data-parallel training over processes (docs/TRAINING.md)
+  libopenmpi-dev         # Open MPI's library (libmpi.so.40), opened by gen only under mpirun
 )
 
 missing=()

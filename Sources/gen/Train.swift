@@ -11,11 +11,14 @@ struct Train: ParsableCommand {
         Writes a model folder to --out (config.json, model.safetensors with the EMA weights,
         flow.json), plus checkpoint.safetensors every --checkpoint-every steps, loss.csv and
         loss.png. Ctrl-C writes a checkpoint and exits; --resume continues exactly where it stopped.
+        Started by mpirun (Open MPI), the processes split each batch and average gradients; rank 0
+        writes the files (docs/TRAINING.md, "Several processes (MPI)").
 
         Examples:
           gen train --data data/emoji32.mrds --out runs/emoji32 --steps 20000
           gen train --data data/emoji32.mrds --out runs/emoji32 --steps 30000 --resume
           gen train --data data/emoji32.mrds --out runs/emoji32-na --norm-align
+          mpirun -np 2 gen train --data data/emoji32.mrds --out runs/emoji32 --workers 1
           gen train --data data/emoji32.mrds --out runs/emoji32-d --steps 12000 \
             --init-from assets/models/emoji32 --lr 4e-4 --decay cosine
         """)
@@ -50,7 +53,7 @@ struct Train: ParsableCommand {
     var normAlign = false
     @Flag(inversion: .prefixedNo, help: "Sample classes uniformly (then an image of the class).")
     var balance = true
-    @Option(help: "Data-parallel workers, each on its own core with single-threaded BLAS (default: all cores).")
+    @Option(help: "Data-parallel workers, each on its own core with single-threaded BLAS (default: all cores; under mpirun, per process: the cores divided by the processes on the machine).")
     var workers: Int?
     @Flag(help: "Continue from --out/checkpoint.safetensors.")
     var resume = false
@@ -102,8 +105,12 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        threads.apply()
+        // Under mpirun the processes on one machine share its cores.
+        let cores = max(1, ProcessInfo.processInfo.activeProcessorCount / DataParallel.processesOnThisMachine())
+        Runtime.configureThreads(threads.threads ?? cores)
         try runReportingErrors {
+            // A single process, or (started by mpirun) this process's place in the MPI run.
+            let group = try DataParallel.join()
             let ds = try ImageDataset.read(path: data)
             let trainData = FlowTrainingData(dataset: ds)
             let config = try makeConfig(classes: ds.classNames.count, size: ds.size)
@@ -113,7 +120,7 @@ struct Train: ParsableCommand {
             opts.seed = seed
             opts.normAlign = normAlign
             opts.balanceClasses = balance
-            opts.workers = max(1, min(workers ?? ProcessInfo.processInfo.activeProcessorCount, batch))
+            opts.workers = max(1, min(workers ?? cores, batch / group.size))
             opts.checkpointEvery = checkpointEvery
             opts.optimizer.learningRate = lr
             opts.optimizer.warmupSteps = warmup
@@ -124,7 +131,7 @@ struct Train: ParsableCommand {
             opts.optimizer.weightDecay = weightDecay
             opts.optimizer.gradClip = clip
             opts.optimizer.emaDecay = ema
-            let trainer = try FlowTrainer(config: config, data: trainData, options: opts)
+            let trainer = try FlowTrainer(config: config, data: trainData, options: opts, collective: group)
             var settings = TrainingRun.Settings(out: out, steps: steps)
             settings.checkpointEvery = checkpointEvery
             settings.resume = resume
@@ -132,14 +139,18 @@ struct Train: ParsableCommand {
             let run = try TrainingRun(trainer: trainer, settings: settings)
             let interrupt = InterruptFlag()
             var bar: ProgressBar?
+            // Every process trains; rank 0 writes the files and speaks.
+            let speaks = group.rank == 0
             func note(_ text: String) { FileHandle.standardError.write(Data((text + "\n").utf8)) }
             try run.run(shouldStop: { interrupt.isRaised }, onEvent: { event in
+                guard speaks else { return }
                 switch event {
                 case .resumed(let step): note("resumed at step \(step) from \(run.checkpointPath)")
                 case .initialised(let from): note("initialised from \(from)")
                 case .stepped(let step, _, let smoothed, _):
                     if bar == nil {
-                        note("training \(trainer.model.parameterCount) parameters on \(trainData.count) images, batch \(batch), \(opts.workers) worker(s), \(Runtime.describe())")
+                        let split = group.size > 1 ? "\(group.size) processes × \(opts.workers) worker(s) (rank 0's)" : "\(opts.workers) worker(s)"
+                        note("training \(trainer.model.parameterCount) parameters on \(trainData.count) images, batch \(batch), \(split), \(Runtime.describe())")
                         bar = ProgressBar("train", total: steps, unit: "img", initial: step - 1)
                     }
                     bar?.update(step, extra: String(format: "loss %.4f", smoothed), rateScale: Double(batch))
@@ -151,7 +162,8 @@ struct Train: ParsableCommand {
                 }
             })
             bar?.finish()
-            print("wrote \(out) (step \(trainer.step), smoothed loss \(String(format: "%.4f", trainer.smoothedLoss)))")
+            if speaks { print("wrote \(out) (step \(trainer.step), smoothed loss \(String(format: "%.4f", trainer.smoothedLoss)))") }
+            (group as? OpenMPI)?.finalize()
         }
     }
 }

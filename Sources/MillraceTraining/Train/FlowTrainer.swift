@@ -74,9 +74,11 @@ public enum TrainError: Error, CustomStringConvertible, Equatable {
     case runFolder(String)
     /// A log or file could not be written.
     case io(String)
+    /// The processes of a data-parallel run: MPI cannot be loaded, or they do not start alike.
+    case parallel(String)
 
     public var message: String {
-        switch self { case .invalidSetup(let m), .checkpoint(let m), .runFolder(let m), .io(let m): return m }
+        switch self { case .invalidSetup(let m), .checkpoint(let m), .runFolder(let m), .io(let m), .parallel(let m): return m }
     }
     public var description: String { message }
 }
@@ -91,13 +93,20 @@ public final class FlowTrainer {
     public let options: TrainOptions
     public var flow: FlowConfig
     public let optimizer: AdamW
+    /// The processes this run is split over (data parallelism across processes, e.g. by mpirun);
+    /// a single process by default.
+    public let collective: any Collective
     public var rng: SplitMix64
     /// Exponentially smoothed loss (for display).
     public var smoothedLoss: Double = .nan
 
     public var step: Int { optimizer.step }
 
-    public init(config: UNetConfig, data: FlowTrainingData, options: TrainOptions) throws {
+    /// With a `collective` of K processes, each computes the gradients of its K-th of every batch
+    /// (split further over `options.workers`) and the sums are shared: every process must be
+    /// given the same config, data and options.
+    public init(config: UNetConfig, data: FlowTrainingData, options: TrainOptions,
+                collective: any Collective = SingleProcess()) throws {
         guard config.inChannels == 3, config.outChannels == 3 else {
             throw TrainError.invalidSetup("the trainer needs in_channels = out_channels = 3 (RGB)")
         }
@@ -113,6 +122,9 @@ public final class FlowTrainer {
         guard options.workers >= 1 && options.workers <= options.batchSize else {
             throw TrainError.invalidSetup("workers must be between 1 and the batch size")
         }
+        guard options.workers * collective.size <= options.batchSize else {
+            throw TrainError.invalidSetup("the batch of \(options.batchSize) cannot be split over \(collective.size) processes of \(options.workers) worker(s) each: it needs at least one row per worker")
+        }
         self.model = UNet2DModel(config: config, seed: options.seed)
         self.replicas = (1..<options.workers).map { _ in UNet2DModel(config: config) }
         self.data = data
@@ -124,6 +136,7 @@ public final class FlowTrainer {
         flow.defaultGuidance = 1
         self.flow = flow
         self.optimizer = AdamW(parameters: model.namedParameters(), options: options.optimizer)
+        self.collective = collective
         self.rng = SplitMix64(seed: options.seed &+ 0x5EED)
         var groups = [[Int]](repeating: [], count: data.classNames.count)
         for (i, l) in data.labels.enumerated() { groups[l].append(i) }
@@ -240,24 +253,29 @@ public final class FlowTrainer {
     }
 
     /// One optimisation step; returns the batch loss.
+    ///
+    /// Every process draws the whole batch, so the generator state stays the same everywhere; each
+    /// computes its own rows (`collective.rows(of:)`, split further over its workers), the
+    /// gradients and squared errors are summed over processes, and every process applies the same
+    /// update.
     @discardableResult
     public func trainStep() -> Double {
         let (xt, ts, labels, target) = drawBatch()
         let scale = Float(flow.timestepScale)
         let tsScaled = ts.map { $0 * scale }
-        let b = options.batchSize
+        let mine = collective.rows(of: options.batchSize)
         optimizer.zeroGrad()
         var sse = 0.0
         if replicas.isEmpty {
-            sse = Self.lossAndGradients(model, xt, tsScaled, labels, target, range: 0..<b, batchElements: target.count)
+            sse = Self.lossAndGradients(model, xt, tsScaled, labels, target, range: mine, batchElements: target.count)
         } else {
             let workers = [model] + replicas
             let params = workers.map { $0.namedParameters().map(\.1) }
             for k in 1..<workers.count {
                 for (p, q) in zip(params[0], params[k]) { q.value = p.value; q.zeroGrad() }
             }
-            let n = workers.count
-            let ranges = (0..<n).map { k in (k * b / n)..<((k + 1) * b / n) }
+            let n = workers.count, lo = mine.lowerBound, rows = mine.count
+            let ranges = (0..<n).map { k in (lo + k * rows / n)..<(lo + (k + 1) * rows / n) }
             let box = UncheckedSendable((workers, xt, tsScaled, labels, target))
             let results = UncheckedSendable(ResultSlots(count: n))
             DispatchQueue.concurrentPerform(iterations: n) { k in
@@ -274,10 +292,73 @@ public final class FlowTrainer {
             }
             sse = results.value.sse.reduce(0, +)
         }
+        if collective.size > 1 { sse = sumOverProcesses(sse) }
         optimizer.update()
         let loss = sse / Double(target.count)
         smoothedLoss = smoothedLoss.isNaN ? loss : 0.98 * smoothedLoss + 0.02 * loss
         return loss
+    }
+
+    /// Sums every gradient over the processes (one collective call on all of them packed
+    /// together) and returns the summed squared error.
+    func sumOverProcesses(_ sse: Double) -> Double {
+        let params = optimizer.parameters.map(\.1)
+        var packed = [Float](repeating: 0, count: params.reduce(0) { $0 + $1.grad.count })
+        packed.withUnsafeMutableBufferPointer { buf in
+            var o = 0
+            for p in params {
+                p.grad.withUnsafeBufferPointer { g in _ = UnsafeMutableBufferPointer(rebasing: buf[o..<(o + g.count)]).initialize(from: g) }
+                o += p.grad.count
+            }
+            collective.sum(buf)
+            o = 0
+            for p in params {
+                let n = p.grad.count
+                p.grad.withUnsafeMutableBufferPointer { g in _ = g.initialize(from: buf[o..<(o + n)]) }
+                o += n
+            }
+        }
+        var total = [sse]
+        total.withUnsafeMutableBufferPointer { collective.sum($0) }
+        return total[0]
+    }
+
+    /// Checks that every process holds the same state: options, step, generator, weights, EMA,
+    /// moments and training data (checksums of rank 0's are broadcast and compared). Throws
+    /// `TrainError.parallel` on every process when one differs, e.g. a machine with another
+    /// dataset file or checkpoint.
+    public func checkProcessesAgree() throws {
+        guard collective.size > 1 else { return }
+        func total(_ arrays: [[Float]]) -> Double {
+            arrays.reduce(0.0) { acc, a in a.reduce(acc) { $0 + Double($1) } }
+        }
+        // The options and config as JSON, through a 32-bit FNV-1a hash; workers may differ per
+        // process (they only split a process's rows).
+        var opts = options
+        opts.workers = 1
+        let enc = JSONEncoder()
+        enc.outputFormatting = .sortedKeys
+        let setup = (try enc.encode(opts)) + model.config.jsonData()
+        let setupHash = setup.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        // Every entry is exact in a Double (the generator state in two 32-bit halves).
+        let mine: [Double] = [
+            Double(setupHash),
+            Double(step), Double(rng.state >> 32), Double(rng.state & 0xFFFF_FFFF),
+            Double(data.count), total([data.images]), Double(data.labels.reduce(0, +)),
+            total(optimizer.parameters.map(\.1.value.data)), total(optimizer.ema), total(optimizer.m), total(optimizer.v),
+            flow.normScale,
+        ]
+        var first = mine
+        first.withUnsafeMutableBufferPointer { collective.broadcast($0, from: 0) }
+        let names = ["options or model config", "step", "generator state", "generator state", "training images", "training images", "labels",
+                     "weights", "EMA weights", "Adam moments", "Adam moments", "norm scale"]
+        let differs = zip(mine, first).enumerated().first { $0.element.0 != $0.element.1 }.map { names[$0.offset] }
+        var counts: [Double] = [differs == nil ? 0 : 1]
+        counts.withUnsafeMutableBufferPointer { collective.sum($0) }
+        guard counts[0] == 0 else {
+            throw TrainError.parallel(differs.map { "process \(collective.rank) has other \($0) than process 0: every machine needs the same dataset, options and checkpoint" }
+                                      ?? "\(Int(counts[0])) of \(collective.size) processes start from another state than process 0 (another dataset, options or checkpoint)")
+        }
     }
 
     /// Starts from the weights of a model folder (weights and EMA; the optimizer starts fresh),
