@@ -61,6 +61,25 @@ def run_json(cmd):
     return json.loads(out)
 
 
+def cpu_snapshot():
+    """(wall s, busy CPU s of the whole machine, CPU s of this process and its reaped children)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    except (OSError, ValueError):
+        busy = None
+    t = os.times()
+    return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
+
+
+def other_cpu_share(a, b):
+    """Share of the machine's CPU time between snapshots a and b used by other processes."""
+    if a[1] is None or b[1] is None:
+        return None
+    return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / ((b[0] - a[0]) * (os.cpu_count() or 1)))
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -370,7 +389,9 @@ def main():
                         "runtimes interleaved within each round"}
     result["machine"] = machine_info(gen)
     result["notes"] = [
-        "load_average counts this benchmark's own 2 threads: about 2 on an otherwise idle machine",
+        "load_average counts this benchmark's own 2 threads: about 2 on an otherwise idle machine; "
+        "other_cpu_share_per_round: the share of the machine's CPU time that other processes took",
+        "best_round: the fastest round's figure, next to the median",
         "Millrace against diffusers numerically: not measured here (gen prints no raw model output); "
         "Tests/MillraceTests/DiffusersParityTests.swift compares them on fixtures",
         "torch: eager, float32, inference_mode; ONNX Runtime: CPU EP, ORT_ENABLE_ALL, intra-op 2, inter-op 1",
@@ -409,9 +430,11 @@ def main():
     trainer = None if a.no_train else TorchTrainer(a.train_model, a.train_batch)
     source = None
     result["load_average"] = {"start": [round(x, 2) for x in os.getloadavg()], "rounds": []}
+    result["other_cpu_share_per_round"] = []
     for r in range(rounds):
         log(f"round {r + 1} of {rounds} (load average {os.getloadavg()[0]:.2f})")
         result["load_average"]["rounds"].append(round(os.getloadavg()[0], 2))
+        snap = cpu_snapshot()
         for p in peers:
             ms, source, _ = millrace_forward(gen, p.folder, batches, has_forward)
             for b in batches:
@@ -434,6 +457,10 @@ def main():
             train_raw["torch_images_s"].append(round(ips, 2))
             train_raw["torch_step_ms"].append(round(step_ms, 1))
             log(f"training batch {a.train_batch}: millrace {tr['images_per_second']} images/s, torch {ips:.1f}")
+        share = other_cpu_share(snap, cpu_snapshot())
+        result["other_cpu_share_per_round"].append(rnd(share))
+        if share is not None:
+            log(f"round {r + 1}: other processes used {100 * share:.0f}% of the machine's CPU time")
 
     result["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
     result["millrace_forward_source"] = source
@@ -442,9 +469,12 @@ def main():
         rows = []
         for b in batches:
             mm, oo, tt = (median(raw[p.name][k][b]) for k in ("millrace", "ort", "torch"))
+            best = {k: min([x for x in raw[p.name][k][b] if x is not None], default=None)
+                    for k in ("millrace", "ort", "torch")}
             rows.append({"batch": b, "millrace_ms": rnd(mm), "ort_ms": rnd(oo), "torch_ms": rnd(tt),
                          "millrace_speedup_vs_ort": rnd(oo / mm) if mm else None,
-                         "millrace_speedup_vs_torch": rnd(tt / mm) if mm else None})
+                         "millrace_speedup_vs_torch": rnd(tt / mm) if mm else None,
+                         "best_round": {k + "_ms": rnd(v) for k, v in best.items()}})
         result["models"][p.name] = dict(p.info, inference_ms_per_sample=rows,
                                         rounds_raw={k: {str(b): v for b, v in d.items()}
                                                     for k, d in raw[p.name].items()})
@@ -454,7 +484,10 @@ def main():
                               "timed_steps_per_round": train_steps,
                               "millrace_workers": train_raw.pop("millrace_workers", None),
                               "millrace_images_s": rnd(mi, 2), "torch_images_s": rnd(ti, 2),
-                              "millrace_speedup": rnd(mi / ti), "rounds_raw": train_raw,
+                              "millrace_speedup": rnd(mi / ti),
+                              "best_round": {"millrace_images_s": max(train_raw["millrace_images_s"]),
+                                             "torch_images_s": max(train_raw["torch_images_s"])},
+                              "rounds_raw": train_raw,
                               "sgemm_gflops_median": median(train_raw["sgemm_gflops"])}
     text = json.dumps(result, indent=2)
     print(text)
