@@ -10,7 +10,7 @@ import MillracePipelines
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure kernel, model and training speed.",
-        subcommands: [BenchKernels.self, BenchTrain.self, BenchStream.self, BenchServe.self])
+        subcommands: [BenchKernels.self, BenchForward.self, BenchTrain.self, BenchStream.self, BenchServe.self])
 }
 
 /// Repeats `body` until `minSeconds` have passed (at least `minReps` times) after one warm-up

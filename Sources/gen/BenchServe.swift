@@ -40,16 +40,8 @@ struct BenchServe: ParsableCommand {
             let log: (String) -> Void = { msg in if !json { print(msg) } else { FileHandle.standardError.write(Data((msg + "\n").utf8)) } }
             log("machine: \(Runtime.describe())")
             let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
-            let c = folder.config
             // The model alone: milliseconds per row at each batch size.
-            var perRow: [String: Double] = [:]
-            for b in [1, 2, 4, 8, 16, 32] {
-                let x = GaussianSource.draw(count: b, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: 1)
-                let labels = c.numClassEmbeds == nil ? nil : [Int](repeating: 0, count: b)
-                let t = bestTime { _ = folder.model.forward(x, timesteps: [Float](repeating: 500, count: b), classLabels: labels) }
-                perRow["\(b)"] = round2(t * 1000 / Double(b))
-                log(String(format: "forward at batch %2d: %.2f ms per row", b, t * 1000 / Double(b)))
-            }
+            let perRow = forwardMillisecondsPerSample(folder, batches: [1, 2, 4, 8, 16, 32], log: log)
             let frame = RGBImage(width: 64, height: 64, fill: (0.6, 0.4, 0.3))
             var figures: [String: [String: Double]] = [:]
             for rows in [0, maxBatchRows] {
