@@ -95,10 +95,47 @@ static conv_plan make_plan(const mr_conv2d_shape *s) {
     return p;
 }
 
+/* im2col for stride 1 over whole output rows [oy0, oy1): plain loops that the compiler turns
+   into vector moves. Rows of small images (8 to 32 floats) are too short for memcpy and memset
+   calls to pay off, and a whole-row range needs no division per row. */
+static void im2col_rows_s1(const mr_conv2d_shape *s, const conv_plan *pl, const float *restrict x,
+                           int oy0, int oy1, float *restrict col, int ld) {
+    const int ih = s->in_h, iw = s->in_w, ow = pl->ow;
+    for (int ci = 0; ci < s->in_c; ci++) {
+        const float *restrict xc = x + (size_t)ci * ih * iw;
+        for (int ky = 0; ky < s->k_h; ky++) {
+            for (int kx = 0; kx < s->k_w; kx++) {
+                float *restrict dst = col + (size_t)((ci * s->k_h + ky) * s->k_w + kx) * ld;
+                const int shift = kx - s->pad_left;
+                int lo = -shift, hi = iw - shift;   /* valid ox: 0 <= ox + shift < iw */
+                if (lo < 0) lo = 0;
+                if (hi > ow) hi = ow;
+                if (hi < lo) hi = lo;
+                for (int oy = oy0; oy < oy1; oy++) {
+                    float *restrict d = dst + (size_t)(oy - oy0) * ow;
+                    const int iy = oy - s->pad_top + ky;
+                    if (iy < 0 || iy >= ih) {
+                        for (int ox = 0; ox < ow; ox++) d[ox] = 0.0f;
+                        continue;
+                    }
+                    const float *restrict row = xc + (size_t)iy * iw + shift;
+                    for (int ox = 0; ox < lo; ox++) d[ox] = 0.0f;
+                    for (int ox = lo; ox < hi; ox++) d[ox] = row[ox];
+                    for (int ox = hi; ox < ow; ox++) d[ox] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
 /* Unfolds pixels [p0, p0 + n) of one image into col[k * ld + j], j < n. */
 static void im2col(const mr_conv2d_shape *s, const conv_plan *pl, const float *x, int p0, int n,
                    float *col, int ld) {
     const int ih = s->in_h, iw = s->in_w, ow = pl->ow, st = s->stride;
+    if (st == 1 && p0 % ow == 0 && n % ow == 0) {
+        im2col_rows_s1(s, pl, x, p0 / ow, (p0 + n) / ow, col, ld);
+        return;
+    }
     for (int ci = 0; ci < s->in_c; ci++) {
         const float *xc = x + (size_t)ci * ih * iw;
         for (int ky = 0; ky < s->k_h; ky++) {

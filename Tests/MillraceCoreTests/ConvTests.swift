@@ -27,9 +27,14 @@ import MillraceTestSupport
         Case(batch: 2, inC: 6, inH: 5, inW: 7, outC: 5, k: 1, stride: 1, pads: (0, 0, 0, 0)),
         Case(batch: 1, inC: 2, inH: 11, inW: 13, outC: 3, k: 5, stride: 3, pads: (2, 1, 0, 2)),
         Case(batch: 1, inC: 1, inH: 1, inW: 1, outC: 2, k: 3, stride: 1, pads: (1, 1, 1, 1)),
+        // stride 1 with asymmetric and wide padding (the row-wise unfolding's edges)
+        Case(batch: 2, inC: 2, inH: 9, inW: 10, outC: 3, k: 5, stride: 1, pads: (2, 1, 0, 2)),
+        Case(batch: 1, inC: 3, inH: 6, inW: 3, outC: 2, k: 3, stride: 1, pads: (0, 2, 1, 0)),
         // small tile budgets: tiles that split one image, and tiles of several whole images
         Case(batch: 2, inC: 3, inH: 13, inW: 11, outC: 4, k: 3, stride: 1, pads: (1, 1, 1, 1), tile: 64 * 31),
         Case(batch: 5, inC: 3, inH: 4, inW: 4, outC: 4, k: 3, stride: 1, pads: (1, 1, 1, 1), tile: 31 * 40),
+        // tiles of whole rows inside one image (64 columns of an 8-wide image)
+        Case(batch: 2, inC: 3, inH: 16, inW: 8, outC: 4, k: 3, stride: 1, pads: (1, 1, 1, 1), tile: 31 * 64),
         Case(batch: 2, inC: 3, inH: 12, inW: 9, outC: 2, k: 3, stride: 2, pads: (1, 1, 1, 1), tile: 29 * 64),
     ]
 
