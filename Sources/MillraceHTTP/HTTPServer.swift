@@ -233,6 +233,10 @@ public final class HTTPServer: @unchecked Sendable {
     /// Requests handed to a worker whose response MHD has not finished sending.
     private let inFlight = NSCondition()
     private var inFlightCount = 0
+    /// Set by `stop` (under `inFlight`): requests from then on are answered 503 at once, on MHD's
+    /// thread, and never suspended (MHD aborts the process when it is stopped with a suspended
+    /// connection).
+    private var stopping = false
 
     public init(host: String = "127.0.0.1", port: UInt16 = 8080, limits: Limits = Limits(), budget: MemoryBudget? = nil,
                 handler: @escaping (HTTPRequest) -> HTTPResponse) {
@@ -290,7 +294,12 @@ public final class HTTPServer: @unchecked Sendable {
     @discardableResult
     public func stop(deadline: Double = 4) -> Bool {
         guard let d = daemon else { return true }
-        _ = MHD_quiesce_daemon(d)
+        // Not MHD_quiesce_daemon: on an epoll daemon with its own threads it races with MHD's
+        // event loop over removing the listening socket and can abort the process (an open MHD
+        // defect, seen in a test run). New requests are answered 503 instead, without a worker.
+        inFlight.lock()
+        stopping = true
+        inFlight.unlock()
         lock.lock()
         let open = bodies.values.map(\.body)
         lock.unlock()
@@ -458,6 +467,7 @@ public final class HTTPServer: @unchecked Sendable {
         if ex.overBudget {
             return server.respond(.busy("the server's memory budget is full; retry shortly"), on: connection)
         }
+
         var request = HTTPRequest(method: method.map { String(cString: $0) } ?? "GET",
                                   path: url.map { String(cString: $0) } ?? "/", query: [:], headers: [:],
                                   body: ex.body, bodyTooLarge: ex.tooLarge)
@@ -475,10 +485,16 @@ public final class HTTPServer: @unchecked Sendable {
         }
         // The handler runs on a worker while MHD keeps this connection suspended; the worker
         // stores the response and resumes it, and MHD calls here again to send it.
-        ex.dispatched = true
+        // Checked and counted under one lock, so `stop` either sees this request in flight and
+        // waits for it, or this request sees `stopping` and is answered at once.
         server.inFlight.lock()
+        if server.stopping {
+            server.inFlight.unlock()
+            return server.respond(.busy("the server is shutting down"), on: connection)
+        }
         server.inFlightCount += 1
         server.inFlight.unlock()
+        ex.dispatched = true
         MHD_suspend_connection(connection)
         let job = UncheckedSendable((server, ex, connection, request))
         server.workers.submit {

@@ -143,46 +143,76 @@ void mr_ref_silu_backward(size_t n, const float *x, const float *dy, float *dx) 
 /* GroupNorm                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
+/* Groups [g0, g1) of the flattened (image, group) index, each normalised on its own: the result
+   of a group does not depend on which part computes it. */
+typedef struct {
+    int channels, groups;
+    size_t plane;
+    float eps;
+    const float *x, *gamma, *beta;
+    float *y, *mean, *rstd;
+    int fuse_silu, total, parts;
+} gn_job;
+
+static void gn_groups(const gn_job *j, int g0, int g1) {
+    const int cpg = j->channels / j->groups;
+    const size_t plane = j->plane, count = (size_t)cpg * plane;
+    for (int bg = g0; bg < g1; bg++) {
+        const int b = bg / j->groups, g = bg % j->groups;
+        const size_t base = ((size_t)b * j->channels + (size_t)g * cpg) * plane;
+        const float *xg = j->x + base;
+        double m = 0.0, var = 0.0;
+        if (count > 0) {
+            m = sum_f(xg, count) / (double)count;
+            const float mf0 = (float)m;
+            /* E[(x - mf0)^2] = var + (m - mf0)^2 */
+            const double d = m - (double)mf0;
+            var = sum_sq_dev(xg, count, mf0) / (double)count - d * d;
+            if (var < 0.0) var = 0.0;
+        }
+        const double rs = 1.0 / sqrt(var + (double)j->eps);
+        const float mf = (float)m;
+        if (j->mean) j->mean[bg] = mf;
+        if (j->rstd) j->rstd[bg] = (float)rs;
+        for (int cc = 0; cc < cpg; cc++) {
+            const int c = g * cpg + cc;
+            const float a = (float)rs * (j->gamma ? j->gamma[c] : 1.0f);
+            const float sh = j->beta ? j->beta[c] : 0.0f;
+            const float *xp = xg + (size_t)cc * plane;  /* y may equal x: no restrict */
+            float *yp = j->y + base + (size_t)cc * plane;
+            if (yp == xp) {
+                for (size_t i = 0; i < plane; i++) yp[i] = (yp[i] - mf) * a + sh;
+            } else {
+                for (size_t i = 0; i < plane; i++) yp[i] = (xp[i] - mf) * a + sh;
+            }
+            /* SiLU over the plane just written, still in cache: measured faster than one
+             * fused loop, whose many live constants spill out of the 16 SSE registers. */
+            if (j->fuse_silu) mr_silu_forward(plane, yp, yp);
+        }
+    }
+}
+
+static void gn_part(void *ctx, int part) {
+    const gn_job *j = ctx;
+    gn_groups(j, (int)((long)part * j->total / j->parts), (int)((long)(part + 1) * j->total / j->parts));
+}
+
 void mr_group_norm_forward(int batch, int channels, int hw, int groups, float eps, const float *x,
                            const float *gamma, const float *beta, float *y, float *mean,
                            float *rstd, int fuse_silu) {
     if (batch <= 0 || channels <= 0 || groups <= 0) return;
-    const int cpg = channels / groups;
-    const size_t plane = (size_t)(hw > 0 ? hw : 0);
-    const size_t count = (size_t)cpg * plane;
-    for (int b = 0; b < batch; b++) {
-        for (int g = 0; g < groups; g++) {
-            const size_t base = ((size_t)b * channels + (size_t)g * cpg) * plane;
-            const float *xg = x + base;
-            double m = 0.0, var = 0.0;
-            if (count > 0) {
-                m = sum_f(xg, count) / (double)count;
-                const float mf0 = (float)m;
-                /* E[(x - mf0)^2] = var + (m - mf0)^2 */
-                const double d = m - (double)mf0;
-                var = sum_sq_dev(xg, count, mf0) / (double)count - d * d;
-                if (var < 0.0) var = 0.0;
-            }
-            const double rs = 1.0 / sqrt(var + (double)eps);
-            const float mf = (float)m;
-            if (mean) mean[(size_t)b * groups + g] = mf;
-            if (rstd) rstd[(size_t)b * groups + g] = (float)rs;
-            for (int cc = 0; cc < cpg; cc++) {
-                const int c = g * cpg + cc;
-                const float a = (float)rs * (gamma ? gamma[c] : 1.0f);
-                const float sh = beta ? beta[c] : 0.0f;
-                const float *xp = xg + (size_t)cc * plane;  /* y may equal x: no restrict */
-                float *yp = y + base + (size_t)cc * plane;
-                if (yp == xp) {
-                    for (size_t i = 0; i < plane; i++) yp[i] = (yp[i] - mf) * a + sh;
-                } else {
-                    for (size_t i = 0; i < plane; i++) yp[i] = (xp[i] - mf) * a + sh;
-                }
-                /* SiLU over the plane just written, still in cache: measured faster than one
-                 * fused loop, whose many live constants spill out of the 16 SSE registers. */
-                if (fuse_silu) mr_silu_forward(plane, yp, yp);
-            }
-        }
+    gn_job j = {channels, groups, (size_t)(hw > 0 ? hw : 0), eps, x, gamma, beta, y, mean, rstd,
+                fuse_silu, batch * groups, 1};
+    /* Split over the pool when there is enough to share (a memory-bound pass: below ~64 K
+       values a second thread costs more than it saves). Each group is computed whole by one
+       part, so the result does not depend on the split. */
+    const int parts = mr_parallel_parts();
+    const size_t values = (size_t)batch * channels * j.plane;
+    if (parts > 1 && j.total >= parts && values >= 65536) {
+        j.parts = parts;
+        mr_run_parts(parts, gn_part, &j);
+    } else {
+        gn_groups(&j, 0, j.total);
     }
 }
 

@@ -189,6 +189,36 @@ import Testing
         }
     }
 
+    /// Large enough to be split over the pool: every group is computed whole by one part, so two
+    /// threads give the bytes one thread gives, and both match the reference (an odd number of
+    /// groups over two parts included).
+    @Test func groupNormSplitOverThreadsMatchesOneThread() {
+        GlobalKernelSettings.exclusive {
+            let before = mr_get_threads()
+            defer { mr_set_threads(before) }
+            var rng = TestRNG(seed: 12)
+            for (batch, ch, hw, groups) in [(3, 32, 1024, 8), (1, 96, 1024, 3), (2, 64, 64, 32)] {
+                let n = batch * ch * hw
+                let x = rng.array(n, scale: 2, offset: 0.5)
+                let gamma = rng.array(ch, scale: 0.5, offset: 1), beta = rng.array(ch, scale: 0.5)
+                for fuse in [Int32(0), 1] {
+                    var one = [Float](repeating: .nan, count: n), two = one, ref = one
+                    var m1 = [Float](repeating: .nan, count: batch * groups), r1 = m1, m2 = m1, r2 = m1, mr = m1, rr = m1
+                    mr_set_threads(1)
+                    mr_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, gamma, beta, &one, &m1, &r1, fuse)
+                    mr_set_threads(2)
+                    mr_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, gamma, beta, &two, &m2, &r2, fuse)
+                    mr_ref_group_norm_forward(i32(batch), i32(ch), i32(hw), i32(groups), 1e-5, x, gamma, beta, &ref, &mr, &rr, fuse)
+                    let tag = "gn \(batch)x\(ch)x\(hw) g\(groups) fuse \(fuse)"
+                    Self.expectSame(two, one, "\(tag): 2 threads")
+                    Self.expectSame(m2, m1, "\(tag): mean")
+                    Self.expectSame(r2, r1, "\(tag): rstd")
+                    Self.expectClose(two, ref, "\(tag): reference")
+                }
+            }
+        }
+    }
+
     @Test func groupNormFusedSiLUMatchesSeparate() {
         var rng = TestRNG(seed: 5)
         for (batch, ch, hw, groups, offset) in Self.gnCases {
