@@ -98,6 +98,11 @@ static conv_plan make_plan(const mr_conv2d_shape *s) {
 /* im2col for stride 1 over whole output rows [oy0, oy1): plain loops that the compiler turns
    into vector moves. Rows of small images (8 to 32 floats) are too short for memcpy and memset
    calls to pay off, and a whole-row range needs no division per row. */
+#if defined(__clang__)
+/* Keep the short zeroing loops as loops: recognised as memset, a pad of one float became a
+   library call per row (seen in perf). */
+__attribute__((no_builtin("memset")))
+#endif
 static void im2col_rows_s1(const mr_conv2d_shape *s, const conv_plan *pl, const float *restrict x,
                            int oy0, int oy1, float *restrict col, int ld) {
     const int ih = s->in_h, iw = s->in_w, ow = pl->ow;
