@@ -34,11 +34,9 @@ import MillraceTestSupport
                     "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--batch", "8", "--checkpoint-every", "2",
                     "--lr", "3e-3", "--warmup", "2", "--seed", "3", "--threads", "1"]
         if resume { args.append("--resume") }
-        let p = Process()
         var env = ProcessInfo.processInfo.environment
         env["MILLRACE_NO_REEXEC"] = "1"
         if let processes, let mpirun {
-            p.executableURL = URL(fileURLWithPath: mpirun)
             // --oversubscribe: more processes than cores is allowed (a one-core machine);
             // --bind-to none: no pinning (containers may restrict the cpuset). One app context
             // per rank, each with its own working directory.
@@ -48,27 +46,15 @@ import MillraceTestSupport
                 try FileManager.default.createDirectory(atPath: wdir, withIntermediateDirectories: true)
                 command += (r > 0 ? [":"] : []) + ["-np", "1", "--wdir", wdir, GenCLI.binary] + args
             }
-            args = command
             // Root may run mpirun only when told so; containers often forbid the cross-memory
             // attach that shared-memory transfers use by default.
             env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
             env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
             env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
-        } else {
-            p.executableURL = URL(fileURLWithPath: GenCLI.binary)
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            p.currentDirectoryURL = URL(fileURLWithPath: dir)
+            return try runProcess(mpirun, command, environment: env)
         }
-        p.arguments = args
-        p.environment = env
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o
-        p.standardError = e
-        try p.run()
-        let errData = e.fileHandleForReading.readDataToEndOfFile()
-        let outData = o.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return try runProcess(GenCLI.binary, args, environment: env, directory: dir)
     }
 
     /// The largest difference over tensors, each relative to the largest magnitude of that tensor.
