@@ -11,16 +11,8 @@ import MillraceTestSupport
     static func replay(_ tool: String, target: String) throws -> (Int32, String) {
         let root = Fixtures.repositoryRoot + "/Fuzz/" + target
         let folders = ["seeds", "regressions"].map { root + "/" + $0 }.filter { FileManager.default.fileExists(atPath: $0) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Fixtures.builtExecutable(tool))
-        p.arguments = folders
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, text)
+        let (status, out, err) = try runProcess(Fixtures.builtExecutable(tool), folders)
+        return (status, out + err)
     }
 
     @Test(arguments: [("fuzz-safetensors", "Safetensors"), ("fuzz-multipart", "Multipart")])
@@ -35,13 +27,7 @@ import MillraceTestSupport
 
     /// The replay tool fails loudly on a missing input rather than passing nothing.
     @Test func aMissingInputIsAnError() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Fixtures.builtExecutable("fuzz-safetensors"))
-        p.arguments = ["/nonexistent/millrace-fuzz-input"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        #expect(p.terminationStatus != 0)
+        let (status, _, err) = try runProcess(Fixtures.builtExecutable("fuzz-safetensors"), ["/nonexistent/millrace-fuzz-input"])
+        #expect(status != 0 && err.contains("no such file"), "\(err)")
     }
 }

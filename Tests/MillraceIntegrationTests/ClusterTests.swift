@@ -15,9 +15,6 @@ import Testing
         let state = Fixtures.tempPath("cluster-\(UUID().uuidString)")
         // A port for nginx with three free ones after it (the replicas').
         let port = 20_000 + Int(getpid() % 5_000) * 4
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = [Fixtures.repositoryRoot + "/scripts/cluster.sh", "check", String(port)]
         var env = ProcessInfo.processInfo.environment
         env["GEN"] = Fixtures.builtExecutable("gen")
         env["CLUSTER_STATE"] = state
@@ -25,14 +22,10 @@ import Testing
         env["MILLRACE_NO_REEXEC"] = "1"
         // Long enough on the small model to be running when a replica is killed.
         env["CLUSTER_CHECK_SLOW_GENERATE"] = #"{"steps": 200, "count": 16, "guidance": 1}"#
-        p.environment = env
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0, "\(text.suffix(4000))")
+        let (status, out, err) = try runProcess("/bin/bash", [Fixtures.repositoryRoot + "/scripts/cluster.sh", "check", String(port)],
+                                                environment: env)
+        let text = out + err
+        #expect(status == 0, "\(text.suffix(4000))")
         #expect(text.range(of: #"\b[1-9][0-9]* passed, 0 failed"#, options: .regularExpression) != nil, "\(text.suffix(2000))")
         // Nothing is left running.
         let pids = (try? String(contentsOfFile: state + "/replicas", encoding: .utf8)) ?? ""
