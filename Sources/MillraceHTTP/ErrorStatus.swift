@@ -29,6 +29,7 @@ extension HTTPResponse {
             case .io: return 500
             }
         case let e as MultipartError: return e.status
+        case let e as RequestError: return e.status
         case is SafetensorsError: return 400
         default: return 400  // RequestError, StreamError, ColorError: the request's parameters
         }

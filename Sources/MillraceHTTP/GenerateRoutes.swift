@@ -33,8 +33,15 @@ extension MillraceService {
         return m
     }
 
+    /// Largest JSON parameter body: the parameters of any route fit in a few hundred bytes, so a
+    /// bigger one is refused before it is parsed (parsing costs far more memory than the bytes).
+    static let maxJSONBodyBytes = 64 << 10
+
     func parseJSONObject(_ body: [UInt8]) throws -> [String: Any] {
         if body.isEmpty { return [:] }
+        guard body.count <= Self.maxJSONBodyBytes else {
+            throw RequestError("a JSON body of \(body.count) bytes is over the \(Self.maxJSONBodyBytes)-byte limit of parameters", status: 413)
+        }
         do { return try StrictJSON.parseObject(body) } catch {
             throw RequestError("body is not a JSON object: \(error)")
         }

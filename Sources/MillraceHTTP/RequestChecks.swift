@@ -86,9 +86,13 @@ extension MillraceService {
     }
 }
 
-/// A request whose parameters cannot be used (400): the message names the parameter and the
-/// values it takes.
+/// A request whose parameters cannot be used (400, or `status`): the message names the
+/// parameter and the values it takes.
 struct RequestError: Error, CustomStringConvertible {
     let description: String
-    init(_ description: String) { self.description = description }
+    let status: Int
+    init(_ description: String, status: Int = 400) {
+        self.description = description
+        self.status = status
+    }
 }

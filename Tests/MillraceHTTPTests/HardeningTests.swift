@@ -154,6 +154,23 @@ import MillraceTestSupport
         #expect(HTTPServer.commonHeaders.contains { $0.0 == "Referrer-Policy" })
     }
 
+    /// A JSON parameter body larger than any parameters need is refused before it is parsed, on
+    /// every JSON route; one just under the limit is parsed (and refused for its contents).
+    @Test func oversizedJSONParametersAreRefusedUnparsed() throws {
+        let s = try Self.service()
+        defer { s.beginShutdown() }
+        let limit = MillraceService.maxJSONBodyBytes
+        let big = #"{"x": ["# + String(repeating: "0,", count: limit / 2) + "0]}"
+        for (method, path) in [("POST", "/v1/generate"), ("POST", "/v1/streams")] {
+            let r = s.handle(Self.request(method, path, body: big))
+            #expect(r.status == 413 && Self.text(r).contains("byte limit of parameters"), "\(path): \(Self.text(r).prefix(200))")
+        }
+        let near = #"{"x": ["# + String(repeating: "0,", count: limit / 2 - 20) + "0]}"
+        #expect(near.utf8.count <= limit)
+        let r = s.handle(Self.request("POST", "/v1/generate", body: near))
+        #expect(r.status == 400 && Self.text(r).contains("unknown parameter 'x'"))
+    }
+
     @Test func generationCostIsBoundedBeforeWork() throws {
         let s = try Self.service { $0.maxGenerateWork = 100; $0.maxOutputPixels = 200 * 200 }
         defer { s.beginShutdown() }
