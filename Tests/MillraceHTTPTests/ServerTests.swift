@@ -100,6 +100,11 @@ import MillraceTestSupport
         try RGBImage(width: w, height: h, fill: (0.8, 0.3, 0.2)).pngData()
     }
 
+    /// libmicrohttpd links and names its version.
+    @Test func libmicrohttpdLinksAndReportsItsVersion() {
+        #expect(HTTPServer.libraryVersion.first?.isNumber == true, "\(HTTPServer.libraryVersion)")
+    }
+
     @Test func healthMetricsInfoAndStaticFiles() throws {
         let s = try Running()
         #expect(s.call("GET", "/healthz").text.contains("\"ok\""))

@@ -32,8 +32,7 @@ public enum Runtime {
 }
 
 extension Runtime {
-    /// The OpenBLAS build's kernel family (a link check as much as a report). The imaging and
-    /// HTTP layers report their own libraries (`TextRenderer.harfBuzzVersion`,
-    /// `HTTPServer.libraryVersion`).
+    /// The OpenBLAS build's kernel family (a link check as much as a report; the HTTP layer
+    /// reports its libmicrohttpd as `HTTPServer.libraryVersion`).
     public static var openBLASCore: String { String(cString: mr_blas_corename()) }
 }

@@ -24,9 +24,4 @@ extension SafetensorsFile {
     public init(tensors: [String: Tensor], metadata: [String: String] = [:]) {
         self.init(tensors: tensors.mapValues(SafetensorsTensor.init), metadata: metadata)
     }
-
-    /// The tensor named `name`, or nil.
-    public func tensor(_ name: String) -> Tensor? {
-        tensors[name].map(Tensor.init)
-    }
 }
