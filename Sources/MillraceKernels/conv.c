@@ -247,6 +247,7 @@ static void conv_forward_serial(const mr_conv2d_shape *s, const float *x, const 
     const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w;
     const size_t y_img = (size_t)s->out_c * pl.P;
     if (pl.P <= 0 || s->batch <= 0) return;
+    if (mr_conv2d_direct_applies(s) && mr_conv2d_direct_forward(s, x, w, b, y, 0, s->out_c, 0, pl.P)) return;
 
     if (is_pointwise(s)) {
         for (int n = 0; n < s->batch; n++)
@@ -456,9 +457,11 @@ static void intra_forward_part(void *ctx, int part) {
     const mr_conv2d_shape *s = j->s;
     const conv_plan *pl = j->pl;
     const size_t x_img = (size_t)s->in_c * s->in_h * s->in_w, y_img = (size_t)s->out_c * pl->P;
+    const int direct = mr_conv2d_direct_applies(s);
     if (j->by_channels) {
         int co0 = (int)((long)part * s->out_c / j->parts), co1 = (int)((long)(part + 1) * s->out_c / j->parts);
         if (co1 <= co0) return;
+        if (direct && mr_conv2d_direct_forward(s, j->x, j->w, j->b, j->y, co0, co1, 0, pl->P)) return;
         float *col = ws_get((size_t)pl->K * pl->P);
         if (!col) return;
         for (int n = 0; n < s->batch; n++) {
@@ -473,6 +476,12 @@ static void intra_forward_part(void *ctx, int part) {
         return;
     }
     int c0 = (int)((long)part * pl->P / j->parts), c1 = (int)((long)(part + 1) * pl->P / j->parts);
+    if (direct) {
+        /* chunk ends on multiples of 16 pixels (the direct kernel's vectors) */
+        c0 &= ~15;
+        c1 = part == j->parts - 1 ? pl->P : (c1 & ~15);
+        if (c1 <= c0 || mr_conv2d_direct_forward(s, j->x, j->w, j->b, j->y, 0, s->out_c, c0, c1)) return;
+    }
     if (c1 <= c0) return;
     int tile = pl->n_tile < c1 - c0 ? pl->n_tile : c1 - c0;
     float *col = ws_get((size_t)pl->K * tile);

@@ -13,12 +13,23 @@ public enum Runtime {
         mr_set_threads(Int32(max(1, min(n ?? cores, cores))))
     }
 
+    /// Whether stride-1 "same" convolutions run the direct AVX-512 kernel where the CPU has it
+    /// (the default) or im2col + sgemm everywhere. Process-wide; benchmarks compare the two.
+    public static var directConvolution: Bool {
+        get { directConvolutionSetting }
+        set { directConvolutionSetting = newValue; mr_conv2d_set_direct(newValue ? 1 : 0) }
+    }
+    nonisolated(unsafe) private static var directConvolutionSetting = true
+
+    /// Whether this CPU runs the direct convolution kernel (AVX-512F).
+    public static var directConvolutionAvailable: Bool { mr_cpu_has_avx512f() != 0 }
+
     /// A line describing the machine and the BLAS setup, for benchmark reports.
     public static func describe() -> String {
         let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
             .split(separator: "\n").first { $0.hasPrefix("model name") }
             .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
-        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads"
+        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads, convolutions \(directConvolution && directConvolutionAvailable ? "direct (AVX-512) + im2col/sgemm" : "im2col/sgemm")"
     }
 
     /// Advice when the CPU has AVX-512 but OpenBLAS runs narrower kernels because the environment

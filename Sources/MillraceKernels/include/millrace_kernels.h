@@ -132,6 +132,20 @@ void mr_conv2d_set_tile_floats(long floats);
 void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                        float *y);
 /**
+ * Direct convolution (conv_direct.c): for stride-1 convolutions whose output is as large as the
+ * input (3x3 with padding 1 and the like), on CPUs with AVX-512F, mr_conv2d_forward computes the
+ * output straight from the input with masked vector loads (no im2col, no GEMM packing).
+ * mr_conv2d_direct_applies says whether a shape takes that path (on this CPU, with it enabled);
+ * mr_conv2d_set_direct(0) turns it off process-wide (benchmarks and tests compare the two paths).
+ * mr_conv2d_direct_forward computes output channels [co0, co1) and flat pixels [p0, p1) (p0 a
+ * multiple of 16) of every image of the batch; it returns 0, leaving y untouched, when out of
+ * memory. Each output element is summed in one fixed order whatever the batch, tile or split.
+ */
+int mr_conv2d_direct_applies(const mr_conv2d_shape *s);
+void mr_conv2d_set_direct(int on);
+int mr_conv2d_direct_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
+                             float *y, int co0, int co1, int p0, int p1);
+/**
  * Gradients of mr_conv2d_forward given dy: [batch, out_c, out_h, out_w].
  *   dx: [batch, in_c, in_h, in_w]  overwritten; nullable
  *   dw: [out_c, in_c, k_h, k_w]    accumulated; nullable
