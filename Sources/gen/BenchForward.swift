@@ -21,21 +21,31 @@ func forwardSeconds(_ folder: ModelFolder, batch b: Int, minSeconds: Double = 0.
     return bestTime(minSeconds: minSeconds) { _ = folder.model.forward(x, timesteps: [Float](repeating: 500, count: b), classLabels: labels) }
 }
 
-/// The direct convolution against im2col + sgemm, in alternating rounds (the best of each), so
-/// that a noisy machine disturbs both alike.
-func compareConvolutions(_ folder: ModelFolder, batches: [Int], rounds: Int, log: (String) -> Void) -> [String: [String: Double]] {
+/// Two settings of one switch in alternating rounds (the best of each), so that a noisy machine
+/// disturbs both alike: the direct convolution against im2col + sgemm, or whole rows per core
+/// against every kernel split across the cores.
+func compareForward(_ folder: ModelFolder, _ what: BenchForward.Comparison, batches: [Int], rounds: Int,
+                    log: (String) -> Void) -> [String: [String: Double]] {
+    let (offName, onName) = what == .convolution ? ("im2col_sgemm", "direct") : ("kernel_split", "rows_per_core")
+    func set(_ on: Bool) {
+        switch what {
+        case .convolution: Runtime.directConvolution = on
+        case .split: UNet2DModel.splitInferenceOverCores = on
+        }
+    }
+    defer { Runtime.directConvolution = true; UNet2DModel.splitInferenceOverCores = true }
     var out: [String: [String: Double]] = [:]
     for b in batches {
-        var best = (gemm: Double.infinity, direct: Double.infinity)
+        var best = (off: Double.infinity, on: Double.infinity)
         for _ in 0..<rounds {
-            Runtime.directConvolution = false
-            best.gemm = min(best.gemm, forwardSeconds(folder, batch: b, minSeconds: 0.3))
-            Runtime.directConvolution = true
-            best.direct = min(best.direct, forwardSeconds(folder, batch: b, minSeconds: 0.3))
+            set(false)
+            best.off = min(best.off, forwardSeconds(folder, batch: b, minSeconds: 0.3))
+            set(true)
+            best.on = min(best.on, forwardSeconds(folder, batch: b, minSeconds: 0.3))
         }
-        let g = best.gemm * 1000 / Double(b), d = best.direct * 1000 / Double(b)
-        out["\(b)"] = ["im2col_sgemm": round2(g), "direct": round2(d), "speedup": round2(g / d)]
-        log(String(format: "forward at batch %2d: im2col/sgemm %.2f, direct %.2f ms per sample (%.2fx)", b, g, d, g / d))
+        let g = best.off * 1000 / Double(b), d = best.on * 1000 / Double(b)
+        out["\(b)"] = [offName: round2(g), onName: round2(d), "speedup": round2(g / d)]
+        log(String(format: "forward at batch %2d: \(offName) %.2f, \(onName) %.2f ms per sample (%.2fx)", b, g, d, g / d))
     }
     return out
 }
@@ -51,22 +61,26 @@ struct BenchForward: ParsableCommand {
         Examples:
           gen bench forward --batch 1,4,16
           gen bench forward --model .build-peers/models/bench-unet --batch 1,2,4,16 --json
-          gen bench forward --convolution compare     # direct kernel against im2col + sgemm
+          gen bench forward --compare convolution   # direct kernel against im2col + sgemm
+          gen bench forward --compare split         # rows per core against kernels split
         """)
 
     @Option(help: "Model folder (default: the shipped emoji model).")
     var model: String?
     @Option(help: "Batch sizes, comma-separated.")
     var batch: String = "1,2,4,16"
-    @Option(help: "Convolutions: auto (the direct kernel where it applies), gemm (im2col + sgemm everywhere), or compare (both, in alternating rounds).")
+    @Option(help: "Convolutions: auto (the direct kernel where it applies) or gemm (im2col + sgemm everywhere).")
     var convolution: ConvolutionChoice = .auto
-    @Option(help: "Alternating rounds per batch size with --convolution compare.")
+    @Option(help: "Time both settings of one switch in alternating rounds: convolution (direct against im2col + sgemm) or split (whole rows per core against every kernel split across the cores).")
+    var compare: Comparison?
+    @Option(help: "Alternating rounds per batch size with --compare.")
     var rounds: Int = 5
     @Flag(help: "Print JSON instead of lines.")
     var json = false
     @OptionGroup var threads: ThreadOptions
 
-    enum ConvolutionChoice: String, ExpressibleByArgument, CaseIterable { case auto, gemm, compare }
+    enum ConvolutionChoice: String, ExpressibleByArgument, CaseIterable { case auto, gemm }
+    enum Comparison: String, ExpressibleByArgument, CaseIterable { case convolution, split }
 
     func batches() throws -> [Int] {
         let parts = batch.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -91,13 +105,14 @@ struct BenchForward: ParsableCommand {
             log("machine: \(Runtime.describe())")
             let path = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(path)
-            if convolution == .compare {
-                guard Runtime.directConvolutionAvailable else {
+            if let compare {
+                if compare == .convolution && !Runtime.directConvolutionAvailable {
                     throw ModelError.invalidArgument("this CPU has no AVX-512F, so the direct convolution does not run here; nothing to compare")
                 }
-                let per = compareConvolutions(folder, batches: try batches(), rounds: rounds, log: log)
+                let per = compareForward(folder, compare, batches: try batches(), rounds: rounds, log: log)
                 if json {
-                    let obj: [String: Any] = ["machine": Runtime.describe(), "model": path, "ms_per_sample": per]
+                    let obj: [String: Any] = ["machine": Runtime.describe(), "model": path, "ms_per_sample": per,
+                                              "compare": compare.rawValue]
                     let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                     print(String(decoding: data, as: UTF8.self))
                 }

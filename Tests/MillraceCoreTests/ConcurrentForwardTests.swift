@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import MillraceKernels
 import MillraceCore
 import MillraceTestSupport
 import Testing
@@ -49,5 +50,46 @@ import Testing
         let x = inputs[k]
         let labels = classes > 0 ? (0..<x.shape[0]).map { ($0 + k) % classes } : nil
         return model.forward(x, timesteps: [Float](repeating: Float(100 * k + 10), count: x.shape[0]), classLabels: labels)
+    }
+}
+
+/// Inference shares a batch out by whole rows (each core one complete forward of its rows, its
+/// kernels unsplit), the rows left over running with every kernel split across the cores.
+@Suite(.serialized) struct RowsPerCoreTests {
+    @Test func rowsPerCoreIsSerialForwardsOfEachShare() throws {
+        try GlobalKernelSettings.exclusive {
+            let model = try ModelFolder.load(Fixtures.path("unet-tiny-a")).model
+            let c = model.config
+            let before = mr_get_threads()
+            defer { mr_set_threads(before); UNet2DModel.splitInferenceOverCores = true }
+            for (parts, batch) in [(2, 4), (2, 5), (3, 3), (2, 1)] {
+                mr_set_threads(Int32(parts))
+                var rng = TestRNG(seed: UInt64(10 * parts + batch))
+                let x = Tensor(shape: [batch, c.inChannels, c.sampleSize, c.sampleSize],
+                               data: rng.array(batch * c.inChannels * c.sampleSize * c.sampleSize))
+                let ts = (0..<batch).map { Float(37 * $0 + 5) }
+                let labels = c.numClassEmbeds.map { n in (0..<batch).map { $0 % n } }
+                func forward(_ rows: Range<Int>) -> Tensor {
+                    model.forward(x.rows(rows), timesteps: Array(ts[rows]), classLabels: labels.map { Array($0[rows]) })
+                }
+                UNet2DModel.splitInferenceOverCores = true
+                let split = model.forward(x, timesteps: ts, classLabels: labels)
+                UNet2DModel.splitInferenceOverCores = false
+                let kernels = model.forward(x, timesteps: ts, classLabels: labels)
+                #expect(relativeError(split.data, kernels.data) < 1e-5, "\(batch) rows on \(parts) cores")
+
+                // the definition: each core's share as a serial forward, then the rest as usual
+                let per = batch / parts
+                var pieces: [Tensor] = []
+                if per > 0 {
+                    mr_set_thread_serial(1)
+                    pieces = (0..<parts).map { forward(($0 * per)..<(($0 + 1) * per)) }
+                    mr_set_thread_serial(0)
+                }
+                if per * parts < batch { pieces.append(forward((per * parts)..<batch)) }
+                let expected = Tensor.stack(rows: pieces)
+                #expect(split.data.map(\.bitPattern) == expected.data.map(\.bitPattern), "\(batch) rows on \(parts) cores, bit for bit")
+            }
+        }
     }
 }

@@ -193,6 +193,64 @@ public final class UNet2DModel: ParameterContainer {
         let b = sample.shape[0]
         let ts = timesteps.count == 1 ? [Float](repeating: timesteps[0], count: b) : timesteps
         precondition(ts.count == b, "need 1 or \(b) timesteps, got \(timesteps.count)")
+        if let labels = classLabels, classEmbedding != nil {
+            precondition(labels.count == b, "this model is class-conditional: pass \(b) class labels")
+        }
+        let parts = Int(mr_parallel_parts())
+        if !training && Self.splitInferenceOverCores && parts > 1 && b >= parts {
+            return forwardSplitOverCores(sample, timesteps: ts, classLabels: classLabels, parts: parts)
+        }
+        return forwardRows(sample, timesteps: ts, classLabels: classLabels, training: training)
+    }
+
+    /// Whether an inference forward of at least as many rows as cores runs whole rows on each core
+    /// (each core a complete forward of its share, kernels unsplit) rather than splitting every
+    /// kernel across the cores. On by default; benchmarks compare the two.
+    nonisolated(unsafe) public static var splitInferenceOverCores = true
+
+    /// Inference with the batch shared out by rows: parts * (b / parts) rows as `parts` complete
+    /// forward passes run at once on the kernel pool (no synchronisation between layers, every
+    /// op on both cores, each core's activations in its own cache), then the b % parts rows left
+    /// over as one forward whose kernels split across the cores. Inference keeps no state in the
+    /// layers, so the passes share the model safely.
+    private func forwardSplitOverCores(_ sample: Tensor, timesteps ts: [Float], classLabels: [Int]?,
+                                       parts: Int) -> Tensor {
+        let b = sample.shape[0], per = b / parts, whole = per * parts
+        final class Job: @unchecked Sendable {  // each part writes only its own slot
+            let run: (Int) -> Tensor
+            let outputs: UnsafeMutableBufferPointer<Tensor?>
+            init(parts: Int, run: @escaping (Int) -> Tensor) {
+                self.run = run
+                outputs = .allocate(capacity: parts)
+                outputs.initialize(repeating: nil)
+            }
+            deinit { outputs.deinitialize(); outputs.deallocate() }
+        }
+        let job = Job(parts: parts) { part in
+            let range = (part * per)..<((part + 1) * per)
+            return self.forwardRows(sample.rows(range), timesteps: Array(ts[range]),
+                                    classLabels: classLabels.map { Array($0[range]) }, training: false)
+        }
+        let body: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { ctx, part in
+            let job = Unmanaged<Job>.fromOpaque(ctx!).takeUnretainedValue()
+            job.outputs[Int(part)] = job.run(Int(part))
+        }
+        withExtendedLifetime(job) {
+            mr_run_parts(Int32(parts), body, Unmanaged.passUnretained(job).toOpaque())
+        }
+        var pieces = job.outputs.map { $0! }
+        if whole < b {
+            let range = whole..<b
+            pieces.append(forwardRows(sample.rows(range), timesteps: Array(ts[range]),
+                                      classLabels: classLabels.map { Array($0[range]) }, training: false))
+        }
+        return Tensor.stack(rows: pieces)
+    }
+
+    /// The forward pass itself over all of `sample`'s rows (`ts` has one timestep per row).
+    private func forwardRows(_ sample: Tensor, timesteps ts: [Float], classLabels: [Int]?,
+                             training: Bool) -> Tensor {
+        let b = sample.shape[0]
 
         let tEmb = Self.timestepEmbedding(ts, dim: config.blockOutChannels[0],
                                           flipSinToCos: config.flipSinToCos, freqShift: config.freqShift)

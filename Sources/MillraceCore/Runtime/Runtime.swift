@@ -5,7 +5,8 @@ import MillraceKernels
 ///
 /// Millrace's worker pool owns them: convolutions split their work into one part per core, each
 /// part calling single-threaded OpenBLAS (which stays at one thread, so results never depend on
-/// its thread count). Pipelines serialise model calls.
+/// its thread count). An inference forward of at least as many rows as cores instead runs whole
+/// rows on each core, every kernel unsplit (`UNet2DModel.splitInferenceOverCores`).
 public enum Runtime {
     /// Sets how many parts kernels split into (nil: all cores).
     public static func configureThreads(_ n: Int?) {
