@@ -155,8 +155,9 @@ struct BenchTrain: ParsableCommand {
         discussion: """
         Uses the architecture of --model (default: the shipped emoji model) at --batch, on random
         data. FLOPs of a step are counted as 3 × the forward FLOPs (backward ≈ 2 × forward).
-        Example:
+        Examples:
           gen bench train --json
+          gen bench train --convolution gemm     # without the direct convolution kernel
         """)
 
     @Option(help: "Model folder whose architecture is measured (default: the shipped model).")
@@ -167,12 +168,15 @@ struct BenchTrain: ParsableCommand {
     var steps: Int = 8
     @Option(help: "Data-parallel workers (default: all cores; 1 = one model whose convolutions are split over the cores).")
     var workers: Int?
+    @Option(help: "Convolutions: auto (the direct kernel where it applies) or gemm (im2col + sgemm everywhere).")
+    var convolution: BenchForward.ConvolutionChoice = .auto
     @Flag(help: "Print JSON.")
     var json = false
     @OptionGroup var threads: ThreadOptions
 
     func run() throws {
         threads.apply()
+        Runtime.directConvolution = convolution == .auto
         try runReportingErrors {
             let path = model ?? ModelFolder.defaultPath()
             let config = try UNetConfig(json: try Data(contentsOf: URL(fileURLWithPath: path + "/config.json")))

@@ -119,15 +119,18 @@ void mr_conv2d_set_tile_floats(long floats);
 
 /**
  * y = conv2d(x, w) + b.  b nullable (no bias).
- * Implementation: im2col over a tile of pixels of the whole batch, one cblas_sgemm per tile
- * ([out_c, K] x [K, n_tile]); 1x1 stride-1 unpadded convolutions skip im2col.
+ * Implementation: stride-1 convolutions whose output is as large as the input run the direct
+ * kernel where the CPU has AVX-512F (see mr_conv2d_direct_applies). The others, and every
+ * convolution on other CPUs: im2col over a tile of pixels of the whole batch, one cblas_sgemm
+ * per tile ([out_c, K] x [K, n_tile]); 1x1 stride-1 unpadded convolutions skip im2col.
  * Threads: the work is split over mr_parallel_parts() parts (mr_run_parts): whole images evenly
  * by images, and the images left over when the batch does not divide (or a batch smaller than
  * the parts) by pixel tiles of the image or, for small images, by output channels, so an odd
  * batch still keeps every core busy. Each part is computed exactly as it would be serially, and
  * the weight and bias gradients of the parts are added in part order, so results do not depend
- * on timing. (An image's result may differ in rounding between the two splits: a batch of 3
- * does not give bit-for-bit the images of a batch of 2 plus a batch of 1.)
+ * on timing. (On the im2col + sgemm path an image's result may differ in rounding between the
+ * two splits: a batch of 3 does not give bit-for-bit the images of a batch of 2 plus a batch of
+ * 1. The direct kernel sums every output in one fixed order, so there it does.)
  */
 void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                        float *y);
