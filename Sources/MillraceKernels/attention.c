@@ -78,7 +78,7 @@ static double sum_f(const float *restrict x, size_t n) {
  * exp; sum and scale), the row staying in cache between them. The in-place case (attention's
  * score blocks) gets its own exp loop: the compiler's run-time overlap check rejects y == x and
  * would fall back to the scalar loop. */
-static void softmax_row(int n, const float *x, float *y) {
+MR_VECTOR_CLONES static void softmax_row(int n, const float *x, float *y) {
     const size_t m = (size_t)n;
     const float mx = max_f(x, m);
     if (x == y) {
@@ -92,7 +92,7 @@ static void softmax_row(int n, const float *x, float *y) {
 
 /* dx = y * (dy - <dy, y>); dx may alias y or dy (the dot product is taken first, and the
  * in-place cases get loops the compiler vectorises without an overlap check). */
-static void softmax_backward_row(int n, const float *y, const float *dy, float *dx) {
+MR_VECTOR_CLONES static void softmax_backward_row(int n, const float *y, const float *dy, float *dx) {
     const float dot = (float)dot_f(y, dy, (size_t)n);
     if (dx == dy) {
         for (int i = 0; i < n; i++) dx[i] = y[i] * (dx[i] - dot);

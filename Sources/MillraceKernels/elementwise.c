@@ -14,7 +14,7 @@
 
 #include "fastmath.h"
 
-void mr_exp_approx(size_t n, const float *x, float *y) {
+MR_VECTOR_CLONES void mr_exp_approx(size_t n, const float *x, float *y) {
     if (x == y) {
         for (size_t i = 0; i < n; i++) y[i] = mr_fast_expf(y[i]);
     } else {
@@ -23,7 +23,7 @@ void mr_exp_approx(size_t n, const float *x, float *y) {
 }
 
 /* IEEE addition and multiplication commute exactly, so y == b is handled as y == a. */
-void mr_add(size_t n, const float *a, const float *b, float *y) {
+MR_VECTOR_CLONES void mr_add(size_t n, const float *a, const float *b, float *y) {
     if (y == b) {
         b = a;
         a = y;
@@ -35,7 +35,7 @@ void mr_add(size_t n, const float *a, const float *b, float *y) {
     }
 }
 
-void mr_mul(size_t n, const float *a, const float *b, float *y) {
+MR_VECTOR_CLONES void mr_mul(size_t n, const float *a, const float *b, float *y) {
     if (y == b) {
         b = a;
         a = y;
@@ -47,11 +47,11 @@ void mr_mul(size_t n, const float *a, const float *b, float *y) {
     }
 }
 
-void mr_axpy(size_t n, float alpha, const float *x, float *y) {
+MR_VECTOR_CLONES void mr_axpy(size_t n, float alpha, const float *x, float *y) {
     for (size_t i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
-void mr_scale(size_t n, float alpha, const float *x, float *y) {
+MR_VECTOR_CLONES void mr_scale(size_t n, float alpha, const float *x, float *y) {
     if (x == y) {
         for (size_t i = 0; i < n; i++) y[i] *= alpha;
     } else {
@@ -59,7 +59,7 @@ void mr_scale(size_t n, float alpha, const float *x, float *y) {
     }
 }
 
-void mr_add_channel_bias(int batch, int channels, int hw, const float *x, const float *bias,
+MR_VECTOR_CLONES void mr_add_channel_bias(int batch, int channels, int hw, const float *x, const float *bias,
                          float *y) {
     if (hw <= 0) return;
     const size_t plane = (size_t)hw;

@@ -95,4 +95,18 @@ static inline float mr_fast_sigmoidf(float x) {
     return mr_select_f(x >= 0.0f, s, e * s);
 }
 
+/*
+ * Vector width chosen at run time. The build targets baseline x86-64 (SSE2), so a loop over
+ * floats runs 4 lanes wide. Functions marked MR_VECTOR_CLONES are compiled three times — for
+ * AVX-512F, for x86-64-v3 (AVX2 + FMA) and for the baseline — and the dynamic loader binds each call to the
+ * widest version this CPU runs (an ifunc resolved once at load). Sums keep their fixed MR_LANES
+ * partial accumulators in every version, so the order of additions does not depend on the
+ * width; a version with FMA may round a multiply-add once where the baseline rounds twice.
+ */
+#if defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#define MR_VECTOR_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#else
+#define MR_VECTOR_CLONES
+#endif
+
 #endif /* MILLRACE_FASTMATH_H */

@@ -97,7 +97,7 @@ static inline double sigmoid_d(double x) {
  * times slower), so the in-place case gets its own loop over one pointer. The same holds for
  * every in-place path below.
  */
-void mr_silu_forward(size_t n, const float *x, float *y) {
+MR_VECTOR_CLONES void mr_silu_forward(size_t n, const float *x, float *y) {
     if (x == y) {
         for (size_t i = 0; i < n; i++) {
             const float v = y[i];
@@ -116,7 +116,7 @@ static inline float silu_grad(float v) {
     return s + v * s * (1.0f - s);
 }
 
-void mr_silu_backward(size_t n, const float *x, const float *dy, float *dx) {
+MR_VECTOR_CLONES void mr_silu_backward(size_t n, const float *x, const float *dy, float *dx) {
     if (dx == dy) {
         for (size_t i = 0; i < n; i++) dx[i] *= silu_grad(x[i]);
     } else {
@@ -154,7 +154,7 @@ typedef struct {
     int fuse_silu, total, parts;
 } gn_job;
 
-static void gn_groups(const gn_job *j, int g0, int g1) {
+MR_VECTOR_CLONES static void gn_groups(const gn_job *j, int g0, int g1) {
     const int cpg = j->channels / j->groups;
     const size_t plane = j->plane, count = (size_t)cpg * plane;
     for (int bg = g0; bg < g1; bg++) {
@@ -216,7 +216,7 @@ void mr_group_norm_forward(int batch, int channels, int hw, int groups, float ep
     }
 }
 
-void mr_group_norm_backward(int batch, int channels, int hw, int groups, const float *x,
+MR_VECTOR_CLONES void mr_group_norm_backward(int batch, int channels, int hw, int groups, const float *x,
                             const float *gamma, const float *mean, const float *rstd,
                             const float *dy, float *dx, float *dgamma, float *dbeta) {
     if (batch <= 0 || channels <= 0 || groups <= 0) return;
