@@ -168,7 +168,7 @@ struct BenchTrain: ParsableCommand {
     var steps: Int = 8
     @Option(help: "Data-parallel workers (default: all cores; 1 = one model whose convolutions are split over the cores).")
     var workers: Int?
-    @Option(help: "Convolutions: auto (the direct kernel where it applies) or gemm (im2col + sgemm everywhere).")
+    @Option(help: "Convolutions: auto (the AVX-512 direct kernel where the CPU has it, else im2col + sgemm), gemm (im2col + sgemm everywhere) or avx2 (the AVX2 direct kernel).")
     var convolution: BenchForward.ConvolutionChoice = .auto
     @Flag(help: "Print JSON.")
     var json = false
@@ -176,7 +176,7 @@ struct BenchTrain: ParsableCommand {
 
     func run() throws {
         threads.apply()
-        Runtime.directConvolution = convolution == .auto
+        convolution.apply()
         try runReportingErrors {
             let path = model ?? ModelFolder.defaultPath()
             let config = try UNetConfig(json: try Data(contentsOf: URL(fileURLWithPath: path + "/config.json")))

@@ -69,7 +69,7 @@ struct BenchForward: ParsableCommand {
     var model: String?
     @Option(help: "Batch sizes, comma-separated.")
     var batch: String = "1,2,4,16"
-    @Option(help: "Convolutions: auto (the direct kernel where it applies) or gemm (im2col + sgemm everywhere).")
+    @Option(help: "Convolutions: auto (the AVX-512 direct kernel where the CPU has it, else im2col + sgemm), gemm (im2col + sgemm everywhere) or avx2 (the AVX2 direct kernel).")
     var convolution: ConvolutionChoice = .auto
     @Option(help: "Time both settings of one switch in alternating rounds: convolution (direct against im2col + sgemm) or split (whole rows per core against every kernel split across the cores).")
     var compare: Comparison?
@@ -79,7 +79,17 @@ struct BenchForward: ParsableCommand {
     var json = false
     @OptionGroup var threads: ThreadOptions
 
-    enum ConvolutionChoice: String, ExpressibleByArgument, CaseIterable { case auto, gemm }
+    enum ConvolutionChoice: String, ExpressibleByArgument, CaseIterable {
+        case auto, gemm, avx2
+        /// Sets the process-wide convolution path this choice names.
+        func apply() {
+            switch self {
+            case .auto: Runtime.convolutionPath = .auto
+            case .gemm: Runtime.convolutionPath = .gemm
+            case .avx2: Runtime.convolutionPath = .avx2
+            }
+        }
+    }
     enum Comparison: String, ExpressibleByArgument, CaseIterable { case convolution, split }
 
     func batches() throws -> [Int] {
@@ -101,13 +111,13 @@ struct BenchForward: ParsableCommand {
             let log: (String) -> Void = { msg in
                 if json { FileHandle.standardError.write(Data((msg + "\n").utf8)) } else { print(msg) }
             }
-            Runtime.directConvolution = convolution != .gemm
+            convolution.apply()
             log("machine: \(Runtime.describe())")
             let path = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(path)
             if let compare {
                 if compare == .convolution && !Runtime.directConvolutionAvailable {
-                    throw ModelError.invalidArgument("this CPU has no AVX-512F, so the direct convolution does not run here; nothing to compare")
+                    throw ModelError.invalidArgument("this CPU has no AVX-512F, so the direct convolution is off here (gen bench forward --convolution avx2 times the AVX2 kernel); nothing to compare")
                 }
                 let per = compareForward(folder, compare, batches: try batches(), rounds: rounds, log: log)
                 if json {

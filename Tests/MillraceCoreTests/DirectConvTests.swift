@@ -2,9 +2,10 @@ import MillraceKernels
 import Testing
 import MillraceTestSupport
 
-/// The direct convolution (conv_direct.c: stride-1 "same" convolutions, AVX-512) against the
-/// reference loops and against the im2col + sgemm path it replaces, forward and through the
-/// transposed input gradient, at the shapes of the shipped UNet and at awkward ones.
+/// The direct convolution (conv_direct.c: stride-1 "same" convolutions; its AVX-512 and AVX2
+/// kernels) against the reference loops and against the im2col + sgemm path it replaces, at the
+/// shapes of the shipped UNet and at awkward ones. (ConvTests' backward cases run it too, through
+/// the transposed input gradient.)
 @Suite(.serialized) struct DirectConvTests {
     typealias Case = ConvTests.Case
 
@@ -26,14 +27,15 @@ import MillraceTestSupport
         Case(batch: 1, inC: 2, inH: 5, inW: 40, outC: 7, k: 2, stride: 1, pads: (0, 1, 1, 0)),
     ]
 
-    private func run(_ c: Case, direct: Bool, seed: UInt64 = 11) -> (y: [Float], ref: [Float], applies: Bool) {
+    /// mode: 0 im2col + sgemm, 1 the default (the AVX-512 kernel where the CPU has it), 2 the AVX2 kernel.
+    private func run(_ c: Case, mode: Int32, seed: UInt64 = 11) -> (y: [Float], ref: [Float], applies: Bool) {
         var rng = TestRNG(seed: seed)
         var s = c.shape
         let n = c.batch * c.outC * c.inH * c.inW
         let x = rng.floats(c.batch * c.inC * c.inH * c.inW)
         let w = rng.floats(c.outC * c.inC * c.k * c.k), b = rng.floats(c.outC)
         var y = [Float](repeating: .nan, count: n), ref = y
-        mr_conv2d_set_direct(direct ? 1 : 0)
+        mr_conv2d_set_direct(mode)
         defer { mr_conv2d_set_direct(1) }
         let applies = mr_conv2d_direct_applies(&s) != 0
         mr_conv2d_forward(&s, x, w, b, &y)
@@ -41,15 +43,20 @@ import MillraceTestSupport
         return (y, ref, applies)
     }
 
+    static var hasAVX512: Bool { mr_cpu_has_avx512f() != 0 }
+    static var hasAVX2: Bool { mr_cpu_has_avx2_fma() != 0 }
+
     @Test(arguments: cases) func forwardMatchesReferenceAndSgemm(c: Case) {
         GlobalKernelSettings.exclusive {
-            let direct = run(c, direct: true), gemm = run(c, direct: false)
-            // the direct path is taken exactly where the CPU has AVX-512F
-            #expect(direct.applies == (mr_cpu_has_avx512f() != 0), "\(c)")
+            let widest = run(c, mode: 1), avx2 = run(c, mode: 2), gemm = run(c, mode: 0)
+            // the direct path is taken exactly where the CPU has the kernel asked for
+            #expect(widest.applies == Self.hasAVX512, "\(c)")
+            #expect(avx2.applies == Self.hasAVX2, "\(c)")
             #expect(!gemm.applies)
-            #expect(relativeError(direct.y, direct.ref) < 1e-5, "direct \(c)")
+            #expect(relativeError(widest.y, widest.ref) < 1e-5, "default path \(c)")
+            #expect(relativeError(avx2.y, avx2.ref) < 1e-5, "AVX2 direct kernel \(c)")
             #expect(relativeError(gemm.y, gemm.ref) < 1e-5, "sgemm \(c)")
-            #expect(relativeError(direct.y, gemm.y) < 1e-5, "direct against sgemm \(c)")
+            #expect(relativeError(widest.y, gemm.y) < 1e-5, "direct against sgemm \(c)")
         }
     }
 
@@ -68,11 +75,13 @@ import MillraceTestSupport
     /// Each output is summed in one fixed order, so an image's result does not depend on the
     /// batch it is in or on how the work is split over cores (1, 2 or 3 parts: whole images, a
     /// leftover image split by pixel chunks or by output channels).
-    @Test func resultsDoNotDependOnBatchOrSplit() {
+    @Test(arguments: [Int32(1), 2]) func resultsDoNotDependOnBatchOrSplit(mode: Int32) {
         GlobalKernelSettings.exclusive {
-            guard mr_cpu_has_avx512f() != 0 else {
-                // Without AVX-512 the direct path is off (checked above); the sgemm path makes
-                // no such promise across splits, so there is nothing more to check here.
+            mr_conv2d_set_direct(mode)
+            defer { mr_conv2d_set_direct(1) }
+            guard mr_conv2d_direct_kernel() != 0 else {
+                // No direct kernel on this CPU (checked above); the sgemm path makes no such
+                // promise across splits, so there is nothing more to check here.
                 var s = Case(batch: 1, inC: 2, inH: 8, inW: 8, outC: 2, k: 3, stride: 1, pads: (1, 1, 1, 1)).shape
                 #expect(mr_conv2d_direct_applies(&s) == 0)
                 return
@@ -99,10 +108,10 @@ import MillraceTestSupport
                         Array(x[(i * xImg)..<((i + 1) * xImg)]).withUnsafeBufferPointer { xi in
                             mr_conv2d_forward(&one, xi.baseAddress, wt, b, &yi)
                         }
-                        #expect(yi == Array(y[(i * yImg)..<((i + 1) * yImg)]), "\(h)x\(w) image \(i) alone on \(parts) parts")
+                        #expect(yi == Array(y[(i * yImg)..<((i + 1) * yImg)]), "\(h)x\(w) image \(i) alone on \(parts) parts, kernel \(mr_conv2d_direct_kernel())")
                     }
                 }
-                #expect(results[0] == results[1] && results[1] == results[2], "\(h)x\(w): 1, 2 and 3 parts agree bit for bit")
+                #expect(results[0] == results[1] && results[1] == results[2], "\(h)x\(w): 1, 2 and 3 parts agree bit for bit, kernel \(mr_conv2d_direct_kernel())")
             }
         }
     }

@@ -14,15 +14,35 @@ public enum Runtime {
         mr_set_threads(Int32(max(1, min(n ?? cores, cores))))
     }
 
-    /// Whether stride-1 "same" convolutions run the direct AVX-512 kernel where the CPU has it
-    /// (the default) or im2col + sgemm everywhere. Process-wide; benchmarks compare the two.
-    public static var directConvolution: Bool {
-        get { directConvolutionSetting }
-        set { directConvolutionSetting = newValue; mr_conv2d_set_direct(newValue ? 1 : 0) }
-    }
-    nonisolated(unsafe) private static var directConvolutionSetting = true
+    /// How stride-1 "same" convolutions run: `.auto`, the AVX-512 direct kernel where the CPU
+    /// has AVX-512F and im2col + sgemm elsewhere (the default: on AVX2-only CPUs OpenBLAS's sgemm
+    /// measured faster than the AVX2 direct kernel); `.avx2`, the AVX2 direct kernel; `.gemm`,
+    /// im2col + sgemm everywhere. Process-wide; benchmarks compare them.
+    public enum ConvolutionPath: Int32, Sendable { case gemm = 0, auto = 1, avx2 = 2 }
 
-    /// Whether this CPU runs the direct convolution kernel (AVX-512F).
+    public static var convolutionPath: ConvolutionPath {
+        get { convolutionPathSetting }
+        set { convolutionPathSetting = newValue; mr_conv2d_set_direct(newValue.rawValue) }
+    }
+    nonisolated(unsafe) private static var convolutionPathSetting = ConvolutionPath.auto
+
+    /// Whether the direct convolution is on (`.auto`) or off (`.gemm`).
+    public static var directConvolution: Bool {
+        get { convolutionPath != .gemm }
+        set { convolutionPath = newValue ? .auto : .gemm }
+    }
+
+    /// The direct kernel that runs now: "AVX-512", "AVX2" or nil (none: off, or no kernel for
+    /// this CPU).
+    public static var directConvolutionKernel: String? {
+        switch mr_conv2d_direct_kernel() {
+        case 512: return "AVX-512"
+        case 256: return "AVX2"
+        default: return nil
+        }
+    }
+
+    /// Whether this CPU runs the default direct convolution kernel (AVX-512F).
     public static var directConvolutionAvailable: Bool { mr_cpu_has_avx512f() != 0 }
 
     /// A line describing the machine and the BLAS setup, for benchmark reports.
@@ -30,7 +50,7 @@ public enum Runtime {
         let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
             .split(separator: "\n").first { $0.hasPrefix("model name") }
             .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
-        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads, convolutions \(directConvolution && directConvolutionAvailable ? "direct (AVX-512) + im2col/sgemm" : "im2col/sgemm")"
+        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads, convolutions \(directConvolutionKernel.map { "direct (\($0)) + im2col/sgemm" } ?? "im2col/sgemm")"
     }
 
     /// Advice when the CPU has AVX-512 but OpenBLAS runs narrower kernels because the environment

@@ -135,16 +135,22 @@ void mr_conv2d_set_tile_floats(long floats);
 void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                        float *y);
 /**
- * Direct convolution (conv_direct.c): for stride-1 convolutions whose output is as large as the
- * input (3x3 with padding 1 and the like), on CPUs with AVX-512F, mr_conv2d_forward computes the
- * output straight from the input with masked vector loads (no im2col, no GEMM packing).
- * mr_conv2d_direct_applies says whether a shape takes that path (on this CPU, with it enabled);
- * mr_conv2d_set_direct(0) turns it off process-wide (benchmarks and tests compare the two paths).
+ * Direct convolution (conv_direct.c): stride-1 convolutions whose output is as large as the input
+ * (3x3 with padding 1 and the like) computed straight from the input, with no im2col and no GEMM
+ * packing. Two kernels: AVX-512F (masked vector loads from the flat input plane), taken by default
+ * where the CPU has it; AVX2 + FMA (from a zero-padded copy of each image), taken only when asked
+ * for, because on AVX2-only CPUs im2col + OpenBLAS's Haswell sgemm measured faster.
+ * mr_conv2d_direct_applies says whether a shape takes the direct path (on this CPU, in this mode);
+ * mr_conv2d_direct_kernel says which kernel runs now: 512, 256 (AVX2) or 0 (none).
+ * mr_conv2d_set_direct(mode): 0 off (im2col + sgemm everywhere), 1 the AVX-512 kernel where the
+ * CPU has it (the default), 2 the AVX2 kernel (where the CPU has AVX2 + FMA). Process-wide.
  * mr_conv2d_direct_forward computes output channels [co0, co1) and flat pixels [p0, p1) (p0 a
  * multiple of 16) of every image of the batch; it returns 0, leaving y untouched, when out of
- * memory. Each output element is summed in one fixed order whatever the batch, tile or split.
+ * memory or when no kernel runs. Each output element is summed in one fixed order (taps, then
+ * input channels) whatever the batch, tile or split.
  */
 int mr_conv2d_direct_applies(const mr_conv2d_shape *s);
+int mr_conv2d_direct_kernel(void);
 void mr_conv2d_set_direct(int on);
 int mr_conv2d_direct_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                              float *y, int co0, int co1, int p0, int p1);
