@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MillraceCore
+import MillraceFormats
 import MillraceTraining
 
 /// `gen prune-axes`: build a model folder's SourceFM pruning set (docs/METHODS.md §4.2).
@@ -29,7 +30,14 @@ struct PruneAxes: ParsableCommand {
     var tau: Float = PruningSet.defaultTau
     @Option(name: .customLong("tau-r"), help: "Sampling threshold τ_r stored as the default (default: 2.7/√d truncated to 3 decimals, 0.048 at d = 3072).")
     var tauR: Float?
+    @Option(help: "Storage of the axes: f32 (exact orthonormal rows) or f16 (half the size; the restricted Gaussian is then approximated within ~1e-3 of the boundary). The shipped set is f16.")
+    var precision: Precision = .f32
     @OptionGroup var threads: ThreadOptions
+
+    enum Precision: String, ExpressibleByArgument, CaseIterable {
+        case f32, f16
+        var dtype: SafetensorsDType { self == .f32 ? .f32 : .f16 }
+    }
 
     func validate() throws {
         guard tau.isFinite && tau > -1 && tau < 1 else { throw ValidationError("--tau must be between -1 and 1, got \(tau)") }
@@ -98,7 +106,7 @@ struct PruneAxes: ParsableCommand {
                          kept.min() ?? 0, kept.max() ?? 0, analysis.basis.variances.first ?? 0, set.components.first ?? 0 as Int))
 
             let out = PruningSet.path(modelFolder: folder)
-            try set.write(path: out)
+            try set.write(path: out, precision: precision.dtype)
             let bytes = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
             print("wrote \(out) (\(String(format: "%.1f", Double(bytes) / 1e6)) MB)")
 
