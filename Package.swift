@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(name: "MillraceFormatsTests", dependencies: ["MillraceFormats", "MillraceTestSupport"]),
         .testTarget(name: "MillraceCoreTests", dependencies: ["MillraceCore", "MillraceKernels", "MillraceTestSupport"]),
         .testTarget(name: "MillraceImagingTests", dependencies: ["MillraceImaging", "MillraceTestSupport"]),
-        .testTarget(name: "MillraceTrainingTests", dependencies: ["MillraceTraining", "MillraceTestSupport"]),
+        .testTarget(name: "MillraceTrainingTests", dependencies: ["MillraceTraining", "MillraceKernels", "MillraceTestSupport"]),
         .testTarget(name: "MillracePipelinesTests", dependencies: ["MillracePipelines", "MillraceTestSupport"]),
         .testTarget(name: "MillraceHTTPTests", dependencies: ["MillraceHTTP", "MillraceTestSupport"]),
         .testTarget(name: "MillraceIntegrationTests", dependencies: ["MillraceHTTP", "MillraceTraining", "MillraceTestSupport"]),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Markdown tables of scripts/source-sweep.sh's cells: Fréchet distance and class accuracy per
 source (Gaussian, or a pruning set's τ and τ_r) and cell (schedule, NFE), the mean over seeds with
-the spread (max − min) between them, and |R| and the acceptance rate of each pruning set."""
+the spread (max − min) between them, and |R| and the acceptance rate of each pruning set; and
+fd-vs-axes.svg, the Fréchet distance against |R| for each BOSS NFE."""
 import json
 import os
 import re
@@ -63,6 +64,61 @@ def main(out):
     text = "\n".join(lines)
     open(os.path.join(out, "table.md"), "w").write(text)
     print(text)
+    write_curve(out, labels, columns, by, axes)
+
+
+def write_curve(out, labels, columns, by, axes):
+    """fd-vs-axes.svg: the Fréchet distance (mean over seeds) against |R| for each BOSS NFE, the
+    Gaussian source's value at |R| = 0 and as a dashed line across."""
+    W, H, L, R, T, B = 640, 400, 60, 150, 20, 50
+    series = []
+    for col in columns:
+        if col[0] != "boss":
+            continue
+        pts = []
+        for label in labels:
+            rs = by.get((label, col), [])
+            if not rs or (label != "gaussian" and not axes(label).isdigit()):
+                continue
+            n = 0 if label == "gaussian" else int(axes(label))
+            pts.append((n, sum(r["frechet"] for r in rs) / len(rs), label == "gaussian"))
+        if len(pts) > 1:
+            series.append((col[1], sorted(pts)))
+    if not series:
+        return
+    xs = [p[0] for _, pts in series for p in pts]
+    ys = [p[1] for _, pts in series for p in pts]
+    x1, y0, y1 = max(xs) or 1, min(ys) - 0.2, max(ys) + 0.2
+    X = lambda v: L + (W - L - R) * v / x1
+    Y = lambda v: T + (H - T - B) * (y1 - v) / (y1 - y0)
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+          f'<rect width="{W}" height="{H}" fill="white"/>',
+          f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
+          f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
+          f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">signed axes pruned, |R| (0: Gaussian source)</text>',
+          f'<text x="14" y="{(T + H - B) / 2}" transform="rotate(-90 14 {(T + H - B) / 2})" text-anchor="middle">Fréchet distance</text>']
+    for k in range(6):
+        v = y0 + (y1 - y0) * k / 5
+        el.append(f'<text x="{L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+        el.append(f'<line x1="{L}" y1="{Y(v):.1f}" x2="{W - R}" y2="{Y(v):.1f}" stroke="#eee"/>')
+    last = -1e9
+    for n in sorted(set(xs)):
+        if X(n) - last >= 24:  # skip a tick label that would overlap the previous one
+            el.append(f'<text x="{X(n):.1f}" y="{H - B + 16}" text-anchor="middle">{n}</text>')
+            last = X(n)
+    for i, (nfe, pts) in enumerate(series):
+        c = colors[i % len(colors)]
+        path = " ".join(f"{X(n):.1f},{Y(v):.1f}" for n, v, _ in pts)
+        el.append(f'<polyline points="{path}" fill="none" stroke="{c}" stroke-width="2"/>')
+        for n, v, g in pts:
+            el.append(f'<circle cx="{X(n):.1f}" cy="{Y(v):.1f}" r="3" fill="{c}"/>')
+            if g:
+                el.append(f'<line x1="{L}" y1="{Y(v):.1f}" x2="{W - R}" y2="{Y(v):.1f}" stroke="{c}" stroke-dasharray="4 4"/>')
+        el.append(f'<text x="{W - R + 10}" y="{T + 16 * (i + 1)}" fill="{c}">BOSS, {nfe} NFE</text>')
+    el.append(f'<text x="{W - R + 10}" y="{T + 16 * (len(series) + 2)}" fill="#555">dashed: Gaussian</text>')
+    el.append("</svg>")
+    open(os.path.join(out, "fd-vs-axes.svg"), "w").write("\n".join(el) + "\n")
 
 
 if __name__ == "__main__":

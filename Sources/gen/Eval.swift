@@ -32,7 +32,7 @@ struct EvalGenerate: ParsableCommand {
     var steps: Int = 8
     @Option(help: "Step schedule: uniform or boss.")
     var schedule: ScheduleChoice = .uniform
-    @Option(help: "Source distribution: gaussian or pruned (needs `gen prune-axes`).")
+    @Option(help: "Source distribution: gaussian or pruned (needs the model folder's prune-axes.safetensors; the shipped model has one).")
     var source: SourceDistribution = .gaussian
     @Option(help: "ODE solver: euler or heun.")
     var solver: Solver = .euler

@@ -32,7 +32,7 @@ struct Generate: ParsableCommand {
     var guidance: Float?
     @Option(help: "Step schedule: uniform, or boss (the model folder's schedules.json; see `gen schedule boss`).")
     var schedule: ScheduleChoice = .uniform
-    @Option(help: "Source distribution: gaussian, or pruned (SourceFM §4.3; needs the model folder's prune-axes.safetensors from `gen prune-axes`).")
+    @Option(help: "Source distribution: gaussian, or pruned (SourceFM §4.3; needs the model folder's prune-axes.safetensors: the shipped model has one, `gen prune-axes` makes others).")
     var source: SourceDistribution = .gaussian
     @Option(help: "ODE solver: euler or heun.")
     var solver: Solver = .euler

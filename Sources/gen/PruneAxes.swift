@@ -17,8 +17,12 @@ struct PruneAxes: ParsableCommand {
         At 32×32 (d = 3072) this is a 3072×3072 covariance and eigen-decomposition: well under a
         minute on two cores.
 
-        Example:
-          gen prune-axes --data data/emoji32.mrds
+        The shipped model's set was made with τ = 0.002 (the best of the sweep in docs/RESULTS.md)
+        and F16 storage; this rewrites it when --model is left out.
+
+        Examples:
+          gen prune-axes --data data/emoji32.mrds --precision f16     # the shipped set
+          gen prune-axes --data data/emoji32.mrds --model runs/my-model --tau 0.01
           gen --steps 8 --source pruned
         """)
 

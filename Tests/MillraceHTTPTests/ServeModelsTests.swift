@@ -66,6 +66,22 @@ import MillraceTestSupport
         }
     }
 
+    /// What a fresh clone serves: the shipped model with its BOSS schedules and its pruning set,
+    /// so `"schedule": "boss"` and `"source": "pruned"` work with nothing built first.
+    @Test func theShippedModelServesBossAndPrunedSources() throws {
+        let shipped = Fixtures.repositoryRoot + "/assets/models/emoji32"
+        let s = MillraceService(folders: [try ModelFolder.load(shipped)], options: MillraceService.Options())
+        defer { s.beginShutdown() }
+        let list = s.handle(HardeningTests.request("GET", "/v1/models"))
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(list).utf8)) as? [String: Any])
+        let model = try #require((obj["models"] as? [[String: Any]])?.first)
+        #expect(model["sources"] as? [String] == ["gaussian", "pruned"])
+        #expect((model["schedules"] as? [String])?.contains("boss") == true)
+        let r = s.handle(HardeningTests.request("POST", "/v1/generate", body: #"{"steps": 2, "schedule": "boss", "source": "pruned", "class": 2, "seed": 5}"#))
+        #expect(r.status == 200, "\(HardeningTests.text(r))")
+        #expect(r.headers.contains { $0.0.lowercased() == "content-type" && $0.1.hasPrefix("image/png") })
+    }
+
     /// A model that cannot make RGB images (unet-tiny-b: 2 channels in, 1 out; a latent-space
     /// model alike) gets a clear 400, never a trap, and `gen serve` refuses to start with it.
     @Test func aModelThatCannotMakeImagesIsRefused() throws {

@@ -62,6 +62,22 @@ import MillraceTestSupport
         #expect(!FileManager.default.fileExists(atPath: dir + "/never.png"))
     }
 
+    /// The shipped model carries its pruning set, so `--source pruned` works on a fresh clone,
+    /// reproducibly, and gives other images than the Gaussian source from the same seed.
+    @Test func prunedSourceWorksWithTheShippedModel() throws {
+        let dir = Fixtures.tempPath("cli-pruned")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var images: [Data] = []
+        for (k, source) in ["pruned", "pruned", "gaussian"].enumerated() {
+            let (status, _, err) = try GenCLI.run(["--steps", "2", "--schedule", "boss", "--source", source, "--class", "2",
+                                                    "--count", "2", "--seed", "9", "--out", dir + "/\(k).png"])
+            #expect(status == 0, "gen --source \(source) failed: \(err)")
+            images.append(try Data(contentsOf: URL(fileURLWithPath: dir + "/\(k).png")))
+        }
+        #expect(images[0] == images[1], "the same seed gives the same pruned samples")
+        #expect(images[0] != images[2], "pruned and Gaussian sources differ")
+    }
+
     /// `OUT` in the arguments stands for a fresh path in the test's own temporary folder, `MODEL`
     /// for a small model folder (without a pruning set).
     @Test(arguments: [

@@ -3,6 +3,7 @@ import Testing
 @testable import MillraceFormats
 @testable import MillraceCore
 @testable import MillraceTraining
+import MillraceKernels
 import MillraceTestSupport
 
 /// SourceFM pruning set (docs/METHODS.md §4.2) and pruned sampling (§4.3) on a small synthetic
@@ -201,7 +202,34 @@ import MillraceTestSupport
     @Test func defaultThresholds() {
         #expect(PruningSet.defaultTauR(dimension: 3072) == 0.048)
         #expect(PruningSet.defaultTauR(dimension: 48) == 0.389)
-        #expect(PruningSet.defaultTau == 0.01)
+    }
+
+    /// The shipped model's pruning set is the one `gen prune-axes` makes by default (its τ), is
+    /// the size the docs state, and samples: every draw keeps the rule of every pruned axis.
+    @Test func theShippedSetMatchesTheDefaultsAndSamples() throws {
+        let folder = Fixtures.repositoryRoot + "/assets/models/emoji32"
+        let set = try PruningSet.load(modelFolder: folder)
+        #expect(set.tau == PruningSet.defaultTau)
+        #expect(set.tauR == PruningSet.defaultTauR(dimension: 3072))
+        #expect(set.shape == [3, 32, 32])
+        #expect(set.count == 2227 && set.axisCount == 1157)
+        let source = try PrunedSource.load(modelFolder: folder)
+        let n = 3, d = 3072, m = set.axisCount
+        let (x, rate) = try source.draw(count: n, shape: set.shape, seed: 11)
+        #expect(rate > 0)
+        // projections [m, n] = axes [m, d] · zᵀ [d, n], through BLAS (a debug build's loops are slow)
+        var zt = [Float](repeating: 0, count: d * n)
+        for i in 0..<n { for j in 0..<d { zt[j * n + i] = x.data[i * d + j] } }
+        var proj = [Float](repeating: 0, count: m * n)
+        mr_sgemm(Int32(m), Int32(n), Int32(d), set.axes.data, zt, &proj)
+        for i in 0..<n {
+            let norm = (0..<d).reduce(Float(0)) { $0 + x.data[i * d + $1] * x.data[i * d + $1] }.squareRoot()
+            let worst = (0..<m).map { r -> Float in
+                let c = proj[r * n + i] / norm
+                return max(set.upper[r] ? c : -.infinity, set.lower[r] ? -c : -.infinity)
+            }.max()!
+            #expect(worst <= set.tauR + 1e-5, "sample \(i): a pruned axis at \(worst) > τ_r")
+        }
     }
 
     // MARK: Sampling

@@ -24,8 +24,10 @@ public struct PruningSet: Sendable, Equatable {
     public static let fileName = "prune-axes.safetensors"
     /// Value of the `format` metadata key.
     public static let format = "millrace-prune-axes/1"
-    /// The paper's τ at d = 3072.
-    public static let defaultTau: Float = 0.01
+    /// τ of the shipped emoji set: the best of a sweep from 2 to 4,090 signed axes on the emoji
+    /// model (docs/RESULTS.md, "Calibrating the pruned source"); the paper's value at d = 3072
+    /// is 0.01.
+    public static let defaultTau: Float = 0.002
 
     /// The rule-of-thumb τ_r ≈ 2.7/√d, truncated to three decimals: 0.048 at d = 3072 (the
     /// paper's value), 0.389 at d = 48.
