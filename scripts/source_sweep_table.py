@@ -44,7 +44,7 @@ def main(out):
     samples = sorted({r["samples"] for rs in by.values() for r in rs})
     seeds = sorted({c["seed"] for c in cells})
     lines.append(f"Samples per cell: {', '.join(map(str, samples))}; seeds {', '.join(map(str, seeds))} "
-                 "(a cell with two seeds shows their mean ± half their difference).\n")
+                 "(a cell with several seeds shows their mean ± half their range).\n")
     head = "| source | τ | τ_r | \\|R\\| | acceptance | " + " | ".join(f"{s} {n}" for s, n in columns) + " |"
     sep = "|---|---:|---:|---:|---:|" + "---:|" * len(columns)
     for title, key, digits in (("Fréchet distance (lower is better)", "frechet", 2),

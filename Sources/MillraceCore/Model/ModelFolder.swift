@@ -170,6 +170,16 @@ extension ModelFolder {
     /// Where the shipped emoji model is looked for: $MILLRACE_MODEL, then assets/models/emoji32
     /// under the current directory or any parent of the running executable (so `swift run gen`
     /// and `.build/release/gen` both find the repo's copy).
+    /// The model folders shipped beside `base` as its students: sibling folders named
+    /// `<base name>-<suffix>` (assets/models/emoji32-1step) that hold a model, sorted by name.
+    public static func studentPaths(of base: String) -> [String] {
+        let url = URL(fileURLWithPath: base).standardizedFileURL
+        let parent = url.deletingLastPathComponent(), name = url.lastPathComponent
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: parent.path) else { return [] }
+        return entries.filter { $0.hasPrefix(name + "-") }.sorted().map { parent.appendingPathComponent($0).path }
+            .filter { FileManager.default.fileExists(atPath: $0 + "/config.json") && FileManager.default.fileExists(atPath: $0 + "/model.safetensors") }
+    }
+
     public static func defaultPath() -> String {
         if let env = ProcessInfo.processInfo.environment["MILLRACE_MODEL"], !env.isEmpty { return env }
         let relative = "assets/models/emoji32"
