@@ -66,20 +66,27 @@ import MillraceTestSupport
         }
     }
 
-    /// What a fresh clone serves: the shipped model with its BOSS schedules and its pruning set,
-    /// so `"schedule": "boss"` and `"source": "pruned"` work with nothing built first.
-    @Test func theShippedModelServesBossAndPrunedSources() throws {
+    /// What a fresh clone serves (`gen serve` with no --model): the shipped model with its BOSS
+    /// schedules and its pruning set, and its shipped one-step student, so `"schedule": "boss"`,
+    /// `"source": "pruned"` and a second model work with nothing built first.
+    @Test func theShippedModelsServeBossPrunedAndTheStudent() throws {
         let shipped = Fixtures.repositoryRoot + "/assets/models/emoji32"
-        let s = MillraceService(folders: [try ModelFolder.load(shipped)], options: MillraceService.Options())
+        let paths = [shipped] + ModelFolder.studentPaths(of: shipped)
+        let s = MillraceService(folders: try paths.map { try ModelFolder.load($0) }, options: MillraceService.Options())
         defer { s.beginShutdown() }
         let list = s.handle(HardeningTests.request("GET", "/v1/models"))
         let obj = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(list).utf8)) as? [String: Any])
-        let model = try #require((obj["models"] as? [[String: Any]])?.first)
-        #expect(model["sources"] as? [String] == ["gaussian", "pruned"])
-        #expect((model["schedules"] as? [String])?.contains("boss") == true)
-        let r = s.handle(HardeningTests.request("POST", "/v1/generate", body: #"{"steps": 2, "schedule": "boss", "source": "pruned", "class": 2, "seed": 5}"#))
-        #expect(r.status == 200, "\(HardeningTests.text(r))")
-        #expect(r.headers.contains { $0.0.lowercased() == "content-type" && $0.1.hasPrefix("image/png") })
+        let models = try #require(obj["models"] as? [[String: Any]])
+        #expect(models.map { $0["name"] as? String } == ["emoji32", "emoji32-1step"])
+        #expect(models[0]["sources"] as? [String] == ["gaussian", "pruned"])
+        #expect((models[0]["schedules"] as? [String])?.contains("boss") == true)
+        func generate(_ json: String) -> HTTPResponse { s.handle(HardeningTests.request("POST", "/v1/generate", body: json)) }
+        for body in [#"{"steps": 2, "schedule": "boss", "source": "pruned", "class": 2, "seed": 5}"#,
+                     #"{"steps": 1, "model": "emoji32-1step", "class": 2, "seed": 5}"#] {
+            let r = generate(body)
+            #expect(r.status == 200, "\(body): \(HardeningTests.text(r))")
+            #expect(r.headers.contains { $0.0.lowercased() == "content-type" && $0.1.hasPrefix("image/png") })
+        }
     }
 
     /// A model that cannot make RGB images (unet-tiny-b: 2 channels in, 1 out; a latent-space
