@@ -48,14 +48,18 @@ struct BenchServe: ParsableCommand {
                 let key = rows == 0 ? "off" : "on"
                 var f: [String: Double] = [:]
                 for n in [1, streams] {
-                    f["stream_fps_\(n)"] = round2(try streamFPS(folder: folder, rows: rows, count: n, frame: frame))
-                    log(String(format: "batching %@: %d busy stream(s): %.2f processed frames/s", key, n, f["stream_fps_\(n)"]!))
+                    let (total, slowest, fastest) = try streamFPS(folder: folder, rows: rows, count: n, frame: frame)
+                    f["stream_fps_\(n)"] = round2(total)
+                    f["stream_fps_slowest_\(n)"] = round2(slowest)
+                    f["stream_fps_fastest_\(n)"] = round2(fastest)
+                    log(String(format: "batching %@: %d busy stream(s): %.2f processed frames/s (per stream %.2f to %.2f)", key, n, total, slowest, fastest))
                 }
                 for m in [1, clients] {
-                    let (rps, p99) = try generateRate(folder: folder, rows: rows, clients: m)
+                    let (rps, p99, worst) = try generateRate(folder: folder, rows: rows, clients: m)
                     f["generate_rps_\(m)"] = round2(rps)
                     f["generate_p99_ms_\(m)"] = round2(p99 * 1000)
-                    log(String(format: "batching %@: %d generate client(s): %.2f requests/s, p99 %.0f ms", key, m, rps, p99 * 1000))
+                    f["generate_worst_ms_\(m)"] = round2(worst * 1000)
+                    log(String(format: "batching %@: %d generate client(s): %.2f requests/s, p99 %.0f ms, worst %.0f ms", key, m, rps, p99 * 1000, worst * 1000))
                 }
                 figures[key] = f
             }
@@ -82,8 +86,10 @@ struct BenchServe: ParsableCommand {
                     body: Array(body.utf8), bodyTooLarge: false)
     }
 
-    /// Processed frames per second over `count` streams that always have a frame waiting.
-    func streamFPS(folder: ModelFolder, rows: Int, count: Int, frame: RGBImage) throws -> Double {
+    /// Processed frames per second over `count` streams that always have a frame waiting: all
+    /// together, and of the slowest and the fastest stream (a stream starved by the others shows
+    /// as a slowest rate near 0).
+    func streamFPS(folder: ModelFolder, rows: Int, count: Int, frame: RGBImage) throws -> (Double, Double, Double) {
         let s = service(folder, rows: rows)
         defer { s.beginShutdown() }
         var entries: [StreamScheduler.Entry] = []
@@ -105,12 +111,16 @@ struct BenchServe: ParsableCommand {
         defer { feeding.set() }
         usleep(500_000)  // warm-up
         let before = s.scheduler.totals().processed, start = Date()
+        let each = entries.map(\.outputs)
         usleep(UInt32(seconds * 1e6))
-        return Double(s.scheduler.totals().processed - before) / Date().timeIntervalSince(start)
+        let elapsed = Date().timeIntervalSince(start)
+        let perStream = zip(entries, each).map { Double($0.0.outputs - $0.1) / elapsed }
+        return (Double(s.scheduler.totals().processed - before) / elapsed, perStream.min() ?? 0, perStream.max() ?? 0)
     }
 
-    /// Requests per second and the 99th-percentile latency of `clients` closed-loop clients.
-    func generateRate(folder: ModelFolder, rows: Int, clients: Int) throws -> (Double, Double) {
+    /// Requests per second, and the 99th-percentile and worst latency, of `clients` closed-loop
+    /// clients.
+    func generateRate(folder: ModelFolder, rows: Int, clients: Int) throws -> (Double, Double, Double) {
         let s = service(folder, rows: rows)
         defer { s.beginShutdown() }
         let body = #"{"class": 0, "steps": 4, "count": 1, "upscale": 1}"#
@@ -131,7 +141,7 @@ struct BenchServe: ParsableCommand {
         }
         group.wait()
         let v = latencies.sorted
-        return (Double(v.count) / seconds, v.isEmpty ? 0 : v[min(v.count - 1, Int(Double(v.count - 1) * 0.99))])
+        return (Double(v.count) / seconds, v.isEmpty ? 0 : v[min(v.count - 1, Int(Double(v.count - 1) * 0.99))], v.last ?? 0)
     }
 
     final class StopFlag: @unchecked Sendable {
