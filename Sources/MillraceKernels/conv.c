@@ -11,6 +11,7 @@
  * 1x1, stride 1, unpadded convolutions use the input as the column matrix directly.
  */
 #include "millrace_kernels.h"
+#include "conv_workspace.h"
 
 #include <cblas.h>
 #include <pthread.h>
@@ -39,8 +40,10 @@ static void ws_free(void *p) {
 }
 static void ws_init(void) { pthread_key_create(&ws_key, ws_free); }
 
-/* Returns a buffer of at least n floats owned by the calling thread (NULL if out of memory). */
-static float *ws_get(size_t n) {
+/* Returns a buffer of at least n floats owned by the calling thread (NULL if out of memory).
+   The direct kernels (conv_direct.c) use it too: a thread runs one convolution at a time, and
+   each path takes the buffer only once it no longer needs an earlier one. */
+float *mr_conv_workspace(size_t n) {
     pthread_once(&ws_once, ws_init);
     workspace *w = pthread_getspecific(ws_key);
     if (!w) {
@@ -257,7 +260,7 @@ static void conv_forward_serial(const mr_conv2d_shape *s, const float *x, const 
         return;
     }
 
-    float *col = ws_get((size_t)(pl.K + s->out_c) * pl.n_tile);
+    float *col = mr_conv_workspace((size_t)(pl.K + s->out_c) * pl.n_tile);
     if (!col) { mr_ref_conv2d_forward(s, x, w, b, y); return; }
     float *tmp = col + (size_t)pl.K * pl.n_tile;
 
@@ -350,7 +353,7 @@ static void conv_backward_serial(const mr_conv2d_shape *s, const float *x, const
     if (!dw && !dx) return;
     if (dx) memset(dx, 0, (size_t)s->batch * x_img * sizeof(float));  /* col2im adds into it */
 
-    float *col = ws_get((size_t)(pl.K + s->out_c) * pl.n_tile);
+    float *col = mr_conv_workspace((size_t)(pl.K + s->out_c) * pl.n_tile);
     if (!col) { mr_ref_conv2d_backward(s, x, w, dy, dx, dw, NULL); return; }
     float *tmp = col + (size_t)pl.K * pl.n_tile;
 
@@ -462,7 +465,7 @@ static void intra_forward_part(void *ctx, int part) {
         int co0 = (int)((long)part * s->out_c / j->parts), co1 = (int)((long)(part + 1) * s->out_c / j->parts);
         if (co1 <= co0) return;
         if (direct && mr_conv2d_direct_forward(s, j->x, j->w, j->b, j->y, co0, co1, 0, pl->P)) return;
-        float *col = ws_get((size_t)pl->K * pl->P);
+        float *col = mr_conv_workspace((size_t)pl->K * pl->P);
         if (!col) return;
         for (int n = 0; n < s->batch; n++) {
             im2col(s, pl, j->x + n * x_img, 0, pl->P, col, pl->P);
@@ -484,7 +487,7 @@ static void intra_forward_part(void *ctx, int part) {
     }
     if (c1 <= c0) return;
     int tile = pl->n_tile < c1 - c0 ? pl->n_tile : c1 - c0;
-    float *col = ws_get((size_t)pl->K * tile);
+    float *col = mr_conv_workspace((size_t)pl->K * tile);
     if (!col) return;
     for (int n = 0; n < s->batch; n++) {
         for (int p0 = c0; p0 < c1; p0 += tile) {
@@ -509,7 +512,7 @@ static void intra_dw_part(void *ctx, int part) {
     if (j->by_channels) {
         int co0 = (int)((long)part * s->out_c / j->parts), co1 = (int)((long)(part + 1) * s->out_c / j->parts);
         if (co1 <= co0) return;
-        float *col = ws_get((size_t)pl->K * pl->P);
+        float *col = mr_conv_workspace((size_t)pl->K * pl->P);
         if (!col) return;
         for (int n = 0; n < s->batch; n++) {
             im2col(s, pl, j->x + n * x_img, 0, pl->P, col, pl->P);
@@ -523,7 +526,7 @@ static void intra_dw_part(void *ctx, int part) {
     int c0 = (int)((long)part * pl->P / j->parts), c1 = (int)((long)(part + 1) * pl->P / j->parts);
     if (c1 <= c0) return;
     int tile = pl->n_tile < c1 - c0 ? pl->n_tile : c1 - c0;
-    float *col = ws_get((size_t)pl->K * tile);
+    float *col = mr_conv_workspace((size_t)pl->K * tile);
     if (!col) return;
     for (int n = 0; n < s->batch; n++)
         for (int p0 = c0; p0 < c1; p0 += tile) {

@@ -20,9 +20,9 @@
  * the batch or the split over cores, so results do not depend on batch position.
  */
 #include "millrace_kernels.h"
+#include "conv_workspace.h"
 
 #include <immintrin.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,32 +57,8 @@ int mr_conv2d_direct_applies(const mr_conv2d_shape *s) {
     return 1;
 }
 
-/* ---- per-thread scratch ------------------------------------------------------------------ */
-
-typedef struct { void *data; size_t cap; } scratch;
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static void scratch_free(void *p) {
-    scratch *s = p;
-    if (s) { free(s->data); free(s); }
-}
-static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
-static void *scratch_get(size_t bytes) {
-    pthread_once(&scratch_once, scratch_init);
-    scratch *s = pthread_getspecific(scratch_key);
-    if (!s) {
-        s = calloc(1, sizeof *s);
-        if (!s) return NULL;
-        pthread_setspecific(scratch_key, s);
-    }
-    if (s->cap < bytes) {
-        free(s->data);
-        size_t rounded = (bytes + 63) & ~(size_t)63;
-        s->data = aligned_alloc(64, rounded);
-        s->cap = s->data ? rounded : 0;
-    }
-    return s->data;
-}
+/* Scratch comes from the thread's convolution workspace (conv_workspace.h), in bytes. */
+static void *scratch_get(size_t bytes) { return mr_conv_workspace((bytes + sizeof(float) - 1) / sizeof(float)); }
 
 /* ---- the tile kernel ----------------------------------------------------------------------- */
 
