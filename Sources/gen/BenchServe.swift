@@ -111,10 +111,10 @@ struct BenchServe: ParsableCommand {
         defer { feeding.set() }
         usleep(500_000)  // warm-up
         let before = s.scheduler.totals().processed, start = Date()
-        let each = entries.map(\.outputs)
+        let each = entries.map { $0.counters().out }
         usleep(UInt32(seconds * 1e6))
         let elapsed = Date().timeIntervalSince(start)
-        let perStream = zip(entries, each).map { Double($0.0.outputs - $0.1) / elapsed }
+        let perStream = zip(entries, each).map { Double($0.0.counters().out - $0.1) / elapsed }
         return (Double(s.scheduler.totals().processed - before) / elapsed, perStream.min() ?? 0, perStream.max() ?? 0)
     }
 

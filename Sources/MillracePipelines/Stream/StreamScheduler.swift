@@ -71,7 +71,7 @@ public final class StreamScheduler: @unchecked Sendable {
         }
 
         /// This stream's counters (with the session locked, so they are consistent).
-        func counters() -> Totals {
+        public func counters() -> Totals {
             lock.lock()
             defer { lock.unlock() }
             return Totals(framesIn: input.received, processed: session.framesProcessed, skipped: session.framesSkipped,
