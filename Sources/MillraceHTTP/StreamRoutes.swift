@@ -25,13 +25,21 @@ extension MillraceService {
             guard let n = g as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw RequestError("'delta' must be a number") }
             s.delta = n.floatValue
         }
+        if let g = d["stepping"] {
+            guard let str = g as? String, let mode = StreamStepping(rawValue: str) else { throw RequestError("'stepping' must be renoise or euler") }
+            s.stepping = mode
+        }
+        if let g = d["blend"] {
+            guard let n = g as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw RequestError("'blend' must be a number") }
+            s.blend = n.floatValue
+        }
         return s
     }
 
     func createStream(_ r: HTTPRequest) -> HTTPResponse {
         do {
             let d = try parseJSONObject(r.body)
-            let known: Set = ["class", "rcfg", "guidance", "delta", "strength", "steps", "t_list", "similarity", "max_skip", "filter",
+            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "strength", "steps", "t_list", "similarity", "max_skip", "filter",
                               "size", "seed", "model"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw RequestError("unknown parameter '\(unknown)'") }
             guard scheduler.streams.count < options.maxStreams else { return .error(429, "too many streams (limit \(options.maxStreams))") }
@@ -172,11 +180,14 @@ extension MillraceService {
 
     func streamStats(id: String) -> HTTPResponse {
         guard let e = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
-        let (processed, skipped, settings, times) = e.withSession { ($0.framesProcessed, $0.framesSkipped, $0.pipeline.settings, $0.pipeline.times) }
+        // Counters, errors and settings read under the stream's lock, so they agree with each other.
+        let (processed, skipped, settings, times, outputs, errors, lastError) = e.withSession {
+            ($0.framesProcessed, $0.framesSkipped, $0.pipeline.settings, $0.pipeline.times, e.outputs, e.errors, e.lastError)
+        }
         return .json(["id": id, "frames_in": e.input.received, "dropped": e.input.dropped, "processed": processed,
-                      "skipped": skipped, "out": e.outputs, "errors": e.errors, "last_error": e.lastError as Any? ?? NSNull(),
+                      "skipped": skipped, "out": outputs, "errors": errors, "last_error": lastError as Any? ?? NSNull(),
                       "class": settings.classIndex, "rcfg": settings.guidance.rawValue, "guidance": settings.scale,
-                      "slots": times])
+                      "stepping": settings.stepping.rawValue, "blend": settings.blend, "slots": times])
     }
 
     /// The similarity filter's fields of a stream request, each nil when absent: `filter`
@@ -207,7 +218,7 @@ extension MillraceService {
         guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
         do {
             let d = try parseJSONObject(r.body)
-            let known: Set = ["class", "rcfg", "guidance", "delta", "filter", "similarity", "max_skip"]
+            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "filter", "similarity", "max_skip"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw RequestError("unknown or fixed parameter '\(unknown)'") }
             // Every value is checked before anything changes: a bad PATCH leaves the stream as it was.
             let f = try filterFields(d)

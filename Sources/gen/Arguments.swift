@@ -8,6 +8,7 @@ import MillracePipelines
 extension Solver: ExpressibleByArgument {}
 extension SourceDistribution: ExpressibleByArgument {}
 extension StreamGuidance: ExpressibleByArgument {}
+extension StreamStepping: ExpressibleByArgument {}
 
 /// Where the step times come from.
 enum ScheduleChoice: String, ExpressibleByArgument, CaseIterable {

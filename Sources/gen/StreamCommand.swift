@@ -41,6 +41,10 @@ struct StreamCommand: ParsableCommand {
     var rcfg: StreamGuidance = .none
     @Option(help: "RCFG damping δ in (0, 1].")
     var delta: Float = 1
+    @Option(help: "Between slot times: renoise (jump to the estimate, noise again) or euler (an Euler step of the flow).")
+    var stepping: StreamStepping = .renoise
+    @Option(help: "Blend β in [0, 1) of the previous output into each entering frame (less flicker on still parts).")
+    var blend: Float = 0
     @Option(name: .customLong("class"), help: "Class name, index, or 'null'.")
     var className: String = "0"
     @Option(help: "Similarity threshold η of the filter.")
@@ -76,6 +80,8 @@ struct StreamCommand: ParsableCommand {
             settings.guidance = mode
             settings.scale = guidance
             settings.delta = delta
+            settings.stepping = stepping
+            settings.blend = blend
             let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
             let session = StreamSession(pipeline: pipeline, filter: noFilter ? nil
                 : SimilarityFilter(threshold: similarity, maxSkip: maxSkip, side: folder.config.sampleSize, seed: seed))
@@ -155,6 +161,7 @@ struct StreamCommand: ParsableCommand {
                 "errors": errors, "output_fps": Double(latencies.count) / max(wall, 1e-9),
                 "mean_latency_ms": latencies.isEmpty ? 0 : 1000 * latencies.reduce(0, +) / Double(latencies.count),
                 "model_calls": pipeline.modelCalls, "slots": times, "guidance": mode.rawValue,
+                "stepping": stepping.rawValue, "blend": blend,
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]
             judgePending()

@@ -29,6 +29,55 @@ import MillraceTestSupport
         #expect(stream.modelCalls == n + fs.count - 1)
     }
 
+    /// With Euler stepping the batch still equals the sequential run, and the sequential run is
+    /// plain Euler integration from the noised frame: x_{i+1} = x_i + (t_{i+1} − t_i)·v_i, then
+    /// the last slot's jump x + (1 − t)·v.
+    @Test(arguments: [1, 2, 3]) func eulerSteppingIsEulerIntegration(n: Int) throws {
+        let s = Fixtures.tinySampler()
+        let times = try StreamPipeline.times(strength: 0.7, steps: n)
+        var settings = StreamSettings(classIndex: 1)
+        settings.stepping = .euler
+        let stream = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 3)
+        let reference = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 3)
+        let fs = Self.frames(n + 3)
+        for (k, f) in fs.enumerated() {
+            let out = try stream.process(f)
+            #expect(relativeError(out.data, reference.sequential(fs[max(0, k - n + 1)]).data) < 1e-5, "call \(k), n \(n)")
+        }
+        var x = StreamPipeline.mix(fs[0], times[0], reference.noise[0])
+        let scale = Float(s.flow.timestepScale)
+        for i in 0..<n {
+            let v = s.forward(x, timesteps: [times[i] * scale], classLabels: [1])
+            x.addScaled(v, (i + 1 < n ? times[i + 1] : 1) - times[i])
+        }
+        #expect(relativeError(reference.sequential(fs[0]).data, x.data) < 1e-5)
+        if n > 1 {
+            // Renoising differs from Euler once there is a step between slots.
+            let renoise = try StreamPipeline(sampler: s, times: times, settings: StreamSettings(classIndex: 1), seed: 3)
+            #expect(relativeError(renoise.sequential(fs[0]).data, x.data) > 1e-3)
+        }
+    }
+
+    /// With blend β a frame enters as (1 − β)·frame + β·(the previous output): the second output
+    /// of a blended stream equals an unblended stream's output for that mixture.
+    @Test func blendMixesThePreviousOutputIntoTheEnteringFrame() throws {
+        let s = Fixtures.tinySampler()
+        let times = try StreamPipeline.times(strength: 0.6, steps: 1)
+        var blended = StreamSettings(classIndex: 1)
+        blended.blend = 0.4
+        let a = try StreamPipeline(sampler: s, times: times, settings: blended, seed: 5)
+        let b = try StreamPipeline(sampler: s, times: times, settings: StreamSettings(classIndex: 1), seed: 5)
+        let fs = Self.frames(2)
+        let first = try a.process(fs[0])
+        #expect(relativeError(first.data, try b.process(fs[0]).data) < 1e-6, "nothing to blend with at the first frame")
+        var mixture = fs[1].scaled(0.6)
+        mixture.addScaled(first, 0.4)
+        #expect(relativeError(try a.process(fs[1]).data, try b.process(mixture).data) < 1e-5)
+        var bad = StreamSettings(classIndex: 1)
+        bad.blend = 1
+        #expect(throws: StreamError.self) { try a.update(bad) }
+    }
+
     @Test func residualNegativeWithFullDeltaReproducesTheReference() {
         var rng = TestRNG(seed: 4)
         let x = Tensor(shape: [1, 3, 4, 4], data: rng.floats(48))

@@ -197,6 +197,14 @@ private func resealed(_ bytes: [UInt8]) -> [UInt8] {
         #expect(dataset.indices(split: 0).count == 11)
         #expect(calls == 13)
         #expect(last == (12, 12))
+        // The sprites are the same emoji with their coverage: quantised, the very same bytes.
+        let sprites = try EmojiDatasetBuilder.buildSprites(size: 16, limit: 12)
+        #expect(EmojiDatasetBuilder.quantize(sprites.colour) == dataset.pixels)
+        #expect(sprites.labels == dataset.labels && sprites.split == dataset.split && sprites.items == dataset.items)
+        #expect(sprites.alpha.count == 12 * 16 * 16 && sprites.alpha.allSatisfy { $0 >= 0 && $0 <= 1 })
+        // Uncovered pixels are white, and a face covers its middle.
+        for p in 0..<(16 * 16) where sprites.alpha[p] == 0 { #expect(sprites.colour[p] == 1) }
+        #expect(sprites.alpha[8 * 16 + 8] > 0.99)
     }
 
     @Test func writeReadRoundTrip() throws {

@@ -13,6 +13,16 @@ public enum StreamGuidance: String, Sendable, CaseIterable, Codable {
     case onetime
 }
 
+/// How a frame moves from one slot time to the next (docs/STREAMS.md, "Stepping").
+public enum StreamStepping: String, Sendable, CaseIterable, Codable {
+    /// StreamDiffusion's way: jump to the data estimate x̂ = x + (1 − t_i)·v, then noise it
+    /// again to t_{i+1} with the slot's fixed noise. Suits distilled few-step models.
+    case renoise
+    /// An Euler step of the flow: x_{i+1} = x_i + (t_{i+1} − t_i)·v. No fresh noise after slot 0,
+    /// so the slots integrate one trajectory from the noised frame (only the last slot jumps to 1).
+    case euler
+}
+
 /// Parameters of a stream that may change between frames.
 public struct StreamSettings: Sendable, Equatable, Codable {
     /// Class of the condition (the null class for unconditional).
@@ -22,6 +32,11 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     public var scale: Float = 1.5
     /// RCFG damping δ ∈ (0, 1].
     public var delta: Float = 1
+    /// How frames move between slot times.
+    public var stepping: StreamStepping = .renoise
+    /// Temporal blending β ∈ [0, 1): a frame enters slot 0 as (1 − β)·frame + β·(the previous
+    /// output), which keeps still parts of a picture from flickering.
+    public var blend: Float = 0
     public init(classIndex: Int) { self.classIndex = classIndex }
 }
 
@@ -104,6 +119,7 @@ public final class StreamPipeline {
         }
         guard s.delta > 0 && s.delta <= 1 else { throw StreamError.invalidSettings("δ must be in (0, 1], got \(s.delta)") }
         guard s.scale.isFinite && s.scale >= 0 && s.scale <= 50 else { throw StreamError.invalidSettings("guidance scale must be in [0, 50]") }
+        guard s.blend.isFinite && s.blend >= 0 && s.blend < 1 else { throw StreamError.invalidSettings("blend β must be in [0, 1), got \(s.blend)") }
     }
 
     /// Changes class or guidance between frames.
@@ -168,6 +184,21 @@ public final class StreamPipeline {
         return (estimates, newRef)
     }
 
+    /// Row i's state at the next slot time t_{i+1} from its data estimate x̂_i: noised again with
+    /// the slot's noise (`renoise`), or the Euler step x_i + (t_{i+1} − t_i)·v_i, which is
+    /// x_i + (x̂_i − x_i)·(t_{i+1} − t_i)/(1 − t_i) since x̂_i = x_i + (1 − t_i)·v_i (`euler`).
+    func advance(row x: Tensor, estimate: Tensor, slot i: Int) -> Tensor {
+        switch settings.stepping {
+        case .renoise:
+            return Self.mix(estimate, times[i + 1], noise[i + 1])
+        case .euler:
+            var next = x
+            let k = (times[i + 1] - times[i]) / (1 - times[i])
+            for j in 0..<next.count { next.data[j] += k * (estimate.data[j] - x.data[j]) }
+            return next
+        }
+    }
+
     /// v_g = v_u + g·(v_c − v_u).
     static func guide(vu: Tensor, vc: Tensor, g: Float) -> Tensor {
         var out = vu
@@ -198,7 +229,13 @@ public final class StreamPipeline {
             throw StreamError.badFrame("frame has non-finite values (NaN or infinity); it was not processed")
         }
         let n = slots
-        let x0 = Self.mix(frame, times[0], noise[0])
+        // Temporal blending: the frame that enters leans on the previous output.
+        var entering = frame
+        if settings.blend > 0, let previous = previousOutput {
+            entering = frame.scaled(1 - settings.blend)
+            entering.addScaled(previous, settings.blend)
+        }
+        let x0 = Self.mix(entering, times[0], noise[0])
         if buffer == nil {
             // Warm-up: run this frame stage by stage; row i of the buffer gets its stage-i state.
             var rows: [Tensor] = [], refs: [Tensor] = []
@@ -208,12 +245,12 @@ public final class StreamPipeline {
                 if i > 0 { rows.append(x); refs.append(ref ?? frame) }
                 let (est, newRef) = evaluate([x], [times[i]], refs: [ref], firstRowIsNew: i == 0)
                 if i == 0, let newRef { ref = newRef }
-                if i + 1 < n { x = Self.mix(est[0], times[i + 1], noise[i + 1]) } else { x = est[0] }
+                if i + 1 < n { x = advance(row: x, estimate: est[0], slot: i) } else { x = est[0] }
             }
             // The buffer now holds frame 0 at stages 1…n−1; the next n−1 outputs repeat it.
             buffer = rows
             references = refs
-            return x
+            return remember(x)
         }
         var xs = [x0] + buffer!
         let firstRef: Tensor? = settings.guidance == .selfNegative ? frame : nil
@@ -222,11 +259,19 @@ public final class StreamPipeline {
         let output = est[n - 1]
         // Advance: row i+1 ← t_{i+1}·x̂_i + (1 − t_{i+1})·N_{i+1}; references travel with frames.
         var next: [Tensor] = []
-        for i in 0..<(n - 1) { next.append(Self.mix(est[i], times[i + 1], noise[i + 1])) }
+        for i in 0..<(n - 1) { next.append(advance(row: xs[i], estimate: est[i], slot: i)) }
         let rowRefs = refs.enumerated().map { i, r in (i == 0 ? (newRef ?? r) : r) ?? frame }
         buffer = next
         references = Array(rowRefs.prefix(n - 1))
         xs.removeAll()
+        return remember(output)
+    }
+
+    /// The previous output (model space), blended into the next frame when β > 0.
+    private(set) var previousOutput: Tensor?
+    /// Keeps `output` for blending and returns it.
+    private func remember(_ output: Tensor) -> Tensor {
+        previousOutput = output
         return output
     }
 
@@ -236,7 +281,7 @@ public final class StreamPipeline {
         var x = Self.mix(frame, times[0], noise[0])
         for i in 0..<slots {
             let (est, _) = evaluate([x], [times[i]], refs: [nil])
-            x = i + 1 < slots ? Self.mix(est[0], times[i + 1], noise[i + 1]) : est[0]
+            x = i + 1 < slots ? advance(row: x, estimate: est[0], slot: i) : est[0]
         }
         return x
     }

@@ -35,6 +35,19 @@ public enum EmojiDatasetBuilder {
     public static func build(size: Int = 32, fontPath: String = defaultFontPath,
                              emojiTestPath: String = defaultEmojiTestPath, limit: Int? = nil,
                              progress: ((Int, Int) -> Void)? = nil) throws -> ImageDataset {
+        let sprites = try buildSprites(size: size, fontPath: fontPath, emojiTestPath: emojiTestPath,
+                                       limit: limit, progress: progress)
+        return ImageDataset(size: size, classNames: sprites.classNames, labels: sprites.labels, split: sprites.split,
+                            pixels: quantize(sprites.colour), items: sprites.items)
+    }
+
+    /// The same emoji as `build`, in the same order and split, as floats with their coverage:
+    /// `colour` is each glyph over white (what `build` quantises) and `alpha` its coverage in
+    /// [0, 1], both area-resized to `size`, so that `colour + (1 − alpha)·(b − 1)` is the glyph
+    /// over any background `b` (the scenes of `SceneComposer`).
+    public static func buildSprites(size: Int = 32, fontPath: String = defaultFontPath,
+                                    emojiTestPath: String = defaultEmojiTestPath, limit: Int? = nil,
+                                    progress: ((Int, Int) -> Void)? = nil) throws -> EmojiSprites {
         guard size >= 1, size <= ImageDataset.maxSize else {
             throw DatasetError.invalidArgument("image size must be between 1 and \(ImageDataset.maxSize); got \(size)")
         }
@@ -74,20 +87,25 @@ public enum EmojiDatasetBuilder {
         // drawn without visible skin) is dropped too.
         var labels: [UInt8] = []
         var items: [DatasetItem] = []
-        var pixels: [UInt8] = []
+        var colour: [Float] = [], alpha: [Float] = []
         var seenBitmaps = Set<UInt64>()
         let total = min(limit ?? Int.max, chosen.count)
-        pixels.reserveCapacity(total * 3 * size * size)
+        colour.reserveCapacity(total * 3 * size * size)
+        alpha.reserveCapacity(total * size * size)
         for (done, pick) in chosen.enumerated() {
             if items.count >= total { break }
             progress?(min(done, total), total)
             let candidate = candidates[pick.index]
-            guard let (canvas, bitmapHash) = renderer.render(glyph: pick.glyph),
+            guard let (canvas, coverage, bitmapHash) = renderer.render(glyph: pick.glyph),
                   seenBitmaps.insert(bitmapHash).inserted
             else { continue }
             let small = canvas.width == size && canvas.height == size
                 ? canvas : canvas.resizedArea(width: size, height: size)
-            pixels += quantize(small.planes)
+            colour += small.planes
+            // The coverage goes through the same filter (in one plane of a grey image).
+            let a = RGBImage(width: canvas.width, height: canvas.height, planes: coverage + coverage + coverage)
+            let smallA = a.width == size ? a : a.resizedArea(width: size, height: size)
+            alpha += smallA.planes[0 ..< size * size]
             labels.append(UInt8(candidate.label))
             items.append(DatasetItem(codepoints: candidate.entry.hexCodePoints, name: candidate.entry.name,
                                      subgroup: candidate.entry.subgroup))
@@ -103,8 +121,8 @@ public enum EmojiDatasetBuilder {
             positionInClass[Int(label)] += 1
             split.append(p % heldOutPeriod == heldOutPeriod - 1 ? 1 : 0)
         }
-        return ImageDataset(size: size, classNames: classNames, labels: labels, split: split,
-                            pixels: pixels, items: items)
+        return EmojiSprites(size: size, classNames: classNames, labels: labels, split: split,
+                            colour: colour, alpha: alpha, items: items)
     }
 
     /// Sort key of an Emoji version such as `E0.6` or `E13.1`; a missing version sorts last.
@@ -118,6 +136,44 @@ public enum EmojiDatasetBuilder {
     static func quantize(_ values: [Float]) -> [UInt8] {
         values.map { UInt8(max(0, min(255, ($0 * 255).rounded()))) }
     }
+}
+
+/// Emoji as sprites: colour over white and coverage, at one size, with the dataset's labels and
+/// split (`EmojiDatasetBuilder.buildSprites`).
+public struct EmojiSprites: Sendable {
+    /// Side of each sprite in pixels.
+    public var size: Int
+    /// Class names (the emoji-test groups).
+    public var classNames: [String]
+    /// The class of each sprite.
+    public var labels: [UInt8]
+    /// 0 train, 1 held out: the split of `gen dataset emoji`.
+    public var split: [UInt8]
+    /// `[count, 3, size, size]`, each glyph composited over white, in [0, 1].
+    public var colour: [Float]
+    /// `[count, size, size]`, the glyph's coverage in [0, 1].
+    public var alpha: [Float]
+    /// Metadata of each sprite.
+    public var items: [DatasetItem]
+
+    public init(size: Int, classNames: [String], labels: [UInt8], split: [UInt8], colour: [Float], alpha: [Float],
+                items: [DatasetItem]) {
+        precondition(colour.count == labels.count * 3 * size * size && alpha.count == labels.count * size * size,
+                     "sprites need 3 colour planes and one coverage plane each")
+        self.size = size
+        self.classNames = classNames
+        self.labels = labels
+        self.split = split
+        self.colour = colour
+        self.alpha = alpha
+        self.items = items
+    }
+
+    /// Number of sprites.
+    public var count: Int { labels.count }
+
+    /// Indices of the sprites in `split` (0 train, 1 held out), ascending.
+    public func indices(split which: UInt8) -> [Int] { split.indices.filter { split[$0] == which } }
 }
 
 /// FreeType + HarfBuzz state for one colour emoji font. Not thread-safe; used within one build.
@@ -190,7 +246,7 @@ final class EmojiRenderer {
     /// The glyph's colour bitmap composited over white and centred in a square white canvas whose
     /// side is the bitmap's larger dimension, with a 64-bit FNV-1a hash of the source bitmap (to
     /// find glyphs drawn identically); nil if the glyph has no BGRA bitmap.
-    func render(glyph: UInt32) -> (image: RGBImage, bitmapHash: UInt64)? {
+    func render(glyph: UInt32) -> (image: RGBImage, alpha: [Float], bitmapHash: UInt64)? {
         guard let face, FT_Load_Glyph(face, glyph, FT_Int32(FT_LOAD_COLOR)) == 0,
               let slot = face.pointee.glyph
         else { return nil }
@@ -203,6 +259,7 @@ final class EmojiRenderer {
         let x0 = (side - width) / 2, y0 = (side - rows) / 2
         let plane = side * side
         var planes = [Float](repeating: 1, count: 3 * plane)
+        var coverage = [Float](repeating: 0, count: plane)
         let fnvPrime: UInt64 = 0x0000_0100_0000_01B3
         var hash: UInt64 = 0xCBF2_9CE4_8422_2325
         hash = (hash ^ UInt64(width)) &* fnvPrime
@@ -223,9 +280,10 @@ final class EmojiRenderer {
                     out[base + x] = min(1, r * (1 / 255) + white)
                     out[plane + base + x] = min(1, g * (1 / 255) + white)
                     out[2 * plane + base + x] = min(1, b * (1 / 255) + white)
+                    coverage[base + x] = a * (1 / 255)
                 }
             }
         }
-        return (RGBImage(width: side, height: side, planes: planes), hash)
+        return (RGBImage(width: side, height: side, planes: planes), coverage, hash)
     }
 }

@@ -362,12 +362,16 @@ public final class FlowTrainer {
     }
 
     /// Starts from the weights of a model folder (weights and EMA; the optimizer starts fresh),
-    /// keeping its flow.json `default_guidance`.
+    /// keeping its flow.json `default_guidance`. The folder may be of another sample size.
     /// With `normAlign` the run keeps the scale computed on its data, so a plain model can be
     /// fine-tuned into a norm-aligned one.
     /// For continuing a model whose checkpoint is gone; `--resume` is exact, this is not.
     public func initialize(from folder: ModelFolder) throws {
-        guard folder.config == model.config else {
+        // The weights do not depend on the sample size: a model of 32×32 images can start one of
+        // 64×64 (the composition model starts from the emoji model).
+        var same = folder.config
+        same.sampleSize = model.config.sampleSize
+        guard same == model.config else {
             throw TrainError.invalidSetup("\(folder.path) has another architecture than this run's config, so its weights cannot start it")
         }
         try model.load(folder.model.stateDict())

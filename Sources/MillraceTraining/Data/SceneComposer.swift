@@ -1,0 +1,247 @@
+import Foundation
+import MillraceCore
+import MillraceImaging
+
+/// Scenes made of emoji: several sprites of mixed groups at random sizes and positions over plain,
+/// gradient and drawn backgrounds, cut at the borders and overlapping, and single emoji as in the
+/// emoji dataset. The training data of the composition model (docs/DATASET.md, "Scenes") and the
+/// material of the scene clips.
+///
+/// A scene's label is the group of its main sprite, the largest; about half of the others come
+/// from the same group and the rest from any group. Train scenes use train sprites only and
+/// held-out scenes held-out sprites only, so no held-out emoji is ever seen in training.
+public struct SceneComposer: Sendable {
+    /// The sprites scenes are made of.
+    public let sprites: EmojiSprites
+    /// Scene side in pixels.
+    public let size: Int
+    /// Sprite indices by split (0, 1) and class.
+    let pool: [[[Int]]]
+
+    /// The kinds of background.
+    public enum Background: Int, CaseIterable, Sendable {
+        /// One colour, often light.
+        case plain
+        /// A linear blend of two colours in a random direction.
+        case gradient
+        /// Sky above a horizon over ground, sometimes with a sun and a hill.
+        case landscape
+        /// A light page with a few strokes of a pen, like the page's drawing canvas.
+        case sketch
+    }
+
+    /// One composed scene.
+    public struct Scene: Sendable {
+        /// The picture, `size`×`size`, in [0, 1].
+        public var image: RGBImage
+        /// The group of the main sprite.
+        public var label: Int
+        /// The sprites drawn, main first.
+        public var members: [Int]
+    }
+
+    /// A composer of `size`×`size` scenes from `sprites` (needs at least one sprite in each split
+    /// that is asked for).
+    public init(sprites: EmojiSprites, size: Int) {
+        precondition(size >= 8, "scenes need at least 8×8 pixels")
+        self.sprites = sprites
+        self.size = size
+        var pool = [[[Int]]](repeating: [[Int]](repeating: [], count: sprites.classNames.count), count: 2)
+        for i in 0..<sprites.count where sprites.split[i] < 2 {
+            pool[Int(sprites.split[i])][Int(sprites.labels[i])].append(i)
+        }
+        self.pool = pool
+    }
+
+    /// The classes that have sprites in `split`.
+    public func classes(split: UInt8) -> [Int] {
+        pool[Int(split)].indices.filter { !pool[Int(split)][$0].isEmpty }
+    }
+
+    /// A scene from `split`'s sprites whose main sprite is of `label` (nil: a class drawn
+    /// uniformly among those with sprites). Deterministic in `rng`.
+    public func compose(split: UInt8, label: Int? = nil, rng: inout SplitMix64) -> Scene {
+        let classes = classes(split: split)
+        precondition(!classes.isEmpty, "split \(split) has no sprites")
+        let group = label ?? classes[Int(rng.next() % UInt64(classes.count))]
+        precondition(!pool[Int(split)][group].isEmpty, "class \(group) has no sprites in split \(split)")
+        func pick(_ g: Int) -> Int { let m = pool[Int(split)][g]; return m[Int(rng.next() % UInt64(m.count))] }
+        let s = Float(size)
+        // One scene in five is a single emoji, as in the emoji dataset (over white half the time).
+        if rng.nextUnitDouble() < 0.2 {
+            var image = rng.nextUnitDouble() < 0.5
+                ? RGBImage(width: size, height: size, fill: (1, 1, 1)) : Self.background(size: size, rng: &rng)
+            let main = pick(group)
+            let side = Int((s * uniform(0.6, 0.95, &rng)).rounded())
+            paste(main, into: &image, centreX: s / 2 + uniform(-0.08, 0.08, &rng) * s,
+                  centreY: s / 2 + uniform(-0.08, 0.08, &rng) * s, side: side)
+            return Scene(image: image, label: group, members: [main])
+        }
+        var image = Self.background(size: size, rng: &rng)
+        let others = 1 + Int(rng.next() % 4)
+        var members = [pick(group)]
+        var placements: [(Int, Float, Float, Int)] = [(members[0], uniform(0.2, 0.8, &rng) * s, uniform(0.2, 0.8, &rng) * s,
+                                                       Int((s * uniform(0.35, 0.7, &rng)).rounded()))]
+        for _ in 0..<others {
+            let g = rng.nextUnitDouble() < 0.5 ? group : classes[Int(rng.next() % UInt64(classes.count))]
+            let i = pick(g)
+            members.append(i)
+            // Centres up to a tenth of the side outside the frame: sprites cut at the borders.
+            placements.append((i, uniform(-0.1, 1.1, &rng) * s, uniform(-0.1, 1.1, &rng) * s,
+                               max(4, Int((s * uniform(0.15, 0.45, &rng)).rounded()))))
+        }
+        // A random drawing order, so that any sprite may be occluded, the main one included.
+        for k in stride(from: placements.count - 1, to: 0, by: -1) {
+            placements.swapAt(k, Int(rng.next() % UInt64(k + 1)))
+        }
+        for (i, cx, cy, side) in placements { paste(i, into: &image, centreX: cx, centreY: cy, side: side) }
+        return Scene(image: image, label: group, members: members)
+    }
+
+    /// Draws sprite `index` at `side`×`side` centred on (`centreX`, `centreY`) over `image`,
+    /// through its coverage; the parts outside the image are cut.
+    public func paste(_ index: Int, into image: inout RGBImage, centreX: Float, centreY: Float, side: Int) {
+        guard side >= 1 else { return }
+        let n = sprites.size, plane = n * n
+        let colour = RGBImage(width: n, height: n, planes: Array(sprites.colour[index * 3 * plane ..< (index + 1) * 3 * plane]))
+        let a = sprites.alpha[index * plane ..< (index + 1) * plane]
+        let coverage = RGBImage(width: n, height: n, planes: Array(a) + Array(a) + Array(a))
+        let c = side == n ? colour : side < n ? colour.resizedArea(width: side, height: side) : colour.resizedBilinear(width: side, height: side)
+        let k = side == n ? coverage : side < n ? coverage.resizedArea(width: side, height: side) : coverage.resizedBilinear(width: side, height: side)
+        let x0 = Int((centreX - Float(side) / 2).rounded()), y0 = Int((centreY - Float(side) / 2).rounded())
+        let w = image.width, h = image.height, ip = w * h, sp = side * side
+        let ys = max(0, -y0), ye = min(side, h - y0), xs = max(0, -x0), xe = min(side, w - x0)
+        guard ys < ye && xs < xe else { return }  // wholly outside
+        for y in ys ..< ye {
+            for x in xs ..< xe {
+                let alpha = min(1, max(0, k.planes[y * side + x]))
+                guard alpha > 0 else { continue }  // uncovered: the background stays exactly
+                let o = (y0 + y) * w + x0 + x
+                for ch in 0..<3 {
+                    // colour over white is c·α + (1 − α): over b it is that + (1 − α)(b − 1).
+                    let v = c.planes[ch * sp + y * side + x] + (1 - alpha) * (image.planes[ch * ip + o] - 1)
+                    image.planes[ch * ip + o] = min(1, max(0, v))
+                }
+            }
+        }
+    }
+
+    /// A background of a random kind.
+    public static func background(size: Int, rng: inout SplitMix64) -> RGBImage {
+        let kind = Background(rawValue: Int(rng.next() % UInt64(Background.allCases.count)))!
+        return background(kind, size: size, rng: &rng)
+    }
+
+    /// A background of `kind`, `size`×`size`, deterministic in `rng`.
+    public static func background(_ kind: Background, size: Int, rng: inout SplitMix64) -> RGBImage {
+        let s = Float(size), plane = size * size
+        var image = RGBImage(width: size, height: size, fill: (1, 1, 1))
+        func set(_ x: Int, _ y: Int, _ c: (Float, Float, Float)) {
+            image.planes[y * size + x] = c.0
+            image.planes[plane + y * size + x] = c.1
+            image.planes[2 * plane + y * size + x] = c.2
+        }
+        func mix(_ a: (Float, Float, Float), _ b: (Float, Float, Float), _ t: Float) -> (Float, Float, Float) {
+            (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t, a.2 + (b.2 - a.2) * t)
+        }
+        switch kind {
+        case .plain:
+            let c = colour(&rng)
+            for y in 0..<size { for x in 0..<size { set(x, y, c) } }
+        case .gradient:
+            let a = colour(&rng), b = colour(&rng)
+            let angle = uniform(0, 2 * Float.pi, &rng)
+            let dx = cos(angle), dy = sin(angle)
+            let half = (abs(dx) + abs(dy)) * s / 2
+            for y in 0..<size {
+                for x in 0..<size {
+                    let p = ((Float(x) + 0.5 - s / 2) * dx + (Float(y) + 0.5 - s / 2) * dy) / max(half, 1)
+                    set(x, y, mix(a, b, (p + 1) / 2))
+                }
+            }
+        case .landscape:
+            let skyTop = mix((0.35, 0.6, 0.95), colour(&rng), 0.25)
+            let skyLow = mix(skyTop, (1, 1, 1), uniform(0.4, 0.8, &rng))
+            let grounds: [(Float, Float, Float)] = [(0.35, 0.7, 0.3), (0.85, 0.75, 0.5), (0.55, 0.4, 0.25), (0.9, 0.93, 0.97)]
+            let ground = mix(grounds[Int(rng.next() % UInt64(grounds.count))], colour(&rng), 0.2)
+            let horizon = uniform(0.5, 0.85, &rng) * s
+            let hill = rng.nextUnitDouble() < 0.5
+            let hx = uniform(0, 1, &rng) * s, hr = uniform(0.3, 0.6, &rng) * s
+            let sun = rng.nextUnitDouble() < 0.5
+            let sx = uniform(0.1, 0.9, &rng) * s, sy = uniform(0.08, 0.3, &rng) * s, sr = uniform(0.05, 0.12, &rng) * s
+            for y in 0..<size {
+                for x in 0..<size {
+                    let fx = Float(x) + 0.5, fy = Float(y) + 0.5
+                    var c = fy >= horizon ? ground : mix(skyTop, skyLow, fy / max(horizon, 1))
+                    if hill, (fx - hx) * (fx - hx) + (fy - horizon) * (fy - horizon) < hr * hr, fy < horizon {
+                        c = mix(ground, (0, 0, 0), 0.15)
+                    }
+                    if sun, (fx - sx) * (fx - sx) + (fy - sy) * (fy - sy) < sr * sr { c = (1, 0.85, 0.2) }
+                    set(x, y, c)
+                }
+            }
+        case .sketch:
+            let paper = mix((1, 1, 1), colour(&rng), uniform(0, 0.15, &rng))
+            for y in 0..<size { for x in 0..<size { set(x, y, paper) } }
+            let strokes = 1 + Int(rng.next() % 4)
+            for _ in 0..<strokes {
+                let ink = mix(colour(&rng), (0, 0, 0), uniform(0.2, 0.8, &rng))
+                let width = max(1, Int((s * uniform(0.01, 0.04, &rng)).rounded()))
+                var px = uniform(0, 1, &rng) * s, py = uniform(0, 1, &rng) * s
+                var heading = uniform(0, 2 * Float.pi, &rng)
+                let length = Int(uniform(0.3, 1.2, &rng) * s)
+                for _ in 0..<length {
+                    heading += uniform(-0.25, 0.25, &rng)
+                    px += cos(heading); py += sin(heading)
+                    for oy in 0..<width {
+                        for ox in 0..<width {
+                            let x = Int(px) + ox - width / 2, y = Int(py) + oy - width / 2
+                            if x >= 0 && x < size && y >= 0 && y < size { set(x, y, ink) }
+                        }
+                    }
+                }
+            }
+        }
+        return image
+    }
+
+    /// A random colour; half the time a light one (mixed towards white).
+    static func colour(_ rng: inout SplitMix64) -> (Float, Float, Float) {
+        let c = (rng.nextUnitFloat(), rng.nextUnitFloat(), rng.nextUnitFloat())
+        guard rng.nextUnitDouble() < 0.5 else { return c }
+        let t = uniform(0.5, 0.9, &rng)
+        return (c.0 + (1 - c.0) * t, c.1 + (1 - c.1) * t, c.2 + (1 - c.2) * t)
+    }
+}
+
+/// A float uniform in [lo, hi).
+@inline(__always) func uniform(_ lo: Float, _ hi: Float, _ rng: inout SplitMix64) -> Float {
+    lo + (hi - lo) * rng.nextUnitFloat()
+}
+
+extension SceneComposer {
+    /// `count` scenes as a dataset: `heldOut` of them (the last ones) from held-out sprites with
+    /// split 1, the rest from train sprites with split 0. Classes are drawn uniformly, so every
+    /// group has about the same number of scenes. Deterministic in `seed`.
+    public func dataset(count: Int, heldOut: Int, seed: UInt64, progress: ((Int, Int) -> Void)? = nil) -> ImageDataset {
+        precondition(count >= 1 && heldOut >= 0 && heldOut <= count, "need 0 ≤ held-out ≤ count and count ≥ 1")
+        var labels: [UInt8] = [], split: [UInt8] = [], items: [DatasetItem] = []
+        var pixels: [UInt8] = []
+        pixels.reserveCapacity(count * 3 * size * size)
+        for k in 0..<count {
+            if k % 256 == 0 { progress?(k, count) }
+            let which: UInt8 = k >= count - heldOut ? 1 : 0
+            var rng = SplitMix64(seed: seed, stream: k)
+            let scene = compose(split: which, rng: &rng)
+            pixels += scene.image.planes.map { UInt8(max(0, min(255, ($0 * 255).rounded()))) }
+            labels.append(UInt8(scene.label))
+            split.append(which)
+            let main = sprites.items[scene.members[0]]
+            let names = scene.members.map { sprites.items[$0].name }.joined(separator: ", ")
+            items.append(DatasetItem(codepoints: main.codepoints, name: "scene: " + names, subgroup: "scene"))
+        }
+        progress?(count, count)
+        return ImageDataset(size: size, classNames: sprites.classNames, labels: labels, split: split,
+                            pixels: pixels, items: items)
+    }
+}
