@@ -181,13 +181,15 @@ extension MillraceService {
     func streamStats(id: String) -> HTTPResponse {
         guard let e = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
         // Counters, errors and settings read under the stream's lock, so they agree with each other.
-        let (processed, skipped, settings, times, outputs, errors, lastError) = e.withSession {
-            ($0.framesProcessed, $0.framesSkipped, $0.pipeline.settings, $0.pipeline.times, e.outputs, e.errors, e.lastError)
+        let (processed, skipped, settings, times, outputs, errors, lastError, measures) = e.withSession {
+            ($0.framesProcessed, $0.framesSkipped, $0.pipeline.settings, $0.pipeline.times, e.outputs, e.errors, e.lastError, $0.measures)
         }
         return .json(["id": id, "frames_in": e.input.received, "dropped": e.input.dropped, "processed": processed,
                       "skipped": skipped, "out": outputs, "errors": errors, "last_error": lastError as Any? ?? NSNull(),
                       "class": settings.classIndex, "rcfg": settings.guidance.rawValue, "guidance": settings.scale,
-                      "stepping": settings.stepping.rawValue, "blend": settings.blend, "slots": times])
+                      "stepping": settings.stepping.rawValue, "blend": settings.blend, "slots": times,
+                      "luma_correlation": measures.lumaCorrelation as Any? ?? NSNull(),
+                      "flicker_static": measures.flickerStatic as Any? ?? NSNull()])
     }
 
     /// The similarity filter's fields of a stream request, each nil when absent: `filter`

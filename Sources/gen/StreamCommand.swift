@@ -106,12 +106,6 @@ struct StreamCommand: ParsableCommand {
                 }
             }
             var pending: [RGBImage] = [], judged = 0, agreed = 0
-            // Structure and flicker (docs/STREAMS.md): each output against the input it came from
-            // (n − 1 processed frames earlier), luma at the model's size.
-            let side = folder.config.sampleSize
-            var processedInputs: [[Float]] = [], correlations: [Double] = []
-            var previous: (input: [Float], output: RGBImage)?
-            var flickerSum = 0.0, flickerCount = 0
             var judging = 0.0   // seconds spent classifying, left out of output_fps
             func judgePending() {
                 guard let judge, !pending.isEmpty else { return }
@@ -130,20 +124,6 @@ struct StreamCommand: ParsableCommand {
                     let base = (name as NSString).deletingPathExtension
                     try result.image.writePNG(path: (out as NSString).appendingPathComponent(base + ".png"), fast: true)
                     latencies.append(Date().timeIntervalSince(t0))
-                    if !result.skipped {
-                        processedInputs.append(StreamMeasures.luma(frame, side: side))
-                        let source = processedInputs[max(0, processedInputs.count - pipeline.slots)]
-                        let small = result.image.width == side && result.image.height == side
-                            ? result.image : result.image.resizedArea(width: side, height: side)
-                        correlations.append(StreamMeasures.correlation(source, small.luma()))
-                        if let previous {
-                            let f = StreamMeasures.staticFlicker(inputs: (previous.input, source), outputs: (previous.output, small))
-                            flickerSum += f.sum
-                            flickerCount += f.count
-                        }
-                        previous = (source, small)
-                        if processedInputs.count > pipeline.slots { processedInputs.removeFirst() }
-                    }
                     if judge != nil && !result.skipped {
                         pending.append(result.image)
                         if pending.count == 64 { judgePending() }
@@ -166,8 +146,9 @@ struct StreamCommand: ParsableCommand {
             ]
             judgePending()
             if judge != nil { summary["classifier_agreement"] = Double(agreed) / Double(max(judged, 1)) }
-            if !correlations.isEmpty { summary["luma_correlation"] = correlations.reduce(0, +) / Double(correlations.count) }
-            if flickerCount > 0 { summary["flicker_static"] = flickerSum / Double(flickerCount) }
+            // Structure and flicker (docs/STREAMS.md), measured by the session at the model's size.
+            if let c = session.measures.lumaCorrelation { summary["luma_correlation"] = c }
+            if let f = session.measures.flickerStatic { summary["flicker_static"] = f }
             let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
             try data.write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("summary.json")), options: .atomic)
             print(String(decoding: data, as: UTF8.self))

@@ -252,6 +252,27 @@ import MillraceTestSupport
             #expect(out.image.width == 24 && out.image.height == 24)
         }
     }
+
+    /// The session measures each output against the input it came from (n − 1 processed frames
+    /// earlier) at the model's size, whatever the output size, and flicker from the second output.
+    @Test func measuresPairEachOutputWithItsInput() throws {
+        let pipeline = try StreamPipeline(sampler: Fixtures.tinySampler(), times: [0.3, 0.6], settings: StreamSettings(classIndex: 1), seed: 4)
+        let plain = try StreamPipeline(sampler: Fixtures.tinySampler(), times: [0.3, 0.6], settings: StreamSettings(classIndex: 1), seed: 4)
+        let session = StreamSession(pipeline: pipeline, filter: nil)
+        session.outputSize = (32, 32)
+        var rng = TestRNG(seed: 2)
+        let frames = (0..<4).map { _ in RGBImage(width: 8, height: 8, planes: rng.floats(192).map { abs($0).truncatingRemainder(dividingBy: 1) }) }
+        var expected: [Double] = []
+        for (k, f) in frames.enumerated() {
+            _ = try session.process(f)
+            if k == 0 { #expect(session.measures.flickerStatic == nil) }
+            let out = try RGBImage.batch(from: try plain.process(try Tensor(images: [f], scale: 1)), scale: 1)[0]
+            expected.append(StreamMeasures.correlation(frames[max(0, k - 1)].luma(), out.luma()))
+        }
+        let mean = expected.reduce(0, +) / Double(expected.count)
+        #expect(abs((session.measures.lumaCorrelation ?? .nan) - mean) < 1e-9)
+        #expect(session.measures.flickerStatic != nil)
+    }
 }
 
 @Suite struct StreamMeasuresTests {

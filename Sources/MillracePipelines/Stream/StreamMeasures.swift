@@ -3,14 +3,6 @@ import MillraceImaging
 
 /// What a stream's outputs keep of their inputs, as `gen stream` reports it (docs/STREAMS.md).
 public enum StreamMeasures {
-    /// Luma of an image centre-cropped and area-resized to `side`×`side` (as a stream prepares
-    /// its frames), in [0, 1].
-    public static func luma(_ image: RGBImage, side: Int) -> [Float] {
-        let square = image.centerCropped(aspect: 1)
-        let small = square.width == side && square.height == side ? square : square.resizedArea(width: side, height: side)
-        return small.luma()
-    }
-
     /// Pearson correlation of two equal-length vectors (0 when either is constant): how much of
     /// the input's layout an output keeps.
     public static func correlation(_ a: [Float], _ b: [Float]) -> Double {
@@ -39,5 +31,39 @@ public enum StreamMeasures {
             count += 3
         }
         return (sum, count)
+    }
+
+    /// The measures of one stream as its frames are processed: each output against the input it
+    /// came from (`slots` − 1 processed frames earlier), both at the model's size.
+    public struct Running: Sendable {
+        /// Processed inputs still waiting for their output (luma at the model's size).
+        private var inputs: [[Float]] = []
+        private var previous: (input: [Float], output: RGBImage)?
+        private var correlationSum = 0.0, correlations = 0
+        private var flickerSum = 0.0, flickerCount = 0
+
+        public init() {}
+
+        /// Mean luma correlation of outputs with their inputs (nil before the first output).
+        public var lumaCorrelation: Double? { correlations == 0 ? nil : correlationSum / Double(correlations) }
+        /// Mean absolute change between consecutive outputs on pixels whose input did not change
+        /// (RGB in [0, 1]; nil before two outputs).
+        public var flickerStatic: Double? { flickerCount == 0 ? nil : flickerSum / Double(flickerCount) }
+
+        /// Adds a processed frame: `input` its luma at the model's size, `output` the output at
+        /// the model's size, `slots` the pipeline's n.
+        public mutating func add(input: [Float], output: RGBImage, slots: Int) {
+            inputs.append(input)
+            let source = inputs[max(0, inputs.count - slots)]
+            correlationSum += StreamMeasures.correlation(source, output.luma())
+            correlations += 1
+            if let previous {
+                let f = StreamMeasures.staticFlicker(inputs: (previous.input, source), outputs: (previous.output, output))
+                flickerSum += f.sum
+                flickerCount += f.count
+            }
+            previous = (source, output)
+            if inputs.count > slots { inputs.removeFirst() }
+        }
     }
 }

@@ -13,6 +13,8 @@ public final class StreamSession {
     /// The last output, returned again for skipped frames.
     public private(set) var lastOutput: RGBImage?
     public private(set) var framesIn = 0, framesProcessed = 0, framesSkipped = 0
+    /// What the outputs keep of their inputs and how much they flicker (docs/STREAMS.md).
+    public private(set) var measures = StreamMeasures.Running()
 
     public init(pipeline: StreamPipeline, filter: SimilarityFilter?) {
         self.pipeline = pipeline
@@ -22,11 +24,15 @@ public final class StreamSession {
     /// Centre-crops `image` to a square and area-resizes it to the model's size, as a model-space
     /// frame [1, 3, S, S] (pixels in [−1, 1] times the norm scale).
     public func prepare(_ image: RGBImage) -> Tensor {
+        // A one-image batch always converts.
+        try! Tensor(images: [small(image)], scale: Float(pipeline.sampler.flow.normScale))
+    }
+
+    /// `image` centre-cropped to a square and area-resized to the model's size.
+    func small(_ image: RGBImage) -> RGBImage {
         let size = pipeline.sampler.model.config.sampleSize
         let square = image.centerCropped(aspect: 1)
-        let small = square.width == size && square.height == size ? square : square.resizedArea(width: size, height: size)
-        // A one-image batch always converts.
-        return try! Tensor(images: [small], scale: Float(pipeline.sampler.flow.normScale))
+        return square.width == size && square.height == size ? square : square.resizedArea(width: size, height: size)
     }
 
     /// Runs one frame. Returns the output image and whether the frame was skipped (then the
@@ -44,9 +50,11 @@ public final class StreamSession {
             _ = f.shouldSkip(image)  // the first frame sets the comparison point
             filter = f
         }
-        let out = try pipeline.process(prepare(image))
+        let input = small(image)
+        let out = try pipeline.process(try! Tensor(images: [input], scale: Float(pipeline.sampler.flow.normScale)))
         framesProcessed += 1
         var picture = try RGBImage.batch(from: out, scale: Float(pipeline.sampler.flow.normScale))[0]
+        measures.add(input: input.luma(), output: picture, slots: pipeline.slots)
         if let size = outputSize, size.width != picture.width || size.height != picture.height {
             picture = bilinearOutput ? picture.resizedBilinear(width: size.width, height: size.height)
                                      : picture.resizedNearest(width: size.width, height: size.height)
