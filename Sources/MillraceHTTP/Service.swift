@@ -9,6 +9,9 @@ import MillracePipelines
 public final class MillraceService: @unchecked Sendable {
     public struct Options: Sendable {
         public var staticDir = "web-static"
+        /// The served model a stream runs on when its request names none (nil: the one named
+        /// `ModelFolder.streamModelName` where it is served, else the default model).
+        public var streamModel: String?
         /// Sample clips served under /clips/ for the page's stream panel.
         public var clipsDir = "assets/clips"
         public var maxStreams = 8
@@ -151,6 +154,8 @@ public final class MillraceService: @unchecked Sendable {
 
     /// The models served, the default first.
     public let models: [ServedModel]
+    /// The model a stream runs on when its request names none.
+    public let streamDefault: ServedModel
 
     public convenience init(folder: ModelFolder, options: Options) {
         self.init(folders: [folder], options: options)
@@ -174,6 +179,8 @@ public final class MillraceService: @unchecked Sendable {
             served.append(ServedModel(name: name, folder: f, batcher: batcher))
         }
         self.models = served
+        let streamName = options.streamModel ?? ModelFolder.streamModelName
+        self.streamDefault = served.first { $0.name == streamName } ?? served[0]
         self.folder = served[0].folder
         self.sampler = served[0].sampler
         self.options = options
@@ -301,7 +308,7 @@ public final class MillraceService: @unchecked Sendable {
         }
         if parts == ["v1", "models"] {
             guard m == "GET" else { return ("/v1/models", methodNotAllowed("GET")) }
-            return ("/v1/models", .json(["default": models[0].name, "models": models.map(\.description)]))
+            return ("/v1/models", .json(["default": models[0].name, "stream_default": streamDefault.name, "models": models.map(\.description)]))
         }
         if parts == ["v1", "generate"] { return ("/v1/generate", m == "POST" ? generate(r) : methodNotAllowed("POST")) }
         if parts == ["v1", "generate", "stream"] {

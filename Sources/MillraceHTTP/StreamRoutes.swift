@@ -57,7 +57,7 @@ extension MillraceService {
                 guard steps == steps.rounded(), steps >= 1, steps <= 8 else { throw RequestError("'steps' must be an integer in 1...8") }
                 times = try StreamPipeline.times(strength: Float(try num("strength") ?? 0.6), steps: Int(steps))
             }
-            let model = try model(named: d["model"])
+            let model = d["model"] == nil ? streamDefault : try model(named: d["model"])
             if let problem = model.sampler.imageProblem { throw RequestError("model '\(model.name)' cannot run a stream: \(problem)") }
             let settings = try streamSettings(d, base: nil, sampler: model.sampler)
             let seed = UInt64(max(0, min(try num("seed") ?? 0, Double(Int32.max))))

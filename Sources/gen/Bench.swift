@@ -226,12 +226,13 @@ struct BenchStream: ParsableCommand {
         commandName: "stream",
         abstract: "Frames/s of the stream pipeline: sequential vs stream batch, guidance modes, the filter.",
         discussion: """
-        Uses the shipped model and the sample clips in assets/clips (make them with `gen clips`).
-        Example:
+        Uses the stream model (as `gen stream`) and the sample clips in assets/clips (make them with `gen clips`).
+        Examples:
           gen bench stream --json
+          gen bench stream --model assets/models/emoji32
         """)
 
-    @Option(help: "Model folder (default: the shipped emoji model).")
+    @Option(help: "Model folder (default: the stream model, as `gen stream`).")
     var model: String?
     @Option(help: "Folder with the still/ and moving/ clips.")
     var clips: String = "assets/clips"
@@ -253,7 +254,7 @@ struct BenchStream: ParsableCommand {
         try runReportingErrors {
             let log: (String) -> Void = { msg in if !json { print(msg) } else { FileHandle.standardError.write(Data((msg + "\n").utf8)) } }
             log("machine: \(Runtime.describe())")
-            let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
+            let folder = try ModelFolder.load(model ?? ModelFolder.defaultStreamPath())
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             let still = try loadClip("still"), moving = try loadClip("moving")
 

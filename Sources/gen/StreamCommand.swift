@@ -27,7 +27,7 @@ struct StreamCommand: ParsableCommand {
     var input: String
     @Option(help: "Output folder.")
     var out: String
-    @Option(help: "Model folder (default: the shipped emoji model).")
+    @Option(help: "Model folder (default: the shipped composition model, assets/models/scenes64, or the emoji model where it is absent).")
     var model: String?
     @Option(help: "How much of each frame is repainted: t_0 = 1 − strength.")
     var strength: Float = 0.6
@@ -65,7 +65,7 @@ struct StreamCommand: ParsableCommand {
         threads.apply()
         try runReportingErrors {
             let mode = rcfg
-            let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
+            let folder = try ModelFolder.load(model ?? ModelFolder.defaultStreamPath())
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             try sampler.requireImageModel()
             let times: [Float]

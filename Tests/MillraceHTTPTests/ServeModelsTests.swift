@@ -42,6 +42,30 @@ import MillraceTestSupport
         #expect(list.allSatisfy { $0["sources"] as? [String] == ["gaussian"] && $0["solvers"] as? [String] == ["euler", "heun"] })
     }
 
+    /// A stream that names no model runs on the stream model (Options.streamModel, else the one
+    /// named like the shipped composition model, else the default model).
+    @Test func streamsRunOnTheStreamModelUnlessTheyNameOne() throws {
+        let boss = try ModelFolder.load(try Self.modelWithSchedules("tiny-boss"))
+        let plain = try ModelFolder.load(try Self.modelWithSchedules("tiny-plain", boss: false))
+        var o = MillraceService.Options()
+        o.streamModel = "tiny-plain"
+        let s = MillraceService(folders: [boss, plain], options: o)
+        defer { s.beginShutdown() }
+        let listed = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(s.handle(HardeningTests.request("GET", "/v1/models"))).utf8)) as? [String: Any])
+        #expect(listed["default"] as? String == "tiny-boss" && listed["stream_default"] as? String == "tiny-plain")
+        func streamModel(_ json: String) throws -> UNet2DModel? {
+            let r = s.handle(HardeningTests.request("POST", "/v1/streams", body: json))
+            #expect(r.status == 201, "\(HardeningTests.text(r))")
+            let id = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(r).utf8)) as? [String: Any])["id"] as? String
+            return s.scheduler.stream(id ?? "")?.withSession { $0.pipeline.sampler.model }
+        }
+        #expect(try streamModel("{}") === plain.model)
+        #expect(try streamModel(#"{"model": "tiny-boss"}"#) === boss.model)
+        let plainService = try Self.service()
+        defer { plainService.beginShutdown() }
+        #expect(plainService.streamDefault.name == "tiny-boss", "no stream model served: the default model")
+    }
+
     @Test func generateTakesModelScheduleSourceAndSolver() throws {
         let s = try Self.service()
         defer { s.beginShutdown() }

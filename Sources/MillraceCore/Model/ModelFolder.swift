@@ -182,7 +182,24 @@ extension ModelFolder {
 
     public static func defaultPath() -> String {
         if let env = ProcessInfo.processInfo.environment["MILLRACE_MODEL"], !env.isEmpty { return env }
-        let relative = "assets/models/emoji32"
+        return shippedPath("emoji32") ?? "assets/models/emoji32"
+    }
+
+    /// The shipped model streams run on by default: the composition model (docs/STREAMS.md),
+    /// named by `streamModelName`; `MILLRACE_STREAM_MODEL` overrides it. Falls back to
+    /// `defaultPath()` where it is not shipped.
+    public static func defaultStreamPath() -> String {
+        if let env = ProcessInfo.processInfo.environment["MILLRACE_STREAM_MODEL"], !env.isEmpty { return env }
+        return shippedPath(streamModelName) ?? defaultPath()
+    }
+
+    /// The folder name, under assets/models, of the default stream model.
+    public static let streamModelName = "scenes64"
+
+    /// assets/models/`name`, found from the working directory or above the executable (a build
+    /// folder of a checkout); nil when neither has it.
+    public static func shippedPath(_ name: String) -> String? {
+        let relative = "assets/models/" + name
         let fm = FileManager.default
         if fm.fileExists(atPath: relative + "/config.json") { return relative }
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
@@ -191,6 +208,6 @@ extension ModelFolder {
             if fm.fileExists(atPath: candidate + "/config.json") { return candidate }
             dir.deleteLastPathComponent()
         }
-        return relative
+        return nil
     }
 }
