@@ -112,6 +112,9 @@ fetch("/v1/models").then((r) => r.json()).then((j) => {
   models = j.models;
   $("#gen-model").replaceChildren(...models.map((m) => option(m.name)));
   $("#gen-model").value = j.default;
+  // Streams run on the stream model unless another is picked (its size shows in the list).
+  $("#stream-model").replaceChildren(...models.map((m) => option(m.name, `${m.name} (${m.sample_size}×${m.sample_size})`)));
+  $("#stream-model").value = j.stream_default || j.default;
   showModelChoices();
 }).catch((e) => status("cannot list the models: " + e));
 $("#gen-model").addEventListener("change", showModelChoices);
@@ -158,12 +161,15 @@ canvas.addEventListener("pointermove", (e) => {
 });
 window.addEventListener("pointerup", () => { drawing = false; });
 
+// The sample clips (assets/clips, made by `gen clips --scenes`) and their lengths in frames.
+const clipFrames = { clip: 120, still: 120, scene: 48, "scene-heldout": 48, sketch: 48 };
+
 async function nextInputFrame() {
   const kind = $("#stream-input").value;
-  if (kind === "clip" || kind === "still") {
-    const name = kind === "clip" ? "moving" : "still";
+  if (kind in clipFrames) {
+    const name = kind === "clip" ? "moving" : kind;
     const img = new Image();
-    img.src = `/clips/${name}/frame-${String(clipFrame % 120).padStart(3, "0")}.png`;
+    img.src = `/clips/${name}/frame-${String(clipFrame % clipFrames[kind]).padStart(3, "0")}.png`;
     clipFrame++;
     await img.decode();
     ctx.imageSmoothingEnabled = false;
@@ -196,13 +202,14 @@ async function stopStream() {
 }
 $("#stream-stop").addEventListener("click", stopStream);
 
-// Live changes: a change of class, guidance mode, scale or filter is sent at once (PATCH).
+// Live changes: a change of class, guidance mode, scale, stepping, blend or filter is sent at once (PATCH).
 $("#stream-form").addEventListener("change", async (ev) => {
-  if (!streamId || !["class", "rcfg", "guidance", "filter"].includes(ev.target.name)) return;
+  if (!streamId || !["class", "rcfg", "guidance", "stepping", "blend", "filter"].includes(ev.target.name)) return;
   const f = $("#stream-form");
   try {
     const r = await fetch("/v1/streams/" + streamId, { method: "PATCH", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ class: f.class.value, rcfg: f.rcfg.value, guidance: +f.guidance.value, filter: f.filter.checked }) });
+      body: JSON.stringify({ class: f.class.value, rcfg: f.rcfg.value, guidance: +f.guidance.value, stepping: f.stepping.value,
+                             blend: +f.blend.value, filter: f.filter.checked }) });
     document.body.dataset.streamPatchStatus = String(r.status);
     status(r.ok ? "stream settings changed" : "stream: " + (await r.json().catch(() => ({ error: r.statusText }))).error);
   } catch (e) {
@@ -223,8 +230,9 @@ $("#stream-form").addEventListener("submit", async (ev) => {
   let j;
   try {
     const r = await fetch("/v1/streams", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ class: f.class.value, strength: +f.strength.value, steps: +f.steps.value,
-                             rcfg: f.rcfg.value, guidance: +f.guidance.value, filter: f.filter.checked, size: 256 }) });
+      body: JSON.stringify({ model: f.model.value || undefined, class: f.class.value, strength: +f.strength.value, steps: +f.steps.value,
+                             rcfg: f.rcfg.value, guidance: +f.guidance.value, stepping: f.stepping.value, blend: +f.blend.value,
+                             filter: f.filter.checked, size: 256 }) });
     j = await r.json();
     if (!r.ok) throw new Error(j.error);
   } catch (e) { status("stream: " + e.message); return; }
@@ -263,7 +271,9 @@ $("#stream-form").addEventListener("submit", async (ev) => {
       if (streamId !== id || !r.ok) return;
       const s = await r.json();
       const el = $("#stream-stats");
-      el.textContent = `output ${el.dataset.fps || 0} fps · post latency ${el.dataset.latency || "-"} ms · in ${s.frames_in} · processed ${s.processed} · skipped ${s.skipped} · dropped ${s.dropped} · errors ${s.errors}`;
+      const num = (v, d) => (v === null || v === undefined ? "-" : v.toFixed(d));
+      el.textContent = `output ${el.dataset.fps || 0} fps · post latency ${el.dataset.latency || "-"} ms · in ${s.frames_in} · processed ${s.processed} · skipped ${s.skipped} · dropped ${s.dropped} · errors ${s.errors}`
+        + ` · layout kept (luma correlation) ${num(s.luma_correlation, 2)} · flicker ${num(s.flicker_static, 4)}`;
     } catch (e) { /* the next tick tries again */ }
   }, 1000);
 });
