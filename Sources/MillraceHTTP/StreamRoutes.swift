@@ -64,7 +64,7 @@ extension MillraceService {
             let pipeline = try StreamPipeline(sampler: model.streamSampler, times: times, settings: settings, seed: seed)
             let f = try filterFields(d)
             let session = StreamSession(pipeline: pipeline, filter: f.on ?? true
-                ? SimilarityFilter(threshold: f.similarity ?? 0.98, maxSkip: f.maxSkip ?? 10, side: model.folder.config.sampleSize, seed: seed)
+                ? SimilarityFilter(threshold: f.similarity ?? 0.98, maxSkip: f.maxSkip ?? 10, side: SimilarityFilter.defaultSide, seed: seed)
                 : nil)
             if let size = try num("size") {
                 guard size >= 8 && size <= 1024 && size == size.rounded() else { throw RequestError("'size' must be an integer in 8...1024") }
@@ -228,7 +228,7 @@ extension MillraceService {
                 let s = try streamSettings(d, base: session.pipeline.settings, sampler: session.pipeline.sampler)
                 try session.pipeline.update(s)
                 if let on = f.on {
-                    session.filter = on ? (session.filter ?? SimilarityFilter(side: session.pipeline.sampler.model.config.sampleSize, seed: 0)) : nil
+                    session.filter = on ? (session.filter ?? SimilarityFilter(seed: 0)) : nil
                 }
                 if let eta = f.similarity { session.filter?.threshold = eta }
                 if let maxSkip = f.maxSkip { session.filter?.maxSkip = maxSkip }

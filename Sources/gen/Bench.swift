@@ -308,7 +308,7 @@ struct BenchStream: ParsableCommand {
             }
             var filter: [String: Double] = [:]
             for (name, clip) in [("static", still), ("moving", moving)] {
-                var f = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: folder.config.sampleSize, seed: 1)
+                var f = SimilarityFilter(threshold: 0.98, maxSkip: 10, side: SimilarityFilter.defaultSide, seed: 1)
                 let processed = clip.filter { !f.shouldSkip($0) }.count
                 filter[name] = round3(Double(processed) / Double(clip.count))
                 log(String(format: "filter η 0.98, max_skip 10 on the %@ clip: %d of %d frames processed (%.3f)",
@@ -325,7 +325,7 @@ struct BenchStream: ParsableCommand {
                 let pipeline = try StreamPipeline(sampler: sampler, times: try StreamPipeline.times(strength: 0.6, steps: 2),
                                                   settings: settings, seed: 1)
                 let session = StreamSession(pipeline: pipeline, filter: filtered
-                    ? SimilarityFilter(threshold: 0.98, maxSkip: 10, side: folder.config.sampleSize, seed: 1) : nil)
+                    ? SimilarityFilter(threshold: 0.98, maxSkip: 10, side: SimilarityFilter.defaultSide, seed: 1) : nil)
                 _ = try session.process(mixed[0])  // warm-up
                 let cpu0 = cpuSeconds()
                 for f in mixed.dropFirst() { _ = try session.process(f) }

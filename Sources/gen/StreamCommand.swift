@@ -84,7 +84,7 @@ struct StreamCommand: ParsableCommand {
             settings.blend = blend
             let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
             let session = StreamSession(pipeline: pipeline, filter: noFilter ? nil
-                : SimilarityFilter(threshold: similarity, maxSkip: maxSkip, side: folder.config.sampleSize, seed: seed))
+                : SimilarityFilter(threshold: similarity, maxSkip: maxSkip, side: SimilarityFilter.defaultSide, seed: seed))
             if let size {
                 let wh = size.lowercased().split(separator: "x").compactMap { Int($0) }
                 guard wh.count == 2, wh.allSatisfy({ $0 >= 1 && $0 <= 4096 }) else { throw CLIError("--size must be WxH like 256x256") }

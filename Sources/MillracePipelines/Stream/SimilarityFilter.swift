@@ -2,13 +2,14 @@ import MillraceCore
 import MillraceImaging
 /// The stochastic similarity filter (docs/METHODS.md §7): a frame much like the last processed
 /// one is skipped with probability p_skip = max(0, 1 − (1 − cs)/(1 − η)), where cs is the cosine
-/// similarity of the two frames' downsampled luma; never more than `maxSkip` in a row.
+/// similarity of the two frames' downsampled luma with its mean removed; never more than
+/// `maxSkip` in a row.
 public struct SimilarityFilter: Sendable {
     /// Similarity threshold η: at cs = 1 a frame is always skipped, at cs ≤ η never.
     public var threshold: Float
     /// Most consecutive skipped frames before one is processed regardless.
     public var maxSkip: Int
-    /// Side of the square luma thumbnail compared (the model size or smaller).
+    /// Side of the square luma thumbnail compared (`defaultSide` in streams).
     public let side: Int
     var rng: SplitMix64
     var lastProcessed: [Float]?
@@ -16,7 +17,7 @@ public struct SimilarityFilter: Sendable {
     /// Counters.
     public private(set) var processed = 0, skipped = 0
 
-    public init(threshold: Float = 0.98, maxSkip: Int = 10, side: Int = 32, seed: UInt64) {
+    public init(threshold: Float = 0.98, maxSkip: Int = 10, side: Int = defaultSide, seed: UInt64) {
         self.threshold = threshold
         self.maxSkip = maxSkip
         self.side = side
@@ -36,14 +37,23 @@ public struct SimilarityFilter: Sendable {
         return Float(dot / (na * nb).squareRoot())
     }
 
-    /// What the filter compares of a frame: its luma on a `side`×`side` thumbnail, mapped to
-    /// [−1, 1] as the reference compares its input tensors. (In [0, 1] any two bright frames
-    /// point the same way, a light background dominating both vectors, and frames that moved
-    /// were skipped.)
+    /// What the filter compares of a frame: its luma on a `side`×`side` thumbnail with its own
+    /// mean removed, so the cosine of two signatures is the Pearson correlation of the two
+    /// thumbnails. A uniform background then adds nothing to the similarity: in [0, 1] any two
+    /// bright frames point the same way, and mapped to [−1, 1] (as the reference compares its
+    /// input tensors) a light background still dominates both vectors, so small emoji moving
+    /// over it were skipped (29 of 48 frames of the scene clip processed, against 48 centred;
+    /// docs/STREAMS.md).
     public static func signature(_ frame: RGBImage, side: Int) -> [Float] {
         let thumb = frame.width == side && frame.height == side ? frame : frame.resizedArea(width: side, height: side)
-        return thumb.luma().map { 2 * $0 - 1 }
+        let luma = thumb.luma()
+        let mean = luma.reduce(0, +) / Float(max(1, luma.count))
+        return luma.map { $0 - mean }
     }
+
+    /// Side of the thumbnail streams compare: small enough to average camera noise away, large
+    /// enough to see an emoji move by a pixel or two of a 64×64 frame.
+    public static let defaultSide = 32
 
     /// The skip probability for a cosine similarity `cs` (§7).
     public func skipProbability(_ cs: Float) -> Float {
