@@ -25,13 +25,27 @@ struct StraightenCommand: ParsableCommand {
         The teacher states at every index of every schedule in schedules.json can be kept in \
         --teacher-cache, so that straightening for several N integrates the teacher once.
 
+        With --from-data the student is for image-to-image instead (docs/TRAINING.md, "An \
+        image-to-image student"): each chord starts from a training image noised to a time t0 \
+        drawn in --start-times, as a stream's slot does, and ends where the teacher lands after \
+        --teacher-steps guided Euler steps from t0 to 1; half the chords ask for the image's own \
+        group, four in ten for another, one in ten for none. One jump of the student from t0 is \
+        then the teacher's whole image-to-image run: a stream with one slot at t0 = 1 − strength.
+
         Examples:
           gen straighten --nfe 4 --out runs/emoji32-straight-4
           gen straighten --nfe 2 --out runs/s2 --samples 128 --steps 200 --teacher-cache runs/teacher.safetensors
+          gen straighten --model runs/scenes64 --from-data data/scenes64.mrds --out runs/scenes64-i2i --samples 1024
         """)
 
-    @Option(help: "Steps N of the BOSS schedule to straighten for.")
-    var nfe: Int
+    @Option(help: "Steps N of the BOSS schedule to straighten for (not with --from-data).")
+    var nfe: Int?
+    @Option(help: "Dataset file: straighten for image-to-image from its train images instead of a BOSS schedule.")
+    var fromData: String?
+    @Option(help: "With --from-data: the range of start times t0, 'lo,hi' in [0, 1).")
+    var startTimes: String = "0.2,0.7"
+    @Option(help: "With --from-data: the teacher's uniform Euler steps from t0 to 1.")
+    var teacherSteps: Int = 8
     @Option(help: "Output model folder.")
     var out: String
     @Option(help: "Teacher model folder with schedules.json (default: the shipped emoji model).")
@@ -59,7 +73,14 @@ struct StraightenCommand: ParsableCommand {
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
-        guard nfe >= 1 && nfe <= 1000 else { throw ValidationError("--nfe must be between 1 and 1000") }
+        if fromData == nil {
+            guard let nfe else { throw ValidationError("give --nfe (a BOSS schedule's steps) or --from-data (an image-to-image student)") }
+            guard nfe >= 1 && nfe <= 1000 else { throw ValidationError("--nfe must be between 1 and 1000") }
+        } else {
+            guard nfe == nil else { throw ValidationError("--nfe and --from-data exclude each other") }
+            guard teacherSteps >= 1 && teacherSteps <= 1000 else { throw ValidationError("--teacher-steps must be between 1 and 1000") }
+            _ = try parsedStartTimes()
+        }
         guard samples >= 1 else { throw ValidationError("--samples must be at least 1") }
         guard steps >= 1, batch >= 1 else { throw ValidationError("--steps and --batch must be positive") }
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive") }
@@ -67,8 +88,19 @@ struct StraightenCommand: ParsableCommand {
         if let guidance { guard guidance.isFinite else { throw ValidationError("--guidance must be finite") } }
     }
 
+    /// --start-times as a range.
+    func parsedStartTimes() throws -> ClosedRange<Float> {
+        let parts = startTimes.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+        guard parts.count == 2, let lo = parts[0], let hi = parts[1], lo >= 0, lo <= hi, hi < 1 else {
+            throw ValidationError("--start-times must be 'lo,hi' with 0 ≤ lo ≤ hi < 1, like 0.2,0.7")
+        }
+        return lo...hi
+    }
+
     func run() throws {
         threads.apply()
+        if let fromData { return try runImageToImage(data: fromData) }
+        let nfe = self.nfe!
         try runReportingErrors {
             let modelPath = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(modelPath)
@@ -110,32 +142,8 @@ struct StraightenCommand: ParsableCommand {
             }
             let chords = try Straightening.chords(teacher!, indices: indices)
 
-            var opts = TrainOptions()
-            opts.steps = steps
-            opts.batchSize = batch
-            opts.seed = seed
-            opts.workers = max(1, min(workers ?? ProcessInfo.processInfo.activeProcessorCount, batch))
-            opts.optimizer.learningRate = lr
-            opts.optimizer.warmupSteps = warmup
-            opts.optimizer.emaDecay = ema
-            let trainer = try FlowTrainer(folder: folder, chords: chords, options: opts)
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            let csvPath = (out as NSString).appendingPathComponent("loss.csv")
-            try? FileManager.default.removeItem(atPath: csvPath)
-            var log = try LossLog(path: csvPath, keepUpTo: 0)
-            FileHandle.standardError.write(Data("straightening \(modelPath) for \(nfe) steps \(indices): \(chords.count) chords, batch \(batch), \(opts.workers) worker(s)\n".utf8))
-            let bar = ProgressBar("straighten", total: steps, unit: "img")
-            let t0 = Date()
-            while trainer.step < steps {
-                let loss = trainer.trainStep()
-                let elapsed = Date().timeIntervalSince(t0)
-                try log.append(step: trainer.step, loss: loss, smoothed: trainer.smoothedLoss,
-                               lr: trainer.optimizer.currentLearningRate,
-                               imagesPerSecond: Double(trainer.step * batch) / max(elapsed, 1e-9), elapsed: elapsed)
-                bar.update(trainer.step, extra: String(format: "loss %.4f", trainer.smoothedLoss), rateScale: Double(batch))
-            }
-            bar.finish()
-            try log.close()
+            FileHandle.standardError.write(Data("straightening \(modelPath) for \(nfe) steps \(indices): \(chords.count) chords, batch \(batch)\n".utf8))
+            let trainer = try fineTune(folder: folder, chords: chords)
             var flow = folder.flow
             flow.defaultGuidance = 1
             flow.distilledGuidance = Double(g)
@@ -144,8 +152,83 @@ struct StraightenCommand: ParsableCommand {
             var own = BOSS.Schedules(grid: schedules.grid, samples: schedules.samples, guidance: schedules.guidance, seed: schedules.seed)
             try own.set(indices: indices, cost: schedules.schedules[String(nfe)]!.cost)
             try own.write(path: BOSS.Schedules.path(inModelFolder: out))
-            try LossPlot.write(csv: csvPath, png: (out as NSString).appendingPathComponent("loss.png"))
             print("wrote \(out): straightened for \(nfe) steps \(indices) (smoothed chord loss \(String(format: "%.4f", trainer.smoothedLoss)); sample with --schedule boss --steps \(nfe))")
+        }
+    }
+
+    /// Fine-tunes a copy of `folder`'s model on `chords` (loss.csv and loss.png into --out).
+    func fineTune(folder: ModelFolder, chords: Straightening.Chords) throws -> FlowTrainer {
+        var opts = TrainOptions()
+        opts.steps = steps
+        opts.batchSize = batch
+        opts.seed = seed
+        opts.workers = max(1, min(workers ?? ProcessInfo.processInfo.activeProcessorCount, batch))
+        opts.optimizer.learningRate = lr
+        opts.optimizer.warmupSteps = warmup
+        opts.optimizer.emaDecay = ema
+        let trainer = try FlowTrainer(folder: folder, chords: chords, options: opts)
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let csvPath = (out as NSString).appendingPathComponent("loss.csv")
+        try? FileManager.default.removeItem(atPath: csvPath)
+        var log = try LossLog(path: csvPath, keepUpTo: 0)
+        let bar = ProgressBar("straighten", total: steps, unit: "img")
+        let t0 = Date()
+        while trainer.step < steps {
+            let loss = trainer.trainStep()
+            let elapsed = Date().timeIntervalSince(t0)
+            try log.append(step: trainer.step, loss: loss, smoothed: trainer.smoothedLoss,
+                           lr: trainer.optimizer.currentLearningRate,
+                           imagesPerSecond: Double(trainer.step * batch) / max(elapsed, 1e-9), elapsed: elapsed)
+            bar.update(trainer.step, extra: String(format: "loss %.4f", trainer.smoothedLoss), rateScale: Double(batch))
+        }
+        bar.finish()
+        try log.close()
+        try LossPlot.write(csv: csvPath, png: (out as NSString).appendingPathComponent("loss.png"))
+        return trainer
+    }
+
+    /// --from-data: the image-to-image student.
+    func runImageToImage(data: String) throws {
+        try runReportingErrors {
+            let modelPath = model ?? ModelFolder.defaultPath()
+            let folder = try ModelFolder.load(modelPath)
+            guard folder.flow.distilledGuidance == nil else {
+                throw ModelError.invalidArgument("\(modelPath) is already a straightened model; straighten its teacher instead")
+            }
+            let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            try sampler.requireImageModel()
+            let ds = try ImageDataset.read(path: data)
+            guard ds.size == folder.config.sampleSize, ds.classNames == folder.flow.classNames else {
+                throw CLIError("\(data) has \(ds.size)×\(ds.size) images of \(ds.classNames.count) classes; the model takes \(folder.config.sampleSize)×\(folder.config.sampleSize) and \(folder.flow.classNames.count)")
+            }
+            let g = guidance ?? Float(folder.flow.defaultGuidance)
+            let times = try parsedStartTimes()
+            // Images of the train split; half the rows keep the image's group, 40% ask for
+            // another (restyling), 10% the null class.
+            let train = ds.indices(split: 0)
+            var rng = SplitMix64(seed: seed &+ 0x12)
+            let scale = Float(folder.flow.normScale)
+            var images: [[Float]] = [], labels: [Int] = []
+            for _ in 0..<samples {
+                let i = train[Int(rng.next() % UInt64(train.count))]
+                images.append(ds.modelInputs([i]).data.map { $0 * scale })
+                let u = rng.nextUnitDouble()
+                let own = Int(ds.labels[i])
+                labels.append(u < 0.5 ? own : u < 0.9 ? Int(rng.next() % UInt64(ds.classNames.count)) : (folder.flow.nullClass ?? own))
+            }
+            let bar = ProgressBar("teacher", total: samples, unit: "chords")
+            let chords = try Straightening.imageToImageChords(sampler: sampler, images: images, labels: labels, times: times,
+                                                              steps: teacherSteps, guidance: g, seed: seed) { done, _ in bar.update(done) }
+            bar.finish()
+            FileHandle.standardError.write(Data("straightening \(modelPath) for image-to-image from t0 in \(times.lowerBound)…\(times.upperBound): \(chords.count) chords, batch \(batch)\n".utf8))
+            let trainer = try fineTune(folder: folder, chords: chords)
+            var flow = folder.flow
+            flow.defaultGuidance = 1
+            flow.distilledGuidance = Double(g)
+            try ModelFolder.write(model: trainer.emaModel(), flow: flow, to: out,
+                                  metadata: ["weights": "ema", "straightened_from": modelPath,
+                                             "image_to_image": "t0 \(times.lowerBound)...\(times.upperBound), teacher \(teacherSteps) Euler steps"])
+            print("wrote \(out): an image-to-image student (smoothed chord loss \(String(format: "%.4f", trainer.smoothedLoss))); stream with one slot, e.g. gen stream --model \(out) --steps 1 --strength 0.5")
         }
     }
 }

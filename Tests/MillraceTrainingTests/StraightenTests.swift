@@ -19,6 +19,38 @@ import MillraceTestSupport
         return try ModelFolder.load(path)
     }
 
+    /// Image-to-image chords start at t0·f + (1 − t0)·N with t0 in the range, and one jump along
+    /// the chord lands where the teacher's Euler steps from t0 to 1 do: with one step and no
+    /// guidance the chord is the teacher's velocity itself; batching does not change the chords.
+    @Test func imageToImageChordsJumpWhereTheTeacherLands() throws {
+        try GlobalKernelSettings.exclusive {
+            let folder = try Self.tinyFolder()
+            let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+            var rng = TestRNG(seed: 5)
+            let images = (0..<5).map { _ in rng.floats(3 * 8 * 8) }
+            let labels = [0, 1, 2, 1, 0]
+            let one = try Straightening.imageToImageChords(sampler: sampler, images: images, labels: labels, times: 0.2...0.6,
+                                                           steps: 1, guidance: 1, seed: 3, batch: 2)
+            #expect(one.count == 5 && one.labels == labels && one.times.allSatisfy { $0 >= 0.2 && $0 <= 0.6 })
+            let x = Tensor(shape: [5, 3, 8, 8], data: one.states)
+            let v = sampler.velocity(x, t: one.times, labels: labels, guidance: 1)
+            #expect(relativeError(one.targets, v.data) < 1e-4)
+            // The start is the noised image: (x − t0·f)/(1 − t0) is the same noise for every t0 draw.
+            let guided = try Straightening.imageToImageChords(sampler: sampler, images: images, labels: labels, times: 0.2...0.6,
+                                                              steps: 3, guidance: 2, seed: 3, batch: 5)
+            #expect(guided.states == one.states && guided.times == one.times)
+            // Three guided Euler steps from t0, done by hand for row 0.
+            var x0 = x.rows(0..<1)
+            let t0 = one.times[0], dt = (1 - t0) / 3
+            for k in 0..<3 { x0.addScaled(sampler.velocity(x0, t: [t0 + Float(k) * dt], labels: [0], guidance: 2), dt) }
+            let jump = zip(one.states[0..<192], guided.targets[0..<192]).map { $0 + (1 - t0) * $1 }
+            #expect(relativeError(jump, x0.data) < 1e-4)
+            #expect(throws: ModelError.self) {
+                _ = try Straightening.imageToImageChords(sampler: sampler, images: images, labels: labels, times: 0.2...1, steps: 1, guidance: 1, seed: 3)
+            }
+        }
+    }
+
     @Test func teacherStatesFollowTheSampler() throws {
         try GlobalKernelSettings.exclusive {
             let folder = try Self.tinyFolder()

@@ -123,6 +123,60 @@ public enum Straightening {
         return out
     }
 
+    // MARK: - Image-to-image chords
+
+    /// Chords for a one-jump image-to-image student (docs/TRAINING.md, "An image-to-image
+    /// student"): each of `labels.count` rows takes data image `images[s]` (model space, [d]), a
+    /// time t0 drawn uniformly in `times`, and Gaussian noise N, starts at x = t0·f + (1 − t0)·N
+    /// as a stream's first slot does, and lets the teacher integrate from t0 to 1 in `steps`
+    /// uniform Euler steps at `guidance` (null-class rows unguided). The chord (x1 − x)/(1 − t0)
+    /// is the velocity whose single jump lands where the teacher does. Batches of `batch` rows;
+    /// deterministic in `seed`.
+    public static func imageToImageChords(sampler: FlowSampler, images: [[Float]], labels: [Int], times: ClosedRange<Float>,
+                                          steps: Int, guidance: Float, seed: UInt64, batch: Int = 32,
+                                          progress: ((Int, Int) -> Void)? = nil) throws -> Chords {
+        let n = labels.count
+        guard n >= 1, images.count == n else { throw ModelError.invalidArgument("image-to-image chords need one image per label (\(images.count) images, \(n) labels)") }
+        guard steps >= 1 else { throw ModelError.invalidArgument("the teacher needs at least 1 step") }
+        guard times.lowerBound >= 0, times.upperBound < 1 else { throw ModelError.invalidArgument("start times must lie in [0, 1), got \(times)") }
+        let c = sampler.model.config
+        let shape = [c.inChannels, c.sampleSize, c.sampleSize]
+        let d = shape.reduce(1, *)
+        guard images.allSatisfy({ $0.count == d }) else { throw ModelError.invalidArgument("images must have \(d) values (the model's sample shape)") }
+        var rng = SplitMix64(seed: seed)
+        let t0s = (0..<n).map { _ in times.lowerBound + (times.upperBound - times.lowerBound) * rng.nextUnitFloat() }
+        let noise = GaussianSource.draw(count: n, shape: shape, seed: seed &+ 1)
+        var out = Chords(states: [], targets: [], times: t0s, labels: labels, dimension: d)
+        out.states.reserveCapacity(n * d)
+        out.targets.reserveCapacity(n * d)
+        for start in stride(from: 0, to: n, by: max(batch, 1)) {
+            let range = start..<min(n, start + max(batch, 1))
+            var x = Tensor(uninitialized: [range.count] + shape)
+            for (r, s) in range.enumerated() {
+                let t = t0s[s]
+                for j in 0..<d { x.data[r * d + j] = t * images[s][j] + (1 - t) * noise.data[s * d + j] }
+            }
+            let start = x
+            var t = range.map { t0s[$0] }
+            let dt = t.map { (1 - $0) / Float(steps) }
+            let lb = Array(labels[range])
+            for _ in 0..<steps {
+                let v = sampler.velocity(x, t: t, labels: lb, guidance: guidance)
+                for r in 0..<range.count {
+                    for j in 0..<d { x.data[r * d + j] += dt[r] * v.data[r * d + j] }
+                    t[r] += dt[r]
+                }
+            }
+            out.states += start.data
+            for (r, s) in range.enumerated() {
+                let inv = 1 / (1 - t0s[s])
+                for j in 0..<d { out.targets.append((x.data[r * d + j] - start.data[r * d + j]) * inv) }
+            }
+            progress?(range.upperBound, n)
+        }
+        return out
+    }
+
     // MARK: - Cache file
 
     /// Writes teacher states to a safetensors file (keys `x.<index>`, `labels`), atomically.
