@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import MillraceFormats
 @testable import MillraceCore
+import MillraceTraining
 import MillraceTestSupport
 
 /// The `gen` command line as a user runs it: `swift test` builds it next to the test bundle.
@@ -86,6 +87,12 @@ import MillraceTestSupport
         (["--steps", "2", "--class", "42", "--out", "OUT.png"], "42"),
         (["schedule", "boss", "--nfe", "0"], "nfe"),
         (["straighten", "--nfe", "0", "--out", "OUT"], "nfe"),
+        (["straighten", "--out", "OUT"], "--from-data"),
+        (["straighten", "--nfe", "2", "--from-data", "x.mrds", "--out", "OUT"], "exclude"),
+        (["straighten", "--from-data", "x.mrds", "--start-times", "0.5,1", "--out", "OUT"], "start-times"),
+        (["dataset", "scenes", "--out", "OUT", "--count", "10", "--held-out", "11"], "held-out"),
+        (["stream", "--input", "OUT", "--out", "OUT", "--stepping", "rk4"], "'euler'"),
+        (["stream", "--input", "OUT", "--out", "OUT", "--blend", "1"], "blend"),
         (["eval", "table", "--nfe", "2,x"], "nfe"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--min-lr", "1e-5"], "--decay cosine"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--decay", "linear"], "decay"),
@@ -103,6 +110,18 @@ import MillraceTestSupport
         #expect(status != 0)
         #expect(err.lowercased().contains(mention.lowercased()), "stderr: \(err)")
         #expect(!FileManager.default.fileExists(atPath: out + ".png") && !FileManager.default.fileExists(atPath: out))
+    }
+
+    /// `gen dataset scenes` writes a dataset of scenes that `gen train` can read: the classes of
+    /// the emoji dataset, the held-out scenes last.
+    @Test func datasetScenesWritesAReadableDataset() throws {
+        let out = Fixtures.tempPath("cli-scenes") + ".mrds"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let (status, stdout, err) = try GenCLI.run(["dataset", "scenes", "--out", out, "--count", "20", "--held-out", "2", "--size", "16"])
+        #expect(status == 0, "stderr: \(err)")
+        #expect(stdout.contains("20 scenes of 16×16, 18 train / 2 held out"))
+        let ds = try ImageDataset.read(path: out)
+        #expect(ds.count == 20 && ds.size == 16 && ds.classNames.count == 9 && ds.indices(split: 1) == [18, 19])
     }
 
     @Test func costsFilesThatAreNotSquareOrNegativeAreRefused() throws {
