@@ -10,7 +10,8 @@ public final class MillraceService: @unchecked Sendable {
     public struct Options: Sendable {
         public var staticDir = "web-static"
         /// The served model a stream runs on when its request names none (nil: the one named
-        /// `ModelFolder.streamModelName` where it is served, else the default model).
+        /// `ModelFolder.streamModelName` where it is served, else `compositionModelName`, else
+        /// the default model).
         public var streamModel: String?
         /// Sample clips served under /clips/ for the page's stream panel.
         public var clipsDir = "assets/clips"
@@ -179,8 +180,8 @@ public final class MillraceService: @unchecked Sendable {
             served.append(ServedModel(name: name, folder: f, batcher: batcher))
         }
         self.models = served
-        let streamName = options.streamModel ?? ModelFolder.streamModelName
-        self.streamDefault = served.first { $0.name == streamName } ?? served[0]
+        let streamNames = options.streamModel.map { [$0] } ?? [ModelFolder.streamModelName, ModelFolder.compositionModelName]
+        self.streamDefault = streamNames.lazy.compactMap { name in served.first { $0.name == name } }.first ?? served[0]
         self.folder = served[0].folder
         self.sampler = served[0].sampler
         self.options = options

@@ -29,7 +29,7 @@ struct Serve: ParsableCommand {
     var host: String = "127.0.0.1"
     @Option(help: "Port (0: any free port).")
     var port: UInt16 = 8080
-    @Option(help: "Model folder; repeat to serve several (the first is the default, GET /v1/models lists them; default: the shipped emoji model, the composition model that streams use and their shipped students, assets/models/emoji32-* and scenes64-*).")
+    @Option(help: "Model folder; repeat to serve several (the first is the default, GET /v1/models lists them; default: the shipped emoji model, the composition model and their shipped students, assets/models/emoji32-* and scenes64-*; streams default to scenes64-i2i).")
     var model: [String] = []
     @Option(name: .customLong("static"), help: "Folder of the page's files.")
     var staticDir: String = "web-static"
@@ -112,9 +112,13 @@ struct Serve: ParsableCommand {
     func run() throws {
         threads.apply()
         try runReportingErrors {
-            let base = ModelFolder.defaultPath(), streams = ModelFolder.defaultStreamPath()
+            // The emoji model first (the default), then the composition model; each with its
+            // shipped students (the stream default, scenes64-i2i, is one of them).
+            let base = ModelFolder.defaultPath()
             var defaults = [base] + ModelFolder.studentPaths(of: base)
-            if streams != base { defaults += [streams] + ModelFolder.studentPaths(of: streams) }
+            if let scenes = ModelFolder.shippedPath(ModelFolder.compositionModelName) {
+                defaults += [scenes] + ModelFolder.studentPaths(of: scenes)
+            }
             let folders = try (model.isEmpty ? defaults : model).map { try ModelFolder.load($0) }
             for f in folders { try FlowSampler(model: f.model, flow: f.flow).requireImageModel() }
             var opts = MillraceService.Options()

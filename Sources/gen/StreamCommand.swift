@@ -27,7 +27,7 @@ struct StreamCommand: ParsableCommand {
     var input: String
     @Option(help: "Output folder.")
     var out: String
-    @Option(help: "Model folder (default: the shipped composition model, assets/models/scenes64, or the emoji model where it is absent).")
+    @Option(help: "Model folder (default: the stream model, assets/models/scenes64-i2i: the composition model's image-to-image student; the emoji model where it is absent).")
     var model: String?
     @Option(help: "How much of each frame is repainted: t_0 = 1 − strength.")
     var strength: Float = 0.6
@@ -57,8 +57,8 @@ struct StreamCommand: ParsableCommand {
     var size: String?
     @Option(help: "Seed of the per-slot noise and the filter.")
     var seed: UInt64 = 0
-    @Option(help: "Evaluation classifier: the summary gets the fraction of processed outputs it assigns to --class ('none' to skip).")
-    var classifier: String = "assets/models/emoji-classifier"
+    @Option(help: "Evaluation classifier: the summary gets the fraction of processed outputs it assigns to --class ('none' to skip; default: assets/models/scene-classifier, trained on scenes, else emoji-classifier).")
+    var classifier: String?
     @OptionGroup var threads: ThreadOptions
 
     func run() throws {
@@ -98,6 +98,8 @@ struct StreamCommand: ParsableCommand {
             var latencies: [Double] = [], errors: [[String: String]] = []
             // Outputs are classified in batches as they come, so a long folder keeps no images.
             var judge: EmojiClassifier? = nil
+            let classifier = self.classifier ?? ["assets/models/scene-classifier", "assets/models/emoji-classifier"]
+                .first { FileManager.default.fileExists(atPath: $0) } ?? "assets/models/emoji-classifier"
             if classifier != "none", settings.classIndex < folder.flow.classNames.count {
                 if FileManager.default.fileExists(atPath: classifier) {
                     judge = try EmojiClassifier.load(path: classifier)

@@ -43,7 +43,7 @@ import MillraceTestSupport
     }
 
     /// A stream that names no model runs on the stream model (Options.streamModel, else the one
-    /// named like the shipped composition model, else the default model).
+    /// named like the shipped stream student, else the default model).
     @Test func streamsRunOnTheStreamModelUnlessTheyNameOne() throws {
         let boss = try ModelFolder.load(try Self.modelWithSchedules("tiny-boss"))
         let plain = try ModelFolder.load(try Self.modelWithSchedules("tiny-plain", boss: false))

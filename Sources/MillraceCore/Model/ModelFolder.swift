@@ -185,16 +185,19 @@ extension ModelFolder {
         return shippedPath("emoji32") ?? "assets/models/emoji32"
     }
 
-    /// The shipped model streams run on by default: the composition model (docs/STREAMS.md),
-    /// named by `streamModelName`; `MILLRACE_STREAM_MODEL` overrides it. Falls back to
-    /// `defaultPath()` where it is not shipped.
+    /// The shipped model streams run on by default: the composition model's image-to-image
+    /// student (docs/STREAMS.md), named by `streamModelName`, else the composition model itself;
+    /// `MILLRACE_STREAM_MODEL` overrides it. Falls back to `defaultPath()` where neither is shipped.
     public static func defaultStreamPath() -> String {
         if let env = ProcessInfo.processInfo.environment["MILLRACE_STREAM_MODEL"], !env.isEmpty { return env }
-        return shippedPath(streamModelName) ?? defaultPath()
+        return shippedPath(streamModelName) ?? shippedPath(compositionModelName) ?? defaultPath()
     }
 
-    /// The folder name, under assets/models, of the default stream model.
-    public static let streamModelName = "scenes64"
+    /// The folder name, under assets/models, of the composition model (scenes of emoji).
+    public static let compositionModelName = "scenes64"
+    /// The folder name, under assets/models, of the default stream model: the composition
+    /// model's image-to-image student.
+    public static let streamModelName = "scenes64-i2i"
 
     /// assets/models/`name`, found from the working directory or above the executable (a build
     /// folder of a checkout); nil when neither has it.
