@@ -112,14 +112,7 @@ struct Serve: ParsableCommand {
     func run() throws {
         threads.apply()
         try runReportingErrors {
-            // The emoji model first (the default), then the composition model; each with its
-            // shipped students (the stream default, scenes64-i2i, is one of them).
-            let base = ModelFolder.defaultPath()
-            var defaults = [base] + ModelFolder.studentPaths(of: base)
-            if let scenes = ModelFolder.shippedPath(ModelFolder.compositionModelName) {
-                defaults += [scenes] + ModelFolder.studentPaths(of: scenes)
-            }
-            let folders = try (model.isEmpty ? defaults : model).map { try ModelFolder.load($0) }
+            let folders = try (model.isEmpty ? ModelFolder.defaultServedPaths() : model).map { try ModelFolder.load($0) }
             for f in folders { try FlowSampler(model: f.model, flow: f.flow).requireImageModel() }
             var opts = MillraceService.Options()
             opts.staticDir = staticDir

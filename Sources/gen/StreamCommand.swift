@@ -142,7 +142,7 @@ struct StreamCommand: ParsableCommand {
                 "frames_in": session.framesIn, "processed": session.framesProcessed, "skipped": session.framesSkipped,
                 "errors": errors, "output_fps": Double(latencies.count) / max(wall, 1e-9),
                 "mean_latency_ms": latencies.isEmpty ? 0 : 1000 * latencies.reduce(0, +) / Double(latencies.count),
-                "model_calls": pipeline.modelCalls, "slots": times, "guidance": mode.rawValue,
+                "model": folder.path, "model_calls": pipeline.modelCalls, "slots": times, "guidance": mode.rawValue,
                 "stepping": stepping.rawValue, "blend": blend,
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]

@@ -193,6 +193,15 @@ extension ModelFolder {
         return shippedPath(streamModelName) ?? shippedPath(compositionModelName) ?? defaultPath()
     }
 
+    /// What `gen serve` serves without `--model`: the emoji model first (the default), then the
+    /// composition model, each with its shipped students (the stream default is one of them).
+    public static func defaultServedPaths() -> [String] {
+        let base = defaultPath()
+        var paths = [base] + studentPaths(of: base)
+        if let scenes = shippedPath(compositionModelName) { paths += [scenes] + studentPaths(of: scenes) }
+        return paths
+    }
+
     /// The folder name, under assets/models, of the composition model (scenes of emoji).
     public static let compositionModelName = "scenes64"
     /// The folder name, under assets/models, of the default stream model: the composition
