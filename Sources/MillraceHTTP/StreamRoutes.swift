@@ -53,9 +53,9 @@ extension MillraceService {
                 guard let arr = list as? [NSNumber], !arr.isEmpty, arr.count <= 8 else { throw RequestError("'t_list' must be a list of 1 to 8 numbers") }
                 times = arr.map(\.floatValue)
             } else {
-                let steps = try num("steps") ?? 2
+                let steps = try num("steps") ?? Double(StreamPipeline.defaultSteps)
                 guard steps == steps.rounded(), steps >= 1, steps <= 8 else { throw RequestError("'steps' must be an integer in 1...8") }
-                times = try StreamPipeline.times(strength: Float(try num("strength") ?? 0.6), steps: Int(steps))
+                times = try StreamPipeline.times(strength: Float(try num("strength") ?? Double(StreamPipeline.defaultStrength)), steps: Int(steps))
             }
             let model = d["model"] == nil ? streamDefault : try model(named: d["model"])
             if let problem = model.sampler.imageProblem { throw RequestError("model '\(model.name)' cannot run a stream: \(problem)") }

@@ -12,15 +12,19 @@ struct StreamCommand: ParsableCommand {
         abstract: "Restyle a folder of frames with the stream pipeline (stream batch, RCFG, similarity filter).",
         discussion: """
         Frames (PNG or JPEG, sorted by name) are centre-cropped, resized to the model's size, noised
-        to t_0 = 1 − strength and denoised in n stages, one batched model call per frame. Outputs
-        are written under the same names as PNGs, with summary.json (frames in, processed,
-        skipped, errors, output fps, mean latency, and classifier_agreement: the fraction of
-        processed outputs the evaluation classifier assigns to --class).
+        to t_0 = 1 − strength and denoised in n stages, one batched model call per frame. By
+        default the stream model (the composition model's image-to-image student) redraws each
+        frame in one jump from t_0 = 0.4: one network row per frame. Outputs are written under the
+        same names as PNGs, with summary.json (frames in, processed, skipped, errors, output fps,
+        mean latency, classifier_agreement: the fraction of processed outputs the evaluation
+        classifier assigns to --class, luma_correlation: how much of each input's layout its
+        output keeps, and flicker_static; docs/STREAMS.md).
 
         Examples:
-          gen stream --input assets/clips/moving --out out/stream --class Flags
-          gen stream --input frames/ --out out/s --strength 0.5 --steps 3 --rcfg self --guidance 1.5
-          gen stream --input frames/ --out out/s --t-list 0.4,0.6,0.8 --no-filter --size 256x256
+          gen stream --input assets/clips/scene --out out/stream --class "Animals & Nature"
+          gen stream --input assets/clips/scene --out out/s --class "Food & Drink" --strength 0.7
+          gen stream --input frames/ --out out/s --model assets/models/scenes64 --steps 8 --stepping euler --rcfg full --guidance 3
+          gen stream --input frames/ --out out/s --blend 0.3 --no-filter --size 256x256
         """)
 
     @Option(help: "Folder of input frames.")
@@ -30,9 +34,9 @@ struct StreamCommand: ParsableCommand {
     @Option(help: "Model folder (default: the stream model, assets/models/scenes64-i2i: the composition model's image-to-image student; the emoji model where it is absent).")
     var model: String?
     @Option(help: "How much of each frame is repainted: t_0 = 1 − strength.")
-    var strength: Float = 0.6
+    var strength: Float = StreamPipeline.defaultStrength
     @Option(help: "Number of stages n (model rows per frame without guidance).")
-    var steps: Int = 2
+    var steps: Int = StreamPipeline.defaultSteps
     @Option(help: "Explicit slot times, comma-separated (overrides --strength/--steps).")
     var tList: String?
     @Option(help: "Guidance scale g.")

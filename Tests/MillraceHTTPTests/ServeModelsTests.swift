@@ -113,6 +113,36 @@ import MillraceTestSupport
         }
     }
 
+    /// What `gen serve` serves without --model: emoji32 and its student, then the composition
+    /// model and its image-to-image student, which a stream that names no model runs on; a frame
+    /// of the scene clip goes through it and the stream reports its measures.
+    @Test func theShippedSetServesTheCompositionModelAndStreamsOnItsStudent() throws {
+        let paths = ModelFolder.defaultServedPaths()
+        let s = MillraceService(folders: try paths.map { try ModelFolder.load($0) }, options: MillraceService.Options())
+        defer { s.beginShutdown() }
+        #expect(s.models.map(\.name) == ["emoji32", "emoji32-1step", "scenes64", "scenes64-i2i"])
+        #expect(s.streamDefault.name == "scenes64-i2i" && s.streamDefault.folder.config.sampleSize == 64)
+        let created = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"class": "Animals & Nature", "steps": 1, "filter": false}"#))
+        #expect(created.status == 201, "\(HardeningTests.text(created))")
+        let id = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(created).utf8)) as? [String: Any])["id"] as? String
+        let frame = try Data(contentsOf: URL(fileURLWithPath: Fixtures.repositoryRoot + "/assets/clips/scene/frame-000.png"))
+        var stats: [String: Any] = [:]
+        for _ in 0..<3 {
+            let posted = s.handle(HTTPRequest(method: "POST", path: "/v1/streams/\(id ?? "")/frames", query: [:],
+                                              headers: ["host": "127.0.0.1:8080", "content-type": "image/png"], body: [UInt8](frame), bodyTooLarge: false))
+            #expect(posted.status == 202)
+            let deadline = Date().addingTimeInterval(60)
+            repeat {
+                Thread.sleep(forTimeInterval: 0.05)
+                stats = (try? JSONSerialization.jsonObject(with: Data(HardeningTests.text(s.handle(HardeningTests.request("GET", "/v1/streams/\(id ?? "")"))).utf8)) as? [String: Any]) ?? [:]
+            } while (stats["frames_in"] as? Int ?? 0) > (stats["processed"] as? Int ?? 0) + (stats["errors"] as? Int ?? 0) && Date() < deadline
+        }
+        #expect(stats["processed"] as? Int ?? 0 >= 2, "\(stats)")
+        // The same frame in and out: the output follows its layout.
+        #expect((stats["luma_correlation"] as? Double ?? 0) > 0.5, "\(stats)")
+        #expect(stats["flicker_static"] is Double, "\(stats)")
+    }
+
     /// A model that cannot make RGB images (unet-tiny-b: 2 channels in, 1 out; a latent-space
     /// model alike) gets a clear 400, never a trap, and `gen serve` refuses to start with it.
     @Test func aModelThatCannotMakeImagesIsRefused() throws {

@@ -75,6 +75,12 @@ public final class StreamPipeline {
 
     public var slots: Int { times.count }
 
+    /// The defaults of `gen stream` and `POST /v1/streams`: one slot at t_0 = 1 − 0.6, which the
+    /// stream model (the composition model's image-to-image student) jumps from in one row per
+    /// frame (docs/STREAMS.md, "The stream model").
+    public static let defaultStrength: Float = 0.6
+    public static let defaultSteps = 1
+
     /// Times for `strength` and `steps`: t_0 = 1 − strength, then evenly spaced towards 1.
     public static func times(strength: Float, steps: Int) throws -> [Float] {
         guard strength > 0 && strength <= 1 else { throw StreamError.invalidSettings("strength must be in (0, 1], got \(strength)") }
