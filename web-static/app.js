@@ -468,7 +468,7 @@ async function autorun() {
     report.generate = { parts: +(body.generateFrames || 0), error: body.generateError || null, sizes: await Promise.all(t.generate) };
 
     const s = $("#stream-form");
-    s.fps.value = "5"; s.filter.checked = false; s.class.value = "0"; s.guidance.value = "3";
+    s.fps.value = "5"; s.filter.checked = false; s.class.value = "0"; s.guidance.value = "3"; s.rcfg.value = "full";
     $("#stream-input").value = "clip";
     s.requestSubmit();
     const frames = () => +(body.streamFrames || 0);
