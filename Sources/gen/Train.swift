@@ -21,9 +21,11 @@ struct Train: ParsableCommand {
           mpirun -np 2 gen train --data data/emoji32.mrds --out runs/emoji32 --workers 1
           gen train --data data/emoji32.mrds --out runs/emoji32-d --steps 12000 \
             --init-from assets/models/emoji32 --lr 4e-4 --decay cosine
+          gen train --data data/scenes64.mrds --out runs/scenes64 --steps 1100 --ema 0.995 \
+            --init-from assets/models/emoji32 --lr 4e-4 --decay cosine --warmup 60
         """)
 
-    @Option(help: "Dataset file from `gen dataset emoji`.")
+    @Option(help: "Dataset file from `gen dataset emoji` or `gen dataset scenes`.")
     var data: String
     @Option(help: "Output folder.")
     var out: String
@@ -57,7 +59,7 @@ struct Train: ParsableCommand {
     var workers: Int?
     @Flag(help: "Continue from --out/checkpoint.safetensors.")
     var resume = false
-    @Option(help: "Start from the weights of a model folder (same architecture; fresh optimizer; its default guidance, and its norm scale unless --norm-align, carry over).")
+    @Option(help: "Start from the weights of a model folder (same architecture, any sample size; fresh optimizer; its default guidance, and its norm scale unless --norm-align, carry over).")
     var initFrom: String?
     @Option(help: "UNet block channels, comma-separated.")
     var channels: String = "32,64,128"

@@ -179,6 +179,31 @@ extension TrainerTests {
         #expect(b.flow.defaultGuidance == 3 && a.flow.defaultGuidance == 1, "the folder's serving guidance carries over")
     }
 
+    /// A model of another sample size starts a run with its weights (the UNet is convolutional);
+    /// another architecture is refused.
+    @Test func initFromAcceptsAnotherSampleSizeButNotAnotherArchitecture() throws {
+        var flow = FlowConfig()
+        flow.classNames = ["a", "b"]
+        flow.nullClass = 2
+        let path = Fixtures.tempPath("init-size")
+        let source = UNet2DModel(config: Fixtures.tinyUNetConfig(), seed: 7)
+        try ModelFolder.write(model: source, flow: flow, to: path)
+        var larger = Fixtures.tinyUNetConfig()
+        larger.sampleSize = 16
+        var rng = SplitMix64(seed: 2)
+        let data = FlowTrainingData(images: (0..<(4 * 3 * 16 * 16)).map { _ in rng.nextUnitFloat() * 2 - 1 }, labels: [0, 1, 0, 1],
+                                    size: 16, classNames: ["a", "b"])
+        let t = try FlowTrainer(config: larger, data: data, options: Self.options(steps: 1))
+        try t.initialize(from: try ModelFolder.load(path))
+        for ((name, p), (_, q)) in zip(t.model.namedParameters(), source.namedParameters()) {
+            #expect(p.value.data == q.value.data, "\(name)")
+        }
+        var other = larger
+        other.blockOutChannels = [8, 8]
+        let u = try FlowTrainer(config: other, data: data, options: Self.options(steps: 1))
+        #expect(throws: TrainError.self) { try u.initialize(from: try ModelFolder.load(path)) }
+    }
+
     @Test func dataParallelWorkersMatchOneWorker() throws {
         try GlobalKernelSettings.exclusive {
             var one = Self.options(steps: 3), two = one
