@@ -62,6 +62,10 @@ import MillraceTestSupport
         defer { batcher.stop() }
         let x = GaussianSource.draw(count: 2, shape: [c.inChannels, c.sampleSize, c.sampleSize], seed: 9)
         let results = Results()
+        // The order of the model calls, as the batcher makes them (the callers' threads may wake
+        // up in another order on a busy machine).
+        let calls = CallLog()
+        batcher.onCall = { calls.append($0) }
         // The model is held: the first call waits, and the next two queue behind it.
         lock.lock()
         let first = Thread { results.set(0, batcher.forward(x, timesteps: [1, 2], classLabels: [0, 0], priority: .generation)) }
@@ -75,7 +79,15 @@ import MillraceTestSupport
         #expect(HardeningTests.Live.waitFor(10) { batcher.pendingCount == 2 })
         lock.unlock()
         #expect(HardeningTests.Live.waitFor(20) { results.finished.count == 3 })
-        #expect(results.finished == [0, 2, 1], "the stream's call before the generation's")
+        #expect(Set(results.finished) == [0, 1, 2])
+        #expect(calls.entries == [[.generation], [.stream], [.generation]], "the stream's call before the generation's")
+    }
+
+    final class CallLog: @unchecked Sendable {
+        private let lock = NSLock()
+        private var log: [[ModelBatcher.Priority]] = []
+        func append(_ p: [ModelBatcher.Priority]) { lock.lock(); log.append(p); lock.unlock() }
+        var entries: [[ModelBatcher.Priority]] { lock.lock(); defer { lock.unlock() }; return log }
     }
 
     /// Through the service: a generation and a stream with batching give what they give without.

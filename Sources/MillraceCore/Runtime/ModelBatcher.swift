@@ -40,6 +40,9 @@ public final class ModelBatcher: @unchecked Sendable {
 
     /// Rows per call and milliseconds of queue wait, for /metrics.
     public let batchRows = Histogram(bounds: [1, 2, 4, 8, 16, 32, 64])
+    /// Called on the batcher's thread before each model call with the priorities of the callers
+    /// it serves, in row order (for tracing; set it before the first `forward`).
+    public var onCall: (@Sendable ([Priority]) -> Void)?
     public let queueWaitMs = Histogram(bounds: [1, 2, 5, 10, 25, 50, 100, 250, 1000])
 
     public init(model: UNet2DModel, modelLock: FairLock, maxRows: Int, window: Double = 0.005) {
@@ -112,6 +115,7 @@ public final class ModelBatcher: @unchecked Sendable {
         let now = Date()
         for r in batch { queueWaitMs.record(now.timeIntervalSince(r.enqueued) * 1000) }
         batchRows.record(Double(rows))
+        onCall?(batch.map(\.priority))
         let labels: [Int]? = batch.allSatisfy({ $0.labels != nil }) ? batch.flatMap { $0.labels! } : nil
         let out = modelLock.withLock {
             batch.count == 1 ? model.forward(batch[0].x, timesteps: batch[0].timesteps, classLabels: batch[0].labels)
