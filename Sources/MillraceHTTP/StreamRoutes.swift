@@ -10,29 +10,28 @@ extension MillraceService {
 
     func streamSettings(_ d: [String: Any], base: StreamSettings?, sampler: FlowSampler) throws -> StreamSettings {
         var s = base ?? StreamSettings(classIndex: 0)
+        /// A finite JSON number (not a boolean) under `key`, nil when absent.
+        func number(_ key: String) throws -> Float? {
+            guard let v = d[key] else { return nil }
+            guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw RequestError("'\(key)' must be a number") }
+            return n.floatValue
+        }
+        /// One of an enumeration's names under `key`, nil when absent.
+        func choice<E: RawRepresentable & CaseIterable>(_ key: String, _: E.Type) throws -> E? where E.RawValue == String {
+            guard let v = d[key] else { return nil }
+            guard let str = v as? String, let e = E(rawValue: str) else {
+                throw RequestError("'\(key)' must be one of \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return e
+        }
         if let c = d["class"] {
             s.classIndex = try ClassSelection.parse("\(c)", flow: sampler.flow, config: sampler.model.config)[0]
         }
-        if let g = d["rcfg"] {
-            guard let str = g as? String, let mode = StreamGuidance(rawValue: str) else { throw RequestError("'rcfg' must be none, full, self or onetime") }
-            s.guidance = mode
-        }
-        if let g = d["guidance"] {
-            guard let n = g as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw RequestError("'guidance' must be a number") }
-            s.scale = n.floatValue
-        }
-        if let g = d["delta"] {
-            guard let n = g as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw RequestError("'delta' must be a number") }
-            s.delta = n.floatValue
-        }
-        if let g = d["stepping"] {
-            guard let str = g as? String, let mode = StreamStepping(rawValue: str) else { throw RequestError("'stepping' must be renoise or euler") }
-            s.stepping = mode
-        }
-        if let g = d["blend"] {
-            guard let n = g as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite else { throw RequestError("'blend' must be a number") }
-            s.blend = n.floatValue
-        }
+        if let mode = try choice("rcfg", StreamGuidance.self) { s.guidance = mode }
+        if let g = try number("guidance") { s.scale = g }
+        if let δ = try number("delta") { s.delta = δ }
+        if let mode = try choice("stepping", StreamStepping.self) { s.stepping = mode }
+        if let β = try number("blend") { s.blend = β }
         return s
     }
 

@@ -143,17 +143,25 @@ struct StraightenCommand: ParsableCommand {
             let chords = try Straightening.chords(teacher!, indices: indices)
 
             FileHandle.standardError.write(Data("straightening \(modelPath) for \(nfe) steps \(indices): \(chords.count) chords, batch \(batch)\n".utf8))
-            let trainer = try fineTune(folder: folder, chords: chords)
-            var flow = folder.flow
-            flow.defaultGuidance = 1
-            flow.distilledGuidance = Double(g)
-            try ModelFolder.write(model: trainer.emaModel(), flow: flow, to: out,
-                                  metadata: ["weights": "ema", "straightened_from": modelPath, "nfe": String(nfe)])
+            let trainer = try writeStudent(folder: folder, chords: chords, guidance: g,
+                             metadata: ["weights": "ema", "straightened_from": modelPath, "nfe": String(nfe)])
             var own = BOSS.Schedules(grid: schedules.grid, samples: schedules.samples, guidance: schedules.guidance, seed: schedules.seed)
             try own.set(indices: indices, cost: schedules.schedules[String(nfe)]!.cost)
             try own.write(path: BOSS.Schedules.path(inModelFolder: out))
             print("wrote \(out): straightened for \(nfe) steps \(indices) (smoothed chord loss \(String(format: "%.4f", trainer.smoothedLoss)); sample with --schedule boss --steps \(nfe))")
         }
+    }
+
+    /// Fine-tunes on `chords` and writes the student to --out: its guidance is in the weights, so
+    /// its flow.json says default_guidance 1 and distilled_guidance `guidance`.
+    @discardableResult
+    func writeStudent(folder: ModelFolder, chords: Straightening.Chords, guidance: Float, metadata: [String: String]) throws -> FlowTrainer {
+        let trainer = try fineTune(folder: folder, chords: chords)
+        var flow = folder.flow
+        flow.defaultGuidance = 1
+        flow.distilledGuidance = Double(guidance)
+        try ModelFolder.write(model: trainer.emaModel(), flow: flow, to: out, metadata: metadata)
+        return trainer
     }
 
     /// Fine-tunes a copy of `folder`'s model on `chords` (loss.csv and loss.png into --out).
@@ -221,13 +229,9 @@ struct StraightenCommand: ParsableCommand {
                                                               steps: teacherSteps, guidance: g, seed: seed) { done, _ in bar.update(done) }
             bar.finish()
             FileHandle.standardError.write(Data("straightening \(modelPath) for image-to-image from t0 in \(times.lowerBound)…\(times.upperBound): \(chords.count) chords, batch \(batch)\n".utf8))
-            let trainer = try fineTune(folder: folder, chords: chords)
-            var flow = folder.flow
-            flow.defaultGuidance = 1
-            flow.distilledGuidance = Double(g)
-            try ModelFolder.write(model: trainer.emaModel(), flow: flow, to: out,
-                                  metadata: ["weights": "ema", "straightened_from": modelPath,
-                                             "image_to_image": "t0 \(times.lowerBound)...\(times.upperBound), teacher \(teacherSteps) Euler steps"])
+            let trainer = try writeStudent(folder: folder, chords: chords, guidance: g, metadata: [
+                "weights": "ema", "straightened_from": modelPath,
+                "image_to_image": "t0 \(times.lowerBound)...\(times.upperBound), teacher \(teacherSteps) Euler steps"])
             print("wrote \(out): an image-to-image student (smoothed chord loss \(String(format: "%.4f", trainer.smoothedLoss))); stream with one slot, e.g. gen stream --model \(out) --steps 1 --strength 0.5")
         }
     }
