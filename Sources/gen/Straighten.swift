@@ -7,7 +7,7 @@ import MillraceTraining
 struct StraightenCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "straighten",
-        abstract: "Fine-tune a copy of a model so that one Euler step follows the teacher over each interval of its N-step BOSS schedule.",
+        abstract: "Fine-tune a copy of a model so that one Euler step follows the teacher: over each interval of its N-step BOSS schedule, or (--from-data) from a noised image to the end.",
         discussion: """
         docs/METHODS.md §3.4. The teacher (the model at --model) integrates --samples Gaussian \
         source samples with K-step uniform Euler at the model's guidance, spread over the classes \
