@@ -33,20 +33,10 @@ struct DatasetCommand: ParsableCommand {
 
         func run() throws {
             try runReportingErrors {
-                var bar: ProgressBar?
-                let ds = try EmojiDatasetBuilder.build(size: size, fontPath: font, emojiTestPath: emojiTest) { done, total in
-                    if bar == nil { bar = ProgressBar("render", total: total, unit: "glyphs") }
-                    bar?.update(done)
-                }
-                bar?.finish()
-                let dir = (out as NSString).deletingLastPathComponent
-                if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-                try ds.write(path: out)
-                print("wrote \(out): \(ds.count) emoji, \(ds.indices(split: 0).count) train / \(ds.indices(split: 1).count) held out")
-                for (i, name) in ds.classNames.enumerated() {
-                    let n = ds.labels.filter { Int($0) == i }.count
-                    print(String(format: "  %d %-20@ %5d", i, name as NSString, n))
-                }
+                let render = LazyProgress("render", unit: "glyphs")
+                let ds = try EmojiDatasetBuilder.build(size: size, fontPath: font, emojiTestPath: emojiTest, progress: render.update)
+                render.finish()
+                try DatasetCommand.write(ds, to: out, what: "emoji")
             }
         }
     }
@@ -88,27 +78,38 @@ struct DatasetCommand: ParsableCommand {
 
         func run() throws {
             try runReportingErrors {
-                var bar: ProgressBar?
-                let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: font, emojiTestPath: emojiTest) { done, total in
-                    if bar == nil { bar = ProgressBar("render", total: total, unit: "glyphs") }
-                    bar?.update(done)
-                }
-                bar?.finish()
-                let composer = SceneComposer(sprites: sprites, size: size)
-                var sceneBar: ProgressBar?
-                let ds = composer.dataset(count: count, heldOut: heldOut, seed: seed) { done, total in
-                    if sceneBar == nil { sceneBar = ProgressBar("compose", total: total, unit: "scenes") }
-                    sceneBar?.update(done)
-                }
-                sceneBar?.finish()
-                let dir = (out as NSString).deletingLastPathComponent
-                if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-                try ds.write(path: out)
-                print("wrote \(out): \(ds.count) scenes of \(size)×\(size), \(ds.indices(split: 0).count) train / \(ds.indices(split: 1).count) held out")
-                for (i, name) in ds.classNames.enumerated() {
-                    print(String(format: "  %d %-20@ %6d", i, name as NSString, ds.labels.filter { Int($0) == i }.count))
-                }
+                let render = LazyProgress("render", unit: "glyphs")
+                let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: font, emojiTestPath: emojiTest, progress: render.update)
+                render.finish()
+                let compose = LazyProgress("compose", unit: "scenes")
+                let ds = SceneComposer(sprites: sprites, size: size).dataset(count: count, heldOut: heldOut, seed: seed, progress: compose.update)
+                compose.finish()
+                try DatasetCommand.write(ds, to: out, what: "scenes of \(size)×\(size)")
             }
         }
     }
+
+    /// Writes `ds` (making its folder) and prints its split and the images per class.
+    static func write(_ ds: ImageDataset, to out: String, what: String) throws {
+        let dir = (out as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        try ds.write(path: out)
+        print("wrote \(out): \(ds.count) \(what), \(ds.indices(split: 0).count) train / \(ds.indices(split: 1).count) held out")
+        for (i, (name, n)) in zip(ds.classNames, ds.countsPerClass).enumerated() {
+            print("  \(i) \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(String(repeating: " ", count: max(0, 6 - String(n).count)))\(n)")
+        }
+    }
+}
+
+/// A progress bar made at the first report, when the total is known (for builders that report
+/// `(done, total)`).
+final class LazyProgress {
+    private let label: String, unit: String
+    private var bar: ProgressBar?
+    init(_ label: String, unit: String) { self.label = label; self.unit = unit }
+    func update(_ done: Int, _ total: Int) {
+        if bar == nil { bar = ProgressBar(label, total: total, unit: unit) }
+        bar?.update(done)
+    }
+    func finish() { bar?.finish() }
 }
