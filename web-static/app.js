@@ -84,6 +84,10 @@ fetch("/v1/info").then((r) => r.json()).then((j) => {
     $("#stream-class").appendChild(o);
   });
   status("ready: " + j.classes.length + " classes");
+  // Colorize methods this server offers, its default first.
+  const methods = j.colorize_methods || ["retrieval", "prior"];
+  for (const o of [...$("#color-method").options]) if (!methods.includes(o.value)) o.remove();
+  $("#color-method").value = methods[0];
   if (!j.reference_pool_images) {
     $("#color-status").textContent = "The server has no reference pool: upload one or more reference images to colorize.";
   }
@@ -313,7 +317,8 @@ $("#color-form").addEventListener("submit", async (ev) => {
     for (const ref of $("#color-refs").files) form.append("reference", ref, ref.name);
     say("colorizing…");
     const t0 = performance.now();
-    const r = await fetch("/v1/colorize?references=1", { method: "POST", body: form });
+    const method = $("#color-method").value;
+    const r = await fetch("/v1/colorize?references=1&method=" + encodeURIComponent(method), { method: "POST", body: form });
     if (!r.ok) throw new Error((await r.json().catch(() => ({ error: r.statusText }))).error);
     const parts = await r.formData();
     const result = parts.get("image"), canvas = parts.get("canvas");
@@ -336,13 +341,14 @@ $("#color-form").addEventListener("submit", async (ev) => {
     }
     $("#color-table").hidden = false;
     const ms = (performance.now() - t0).toFixed(0);
-    say(`${info.width}×${info.height} colorized in ${ms} ms from ${info.references.length} patches of the ` +
+    say(`${info.width}×${info.height} colorized (${info.method}) in ${ms} ms from ${info.references.length} patches of the ` +
         (info.pool === "uploaded" ? `${info.pool_images} uploaded reference(s)` : `server's pool (${info.pool_images} images)`));
     document.body.dataset.colorizeWidth = String($("#color-result").naturalWidth);
     document.body.dataset.colorizeHeight = String($("#color-result").naturalHeight);
     document.body.dataset.colorizeCanvas = `${$("#color-canvas").naturalWidth}x${$("#color-canvas").naturalHeight}`;
     document.body.dataset.colorizeRefs = String(info.references.length);
     document.body.dataset.colorizeBytes = String(result.size);
+    document.body.dataset.colorizeMethod = info.method;
   } catch (e) {
     say("error: " + e.message);
     document.body.dataset.colorizeError = e.message;
@@ -367,7 +373,7 @@ $("#color-form").addEventListener("submit", async (ev) => {
 //               received frames whose pixels differ; the largest mean absolute difference, 0–255),
 //               framesAfterPatch, stopStatus (DELETE), outputEnd ("ended": the server ended the
 //               output response), afterStop (status of GET /v1/streams/ID after Stop)
-//   colorize    bytes, refs, width, height, canvas (WxH), error
+//   colorize    bytes, refs, width, height, canvas (WxH), error, method
 function startSelftest() {
   const t = { errors: [], csp: [], timeouts: [], generate: [], inputs: [], frames: [], framesDone: Promise.resolve() };
   const text = (v) => (v instanceof Error ? `${v.name}: ${v.message}` : typeof v === "object" ? JSON.stringify(v) : String(v));
@@ -510,7 +516,8 @@ async function autorun() {
     $("#color-form").requestSubmit();
     await until("colorize", () => body.colorizeBytes || body.colorizeError, 30000);
     report.colorize = { bytes: +(body.colorizeBytes || 0), refs: +(body.colorizeRefs || 0), width: +(body.colorizeWidth || 0),
-                        height: +(body.colorizeHeight || 0), canvas: body.colorizeCanvas || null, error: body.colorizeError || null };
+                        height: +(body.colorizeHeight || 0), canvas: body.colorizeCanvas || null, error: body.colorizeError || null,
+                        method: body.colorizeMethod || null };
     report.autorun = "done";
   } catch (e) {
     t.errors.push("self-test: " + (e && e.stack || e));

@@ -162,6 +162,15 @@ extension MillraceService {
         defer { if let u = uploaded { try? FileManager.default.removeItem(atPath: u.folder) } }
         do {
             let withReferences = try queryFlag(r, "references")
+            let method = try colorMethod(r)
+            var steps = 1
+            if let text = r.query["steps"] {
+                guard let k = Int(text), k >= 1, k <= Self.maxColorSteps else {
+                    throw MultipartError(400, "query argument 'steps' must be an integer from 1 to \(Self.maxColorSteps)")
+                }
+                guard method == "in-context" else { throw MultipartError(400, "'steps' applies to method=in-context only") }
+                steps = k
+            }
             let parts = try formParts(r)
             var images: [MultipartPart] = [], refs: [MultipartPart] = []
             for p in parts {
@@ -181,7 +190,8 @@ extension MillraceService {
             // Sizes from the headers first: the job's memory is reserved before anything is decoded.
             let sizes = try declaredSizes(images + refs)
             let pixels = sizes.reduce(0) { $0 + $1.width * $1.height }
-            let job = try admitJob(bytes: pixels * 48, clientGone: r.isClientGone)
+            // In context, the model's activations at the working size (at most 128×128) too.
+            let job = try admitJob(bytes: pixels * 48 + (method == "in-context" ? Self.inContextBytes : 0), clientGone: r.isClientGone)
             defer { withExtendedLifetime(job) {} }
             let input = try decodePart(images[0])
             let pool: ReferencePool
@@ -192,12 +202,23 @@ extension MillraceService {
                 uploaded = u
                 pool = u.pool
             }
-            let colorizer = Colorizer(pool: pool)
-            let (image, patches) = try colorizer.colorize(gray: input)
+            let colorizer = Colorizer(pool: pool, mode: method == "prior" ? .noRetrieval : .retrieval)
+            let image: RGBImage, patches: [RetrievedPatch]
+            if method == "in-context", let folder = colorFolder {
+                let model = try InContextColorizer(folder: folder, pool: pool)
+                model.steps = steps
+                model.callLock = modelLock
+                try job.check()
+                (image, patches) = try model.colorize(gray: input)
+            } else {
+                (image, patches) = try colorizer.colorize(gray: input)
+            }
+            try job.check()
             let png = try image.pngData()
             metrics.add("colorize_images", help: Self.colorizeImagesHelp)
             guard withReferences else {
-                return HTTPResponse(status: 200, headers: [("Content-Type", "image/png"), ("Cache-Control", "no-store")], body: .bytes(png))
+                return HTTPResponse(status: 200, headers: [("Content-Type", "image/png"), ("Cache-Control", "no-store"),
+                                                           ("Millrace-Colorize-Method", method)], body: .bytes(png))
             }
             let canvas = try colorizer.canvas(gray: input, references: patches).pngData()
             let list: [[String: Any]] = patches.map { p in
@@ -209,15 +230,35 @@ extension MillraceService {
                 if let k = uploaded?.shown[p.name]?.1 { d["reference_index"] = k }
                 return d
             }
-            let info: [String: Any] = ["pool": uploaded == nil ? "server" : "uploaded", "pool_images": pool.names.count,
+            let info: [String: Any] = ["method": method, "pool": uploaded == nil ? "server" : "uploaded", "pool_images": pool.names.count,
                                        "width": image.width, "height": image.height, "references": list]
             let json = try JSONSerialization.data(withJSONObject: info, options: [.sortedKeys])
             let out = [MultipartPart(name: "image", filename: "colorized.png", contentType: "image/png", body: png),
                        MultipartPart(name: "canvas", filename: "canvas.png", contentType: "image/png", body: canvas),
                        MultipartPart(name: "references", contentType: "application/json", body: [UInt8](json))]
-            return Self.multipartResponse(out)
+            return Self.multipartResponse(out, headers: [("Millrace-Colorize-Method", method)])
         } catch {
             return colorError(error)
+        }
+    }
+
+    /// Most Euler steps of the in-context model per request.
+    static let maxColorSteps = 8
+    /// Memory reserved for the in-context model's activations (128×128 working size).
+    static let inContextBytes = 96 << 20
+
+    /// The `method` query argument: in-context (default when the server has the colorization
+    /// model), retrieval (default otherwise) or prior.
+    func colorMethod(_ r: HTTPRequest) throws -> String {
+        guard let asked = r.query["method"] else { return colorFolder == nil ? "retrieval" : "in-context" }
+        switch asked {
+        case "retrieval", "prior": return asked
+        case "in-context":
+            guard colorFolder != nil else {
+                throw MultipartError(400, "this server has no in-context colorization model (gen serve --color-model DIR): use method=retrieval or method=prior")
+            }
+            return asked
+        default: throw MultipartError(400, "query argument 'method' must be in-context, retrieval or prior")
         }
     }
 

@@ -22,6 +22,8 @@ public final class MillraceService: @unchecked Sendable {
         public var maxFramesPerSecond: Double = 60
         /// The server's reference pool for /v1/colorize without uploaded references.
         public var referencesDir = "assets/references"
+        /// The in-context colorization model folder of /v1/colorize (nil: retrieval only).
+        public var colorModel: String?
         /// Most parts of a multipart body (413 above).
         public var maxParts = 40
         /// Most uploaded `reference` files per colorize request (413 above).
@@ -86,6 +88,8 @@ public final class MillraceService: @unchecked Sendable {
     var frameWindows: [String: (start: Date, count: Int)] = [:]
     /// The server's reference pool, indexed on first use and again when its folder changes.
     let serverPool: ServerReferencePool
+    /// The in-context colorization model (`Options.colorModel`), when it loads.
+    public let colorFolder: ModelFolder?
     /// JPEG encodings of stream frames for viewers that ask for format=jpeg.
     let jpegFrames = JPEGFrames()
 
@@ -194,6 +198,8 @@ public final class MillraceService: @unchecked Sendable {
         }
         self.budget = MemoryBudget(capacity: options.memoryBudgetBytes)
         self.serverPool = ServerReferencePool(folder: options.referencesDir)
+        self.colorFolder = options.colorModel.flatMap { try? ModelFolder.load($0) }
+            .flatMap { InContextColorizer.isColorizationModel(config: $0.config, flow: $0.flow) ? $0 : nil }
         // Exported from the start (as 0), as Prometheus counters should be.
         metrics.add("colorize_images", help: Self.colorizeImagesHelp, 0)
         metrics.add("bss_images", help: Self.bssImagesHelp, 0)
@@ -305,7 +311,8 @@ public final class MillraceService: @unchecked Sendable {
             return ("/v1/info", .json(["classes": folder.flow.classNames, "null_class": folder.flow.nullClass as Any? ?? NSNull(),
                                        "sample_size": c.sampleSize, "default_guidance": folder.flow.defaultGuidance,
                                        "max_streams": options.maxStreams,
-                                       "reference_pool_images": serverPool.imageCount as Any? ?? NSNull()]))
+                                       "reference_pool_images": serverPool.imageCount as Any? ?? NSNull(),
+                                       "colorize_methods": (colorFolder == nil ? [] : ["in-context"]) + ["retrieval", "prior"]]))
         }
         if parts == ["v1", "models"] {
             guard m == "GET" else { return ("/v1/models", methodNotAllowed("GET")) }

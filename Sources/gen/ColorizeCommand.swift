@@ -11,9 +11,19 @@ struct ColorizeCommand: ParsableCommand {
         abstract: "Colorize a gray image (or a folder of frames) from a pool of colour reference images.",
         discussion: """
         Each input is turned gray (luma); its 4 overlapping crops retrieve their 3
-        most similar pool patches (luminance descriptors after BSS), and chroma is
-        transferred in Lab from those patches, smoothed with luminance guidance.
-        The output keeps the input's L. The pool (default: the shipped
+        most similar pool patches (luminance descriptors after BSS). --method says
+        what is made of them:
+          in-context  (default when assets/models/colorize32 is present) the
+                      colorization model generates the chroma from the input's
+                      lightness and what retrieval found: the transferred chroma,
+                      how much of it matched, and the best patches' own colours
+                      (docs/METHODS.md §9.3); --color-steps Euler steps from
+                      fixed noise (--seed)
+          retrieval   chroma transferred in Lab from the patches, smoothed with
+                      luminance guidance (the default without the model)
+          prior       the pool's mean chroma per luminance bin, no retrieval
+                      (--no-retrieval is another name for it)
+        The output keeps the input's L exactly. The pool (default: the shipped
         assets/references, made by `gen references`) is indexed into
         <refs>/.millrace-index.json, rebuilt when the folder changes (the file is
         gitignored). For a folder of frames, a frame similar to the one whose
@@ -34,7 +44,8 @@ struct ColorizeCommand: ParsableCommand {
         Examples:
           gen colorize old.png --out out/color.png --show-refs out/refs.png
           gen colorize frames/ --out out/colored --refs my-refs/
-          gen colorize old.png --out out/plain.png --no-retrieval
+          gen colorize old.png --out out/plain.png --method prior
+          gen colorize old.png --out out/transfer.png --method retrieval
           gen colorize emoji.png --out out/refined.png --refine --strength 0.3
         """)
 
@@ -44,8 +55,14 @@ struct ColorizeCommand: ParsableCommand {
     var out: String
     @Option(help: "Folder of colour reference images (default: the shipped assets/references).")
     var refs: String?
-    @Flag(help: "Chroma from the pool's mean chroma per luminance bin, without retrieval.")
+    @Option(help: "in-context, retrieval or prior (default: in-context when the colorization model is present, else retrieval).")
+    var method: ColorMethod?
+    @Flag(help: "Another name for --method prior.")
     var noRetrieval = false
+    @Option(help: "Colorization model folder for --method in-context (default: assets/models/colorize32 or $MILLRACE_COLOR_MODEL).")
+    var colorModel: String?
+    @Option(help: "--method in-context: Euler steps of the colorization model.")
+    var colorSteps: Int = ColorMethod.defaultSteps
     @Option(help: "Write the §9 canvas (query and retrieved patches) to this PNG (folder input: <PNG without .png>-<frame>.png per frame).")
     var showRefs: String?
     @Option(help: "Similarity (cosine of frame descriptors) above which a frame reuses the previous retrieval.")
@@ -69,6 +86,10 @@ struct ColorizeCommand: ParsableCommand {
     func validate() throws {
         guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1], got \(strength)") }
         guard steps >= 1 && steps <= 1000 else { throw ValidationError("--steps must be in 1...1000") }
+        guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
+        if noRetrieval, let method, method != .prior {
+            throw ValidationError("--no-retrieval is --method prior; it cannot be combined with --method \(method.rawValue)")
+        }
         if let className, className.lowercased() == "all" {
             throw ValidationError("--class takes one class (a name, unique prefix or index), not 'all'")
         }
@@ -89,7 +110,19 @@ struct ColorizeCommand: ParsableCommand {
             let pool = ReferencePool(folder: refs)
             let rebuilt = try pool.index()
             FileHandle.standardError.write(Data("pool: \(pool.names.count) images, \(pool.patchCount) patches (\(rebuilt ? "indexed" : "cached index"))\n".utf8))
-            let colorizer = Colorizer(pool: pool, mode: noRetrieval ? .noRetrieval : .retrieval)
+            let chosen = try ColorMethod.resolve(noRetrieval ? .prior : method, model: colorModel)
+            let colorizer = Colorizer(pool: pool, mode: chosen.method == .prior ? .noRetrieval : .retrieval)
+            var inContext: InContextColorizer? = nil
+            if let path = chosen.modelPath {
+                let model = try InContextColorizer(folder: try ModelFolder.load(path), pool: pool)
+                model.steps = colorSteps
+                model.seed = seed
+                inContext = model
+                FileHandle.standardError.write(Data("method: in-context (\(path), \(colorSteps) step\(colorSteps == 1 ? "" : "s"))\n".utf8))
+            } else {
+                FileHandle.standardError.write(Data("method: \(chosen.method.rawValue)\n".utf8))
+            }
+            let showsRefs = chosen.method != .prior
             var refiner: ChromaRefiner? = nil
             if refine {
                 let folder = try ModelFolder.load(model ?? ModelFolder.defaultPath())
@@ -113,11 +146,11 @@ struct ColorizeCommand: ParsableCommand {
             }
             if !isDir.boolValue {
                 let image = try RGBImage.load(path: input)
-                let result = try colorizer.colorize(gray: image)
+                let result = try inContext?.colorize(gray: image) ?? colorizer.colorize(gray: image)
                 let dir = (out as NSString).deletingLastPathComponent
                 if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
                 try finish(result.image, input: image).writePNG(path: out)
-                if let showRefs, !noRetrieval {
+                if let showRefs, showsRefs {
                     try colorizer.canvas(gray: image, references: result.references).writePNG(path: showRefs)
                 }
                 for r in result.references where r.rank == 0 {
@@ -131,13 +164,14 @@ struct ColorizeCommand: ParsableCommand {
             guard !names.isEmpty else { throw CLIError("no PNG or JPEG frames in \(input)") }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let bar = ProgressBar("colorize", total: names.count, unit: "frames")
-            let sequence = FrameSequenceColorizer(colorizer: colorizer, reuseThreshold: reuseThreshold)
+            let sequence = inContext.map { FrameSequenceColorizer(inContext: $0, reuseThreshold: reuseThreshold) }
+                ?? FrameSequenceColorizer(colorizer: colorizer, reuseThreshold: reuseThreshold)
             for (i, name) in names.enumerated() {
                 let frame = try RGBImage.load(path: (input as NSString).appendingPathComponent(name))
                 let result = try sequence.next(frame)
                 let base = (name as NSString).deletingPathExtension
                 try finish(result.image, input: frame).writePNG(path: (out as NSString).appendingPathComponent(base + ".png"), fast: true)
-                if let showRefs, !noRetrieval {
+                if let showRefs, showsRefs {
                     let path = ((showRefs as NSString).deletingPathExtension) + "-\(base).png"
                     try colorizer.canvas(gray: frame, references: result.references).writePNG(path: path, fast: true)
                 }
@@ -145,6 +179,30 @@ struct ColorizeCommand: ParsableCommand {
             }
             bar.finish()
             print("wrote \(names.count) frames to \(out) (\(sequence.reusedCount) reused the previous retrieval)")
+        }
+    }
+}
+
+/// How `gen colorize` and `gen eval colorize` make chroma.
+enum ColorMethod: String, ExpressibleByArgument, CaseIterable {
+    case inContext = "in-context", retrieval, prior
+
+    /// Euler steps of the colorization model when none are asked for.
+    static let defaultSteps = 1
+
+    /// The method to use and, for in-context, the model folder: an explicit method, else
+    /// in-context when a model is given or shipped, else retrieval.
+    static func resolve(_ method: ColorMethod?, model: String?) throws -> (method: ColorMethod, modelPath: String?) {
+        switch method {
+        case .retrieval?, .prior?: return (method!, nil)
+        case .inContext?:
+            guard let path = model ?? ModelFolder.defaultColorizationPath() else {
+                throw CLIError("--method in-context needs the colorization model: assets/models/\(ModelFolder.colorizationModelName) is missing (pass --color-model DIR, or train one: docs/TRAINING.md)")
+            }
+            return (.inContext, path)
+        case nil:
+            if let path = model ?? ModelFolder.defaultColorizationPath() { return (.inContext, path) }
+            return (.retrieval, nil)
         }
     }
 }

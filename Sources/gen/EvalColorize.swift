@@ -10,10 +10,12 @@ import MillracePipelines
 struct EvalColorize: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "colorize",
-        abstract: "Evaluate colorization (retrieval, no_retrieval, reinhard, gray) on held-out colour images.",
+        abstract: "Evaluate colorization (in_context, retrieval, no_retrieval, reinhard, gray) on held-out colour images.",
         discussion: """
         Held-out colour images (a .mrds dataset's split 1, or every PNG/JPEG of a
         folder) are turned gray (0.299 R + 0.587 G + 0.114 B) and colorized by:
+          in_context    the in-context colorization model (§9.3; when
+                        assets/models/colorize32 or --color-model is found)
           retrieval     retrieval-augmented exemplar chroma transfer (§9)
           no_retrieval  pool mean chroma per luminance bin
           reinhard      global Reinhard transfer in Lab from a random pool image
@@ -35,6 +37,7 @@ struct EvalColorize: ParsableCommand {
         The pool defaults to the shipped assets/references (`gen references`).
         Examples:
           gen eval colorize --data data/emoji32.mrds --limit 0 --json
+          gen eval colorize --scenes 300 --scene-examples scenes.png
           gen eval colorize --frames assets/clips/cartoon --frame-examples c.png
           gen eval colorize --data photos/heldout --refs my-refs
         """)
@@ -65,12 +68,29 @@ struct EvalColorize: ParsableCommand {
     var examplesCount: Int = 16
     @Option(help: "Write a grid of --frames (rows: gray, retrieval with reuse, original; 6 frames spread evenly) to this PNG.")
     var frameExamples: String?
+    @Option(help: "Held-out scenes to compose (needs the emoji font), each colorized from its own references: its emoji over white plus --distractors others. JSON key \"scenes\".")
+    var scenes: Int = 0
+    @Option(help: "Side of the --scenes scenes.")
+    var sceneSize: Int = 32
+    @Option(help: "Other held-out emoji added to each scene's references.")
+    var distractors: Int = 6
+    @Option(help: "Write a comparison grid of --scenes (as --examples) to this PNG.")
+    var sceneExamples: String?
+    @Option(help: "In-context colorization model (default: assets/models/colorize32 or $MILLRACE_COLOR_MODEL; evaluated as in_context when found).")
+    var colorModel: String?
+    @Option(help: "Euler steps of the in-context model.")
+    var colorSteps: Int = ColorMethod.defaultSteps
+    @Flag(help: "Leave the in-context model out even when it is found.")
+    var noInContext = false
     @Flag(help: "Print JSON keyed by method.")
     var json = false
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
-        guard data != nil || frames != nil else { throw ValidationError("give --data (held-out images) and/or --frames (a frame folder)") }
+        guard data != nil || frames != nil || scenes > 0 else { throw ValidationError("give --data (held-out images), --scenes N and/or --frames (a frame folder)") }
+        guard scenes >= 0 && scenes <= 100_000 else { throw ValidationError("--scenes must be between 0 and 100000") }
+        guard sceneSize >= 16 && sceneSize <= 256 else { throw ValidationError("--scene-size must be between 16 and 256") }
+        guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
         guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1], got \(strength)") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
     }
@@ -92,6 +112,7 @@ struct EvalColorize: ParsableCommand {
             try pool.index()
             var report: [String: Any] = [:]
             if let data { report.merge(try evaluateImages(data: data, pool: pool, refs: refs)) { $1 } }
+            if scenes > 0 { report["scenes"] = try evaluateScenes(count: scenes) }
             if let frames { report["frames"] = try evaluateFrames(dir: frames, pool: pool) }
             if json {
                 let out = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
@@ -114,7 +135,37 @@ struct EvalColorize: ParsableCommand {
         }
         guard !loaders.isEmpty else { throw CLIError("no held-out colour images in \(data)") }
         if limit > 0 && loaders.count > limit { loaders = Array(loaders.prefix(limit)) }
-        let retrieval = Colorizer(pool: pool), plain = Colorizer(pool: pool, mode: .noRetrieval)
+        let items = loaders.map { load in { () throws -> (RGBImage, ReferencePool) in (try load(), pool) } }
+        let report = try evaluate(items, examples: examples, what: "\(loaders.count) images, pool \(refs) (\(pool.names.count) images)")
+        return report
+    }
+
+    /// Held-out scenes, each colorized from its own references (its emoji over white plus
+    /// --distractors other held-out emoji); the luminance prior is that pool's.
+    func evaluateScenes(count: Int) throws -> [String: Any] {
+        let sprites = try EmojiDatasetBuilder.buildSprites(size: sceneSize)
+        let composer = SceneComposer(sprites: sprites, size: sceneSize)
+        let items = (0..<count).map { k in { () throws -> (RGBImage, ReferencePool) in
+            var rng = SplitMix64(seed: self.seed &+ 0x5CE7E, stream: k)
+            let scene = composer.compose(split: 1, rng: &rng)
+            let pool = ReferencePool(images: composer.references(of: scene, split: 1, distractors: self.distractors, rng: &rng))
+            try pool.index()
+            return (scene.image, pool)
+        } }
+        return try evaluate(items, examples: sceneExamples,
+                            what: "\(count) held-out scenes of \(sceneSize)×\(sceneSize), each with its own references (+\(distractors) distractors)")
+    }
+
+    /// The in-context model, when one is found (or asked for).
+    func inContextModel() throws -> ModelFolder? {
+        if noInContext { return nil }
+        guard let path = colorModel ?? ModelFolder.defaultColorizationPath() else { return nil }
+        return try ModelFolder.load(path)
+    }
+
+    /// Colorizes each item (an original and the pool to colorize it from) by every method and
+    /// averages the metrics.
+    func evaluate(_ items: [() throws -> (RGBImage, ReferencePool)], examples: String?, what: String) throws -> [String: Any] {
         var refiner: ChromaRefiner? = nil
         if refine {
             var r = ChromaRefiner(folder: try ModelFolder.load(model ?? ModelFolder.defaultPath()))
@@ -123,28 +174,41 @@ struct EvalColorize: ParsableCommand {
             r.seed = seed
             refiner = r
         }
+        let colorFolder = try inContextModel()
         var rng = SplitMix64(seed: seed)
-        let methods = ["retrieval", "no_retrieval", "reinhard", "gray"] + (refine ? ["refine"] : [])
+        let methods = ["retrieval", "no_retrieval", "reinhard", "gray"] + (colorFolder != nil ? ["in_context"] : []) + (refine ? ["refine"] : [])
         var sums = [String: [Double]](uniqueKeysWithValues: methods.map { ($0, [0, 0, 0, 0]) })
-        let bar = json ? nil : ProgressBar("eval colorize", total: loaders.count, unit: "images")
-        // Batches, so --refine makes one model call per step for many images.
+        let bar = json ? nil : ProgressBar("eval colorize", total: items.count, unit: "images")
+        // Batches, so --refine and in-context make one model call per step for many images.
         let batch = 32
         var done = 0
-        let wanted = examples == nil ? [] : Set((0..<min(examplesCount, loaders.count)).map { $0 * loaders.count / min(examplesCount, loaders.count) })
-        var exampleRows: [[RGBImage]] = [[], [], []] + (refine ? [[]] : [])
-        while done < loaders.count {
-            let range = done..<min(loaders.count, done + batch)
-            let originals = try range.map { try loaders[$0]() }
+        let wanted = examples == nil ? [] : Set((0..<min(examplesCount, items.count)).map { $0 * items.count / min(examplesCount, items.count) })
+        let rowNames = ["gray", "retrieval"] + (colorFolder != nil ? ["in_context"] : []) + (refine ? ["refine"] : []) + ["original"]
+        var exampleRows = [[RGBImage]](repeating: [], count: rowNames.count)
+        while done < items.count {
+            let range = done..<min(items.count, done + batch)
+            let loaded = try range.map { try items[$0]() }
+            let originals = loaded.map(\.0)
             let grays = originals.map(Colorizer.grayscale)
             var outputs: [[String: RGBImage]] = []
-            for gray in grays {
+            var evidence: [ChromaEvidence] = []
+            for (gray, (_, pool)) in zip(grays, loaded) {
                 let reference = try pool.image(at: Int(rng.next() % UInt64(pool.names.count)))
+                let e = try Colorizer(pool: pool).evidence(gray: gray)
+                evidence.append(e)
                 outputs.append([
-                    "retrieval": try retrieval.colorize(gray: gray).image,
-                    "no_retrieval": try plain.colorize(gray: gray).image,
+                    "retrieval": Colorizer.compose(gray: gray, a: e.a, b: e.b, width: e.width, height: e.height),
+                    "no_retrieval": try Colorizer(pool: pool, mode: .noRetrieval).colorize(gray: gray).image,
                     "reinhard": Colorizer.reinhard(gray: gray, reference: reference),
                     "gray": gray,
                 ])
+            }
+            if let colorFolder {
+                let model = try InContextColorizer(folder: colorFolder, pool: loaded[0].1)
+                model.steps = colorSteps
+                model.seed = seed
+                let colored = try model.colorize(gray: grays, evidence: evidence)
+                for k in outputs.indices { outputs[k]["in_context"] = colored[k] }
             }
             if var refiner {
                 refiner.seed = seed &+ UInt64(done)
@@ -152,8 +216,8 @@ struct EvalColorize: ParsableCommand {
                 for k in outputs.indices { outputs[k]["refine"] = refined[k] }
             }
             for (k, (original, out)) in zip(originals, outputs).enumerated() where wanted.contains(range.lowerBound + k) {
-                let row = [out["gray"]!, out["retrieval"]!] + (refine ? [out["refine"]!] : []) + [original]
-                for (r, image) in row.enumerated() {
+                for (r, name) in rowNames.enumerated() {
+                    let image = name == "original" ? original : out[name]!
                     exampleRows[r].append(image.resizedNearest(width: 2 * image.width, height: 2 * image.height))
                 }
             }
@@ -171,11 +235,10 @@ struct EvalColorize: ParsableCommand {
         }
         bar?.finish()
         if let examples {
-            let labels = ["gray", "retrieval"] + (refine ? ["refine"] : []) + ["original"]
-            try RGBImage.labeledRows(exampleRows, labels: labels).writePNG(path: examples)
+            try RGBImage.labeledRows(exampleRows, labels: rowNames).writePNG(path: examples)
             if !json { print("wrote \(examples)") }
         }
-        let n = Double(loaders.count)
+        let n = Double(items.count)
         var report: [String: [String: Double]] = [:]
         for m in methods {
             let s = sums[m]!
@@ -183,7 +246,7 @@ struct EvalColorize: ParsableCommand {
                          "images": n]
         }
         if !json {
-            print("\(loaders.count) images, pool \(refs) (\(pool.names.count) images)")
+            print(what)
             print("method        psnr_rgb  psnr_ab  delta_e  colorfulness_gap")
             for m in methods {
                 let r = report[m]!
@@ -202,19 +265,31 @@ struct EvalColorize: ParsableCommand {
         let withReuse = FrameSequenceColorizer(colorizer: Colorizer(pool: pool), reuseThreshold: reuseThreshold)
         let afresh = FrameSequenceColorizer(colorizer: Colorizer(pool: pool), reuse: false)
         let plain = Colorizer(pool: pool, mode: .noRetrieval)
-        let variants: [(String, [RGBImage])] = [
+        var variants: [(String, [RGBImage])] = [
             ("retrieval_reuse", try grays.map { try withReuse.next($0).image }),
             ("retrieval_no_reuse", try grays.map { try afresh.next($0).image }),
             ("no_retrieval", try grays.map { try plain.colorize(gray: $0).image }),
-            ("original", originals),
         ]
+        var inContextReused = 0
+        if let folder = try inContextModel() {
+            let model = try InContextColorizer(folder: folder, pool: pool)
+            model.steps = colorSteps
+            model.seed = seed
+            let sequence = FrameSequenceColorizer(inContext: model, reuseThreshold: reuseThreshold)
+            variants.insert(("in_context_reuse", try grays.map { try sequence.next($0).image }), at: 0)
+            inContextReused = sequence.reusedCount
+        }
+        variants.append(("original", originals))
         if let frameExamples {
             let picks = (0..<min(6, names.count)).map { $0 * (names.count - 1) / max(1, min(6, names.count) - 1) }
-            let rows = [grays, variants[0].1, originals].map { seq in picks.map { seq[$0] } }
-            try RGBImage.labeledRows(rows, labels: ["gray", "retrieval", "original"]).writePNG(path: frameExamples)
+            let shown = variants.filter { $0.0 == "retrieval_reuse" || $0.0 == "in_context_reuse" }
+            let rows = ([grays] + shown.map(\.1) + [originals]).map { seq in picks.map { seq[$0] } }
+            let labels = ["gray"] + shown.map { $0.0 == "retrieval_reuse" ? "retrieval" : "in_context" } + ["original"]
+            try RGBImage.labeledRows(rows, labels: labels).writePNG(path: frameExamples)
             if !json { print("wrote \(frameExamples)") }
         }
         var out: [String: Any] = ["frames": names.count, "reused": withReuse.reusedCount]
+        if variants.contains(where: { $0.0 == "in_context_reuse" }) { out["in_context_reused"] = inContextReused }
         for (name, seq) in variants {
             let psnr = zip(seq, originals).map { ColorMetrics.psnrAB($0, $1) }.reduce(0, +) / Double(seq.count)
             out[name] = ["chroma_variation": ColorMetrics.chromaVariation(seq),

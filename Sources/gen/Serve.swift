@@ -45,6 +45,8 @@ struct Serve: ParsableCommand {
     var allowHost: [String] = []
     @Option(help: "Reference pool of POST /v1/colorize when a request uploads no references (a folder of colour images; default: the shipped assets/references).")
     var refs: String?
+    @Option(help: "In-context colorization model of POST /v1/colorize (default: the shipped assets/models/colorize32 when present; 'none': retrieval only).")
+    var colorModel: String?
     @Option(help: "Most simultaneous connections (idle and slow ones included).")
     var maxConnections: Int = 4096
     @Option(help: "Most simultaneous connections from one address (0: no limit).")
@@ -119,6 +121,13 @@ struct Serve: ParsableCommand {
             opts.maxStreams = maxStreams
             opts.token = try resolvedToken()
             opts.referencesDir = refs ?? ReferencePool.defaultFolder()
+            if colorModel != "none", let path = colorModel ?? ModelFolder.defaultColorizationPath() {
+                let f = try ModelFolder.load(path)
+                guard InContextColorizer.isColorizationModel(config: f.config, flow: f.flow) else {
+                    throw CLIError("--color-model \(path) is not an in-context colorization model (flow.json task \"colorize\")")
+                }
+                opts.colorModel = path
+            }
             opts.allowedHosts = allowHost
             opts.checkHost = isLoopback || !allowHost.isEmpty
             opts.maxJobs = maxJobs

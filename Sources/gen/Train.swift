@@ -23,9 +23,13 @@ struct Train: ParsableCommand {
             --init-from assets/models/emoji32 --lr 4e-4 --decay cosine
           gen train --data data/scenes64.mrds --out runs/scenes64 --steps 1100 --ema 0.995 \
             --init-from assets/models/emoji32 --lr 4e-4 --decay cosine --warmup 60
+          gen train --data data/colorize32.safetensors --out runs/colorize32 --steps 4000 \
+            --lr 1e-3 --decay cosine --ema 0.998
+        A colorization set trains an in-context colorization model (no classes; its input is
+        the chroma state and the six condition planes, docs/METHODS.md §9.3).
         """)
 
-    @Option(help: "Dataset file from `gen dataset emoji` or `gen dataset scenes`.")
+    @Option(help: "Dataset file from `gen dataset emoji` or `gen dataset scenes`, or a colorization set (.safetensors) from `gen dataset colorize`.")
     var data: String
     @Option(help: "Output folder.")
     var out: String
@@ -113,9 +117,23 @@ struct Train: ParsableCommand {
         try runReportingErrors {
             // A single process, or (started by mpirun) this process's place in the MPI run.
             let group = try DataParallel.join()
-            let ds = try ImageDataset.read(path: data)
-            let trainData = FlowTrainingData(dataset: ds)
-            let config = try makeConfig(classes: ds.classNames.count, size: ds.size)
+            // An image dataset (.mrds), or a colorization set from `gen dataset colorize`.
+            let trainData: FlowTrainingData
+            var config: UNetConfig
+            var colorScale: Double? = nil
+            if data.hasSuffix(".safetensors") {
+                let (d, scale) = try DatasetColorizeCommand.read(path: data)
+                trainData = d
+                colorScale = scale
+                config = try makeConfig(classes: 0, size: d.size)
+                config.numClassEmbeds = nil
+                config.inChannels = d.channels + d.conditionChannels
+                config.outChannels = d.channels
+            } else {
+                let ds = try ImageDataset.read(path: data)
+                trainData = FlowTrainingData(dataset: ds)
+                config = try makeConfig(classes: ds.classNames.count, size: ds.size)
+            }
             var opts = TrainOptions()
             opts.steps = steps
             opts.batchSize = batch
@@ -134,6 +152,7 @@ struct Train: ParsableCommand {
             opts.optimizer.gradClip = clip
             opts.optimizer.emaDecay = ema
             let trainer = try FlowTrainer(config: config, data: trainData, options: opts, collective: group)
+            if let colorScale { trainer.flow.normScale = colorScale }
             var settings = TrainingRun.Settings(out: out, steps: steps)
             settings.checkpointEvery = checkpointEvery
             settings.resume = resume

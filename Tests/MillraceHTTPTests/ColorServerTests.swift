@@ -276,3 +276,54 @@ import MillraceTestSupport
         #expect(value("millrace_streams_active") == 0)
     }
 }
+
+/// POST /v1/colorize's methods with an in-context colorization model loaded (a random tiny one:
+/// these tests check the route, not the model's quality).
+@Suite(.serialized) struct InContextServerTests {
+    typealias Running = ServerTests.Running
+
+    @Test func inContextIsTheDefaultWhenTheServerHasTheModel() throws {
+        let model = try Fixtures.tinyColorizationModel()
+        let pool = try Fixtures.referencePool()
+        defer { try? FileManager.default.removeItem(atPath: model); try? FileManager.default.removeItem(atPath: pool) }
+        let s = try Running(maxBody: 1 << 20, references: pool, colorModel: model)
+        let body = ColorServerTests.form([try ColorServerTests.file("image", "gray.png", ColorServerTests.grayDisc())])
+        let r = s.call("POST", "/v1/colorize", body: body, type: ColorServerTests.formType)
+        #expect(r.status == 200 && r.type == "image/png", "\(r.status) \(r.text.prefix(200))")
+        #expect(r.headers["millrace-colorize-method"] == "in-context")
+        let out = try RGBImage.decode(r.body)
+        #expect(out.width == 40 && out.height == 40)
+        // The input's lightness is kept (to PNG rounding).
+        let lin = ColorServerTests.grayDisc().toLab(), lout = out.toLab()
+        let worst = (0..<out.pixelCount).map { abs(lin.planes[$0] - lout.planes[$0]) }.max() ?? 0
+        #expect(worst < 0.6, "L moved by \(worst)")
+        // With references=1 the JSON names the method.
+        let r2 = s.call("POST", "/v1/colorize?references=1&steps=2", body: body, type: ColorServerTests.formType)
+        #expect(r2.status == 200, "\(r2.status) \(r2.text.prefix(200))")
+        #expect(r2.text.contains("\"method\":\"in-context\""))
+        for method in ["retrieval", "prior"] {
+            let r3 = s.call("POST", "/v1/colorize?method=\(method)", body: body, type: ColorServerTests.formType)
+            #expect(r3.status == 200 && r3.headers["millrace-colorize-method"] == method, "\(method): \(r3.status)")
+        }
+        let info = s.call("GET", "/v1/info")
+        #expect(info.text.contains("\"colorize_methods\":[\"in-context\",\"retrieval\",\"prior\"]"), "\(info.text)")
+    }
+
+    @Test func badMethodsAndStepsAreRefused() throws {
+        let model = try Fixtures.tinyColorizationModel()
+        let pool = try Fixtures.referencePool()
+        defer { try? FileManager.default.removeItem(atPath: model); try? FileManager.default.removeItem(atPath: pool) }
+        let body = ColorServerTests.form([try ColorServerTests.file("image", "gray.png", ColorServerTests.grayDisc())])
+        let s = try Running(maxBody: 1 << 20, references: pool, colorModel: model)
+        for query in ["method=paint", "steps=0", "steps=9", "steps=two", "method=retrieval&steps=2"] {
+            let r = s.call("POST", "/v1/colorize?" + query, body: body, type: ColorServerTests.formType)
+            #expect(r.status == 400, "\(query): \(r.status) \(r.text.prefix(200))")
+        }
+        // Without the model, retrieval is the default and in-context is refused.
+        let plain = try Running(maxBody: 1 << 20, references: pool)
+        let r = plain.call("POST", "/v1/colorize", body: body, type: ColorServerTests.formType)
+        #expect(r.status == 200 && r.headers["millrace-colorize-method"] == "retrieval")
+        let refused = plain.call("POST", "/v1/colorize?method=in-context", body: body, type: ColorServerTests.formType)
+        #expect(refused.status == 400 && refused.text.contains("no in-context colorization model"), "\(refused.text)")
+    }
+}

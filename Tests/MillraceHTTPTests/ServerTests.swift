@@ -16,7 +16,7 @@ import MillraceTestSupport
         let service: MillraceService
         let server: HTTPServer
         init(maxStreams: Int = 4, maxBody: Int = 64 << 10, token: String? = nil, references: String? = nil,
-             maxImagePixels: Int? = nil, framesPerSecond: Double = 1000) throws {
+             maxImagePixels: Int? = nil, framesPerSecond: Double = 1000, colorModel: String? = nil) throws {
             let folder = try ModelFolder.load(Fixtures.path("unet-tiny-a"))
             var o = MillraceService.Options()
             o.maxStreams = maxStreams
@@ -25,6 +25,7 @@ import MillraceTestSupport
             o.maxFramesPerSecond = framesPerSecond
             if let references { o.referencesDir = references }
             if let maxImagePixels { o.maxImagePixels = maxImagePixels }
+            o.colorModel = colorModel
             let service = MillraceService(folder: folder, options: o)
             self.service = service
             server = HTTPServer(host: "127.0.0.1", port: 0, maxBodyBytes: maxBody) { service.handle($0) }

@@ -67,6 +67,10 @@ import MillraceTestSupport
         let pool = try Fixtures.referencePool()
         defer { try? FileManager.default.removeItem(atPath: pool) }
         options.referencesDir = pool
+        // A random tiny in-context model: the page's default method is then in-context.
+        let colorModel = try Fixtures.tinyColorizationModel()
+        defer { try? FileManager.default.removeItem(atPath: colorModel) }
+        options.colorModel = colorModel
         let service = MillraceService(folder: folder, options: options)
         let report = Report()
         let server = HTTPServer(host: "127.0.0.1", port: 0) { request in
@@ -183,6 +187,7 @@ import MillraceTestSupport
         #expect(r.int("colorize.refs") == 12, "the retrieved patches were listed: \(all)")
         #expect(r.int("colorize.width") == 32 && r.int("colorize.height") == 32, "the result decoded at the sample's size: \(all)")
         #expect(r.string("colorize.canvas") == "64x64", "the canvas decoded at 2W×2H: \(all)")
+        #expect(r.string("colorize.method") == "in-context", "the page's default method is the server's: \(all)")
 
         let metrics = service.metricsText()
         #expect(metrics.contains("route=\"/v1/streams/{id}/frames\",status=\"202\""))

@@ -3,6 +3,7 @@ import Testing
 @testable import MillraceFormats
 @testable import MillraceCore
 import MillraceTraining
+import MillraceImaging
 import MillraceTestSupport
 
 /// The `gen` command line as a user runs it: `swift test` builds it next to the test bundle.
@@ -96,6 +97,11 @@ import MillraceTestSupport
         (["eval", "table", "--nfe", "2,x"], "nfe"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--min-lr", "1e-5"], "--decay cosine"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--decay", "linear"], "decay"),
+        (["colorize", "x.png", "--out", "OUT.png", "--no-retrieval", "--method", "retrieval"], "--no-retrieval"),
+        (["colorize", "x.png", "--out", "OUT.png", "--method", "paint"], "'in-context'"),
+        (["colorize", "x.png", "--out", "OUT.png", "--color-steps", "0"], "color-steps"),
+        (["colorize", "x.png", "--out", "OUT.png", "--method", "in-context", "--color-model", "MODEL"], "not an in-context colorization model"),
+        (["dataset", "colorize", "--emoji", "x.mrds", "--out", "OUT", "--scenes", "-1"], "scenes"),
         // Typed options list their values; missing files come with the command that makes them.
         (["--steps", "2", "--solver", "rk4", "--out", "OUT.png"], "'euler'"),
         (["stream", "--input", "OUT", "--out", "OUT", "--rcfg", "x"], "'onetime'"),
@@ -110,6 +116,47 @@ import MillraceTestSupport
         #expect(status != 0)
         #expect(err.lowercased().contains(mention.lowercased()), "stderr: \(err)")
         #expect(!FileManager.default.fileExists(atPath: out + ".png") && !FileManager.default.fileExists(atPath: out))
+    }
+
+    /// The in-context colorization model as a user makes and uses it: `gen dataset colorize` on an
+    /// emoji dataset (a small one made here), `gen train` on the file, `gen colorize` with the
+    /// model; and the model is refused as an image generator.
+    @Test func colorizationDataTrainsAModelThatColorizes() throws {
+        let dir = Fixtures.tempPath("cli-colorize")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let pictures = (0..<6).map { k in
+            Fixtures.picture(16, 16, kind: k % 3, ink: k % 2 == 0 ? (0.9, 0.2, 0.1) : (0.1, 0.3, 0.9))
+        }
+        let pixels = pictures.flatMap { $0.planes.map { UInt8(max(0, min(255, ($0 * 255).rounded()))) } }
+        let ds = ImageDataset(size: 16, classNames: ["a"], labels: [UInt8](repeating: 0, count: 6), split: [0, 0, 0, 0, 0, 1],
+                              pixels: pixels, items: (0..<6).map { DatasetItem(codepoints: "1F600", name: "p\($0)", subgroup: "s") })
+        try ds.write(path: dir + "/tiny.mrds")
+        let pool = try Fixtures.referencePool()
+        defer { try? FileManager.default.removeItem(atPath: pool) }
+        let (s1, out1, err1) = try GenCLI.run(["dataset", "colorize", "--emoji", dir + "/tiny.mrds", "--scenes", "0", "--refs", pool,
+                                               "--out", dir + "/color.safetensors"])
+        #expect(s1 == 0, "stderr: \(err1)")
+        #expect(out1.contains("5 examples of 16×16 (5 train emoji"), "\(out1)")
+        let (s2, _, err2) = try GenCLI.run(["train", "--data", dir + "/color.safetensors", "--out", dir + "/model", "--steps", "2",
+                                            "--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1"])
+        #expect(s2 == 0, "stderr: \(err2)")
+        let folder = try ModelFolder.load(dir + "/model")
+        #expect(folder.flow.task == "colorize" && folder.config.inChannels == 8 && folder.config.outChannels == 2 && folder.flow.normScale == 2)
+        try writeGrayPNG(pictures[5], path: dir + "/gray.png")
+        let (s3, _, err3) = try GenCLI.run(["colorize", dir + "/gray.png", "--out", dir + "/out.png", "--refs", pool,
+                                            "--color-model", dir + "/model", "--color-steps", "2"])
+        #expect(s3 == 0 && err3.contains("method: in-context"), "stderr: \(err3)")
+        #expect(FileManager.default.fileExists(atPath: dir + "/out.png"))
+        let (s4, _, err4) = try GenCLI.run(["--steps", "2", "--model", dir + "/model", "--out", dir + "/gen.png"])
+        #expect(s4 != 0 && err4.contains("colorize"), "stderr: \(err4)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/gen.png"))
+    }
+
+    /// Writes the gray (luma) version of `image` as a PNG.
+    func writeGrayPNG(_ image: RGBImage, path: String) throws {
+        let y = image.luma()
+        try RGBImage(width: image.width, height: image.height, planes: y + y + y).writePNG(path: path)
     }
 
     /// `gen dataset scenes` writes a dataset of scenes that `gen train` can read: the classes of

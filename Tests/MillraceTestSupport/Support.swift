@@ -100,6 +100,22 @@ public enum Fixtures {
         return FlowSampler(model: model, flow: flow)
     }
 
+    /// A random tiny in-context colorization model folder (8 input channels: the chroma state and
+    /// six condition planes; 2 output channels; flow.json task "colorize", norm scale 2) in a
+    /// temporary folder; returns its path.
+    public static func tinyColorizationModel(seed: UInt64 = 5) throws -> String {
+        var c = tinyUNetConfig()
+        c.numClassEmbeds = nil
+        c.inChannels = 8
+        c.outChannels = 2
+        var flow = FlowConfig()
+        flow.task = "colorize"
+        flow.normScale = 2
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-color-\(UUID().uuidString)").path
+        try ModelFolder.write(model: UNet2DModel(config: c, seed: seed), flow: flow, to: dir)
+        return dir
+    }
+
     /// A W×H image: `fill` background with a disc, a bar or stripes of `ink` (kind 0, 1, 2).
     public static func picture(_ w: Int, _ h: Int, kind: Int, ink: (Float, Float, Float), fill: (Float, Float, Float) = (1, 1, 1)) -> RGBImage {
         var img = RGBImage(width: w, height: h, fill: fill)

@@ -18,13 +18,17 @@ public struct FlowConfig: Codable, Sendable, Equatable {
     /// For a straightened model (§3.4, `gen straighten`): the guidance scale of the teacher whose
     /// guided chords it learned, so that it samples at guidance 1 in one row per step.
     public var distilledGuidance: Double? = nil
+    /// What the model does when it is not a generator of images: "colorize" for an in-context
+    /// colorization model (its samples are chroma, conditioned on extra input channels; see
+    /// `InContextColorizer`). nil: an image generator.
+    public var task: String? = nil
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case prediction, timestepScale = "timestep_scale", classNames = "class_names"
         case nullClass = "null_class", normScale = "norm_scale", defaultGuidance = "default_guidance"
-        case distilledGuidance = "distilled_guidance"
+        case distilledGuidance = "distilled_guidance", task
     }
 
     public init(from decoder: Decoder) throws {
@@ -36,6 +40,7 @@ public struct FlowConfig: Codable, Sendable, Equatable {
         normScale = try c.decodeIfPresent(Double.self, forKey: .normScale) ?? 1
         defaultGuidance = try c.decodeIfPresent(Double.self, forKey: .defaultGuidance) ?? 1
         distilledGuidance = try c.decodeIfPresent(Double.self, forKey: .distilledGuidance)
+        task = try c.decodeIfPresent(String.self, forKey: .task)
     }
 }
 
@@ -207,6 +212,16 @@ extension ModelFolder {
     /// The folder name, under assets/models, of the default stream model: the composition
     /// model's image-to-image student.
     public static let streamModelName = "scenes64-i2i"
+
+    /// The folder name, under assets/models, of the in-context colorization model.
+    public static let colorizationModelName = "colorize32"
+
+    /// The in-context colorization model `gen colorize`, the service and `gen eval colorize` use
+    /// by default: `MILLRACE_COLOR_MODEL`, else the shipped one; nil when neither exists.
+    public static func defaultColorizationPath() -> String? {
+        if let env = ProcessInfo.processInfo.environment["MILLRACE_COLOR_MODEL"], !env.isEmpty { return env }
+        return shippedPath(colorizationModelName)
+    }
 
     /// assets/models/`name`, found from the working directory or above the executable (a build
     /// folder of a checkout); nil when neither has it.

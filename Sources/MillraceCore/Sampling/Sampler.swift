@@ -53,6 +53,9 @@ public struct FlowSampler {
     /// this message instead of a shape failure halfway through.
     public var imageProblem: String? {
         let c = model.config
+        if let task = flow.task {
+            return "the model is a \(task) model (flow.json \"task\": \"\(task)\"), not an image generator\(task == "colorize" ? ": use it with gen colorize --color-model" : "")"
+        }
         if c.inChannels != c.outChannels {
             return "the model has in_channels \(c.inChannels) and out_channels \(c.outChannels): a flow model's velocity must have the shape of its input"
         }

@@ -57,6 +57,16 @@ public final class Colorizer {
     /// Colorizes a gray image; `reusing` skips retrieval and uses earlier patches (for stable video).
     public func colorize(gray input: RGBImage, reusing: [RetrievedPatch]? = nil) throws
         -> (image: RGBImage, references: [RetrievedPatch]) {
+        let e = try evidence(gray: input, reusing: reusing)
+        return (Self.compose(gray: Self.grayscale(input), a: e.a, b: e.b, width: e.width, height: e.height), e.references)
+    }
+
+    /// What retrieval tells about a gray image's chroma, at the working size: the colorization
+    /// itself (a, b), how much of it came from matched patch pixels rather than the prior, and
+    /// the best patch of each query crop pasted where the crop lies (the references' own colours,
+    /// not matched by luma). The in-context model (`InContextColorizer`) takes all of it as its
+    /// condition. `excluding`: pool images left out of retrieval.
+    public func evidence(gray input: RGBImage, reusing: [RetrievedPatch]? = nil, excluding: Set<Int> = []) throws -> ChromaEvidence {
         guard input.width >= 1, input.height >= 1 else { throw ColorError.invalidInput("cannot colorize an empty image") }
         if pool.patchCount == 0 { try pool.index() }
         let gray = Self.grayscale(input)
@@ -64,6 +74,7 @@ public final class Colorizer {
         let w = work.width, h = work.height, n = w * h
         let ywork = work.luma()
         var sumA = [Float](repeating: 0, count: n), sumB = sumA, sumW = sumA
+        var canvasA = sumA, canvasB = sumA, canvasN = sumA
         // Prior: pool mean chroma per luma bin, small weight.
         let chroma = pool.chromaByLuma, bins = ReferencePool.lumaBins
         let priorWeight: Float = mode == .retrieval ? Self.priorWeight : 1
@@ -73,7 +84,7 @@ public final class Colorizer {
         }
         var refs: [RetrievedPatch] = []
         if mode == .retrieval {
-            refs = try reusing ?? pool.retrieve(query: work, top: topK)
+            refs = try reusing ?? pool.retrieve(query: work, top: topK, excluding: excluding)
             let crops = PatchDescriptor.queryCrops(width: w, height: h)
             var bestSim = [Float](repeating: -1, count: 4)
             for r in refs { let q = min(3, max(0, r.quadrant)); bestSim[q] = max(bestSim[q], r.similarity) }
@@ -91,12 +102,26 @@ public final class Colorizer {
                 let weight = exp(Self.similaritySharpness * (r.similarity - bestSim[min(3, max(0, r.quadrant))]))
                 transfer(from: patch, weight: weight, crop: crop, queryLuma: ywork, width: w,
                          sumA: &sumA, sumB: &sumB, sumW: &sumW)
+                if r.rank == 0 {
+                    let lab = patch.toLab(), pn = crop.width * crop.height
+                    for y in 0..<crop.height {
+                        for x in 0..<crop.width {
+                            let qp = (crop.y + y) * w + crop.x + x, k = y * crop.width + x
+                            canvasA[qp] += lab.planes[pn + k]; canvasB[qp] += lab.planes[2 * pn + k]; canvasN[qp] += 1
+                        }
+                    }
+                }
             }
         }
-        var a = [Float](repeating: 0, count: n), b = a
-        for p in 0..<n { a[p] = sumA[p] / sumW[p]; b[p] = sumB[p] / sumW[p] }
+        var a = [Float](repeating: 0, count: n), b = a, matched = a
+        for p in 0..<n {
+            a[p] = sumA[p] / sumW[p]; b[p] = sumB[p] / sumW[p]
+            matched[p] = 1 - priorWeight / sumW[p]
+            if canvasN[p] > 0 { canvasA[p] /= canvasN[p]; canvasB[p] /= canvasN[p] }
+        }
         (a, b) = Self.jointBilateral(a: a, b: b, guide: ywork, width: w, height: h)
-        return (Self.compose(gray: gray, a: a, b: b, width: w, height: h), refs)
+        return ChromaEvidence(width: w, height: h, luma: ywork, lightness: Array(work.toLab().planes[0..<n]),
+                              a: a, b: b, matched: matched, canvasA: canvasA, canvasB: canvasB, references: refs)
     }
 
     /// κ of the patch weights exp(κ·(sim − sim_best)).
@@ -173,7 +198,7 @@ public final class Colorizer {
 
     /// Full-resolution L of `gray` with a, b (given at w×h) upsampled; out-of-gamut colours lose
     /// chroma, not lightness (`LabImage.toRGBPreservingLightness`), so the output's L is the input's.
-    static func compose(gray: RGBImage, a: [Float], b: [Float], width w: Int, height h: Int) -> RGBImage {
+    public static func compose(gray: RGBImage, a: [Float], b: [Float], width w: Int, height h: Int) -> RGBImage {
         let lab = gray.toLab(), n = gray.pixelCount
         var ab = RGBImage(width: w, height: h, planes: a + b + [Float](repeating: 0, count: w * h))
         if w != gray.width || h != gray.height { ab = ab.resizedBilinear(width: gray.width, height: gray.height) }
@@ -229,6 +254,25 @@ public final class Colorizer {
         }
         return out
     }
+}
+
+/// Retrieval's evidence about a gray image's chroma at the working size (`Colorizer.evidence`);
+/// planes are row-major `width`×`height`, chroma in Lab units.
+public struct ChromaEvidence: Sendable {
+    public var width: Int, height: Int
+    /// Luma (0.299 R + 0.587 G + 0.114 B) in [0, 1].
+    public var luma: [Float]
+    /// Lab L in [0, 100].
+    public var lightness: [Float]
+    /// The retrieval colorization's a, b (what `colorize` composes with the input's L).
+    public var a: [Float], b: [Float]
+    /// Share of each pixel's chroma that came from matched patch pixels, in [0, 1) (0: the
+    /// luminance prior alone).
+    public var matched: [Float]
+    /// The best patch of each query crop, pasted over its crop (overlaps averaged); 0 where none.
+    public var canvasA: [Float], canvasB: [Float]
+    /// The patches retrieved (or reused).
+    public var references: [RetrievedPatch]
 }
 
 /// Colour metrics of §10 used by `gen eval colorize`.

@@ -10,6 +10,9 @@ import MillraceImaging
 /// afresh and its signature becomes the one compared against (so drift is bounded).
 public final class FrameSequenceColorizer {
     public let colorizer: Colorizer
+    /// When set, frames are colorized in context by this model (with its fixed noise) from the
+    /// retrieval in use, instead of by retrieval alone.
+    public let inContext: InContextColorizer?
     /// Cosine similarity of frame signatures above which a frame reuses the retrieval in use.
     public var reuseThreshold: Float
     /// false: every frame retrieves afresh.
@@ -20,6 +23,15 @@ public final class FrameSequenceColorizer {
 
     public init(colorizer: Colorizer, reuseThreshold: Float = 0.95, reuse: Bool = true) {
         self.colorizer = colorizer
+        self.inContext = nil
+        self.reuseThreshold = reuseThreshold
+        self.reuse = reuse
+    }
+
+    /// Frames colorized in context by `model` (its own retrieval, `model.colorizer`).
+    public init(inContext model: InContextColorizer, reuseThreshold: Float = 0.95, reuse: Bool = true) {
+        self.colorizer = model.colorizer
+        self.inContext = model
         self.reuseThreshold = reuseThreshold
         self.reuse = reuse
     }
@@ -34,7 +46,7 @@ public final class FrameSequenceColorizer {
 
     /// Colorizes the next frame of the sequence.
     public func next(_ frame: RGBImage) throws -> (image: RGBImage, references: [RetrievedPatch], reused: Bool) {
-        guard colorizer.mode == .retrieval else {
+        guard colorizer.mode == .retrieval || inContext != nil else {
             let r = try colorizer.colorize(gray: frame)
             return (r.image, r.references, false)
         }
@@ -44,7 +56,7 @@ public final class FrameSequenceColorizer {
             let cos = zip(sig, current.signature).map(*).reduce(0, +)
             if cos >= reuseThreshold { reusing = current.refs }
         }
-        let r = try colorizer.colorize(gray: frame, reusing: reusing)
+        let r = try inContext?.colorize(gray: frame, reusing: reusing) ?? colorizer.colorize(gray: frame, reusing: reusing)
         if reusing == nil { current = (sig, r.references) } else { reusedCount += 1 }
         return (r.image, r.references, reusing != nil)
     }

@@ -125,11 +125,25 @@ public final class ReferencePool: @unchecked Sendable {
     private var descriptors: [Float] = []
     private var imageCache: [Int: RGBImage] = [:]
     private let lock = NSLock()
+    /// The images of a pool made in memory (nil: the pool is a folder).
+    private let memory: [RGBImage]?
 
     public init(folder: String, cachePath: String? = nil) {
         self.folder = folder
         self.cachePath = cachePath ?? (folder as NSString).appendingPathComponent(".millrace-index.json")
+        self.memory = nil
     }
+
+    /// A pool of images held in memory (e.g. the sprites a scene is made of), indexed on the
+    /// first `index()` and never cached to disk. `names` default to "image-<i>".
+    public init(images: [RGBImage], names: [String]? = nil) {
+        precondition(names == nil || names!.count == images.count, "one name per image")
+        self.folder = "<memory>"
+        self.cachePath = ""
+        self.memory = images
+        self.memoryNames = names ?? images.indices.map { "image-\($0)" }
+    }
+    private var memoryNames: [String] = []
 
     /// Number of indexed patches.
     public var patchCount: Int { file?.patchImages.count ?? 0 }
@@ -139,6 +153,9 @@ public final class ReferencePool: @unchecked Sendable {
     public var referenceAmplitude: [Float] { file?.referenceAmplitude ?? [] }
 
     private func listing() throws -> [FileStamp] {
+        if let memory {
+            return zip(memoryNames, memory).map { FileStamp(name: $0, size: Int64($1.pixelCount), mtime: 0) }
+        }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDir), isDir.boolValue else {
             throw ColorError.referencePool("reference folder \(folder) does not exist")
@@ -160,6 +177,10 @@ public final class ReferencePool: @unchecked Sendable {
         let stamps = try listing()
         guard !stamps.isEmpty else {
             throw ColorError.referencePool("reference pool \(folder) is empty: put colour PNG or JPEG images in it")
+        }
+        if memory != nil {
+            if file == nil { install(try build(stamps)); rebuilt = true } else { rebuilt = false }
+            return rebuilt
         }
         if let data = FileManager.default.contents(atPath: cachePath),
            let cached = try? JSONDecoder().decode(IndexFile.self, from: data),
@@ -222,10 +243,14 @@ public final class ReferencePool: @unchecked Sendable {
     }
 
     private func loadWorking(_ i: Int) throws -> RGBImage {
-        let path = (folder as NSString).appendingPathComponent(names[i])
         let image: RGBImage
-        do { image = try RGBImage.load(path: path) } catch {
-            throw ColorError.referencePool("cannot read reference image \(path): \(error)")
+        if let memory {
+            image = memory[i]
+        } else {
+            let path = (folder as NSString).appendingPathComponent(names[i])
+            do { image = try RGBImage.load(path: path) } catch {
+                throw ColorError.referencePool("cannot read reference image \(path): \(error)")
+            }
         }
         let side = max(image.width, image.height)
         guard side > Self.workingSide else { return image }
@@ -244,14 +269,14 @@ public final class ReferencePool: @unchecked Sendable {
     }
 
     /// The `top` best pool patches for one standardized luma patch (`PatchDescriptor.standardLuma`).
-    public func search(luma: [Float], top: Int, quadrant: Int = 0) throws -> [RetrievedPatch] {
+    public func search(luma: [Float], top: Int, quadrant: Int = 0, excluding: Set<Int> = []) throws -> [RetrievedPatch] {
         guard let f = file else { throw ColorError.referencePool("reference pool \(folder) is not indexed: call index() first") }
         let q = PatchDescriptor.descriptor(luma: luma, referenceAmplitude: f.referenceAmplitude)
         let d = q.count
         var scored: [(Int, Float)] = []
         scored.reserveCapacity(f.patchImages.count)
         descriptors.withUnsafeBufferPointer { all in
-            for p in 0..<f.patchImages.count {
+            for p in 0..<f.patchImages.count where !excluding.contains(f.patchImages[p]) {
                 var s: Float = 0
                 for k in 0..<d { s += all[p * d + k] * q[k] }
                 scored.append((p, s))
@@ -264,11 +289,12 @@ public final class ReferencePool: @unchecked Sendable {
         }
     }
 
-    /// Retrieval for a query image (any colour; its luma is used): top `top` per query crop.
-    public func retrieve(query: RGBImage, top: Int = 3) throws -> [RetrievedPatch] {
+    /// Retrieval for a query image (any colour; its luma is used): top `top` per query crop,
+    /// leaving out the pool images numbered in `excluding` (training leaves out the image itself).
+    public func retrieve(query: RGBImage, top: Int = 3, excluding: Set<Int> = []) throws -> [RetrievedPatch] {
         var out: [RetrievedPatch] = []
         for (qi, rect) in PatchDescriptor.queryCrops(width: query.width, height: query.height).enumerated() {
-            out += try search(luma: PatchDescriptor.standardLuma(query, rect: rect), top: top, quadrant: qi)
+            out += try search(luma: PatchDescriptor.standardLuma(query, rect: rect), top: top, quadrant: qi, excluding: excluding)
         }
         return out
     }

@@ -245,3 +245,24 @@ extension SceneComposer {
                             pixels: pixels, items: items)
     }
 }
+
+extension SceneComposer {
+    /// A scene's own references (docs/METHODS.md §9.3): each sprite it is made of, whole and
+    /// centred over white at the scene's size, then `distractors` other sprites of the same split
+    /// drawn with `rng`, in a shuffled order. Colorizing a scene from these is ColorFlow's
+    /// setting: the characters' colour designs are known, the panel is gray.
+    public func references(of scene: Scene, split: UInt8, distractors: Int, rng: inout SplitMix64) -> [RGBImage] {
+        var members = Array(Set(scene.members)).sorted()
+        let all = pool[Int(split)].flatMap { $0 }
+        if !all.isEmpty {
+            for _ in 0..<max(0, distractors) { members.append(all[Int(rng.next() % UInt64(all.count))]) }
+        }
+        for k in stride(from: members.count - 1, to: 0, by: -1) { members.swapAt(k, Int(rng.next() % UInt64(k + 1))) }
+        let s = Float(size)
+        return members.map { i in
+            var image = RGBImage(width: size, height: size, fill: (1, 1, 1))
+            paste(i, into: &image, centreX: s / 2, centreY: s / 2, side: size)
+            return image
+        }
+    }
+}

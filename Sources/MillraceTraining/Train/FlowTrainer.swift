@@ -24,12 +24,23 @@ public struct TrainOptions: Codable, Sendable, Equatable {
     public init() {}
 }
 
-/// Training data for the flow trainer: images in [−1, 1] as [count, 3, H, W] and labels.
+/// Training data for the flow trainer: samples x1 as [count, channels, H, W] (images in [−1, 1]
+/// for an image model), labels, and for a conditional model such as in-context colorization
+/// (`gen dataset colorize`) condition planes [count, conditionChannels, H, W] that the model sees
+/// beside x_t (its input is [x_t; condition]).
 public struct FlowTrainingData: Sendable {
     public var images: [Float]
     public var labels: [Int]
     public var size: Int
+    /// Class names; empty for a model without classes (labels are then all 0 and unused).
     public var classNames: [String]
+    /// Channels of a sample (3 for RGB images).
+    public var channels = 3
+    /// Condition planes per sample (empty: none).
+    public var condition: [Float] = []
+    public var conditionChannels = 0
+    /// flow.json `task` of the model this data trains (nil: an image generator).
+    public var task: String? = nil
 
     public var count: Int { labels.count }
 
@@ -50,9 +61,25 @@ public struct FlowTrainingData: Sendable {
         self.classNames = classNames
     }
 
+    /// Conditional samples without classes: `samples` [count, channels, size, size] and
+    /// `condition` [count, conditionChannels, size, size].
+    public init(samples: [Float], channels: Int, condition: [Float], conditionChannels: Int, size: Int, task: String?) {
+        precondition(channels >= 1 && size >= 1 && samples.count % (channels * size * size) == 0)
+        let count = samples.count / (channels * size * size)
+        precondition(condition.count == count * conditionChannels * size * size)
+        self.images = samples
+        self.labels = [Int](repeating: 0, count: count)
+        self.size = size
+        self.classNames = []
+        self.channels = channels
+        self.condition = condition
+        self.conditionChannels = conditionChannels
+        self.task = task
+    }
+
     /// s = E‖x0‖ / E‖x1‖ with E‖x0‖ ≈ √(d − ½) for N(0, I) in d dimensions (§4.1).
     public func normAlignmentScale() -> Double {
-        let d = 3 * size * size
+        let d = channels * size * size
         var total = 0.0
         for n in 0..<count {
             var s = 0.0
@@ -107,15 +134,21 @@ public final class FlowTrainer {
     /// given the same config, data and options.
     public init(config: UNetConfig, data: FlowTrainingData, options: TrainOptions,
                 collective: any Collective = SingleProcess()) throws {
-        guard config.inChannels == 3, config.outChannels == 3 else {
-            throw TrainError.invalidSetup("the trainer needs in_channels = out_channels = 3 (RGB)")
+        guard config.outChannels == data.channels, config.inChannels == data.channels + data.conditionChannels else {
+            throw TrainError.invalidSetup("the model needs \(data.channels + data.conditionChannels) input and \(data.channels) output channels for this data (\(data.channels) per sample, \(data.conditionChannels) condition planes); it has \(config.inChannels) → \(config.outChannels)")
         }
         guard config.dropout == 0 else { throw TrainError.invalidSetup("dropout > 0 is not supported in training") }
-        guard let k = config.numClassEmbeds, k == data.classNames.count + 1 else {
-            throw TrainError.invalidSetup("num_class_embeds must be the number of classes + 1 (the null class): \(data.classNames.count + 1)")
+        if data.classNames.isEmpty {
+            guard config.numClassEmbeds == nil else {
+                throw TrainError.invalidSetup("this data has no classes, so the model must have no class embedding")
+            }
+        } else {
+            guard let k = config.numClassEmbeds, k == data.classNames.count + 1 else {
+                throw TrainError.invalidSetup("num_class_embeds must be the number of classes + 1 (the null class): \(data.classNames.count + 1)")
+            }
         }
         guard data.count > 0 else { throw TrainError.invalidSetup("the training split is empty") }
-        guard data.labels.allSatisfy({ $0 >= 0 && $0 < data.classNames.count }) else {
+        guard data.classNames.isEmpty || data.labels.allSatisfy({ $0 >= 0 && $0 < data.classNames.count }) else {
             throw TrainError.invalidSetup("a label is outside 0..<\(data.classNames.count)")
         }
         guard options.batchSize >= 1, options.steps >= 1 else { throw TrainError.invalidSetup("steps and batch size must be positive") }
@@ -131,7 +164,8 @@ public final class FlowTrainer {
         self.options = options
         var flow = FlowConfig()
         flow.classNames = data.classNames
-        flow.nullClass = data.classNames.count
+        flow.nullClass = data.classNames.isEmpty ? nil : data.classNames.count
+        flow.task = data.task
         flow.normScale = options.normAlign ? data.normAlignmentScale() : 1
         flow.defaultGuidance = 1
         self.flow = flow
@@ -139,7 +173,7 @@ public final class FlowTrainer {
         self.collective = collective
         self.rng = SplitMix64(seed: options.seed &+ 0x5EED)
         var groups = [[Int]](repeating: [], count: data.classNames.count)
-        for (i, l) in data.labels.enumerated() { groups[l].append(i) }
+        for (i, l) in data.labels.enumerated() where !data.classNames.isEmpty { groups[l].append(i) }
         self.byClass = groups.filter { !$0.isEmpty }
     }
 
@@ -189,17 +223,19 @@ public final class FlowTrainer {
         return (xt, ts, labels, target)
     }
 
-    /// Draws one batch: (x_t, t, labels, target velocity).
+    /// Draws one batch: (x_t, t, labels, target velocity). With condition planes, x_t's rows are
+    /// [x_t; condition] (the condition flipped with the sample); without classes, labels are empty.
     func drawBatch() -> (Tensor, [Float], [Int], Tensor) {
         if let chords { return drawChordBatch(chords) }
-        let b = options.batchSize, size = data.size
-        let per = 3 * size * size
+        let b = options.batchSize, size = data.size, ch = data.channels, cc = data.conditionChannels
+        let plane = size * size, per = ch * plane, inPer = (ch + cc) * plane
         let s = Float(flow.normScale)
-        var xt = Tensor(zeros: [b, 3, size, size]), target = xt
-        var ts = [Float](repeating: 0, count: b), labels = [Int](repeating: 0, count: b)
+        let classes = !data.classNames.isEmpty
+        var xt = Tensor(zeros: [b, ch + cc, size, size]), target = Tensor(zeros: [b, ch, size, size])
+        var ts = [Float](repeating: 0, count: b), labels = [Int](repeating: 0, count: classes ? b : 0)
         for n in 0..<b {
             let i: Int
-            if options.balanceClasses {
+            if options.balanceClasses && classes {
                 let members = byClass[Int(rng.next() % UInt64(byClass.count))]
                 i = members[Int(rng.next() % UInt64(members.count))]
             } else {
@@ -208,16 +244,25 @@ public final class FlowTrainer {
             let flip = options.horizontalFlips && rng.next() & 1 == 1
             let t = rng.nextUnitFloat()
             ts[n] = t
-            labels[n] = rng.nextUnitDouble() < options.labelDropout ? flow.nullClass! : data.labels[i]
-            for c in 0..<3 {
+            if classes {
+                labels[n] = rng.nextUnitDouble() < options.labelDropout ? flow.nullClass! : data.labels[i]
+            }
+            for c in 0..<ch {
                 for y in 0..<size {
                     for x in 0..<size {
                         let sx = flip ? size - 1 - x : x
                         let x1 = s * data.images[i * per + (c * size + y) * size + sx]
                         let x0 = rng.nextGaussian()
-                        let o = n * per + (c * size + y) * size + x
-                        xt.data[o] = t * x1 + (1 - t) * x0
-                        target.data[o] = x1 - x0
+                        xt.data[n * inPer + (c * size + y) * size + x] = t * x1 + (1 - t) * x0
+                        target.data[n * per + (c * size + y) * size + x] = x1 - x0
+                    }
+                }
+            }
+            for c in 0..<cc {
+                for y in 0..<size {
+                    for x in 0..<size {
+                        let sx = flip ? size - 1 - x : x
+                        xt.data[n * inPer + ((ch + c) * size + y) * size + x] = data.condition[(i * cc + c) * plane + y * size + sx]
                     }
                 }
             }
@@ -233,7 +278,7 @@ public final class FlowTrainer {
     static func lossAndGradients(_ net: UNet2DModel, _ xt: Tensor, _ ts: [Float], _ labels: [Int],
                                  _ target: Tensor, range: Range<Int>, batchElements: Int) -> Double {
         let x = xt.rows(range), y = target.rows(range)
-        let pred = net.forward(x, timesteps: Array(ts[range]), classLabels: Array(labels[range]), training: true)
+        let pred = net.forward(x, timesteps: Array(ts[range]), classLabels: labels.isEmpty ? nil : Array(labels[range]), training: true)
         var grad = Tensor(uninitialized: pred.shape)
         var sse = 0.0
         let inv = 2 / Float(batchElements)

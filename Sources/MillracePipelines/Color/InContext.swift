@@ -1,0 +1,165 @@
+import Foundation
+import MillraceCore
+import MillraceImaging
+
+/// In-context colorization (docs/METHODS.md §9.3): a flow model generates the chroma of a gray
+/// image while it sees the image's lightness and what the retrieved references say about its
+/// colours, so it can follow the references where they fit and fall back on what it learned
+/// where they do not.
+///
+/// The model is a UNet2DModel with `conditionChannels + 2` input and 2 output channels, trained
+/// by `gen train` on `gen dataset colorize` data (flow.json `"task": "colorize"`). Its sample is
+/// the chroma x1 = s·(a, b)/100 (s: flow.json `norm_scale`), and each call sees, besides the
+/// state x_t, six condition planes at the working size (`condition(_:)`):
+///
+/// 1. L/50 − 1, the input's lightness;
+/// 2–3. the retrieval colorization's a/50, b/50 (`Colorizer.evidence`);
+/// 4. 2·m − 1, m the share of a pixel's retrieval chroma that came from matched patch pixels;
+/// 5–6. the best retrieved patch of each query crop pasted over its crop, a/50 and b/50: the
+///    references' own colours where they lie, not matched by luma.
+///
+/// Sampling: x0 ~ N(0, I) drawn from `seed` (one draw per image size, so the frames of a
+/// sequence share it), then `steps` Euler steps of v_θ([x_t; condition], t) from t = 0 to 1.
+/// The output is the input's own L at full resolution with the generated a, b (upsampled from
+/// the working size), so L is kept exactly; out-of-gamut colours lose chroma, not lightness.
+public final class InContextColorizer {
+    /// Condition planes the model takes after the 2 chroma channels.
+    public static let conditionChannels = 6
+    /// The flow.json task of colorization models.
+    public static let task = "colorize"
+
+    public let model: UNet2DModel
+    public let flow: FlowConfig
+    /// Retrieval (always in retrieval mode) that makes the condition.
+    public let colorizer: Colorizer
+    /// Euler steps from noise to chroma.
+    public var steps = 1
+    /// Seed of the noise x0.
+    public var seed: UInt64 = 0
+    /// Taken around each model call when set (a service's model lock, so that calls of several
+    /// requests take the cores in turn).
+    public var callLock: FairLock?
+
+    /// Whether a model folder holds an in-context colorization model.
+    public static func isColorizationModel(config: UNetConfig, flow: FlowConfig) -> Bool {
+        flow.task == task && config.outChannels == 2 && config.inChannels == 2 + conditionChannels
+            && config.numClassEmbeds == nil
+    }
+
+    public init(model: UNet2DModel, flow: FlowConfig, pool: ReferencePool) throws {
+        guard Self.isColorizationModel(config: model.config, flow: flow) else {
+            throw ColorError.unsupportedModel("""
+                not an in-context colorization model: it needs flow.json "task": "colorize", \(2 + Self.conditionChannels) \
+                input and 2 output channels and no classes; this one has task \(flow.task ?? "none"), \
+                \(model.config.inChannels) → \(model.config.outChannels) channels
+                """)
+        }
+        self.model = model
+        self.flow = flow
+        self.colorizer = Colorizer(pool: pool)
+    }
+
+    public convenience init(folder: ModelFolder, pool: ReferencePool) throws {
+        try self.init(model: folder.model, flow: folder.flow, pool: pool)
+    }
+
+    /// The condition planes of one image's evidence, `conditionChannels`×height×width.
+    public static func condition(_ e: ChromaEvidence) -> [Float] {
+        let n = e.width * e.height
+        var out = [Float](repeating: 0, count: conditionChannels * n)
+        for p in 0..<n {
+            out[p] = e.lightness[p] / 50 - 1
+            out[n + p] = e.a[p] / 50
+            out[2 * n + p] = e.b[p] / 50
+            out[3 * n + p] = 2 * e.matched[p] - 1
+            out[4 * n + p] = e.canvasA[p] / 50
+            out[5 * n + p] = e.canvasB[p] / 50
+        }
+        return out
+    }
+
+    /// The training target of a colour image at the working size: s·(a, b)/100, 2×height×width.
+    public static func target(_ colour: RGBImage, scale: Float) -> [Float] {
+        let lab = colour.toLab(), n = colour.pixelCount
+        return lab.planes[n...].map { $0 * scale / 100 }
+    }
+
+    /// Colorizes one gray image; `reusing` skips retrieval (frames of a sequence).
+    public func colorize(gray: RGBImage, reusing: [RetrievedPatch]? = nil) throws -> (image: RGBImage, references: [RetrievedPatch]) {
+        let e = try colorizer.evidence(gray: gray, reusing: reusing)
+        return (try colorize(gray: [gray], evidence: [e])[0], e.references)
+    }
+
+    /// Colorizes gray images from their evidence (one model call per step for all images of one
+    /// working size).
+    public func colorize(gray: [RGBImage], evidence: [ChromaEvidence]) throws -> [RGBImage] {
+        guard gray.count == evidence.count else { throw ColorError.invalidInput("\(gray.count) images but \(evidence.count) evidence maps") }
+        let chroma = sample(evidence)
+        return gray.indices.map { i in
+            let e = evidence[i], n = e.width * e.height
+            return Colorizer.compose(gray: Colorizer.grayscale(gray[i]), a: Array(chroma[i][0..<n]), b: Array(chroma[i][n...]),
+                                     width: e.width, height: e.height)
+        }
+    }
+
+    /// The generated a, b (Lab units, 2×height×width) for each evidence map; maps of the same
+    /// size share model calls.
+    public func sample(_ evidence: [ChromaEvidence]) -> [[Float]] {
+        var out = [[Float]](repeating: [], count: evidence.count)
+        var bySize: [[Int]: [Int]] = [:]
+        for (i, e) in evidence.enumerated() { bySize[[e.width, e.height], default: []].append(i) }
+        for (_, members) in bySize.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            let generated = sampleSameSize(members.map { evidence[$0] })
+            for (k, i) in members.enumerated() { out[i] = generated[k] }
+        }
+        return out
+    }
+
+    /// The downsampling factor of the model: its input must be a multiple of it on each side.
+    var multiple: Int { 1 << max(0, model.config.blockOutChannels.count - 1) }
+
+    private func sampleSameSize(_ evidence: [ChromaEvidence]) -> [[Float]] {
+        let w = evidence[0].width, h = evidence[0].height, count = evidence.count
+        let m = multiple
+        let W = (w + m - 1) / m * m, H = (h + m - 1) / m * m
+        let c = Self.conditionChannels, plane = W * H
+        // Conditions padded to a multiple of the model's downsampling by repeating the edge.
+        var cond = [Float](repeating: 0, count: count * c * plane)
+        for (i, e) in evidence.enumerated() {
+            let planes = Self.condition(e)
+            for k in 0..<c {
+                for y in 0..<H {
+                    let sy = min(y, h - 1)
+                    for x in 0..<W {
+                        cond[(i * c + k) * plane + y * W + x] = planes[k * w * h + sy * w + min(x, w - 1)]
+                    }
+                }
+            }
+        }
+        // One noise draw per image, the same for every image of this size and seed.
+        let noise = GaussianSource.draw(count: 1, shape: [2, H, W], seed: seed).data
+        var x = [Float](repeating: 0, count: count * 2 * plane)
+        for i in 0..<count { x.replaceSubrange((i * 2 * plane)..<((i + 1) * 2 * plane), with: noise) }
+        let scale = Float(flow.timestepScale)
+        for k in 0..<max(1, steps) {
+            let t = Float(k) / Float(max(1, steps)), dt = 1 / Float(max(1, steps))
+            var input = [Float](repeating: 0, count: count * (2 + c) * plane)
+            for i in 0..<count {
+                let base = i * (2 + c) * plane
+                input.replaceSubrange(base..<(base + 2 * plane), with: x[(i * 2 * plane)..<((i + 1) * 2 * plane)])
+                input.replaceSubrange((base + 2 * plane)..<(base + (2 + c) * plane), with: cond[(i * c * plane)..<((i + 1) * c * plane)])
+            }
+            let call = { self.model.forward(Tensor(shape: [count, 2 + c, H, W], data: input), timesteps: [t * scale]) }
+            let v = callLock?.withLock(call) ?? call()
+            for j in 0..<x.count { x[j] += dt * v.data[j] }
+        }
+        let s = 100 / Float(flow.normScale)
+        return (0..<count).map { i in
+            var ab = [Float](repeating: 0, count: 2 * w * h)
+            for k in 0..<2 { for y in 0..<h { for xx in 0..<w {
+                ab[k * w * h + y * w + xx] = s * x[(i * 2 + k) * plane + y * W + xx]
+            } } }
+            return ab
+        }
+    }
+}

@@ -1,0 +1,148 @@
+import ArgumentParser
+import Foundation
+import MillraceCore
+import MillraceFormats
+import MillraceImaging
+import MillraceTraining
+import MillracePipelines
+
+/// `gen dataset colorize`: the training set of the in-context colorization model.
+struct DatasetColorizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "colorize",
+        abstract: "Make the in-context colorization training set: chroma targets with retrieval conditions (docs/METHODS.md §9.3).",
+        discussion: """
+        Each example is a colour image turned gray, the retrieval evidence about its chroma
+        (the six condition planes of `InContextColorizer`) and its true chroma. Two sources:
+          - the train split of an emoji dataset (--emoji), retrieving from the shipped pool
+            (--refs) with the image itself left out of the pool;
+          - --scenes N composed scenes of train emoji (needs the emoji font, as
+            `gen dataset scenes`): two in three retrieve from their own references (each emoji
+            of the scene over white, plus --distractors other train emoji), one in three from
+            the shipped pool.
+        Held-out emoji are never used. Written as safetensors ("chroma" and "condition",
+        F16) for `gen train --data FILE`, which then trains a colorization model.
+        Example:
+          gen dataset colorize --emoji data/emoji32.mrds --scenes 12000 --out data/colorize32.safetensors
+        """)
+
+    @Option(help: "Emoji dataset file (`gen dataset emoji`); its train split is used.")
+    var emoji: String
+    @Option(help: "Output file (.safetensors).")
+    var out: String
+    @Option(help: "Composed scenes to add (0: emoji only).")
+    var scenes: Int = 12_000
+    @Option(help: "Other emoji added to a scene's own references.")
+    var distractors: Int = 6
+    @Option(help: "Folder of colour reference images (default: the shipped assets/references).")
+    var refs: String?
+    @Option(help: "Random seed of the scenes.")
+    var seed: UInt64 = 0
+    @Option(help: "Font file (scenes).")
+    var font: String = EmojiDatasetBuilder.defaultFontPath
+    @Option(help: "emoji-test.txt (scenes).")
+    var emojiTest: String = EmojiDatasetBuilder.defaultEmojiTestPath
+
+    func validate() throws {
+        guard scenes >= 0 && scenes <= 200_000 else { throw ValidationError("--scenes must be between 0 and 200000") }
+        guard distractors >= 0 && distractors <= 64 else { throw ValidationError("--distractors must be between 0 and 64") }
+    }
+
+    /// Safetensors metadata tag of the file.
+    static let format = "millrace-colorize-data-1"
+    /// The norm scale s the model trains with: its samples are s·(a, b)/100 (the file holds
+    /// (a, b)/100), so that they have about unit size as the noise has.
+    static let chromaScale: Float = 2
+
+    func run() throws {
+        try runReportingErrors {
+            let ds = try ImageDataset.read(path: emoji)
+            let size = ds.size
+            let pool = ReferencePool(folder: refs ?? ReferencePool.defaultFolder())
+            try pool.index()
+            // Pool images identical to a dataset image (the shipped pool holds train emoji).
+            var poolIndex: [[UInt8]: [Int]] = [:]
+            for i in pool.names.indices {
+                let image = try pool.image(at: i)
+                guard image.width == size, image.height == size else { continue }
+                poolIndex[Self.bytes(image), default: []].append(i)
+            }
+            let train = ds.indices(split: 0)
+            var chroma: [Float] = [], condition: [Float] = []
+            let total = train.count + scenes
+            chroma.reserveCapacity(total * 2 * size * size)
+            condition.reserveCapacity(total * InContextColorizer.conditionChannels * size * size)
+            let colorizer = Colorizer(pool: pool)
+            func add(_ colour: RGBImage, _ c: Colorizer, excluding: Set<Int>) throws {
+                let e = try c.evidence(gray: colour, excluding: excluding)
+                guard e.width == size, e.height == size else { throw CLIError("images of \(size)×\(size) are colorized at \(e.width)×\(e.height)") }
+                condition += InContextColorizer.condition(e)
+                chroma += InContextColorizer.target(colour, scale: 1)
+            }
+            let bar = ProgressBar("colorize data", total: total, unit: "images")
+            var excluded = 0
+            for (k, i) in train.enumerated() {
+                let image = ds.image(at: i)
+                let same = Set(poolIndex[Self.bytes(image)] ?? [])
+                excluded += same.isEmpty ? 0 : 1
+                try add(image, colorizer, excluding: same)
+                if k % 64 == 0 { bar.update(k) }
+            }
+            var ownRefs = 0
+            if scenes > 0 {
+                bar.update(train.count)
+                let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: font, emojiTestPath: emojiTest)
+                let composer = SceneComposer(sprites: sprites, size: size)
+                for k in 0..<scenes {
+                    var rng = SplitMix64(seed: seed, stream: k)
+                    let scene = composer.compose(split: 0, rng: &rng)
+                    if k % 3 != 2 {
+                        let own = ReferencePool(images: composer.references(of: scene, split: 0, distractors: distractors, rng: &rng))
+                        try add(scene.image, Colorizer(pool: own), excluding: [])
+                        ownRefs += 1
+                    } else {
+                        try add(scene.image, colorizer, excluding: [])
+                    }
+                    if k % 64 == 0 { bar.update(train.count + k) }
+                }
+            }
+            bar.update(total)
+            bar.finish()
+            let cc = InContextColorizer.conditionChannels
+            let file = SafetensorsFile(
+                tensors: ["chroma": Tensor(shape: [total, 2, size, size], data: chroma),
+                          "condition": Tensor(shape: [total, cc, size, size], data: condition)],
+                metadata: ["format": Self.format, "task": InContextColorizer.task, "size": String(size),
+                           "norm_scale": String(Self.chromaScale), "emoji": String(train.count), "scenes": String(scenes),
+                           "scenes_own_references": String(ownRefs), "pool": pool.folder])
+            let dir = (out as NSString).deletingLastPathComponent
+            if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+            try file.write(path: out, dtype: .f16)
+            print("wrote \(out): \(total) examples of \(size)×\(size) (\(train.count) train emoji, \(excluded) of them left out of their own retrieval; \(scenes) scenes, \(ownRefs) with their own references)")
+        }
+    }
+
+    static func bytes(_ image: RGBImage) -> [UInt8] {
+        image.planes.map { UInt8(max(0, min(255, ($0 * 255).rounded()))) }
+    }
+
+    /// Reads a file written by this command as training data ((a, b)/100) and the norm scale
+    /// the trainer's flow.json must carry.
+    static func read(path: String) throws -> (data: FlowTrainingData, normScale: Double) {
+        let file = try SafetensorsFile.read(path: path)
+        guard file.metadata["format"] == format else {
+            throw CLIError("\(path) is not a colorization training set (made by `gen dataset colorize`)")
+        }
+        guard let chroma = file.tensors["chroma"], let condition = file.tensors["condition"],
+              chroma.shape.count == 4, condition.shape.count == 4, chroma.shape[0] == condition.shape[0], chroma.shape[0] >= 1,
+              chroma.shape[1] == 2, condition.shape[1] == InContextColorizer.conditionChannels,
+              chroma.shape[2] == chroma.shape[3], condition.shape[2...] == chroma.shape[2...],
+              let scale = Double(file.metadata["norm_scale"] ?? ""), scale > 0 else {
+            throw CLIError("\(path): expected tensors chroma [N, 2, S, S] and condition [N, \(InContextColorizer.conditionChannels), S, S] and a norm_scale")
+        }
+        let data = FlowTrainingData(samples: chroma.data, channels: 2, condition: condition.data,
+                                    conditionChannels: InContextColorizer.conditionChannels, size: chroma.shape[2],
+                                    task: InContextColorizer.task)
+        return (data, scale)
+    }
+}

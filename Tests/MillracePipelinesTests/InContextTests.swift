@@ -1,0 +1,102 @@
+import Foundation
+import Testing
+@testable import MillraceCore
+@testable import MillraceImaging
+@testable import MillracePipelines
+import MillraceTestSupport
+
+/// In-context colorization (InContextColorizer) on a random tiny model, the retrieval evidence it
+/// is conditioned on, and pools held in memory.
+@Suite struct InContextTests {
+    static let red = Fixtures.picture(32, 32, kind: 0, ink: (0.9, 0.1, 0.1))
+    static let blue = Fixtures.picture(32, 32, kind: 1, ink: (0.1, 0.2, 0.9))
+    static let green = Fixtures.picture(32, 32, kind: 2, ink: (0.1, 0.7, 0.2))
+
+    static func model(steps: Int = 1) throws -> (InContextColorizer, String) {
+        let path = try Fixtures.tinyColorizationModel()
+        let m = try InContextColorizer(folder: try ModelFolder.load(path), pool: ReferencePool(images: [red, blue, green]))
+        m.steps = steps
+        return (m, path)
+    }
+
+    @Test func aPoolInMemoryRetrievesAndLeavesOutWhatItIsTold() throws {
+        let pool = ReferencePool(images: [Self.red, Self.blue, Self.green], names: ["red", "blue", "green"])
+        #expect(try pool.index())
+        #expect(try !pool.index(), "a second index() reuses the first")
+        let gray = Colorizer.grayscale(Self.red)
+        let all = try pool.retrieve(query: gray, top: 1)
+        #expect(all.count == 4 && all.allSatisfy { $0.name == "red" }, "\(all.map(\.name))")
+        let without = try pool.retrieve(query: gray, top: 1, excluding: [0])
+        #expect(without.count == 4 && without.allSatisfy { $0.imageIndex != 0 })
+        #expect(throws: ColorError.self) { try ReferencePool(images: []).index() }
+    }
+
+    @Test func theEvidenceHoldsTheReferencesColours() throws {
+        let colorizer = Colorizer(pool: ReferencePool(images: [Self.red, Self.blue]))
+        let e = try colorizer.evidence(gray: Colorizer.grayscale(Self.red))
+        let n = 32 * 32, centre = 16 * 32 + 16
+        #expect(e.width == 32 && e.height == 32 && e.a.count == n && e.canvasA.count == n)
+        #expect(e.matched.allSatisfy { $0 >= 0 && $0 < 1 })
+        // The disc's centre: the retrieved red disc gives a strongly positive a (red), on the
+        // canvas as in the transfer.
+        #expect(e.canvasA[centre] > 30 && e.a[centre] > 30, "a \(e.a[centre]), canvas \(e.canvasA[centre])")
+        // The colorization is the evidence's a, b with the input's L.
+        let direct = try colorizer.colorize(gray: Colorizer.grayscale(Self.red)).image
+        let same = direct == Colorizer.compose(gray: Colorizer.grayscale(Colorizer.grayscale(Self.red)), a: e.a, b: e.b, width: 32, height: 32)
+        #expect(same, "colorize composes the evidence's chroma")
+        let planes = InContextColorizer.condition(e)
+        #expect(planes.count == 6 * n)
+        #expect(abs(planes[centre] - (e.lightness[centre] / 50 - 1)) < 1e-6 && abs(planes[4 * n + centre] - e.canvasA[centre] / 50) < 1e-6)
+    }
+
+    @Test func keepsTheLightnessAndIsDeterministic() throws {
+        let (m, path) = try Self.model(steps: 2)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // An odd size: the model's input is padded to its multiple and the output cropped.
+        let input = Colorizer.grayscale(Fixtures.picture(13, 9, kind: 0, ink: (0.2, 0.6, 0.9), fill: (0.7, 0.7, 0.7)))
+        let a = try m.colorize(gray: input).image, b = try m.colorize(gray: input).image
+        #expect(a.width == 13 && a.height == 9)
+        let same = a == b
+        #expect(same, "same seed, same output")
+        let lin = input.toLab(), lout = a.toLab()
+        let worst = (0..<a.pixelCount).map { abs(lin.planes[$0] - lout.planes[$0]) }.max() ?? 0
+        #expect(worst < 0.05, "L moved by \(worst)")
+        m.seed = 9
+        let other = try m.colorize(gray: input).image != a
+        #expect(other, "another seed, other noise")
+    }
+
+    @Test func aBatchEqualsImagesOneByOne() throws {
+        let (m, path) = try Self.model()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let grays = [Self.red, Self.green].map(Colorizer.grayscale)
+        let evidence = try grays.map { try m.colorizer.evidence(gray: $0) }
+        let together = try m.colorize(gray: grays, evidence: evidence)
+        for k in 0..<2 {
+            let alone = try m.colorize(gray: [grays[k]], evidence: [evidence[k]])[0]
+            let d = zip(alone.planes, together[k].planes).map { abs($0 - $1) }.max() ?? 0
+            #expect(d < 1e-4, "image \(k) differs by \(d)")
+        }
+    }
+
+    @Test func refusesAModelThatIsNotForColorization() throws {
+        let folder = try ModelFolder.load(Fixtures.path("unet-tiny-a"))
+        #expect(throws: ColorError.self) { try InContextColorizer(folder: folder, pool: ReferencePool(images: [Self.red])) }
+        // And the colorization model is no image generator.
+        let path = try Fixtures.tinyColorizationModel()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let color = try ModelFolder.load(path)
+        #expect(FlowSampler(model: color.model, flow: color.flow).imageProblem?.contains("colorize") == true)
+    }
+
+    @Test func framesReuseTheRetrievalInContext() throws {
+        let (m, path) = try Self.model()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let seq = FrameSequenceColorizer(inContext: m, reuseThreshold: 0.9)
+        let frame = Colorizer.grayscale(Self.red)
+        let first = try seq.next(frame), second = try seq.next(frame)
+        #expect(!first.reused && second.reused)
+        let same = first.image == second.image
+        #expect(same, "same frame, same retrieval, same noise: same colours")
+    }
+}
