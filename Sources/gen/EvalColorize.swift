@@ -27,17 +27,24 @@ struct EvalColorize: ParsableCommand {
           psnr_ab           PSNR on Lab a, b divided by 256 (peak 1)
           delta_e           mean CIE76 ΔE (Euclidean distance in Lab)
           colorfulness_gap  mean |colourfulness(output) - colourfulness(original)|
+        --scenes N: held-out scenes (composed as `gen dataset scenes` does, from
+        held-out emoji), each colorized from its own references: its emoji whole
+        over white plus --distractors other held-out emoji (ColorFlow's setting);
+        no_retrieval is that pool's luminance prior. JSON key "scenes".
         --frames DIR (colour frames, sorted by name, turned gray): frame-to-frame
         chroma variation, the mean over consecutive frames of
-        sqrt(mean over pixels of Δa² + Δb²) in Lab units, for retrieval reusing a
-        similar frame's retrieval (as `gen colorize DIR` does), retrieval afresh
-        on every frame, no_retrieval and the original frames; the same on static
-        pixels only (input luma unchanged between the two frames, so any chroma
-        change there is flicker); and each variant's psnr_ab. JSON key "frames".
+        sqrt(mean over pixels of Δa² + Δb²) in Lab units, for in context and
+        retrieval reusing a similar frame's retrieval (as `gen colorize DIR`
+        does), retrieval afresh on every frame, no_retrieval and the original
+        frames; the same on static pixels only (input luma unchanged between the
+        two frames, so any chroma change there is flicker); and each variant's
+        psnr_ab and delta_e. JSON key "frames". --scene-clips N: the same, averaged
+        over N clips of held-out emoji moving over a background, each with its own
+        references. JSON key "scene_clips".
         The pool defaults to the shipped assets/references (`gen references`).
         Examples:
           gen eval colorize --data data/emoji32.mrds --limit 0 --json
-          gen eval colorize --scenes 300 --scene-examples scenes.png
+          gen eval colorize --scenes 300 --scene-examples scenes.png --scene-clips 8
           gen eval colorize --frames assets/clips/cartoon --frame-examples c.png
           gen eval colorize --data photos/heldout --refs my-refs
         """)
@@ -74,6 +81,10 @@ struct EvalColorize: ParsableCommand {
     var sceneSize: Int = 32
     @Option(help: "Other held-out emoji added to each scene's references.")
     var distractors: Int = 6
+    @Option(help: "Clips of 24 frames of held-out emoji moving over a background, each colorized from its own references (as --scenes): flicker and accuracy per variant. JSON key \"scene_clips\".")
+    var sceneClips: Int = 0
+    @Option(help: "Write a grid of the first --scene-clips clip (as --frame-examples) to this PNG.")
+    var sceneClipExamples: String?
     @Option(help: "Write a comparison grid of --scenes (as --examples) to this PNG.")
     var sceneExamples: String?
     @Option(help: "In-context colorization model (default: assets/models/colorize32 or $MILLRACE_COLOR_MODEL; evaluated as in_context when found).")
@@ -87,7 +98,10 @@ struct EvalColorize: ParsableCommand {
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
-        guard data != nil || frames != nil || scenes > 0 else { throw ValidationError("give --data (held-out images), --scenes N and/or --frames (a frame folder)") }
+        guard data != nil || frames != nil || scenes > 0 || sceneClips > 0 else {
+            throw ValidationError("give --data (held-out images), --scenes N, --scene-clips N and/or --frames (a frame folder)")
+        }
+        guard sceneClips >= 0 && sceneClips <= 1000 else { throw ValidationError("--scene-clips must be between 0 and 1000") }
         guard scenes >= 0 && scenes <= 100_000 else { throw ValidationError("--scenes must be between 0 and 100000") }
         guard sceneSize >= 16 && sceneSize <= 256 else { throw ValidationError("--scene-size must be between 16 and 256") }
         guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
@@ -113,6 +127,7 @@ struct EvalColorize: ParsableCommand {
             var report: [String: Any] = [:]
             if let data { report.merge(try evaluateImages(data: data, pool: pool, refs: refs)) { $1 } }
             if scenes > 0 { report["scenes"] = try evaluateScenes(count: scenes) }
+            if sceneClips > 0 { report["scene_clips"] = try evaluateSceneClips(count: sceneClips) }
             if let frames { report["frames"] = try evaluateFrames(dir: frames, pool: pool) }
             if json {
                 let out = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
@@ -261,6 +276,49 @@ struct EvalColorize: ParsableCommand {
         let names = try Self.listImages(dir)
         guard names.count >= 2 else { throw CLIError("--frames \(dir) needs at least 2 PNG or JPEG frames") }
         let originals = try names.map { try RGBImage.load(path: (dir as NSString).appendingPathComponent($0)) }
+        let out = try sequenceFigures(originals, pool: pool, examples: frameExamples)
+        if !json { printSequence(out, what: "\(names.count) frames in \(dir)") }
+        return out
+    }
+
+    /// --scene-clips: clips of held-out emoji moving over a background, each colorized from its
+    /// own references (its emoji over white plus --distractors others); figures averaged.
+    func evaluateSceneClips(count: Int) throws -> [String: Any] {
+        let sprites = try EmojiDatasetBuilder.buildSprites(size: sceneSize)
+        let composer = SceneComposer(sprites: sprites, size: sceneSize)
+        var sums: [String: [String: Double]] = [:]
+        var reused: [String: Double] = [:]
+        let s = Float(sceneSize)
+        for k in 0..<count {
+            var rng = SplitMix64(seed: seed &+ 0xC11B, stream: k)
+            let scene = composer.compose(split: 1, rng: &rng)
+            let movers = scene.members.prefix(3).map { i in
+                SceneComposer.Mover(sprite: i, x: s * Float(rng.nextUnitDouble() * 0.6 + 0.2), y: s * Float(rng.nextUnitDouble() * 0.6 + 0.2),
+                                    dx: Float(rng.nextUnitDouble() * 1.2 - 0.6), dy: Float(rng.nextUnitDouble() * 1.2 - 0.6),
+                                    side: Int(s * Float(rng.nextUnitDouble() * 0.25 + 0.3)))
+            }
+            let frames = composer.movingClip(background: SceneComposer.background(size: sceneSize, rng: &rng), movers: movers, frames: 24)
+            let pool = ReferencePool(images: composer.references(of: scene, split: 1, distractors: distractors, rng: &rng))
+            try pool.index()
+            let figures = try sequenceFigures(frames, pool: pool, examples: k == 0 ? sceneClipExamples : nil)
+            for (name, value) in figures {
+                if let d = value as? [String: Double] {
+                    for (m, v) in d { sums[name, default: [:]][m, default: 0] += v / Double(count) }
+                } else if let v = (value as? NSNumber)?.doubleValue {
+                    reused[name, default: 0] += v / Double(count)
+                }
+            }
+        }
+        var out: [String: Any] = reused
+        for (name, d) in sums { out[name] = d }
+        out["clips"] = count
+        if !json { printSequence(out, what: "\(count) clips of 24 frames of \(sceneSize)×\(sceneSize), held-out emoji moving, each with its own references (means)") }
+        return out
+    }
+
+    /// Colorizes a sequence by every variant (in context and retrieval reusing a similar frame's
+    /// retrieval, retrieval afresh, the prior) and measures each.
+    func sequenceFigures(_ originals: [RGBImage], pool: ReferencePool, examples: String?) throws -> [String: Any] {
         let grays = originals.map(Colorizer.grayscale)
         let withReuse = FrameSequenceColorizer(colorizer: Colorizer(pool: pool), reuseThreshold: reuseThreshold)
         let afresh = FrameSequenceColorizer(colorizer: Colorizer(pool: pool), reuse: false)
@@ -280,31 +338,34 @@ struct EvalColorize: ParsableCommand {
             inContextReused = sequence.reusedCount
         }
         variants.append(("original", originals))
-        if let frameExamples {
-            let picks = (0..<min(6, names.count)).map { $0 * (names.count - 1) / max(1, min(6, names.count) - 1) }
+        if let examples {
+            let n = originals.count
+            let picks = (0..<min(6, n)).map { $0 * (n - 1) / max(1, min(6, n) - 1) }
             let shown = variants.filter { $0.0 == "retrieval_reuse" || $0.0 == "in_context_reuse" }
             let rows = ([grays] + shown.map(\.1) + [originals]).map { seq in picks.map { seq[$0] } }
             let labels = ["gray"] + shown.map { $0.0 == "retrieval_reuse" ? "retrieval" : "in_context" } + ["original"]
-            try RGBImage.labeledRows(rows, labels: labels).writePNG(path: frameExamples)
-            if !json { print("wrote \(frameExamples)") }
+            try RGBImage.labeledRows(rows, labels: labels).writePNG(path: examples)
+            if !json { print("wrote \(examples)") }
         }
-        var out: [String: Any] = ["frames": names.count, "reused": withReuse.reusedCount]
+        var out: [String: Any] = ["frames": originals.count, "reused": withReuse.reusedCount]
         if variants.contains(where: { $0.0 == "in_context_reuse" }) { out["in_context_reused"] = inContextReused }
         for (name, seq) in variants {
             let psnr = zip(seq, originals).map { ColorMetrics.psnrAB($0, $1) }.reduce(0, +) / Double(seq.count)
+            let de = zip(seq, originals).map { ColorMetrics.deltaE76($0, $1) }.reduce(0, +) / Double(seq.count)
             out[name] = ["chroma_variation": ColorMetrics.chromaVariation(seq),
                          "static_variation": ColorMetrics.chromaVariation(seq, staticIn: grays),
-                         "psnr_ab": psnr]
-        }
-        if !json {
-            print("\(names.count) frames in \(dir); \(withReuse.reusedCount) reused the retrieval in use")
-            print("variant              chroma_variation  static_variation  psnr_ab")
-            for (name, _) in variants {
-                let r = out[name] as! [String: Double]
-                print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
-                      + String(format: " %16.3f %17.3f %8.2f", r["chroma_variation"]!, r["static_variation"]!, r["psnr_ab"]!))
-            }
+                         "psnr_ab": psnr, "delta_e": de]
         }
         return out
+    }
+
+    func printSequence(_ out: [String: Any], what: String) {
+        print("\(what); \(out["reused"] ?? 0) frames reused the retrieval in use")
+        print("variant              chroma_variation  static_variation  psnr_ab  delta_e")
+        for name in ["in_context_reuse", "retrieval_reuse", "retrieval_no_reuse", "no_retrieval", "original"] {
+            guard let r = out[name] as? [String: Double] else { continue }
+            print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
+                  + String(format: " %16.3f %17.3f %8.2f %8.2f", r["chroma_variation"]!, r["static_variation"]!, r["psnr_ab"]!, r["delta_e"]!))
+        }
     }
 }

@@ -3,6 +3,11 @@ import Foundation
 import MillraceCore
 import MillraceTraining
 
+/// The image-to-image student's objective.
+enum I2IObjective: String, ExpressibleByArgument, CaseIterable {
+    case chords, consistency
+}
+
 /// `gen straighten`: fine-tune a copy of a model on teacher chords of its BOSS schedule (§3.4).
 struct StraightenCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,12 +35,18 @@ struct StraightenCommand: ParsableCommand {
         drawn in --start-times, as a stream's slot does, and ends where the teacher lands after \
         --teacher-steps guided Euler steps from t0 to 1; half the chords ask for the image's own \
         group, four in ten for another, one in ten for none. One jump of the student from t0 is \
-        then the teacher's whole image-to-image run: a stream with one slot at t0 = 1 − strength.
+        then the teacher's whole image-to-image run: a stream with one slot at t0 = 1 − strength. \
+        --objective consistency trains the same student another way: each row starts at a time t \
+        in [lo, 1), the teacher takes one guided Euler step of --delta, and the chord makes the \
+        student's jump from t land where its own jump from there lands (its targets come from a \
+        copy of the student refreshed at each of --rounds rounds).
 
         Examples:
           gen straighten --nfe 4 --out runs/emoji32-straight-4
           gen straighten --nfe 2 --out runs/s2 --samples 128 --steps 200 --teacher-cache runs/teacher.safetensors
           gen straighten --model runs/scenes64 --from-data data/scenes64.mrds --out runs/scenes64-i2i --samples 1024
+          gen straighten --model assets/models/scenes64 --from-data data/scenes64.mrds --out runs/i2i-cons \
+            --objective consistency --rounds 5 --samples 384 --steps 250 --guidance 6
         """)
 
     @Option(help: "Steps N of the BOSS schedule to straighten for (not with --from-data).")
@@ -46,6 +57,12 @@ struct StraightenCommand: ParsableCommand {
     var startTimes: String = "0.2,0.7"
     @Option(help: "With --from-data: the teacher's uniform Euler steps from t0 to 1.")
     var teacherSteps: Int = 8
+    @Option(help: "With --from-data: chords (the student's jump lands where the teacher's whole run does) or consistency (where the student's own jump from one teacher step further does; targets refreshed every round).")
+    var objective: I2IObjective = .chords
+    @Option(help: "With --objective consistency: rounds of new targets (--steps are split over them).")
+    var rounds: Int = 5
+    @Option(help: "With --objective consistency: the teacher's step in t.")
+    var delta: Float = 0.125
     @Option(help: "Output model folder.")
     var out: String
     @Option(help: "Teacher model folder with schedules.json (default: the shipped emoji model).")
@@ -79,6 +96,8 @@ struct StraightenCommand: ParsableCommand {
         } else {
             guard nfe == nil else { throw ValidationError("--nfe and --from-data exclude each other") }
             guard teacherSteps >= 1 && teacherSteps <= 1000 else { throw ValidationError("--teacher-steps must be between 1 and 1000") }
+            guard rounds >= 1 && rounds <= steps else { throw ValidationError("--rounds must be between 1 and --steps") }
+            guard delta > 0 && delta <= 1 else { throw ValidationError("--delta must be in (0, 1]") }
             _ = try parsedStartTimes()
         }
         guard samples >= 1 else { throw ValidationError("--samples must be at least 1") }
@@ -155,8 +174,9 @@ struct StraightenCommand: ParsableCommand {
     /// Fine-tunes on `chords` and writes the student to --out: its guidance is in the weights, so
     /// its flow.json says default_guidance 1 and distilled_guidance `guidance`.
     @discardableResult
-    func writeStudent(folder: ModelFolder, chords: Straightening.Chords, guidance: Float, metadata: [String: String]) throws -> FlowTrainer {
-        let trainer = try fineTune(folder: folder, chords: chords)
+    func writeStudent(folder: ModelFolder, chords: Straightening.Chords, guidance: Float, metadata: [String: String],
+                      refresh: ((FlowTrainer) throws -> Straightening.Chords)? = nil, rounds: Int = 1) throws -> FlowTrainer {
+        let trainer = try fineTune(folder: folder, chords: chords, refresh: refresh, rounds: rounds)
         var flow = folder.flow
         flow.defaultGuidance = 1
         flow.distilledGuidance = Double(guidance)
@@ -165,7 +185,8 @@ struct StraightenCommand: ParsableCommand {
     }
 
     /// Fine-tunes a copy of `folder`'s model on `chords` (loss.csv and loss.png into --out).
-    func fineTune(folder: ModelFolder, chords: Straightening.Chords) throws -> FlowTrainer {
+    func fineTune(folder: ModelFolder, chords: Straightening.Chords,
+                  refresh: ((FlowTrainer) throws -> Straightening.Chords)? = nil, rounds: Int = 1) throws -> FlowTrainer {
         var opts = TrainOptions()
         opts.steps = steps
         opts.batchSize = batch
@@ -181,7 +202,13 @@ struct StraightenCommand: ParsableCommand {
         var log = try LossLog(path: csvPath, keepUpTo: 0)
         let bar = ProgressBar("straighten", total: steps, unit: "img")
         let t0 = Date()
+        var round = 1
         while trainer.step < steps {
+            // A new round's targets from the student as it is now.
+            if let refresh, trainer.step >= round * steps / rounds {
+                try trainer.replaceChords(try refresh(trainer))
+                round += 1
+            }
             let loss = trainer.trainStep()
             let elapsed = Date().timeIntervalSince(t0)
             try log.append(step: trainer.step, loss: loss, smoothed: trainer.smoothedLoss,
@@ -223,6 +250,25 @@ struct StraightenCommand: ParsableCommand {
                 let u = rng.nextUnitDouble()
                 let own = Int(ds.labels[i])
                 labels.append(u < 0.5 ? own : u < 0.9 ? Int(rng.next() % UInt64(ds.classNames.count)) : (folder.flow.nullClass ?? own))
+            }
+            if objective == .consistency {
+                // Round r's targets come from the student after r rounds (the teacher's copy first).
+                var round: UInt64 = 0
+                func targets(_ student: UNet2DModel) throws -> Straightening.Chords {
+                    round += 1
+                    var studentFlow = folder.flow
+                    studentFlow.defaultGuidance = 1
+                    return try Straightening.consistencyChords(
+                        teacher: sampler, student: FlowSampler(model: student, flow: studentFlow), images: images, labels: labels,
+                        times: times, delta: delta, guidance: g, seed: seed &+ round &* 0x9E37)
+                }
+                FileHandle.standardError.write(Data("consistency-style student of \(modelPath): \(samples) rows per round, \(rounds) rounds, teacher step \(delta)\n".utf8))
+                let trainer = try writeStudent(folder: folder, chords: try targets(folder.model), guidance: g, metadata: [
+                    "weights": "ema", "straightened_from": modelPath,
+                    "image_to_image": "t0 \(times.lowerBound)...\(times.upperBound), consistency, \(rounds) rounds, teacher step \(delta)"],
+                    refresh: { try targets($0.emaModel()) }, rounds: rounds)
+                print("wrote \(out): a consistency-style image-to-image student (smoothed loss \(String(format: "%.4f", trainer.smoothedLoss)))")
+                return
             }
             let bar = ProgressBar("teacher", total: samples, unit: "chords")
             let chords = try Straightening.imageToImageChords(sampler: sampler, images: images, labels: labels, times: times,

@@ -51,6 +51,48 @@ import MillraceTestSupport
         }
     }
 
+    /// Consistency-style chords: the jump from t lands where the student's jump from one guided
+    /// teacher step later lands (done by hand for a row); with a step that reaches t = 1 the chord
+    /// is the teacher's guided velocity itself. A trainer takes new chords of the same shape.
+    @Test func consistencyChordsLandWhereTheStudentLandsFromOneTeacherStepOn() throws {
+        try GlobalKernelSettings.exclusive {
+            let folder = try Self.tinyFolder()
+            let teacher = FlowSampler(model: folder.model, flow: folder.flow)
+            let student = FlowSampler(model: UNet2DModel(config: folder.config, seed: 11), flow: folder.flow)
+            var rng = TestRNG(seed: 6)
+            let images = (0..<4).map { _ in rng.floats(3 * 8 * 8) }
+            let labels = [0, 1, 2, 1]
+            let c = try Straightening.consistencyChords(teacher: teacher, student: student, images: images, labels: labels,
+                                                        times: 0.2...0.7, delta: 0.125, guidance: 2, seed: 4, batch: 3)
+            #expect(c.count == 4 && c.labels == labels && c.times.allSatisfy { $0 >= 0.2 && $0 < 1 })
+            let x = Tensor(shape: [4, 3, 8, 8], data: c.states)
+            // Row 1 by hand.
+            let t = c.times[1], tn = min(1, t + 0.125)
+            var xn = x.rows(1..<2)
+            xn.addScaled(teacher.velocity(xn, t: [t], labels: [1], guidance: 2), tn - t)
+            var landing = xn
+            landing.addScaled(student.velocity(xn, t: [tn], labels: [1], guidance: 1), 1 - tn)
+            let jump = zip(c.states[192..<384], c.targets[192..<384]).map { $0 + (1 - t) * $1 }
+            #expect(relativeError(jump, landing.data) < 1e-4)
+            // A step to t = 1: the chord is the teacher's guided velocity.
+            let whole = try Straightening.consistencyChords(teacher: teacher, student: student, images: images, labels: labels,
+                                                            times: 0.2...0.7, delta: 1, guidance: 2, seed: 4)
+            let v = teacher.velocity(Tensor(shape: [4, 3, 8, 8], data: whole.states), t: whole.times, labels: labels, guidance: 2)
+            #expect(relativeError(whole.targets, v.data) < 1e-4)
+            #expect(throws: ModelError.self) {
+                _ = try Straightening.consistencyChords(teacher: teacher, student: student, images: images, labels: labels,
+                                                        times: 0.2...0.7, delta: 0, guidance: 2, seed: 4)
+            }
+            var o = TrainOptions()
+            o.steps = 2
+            o.batchSize = 2
+            let trainer = try FlowTrainer(folder: folder, chords: c, options: o)
+            try trainer.replaceChords(whole)
+            #expect(trainer.chords?.targets == whole.targets)
+            trainer.trainStep()
+        }
+    }
+
     @Test func teacherStatesFollowTheSampler() throws {
         try GlobalKernelSettings.exclusive {
             let folder = try Self.tinyFolder()

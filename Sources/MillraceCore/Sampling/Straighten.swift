@@ -177,6 +177,61 @@ public enum Straightening {
         return out
     }
 
+    /// Consistency-style chords for an image-to-image student (docs/TRAINING.md, "A
+    /// consistency-style student"): each row takes data image `images[s]`, a time t drawn
+    /// uniformly in [`times.lowerBound`, 1) and noise N, starts at x = t·f + (1 − t)·N, lets the
+    /// teacher take one guided Euler step to t' = min(1, t + `delta`), x' = x + (t' − t)·v_g, and
+    /// asks the student (`student`, unguided: its guidance is in its weights) where it lands from
+    /// there in one jump, x̂ = x' + (1 − t')·v_s(x', t') (x̂ = x' at t' = 1). The chord
+    /// (x̂ − x)/(1 − t) makes the student's jump from t land where its own jump from t' lands:
+    /// self-consistency along the teacher's trajectories, with the student's targets frozen for a
+    /// round (a copy refreshed between rounds, as consistency distillation's EMA target is).
+    public static func consistencyChords(teacher: FlowSampler, student: FlowSampler, images: [[Float]], labels: [Int],
+                                         times: ClosedRange<Float>, delta: Float, guidance: Float, seed: UInt64,
+                                         batch: Int = 32) throws -> Chords {
+        let n = labels.count
+        guard n >= 1, images.count == n else { throw ModelError.invalidArgument("consistency chords need one image per label (\(images.count) images, \(n) labels)") }
+        guard delta > 0, delta <= 1 else { throw ModelError.invalidArgument("the teacher's step must be in (0, 1], got \(delta)") }
+        guard times.lowerBound >= 0, times.lowerBound < 1 else { throw ModelError.invalidArgument("start times must lie in [0, 1), got \(times)") }
+        let c = teacher.model.config
+        guard student.model.config.inChannels == c.inChannels, student.model.config.sampleSize == c.sampleSize else {
+            throw ModelError.invalidArgument("the student and the teacher must take the same samples")
+        }
+        let shape = [c.inChannels, c.sampleSize, c.sampleSize]
+        let d = shape.reduce(1, *)
+        guard images.allSatisfy({ $0.count == d }) else { throw ModelError.invalidArgument("images must have \(d) values (the model's sample shape)") }
+        var rng = SplitMix64(seed: seed)
+        let lo = times.lowerBound
+        let ts = (0..<n).map { _ in lo + (1 - lo) * rng.nextUnitFloat() * 0.999 }
+        let noise = GaussianSource.draw(count: n, shape: shape, seed: seed &+ 1)
+        var out = Chords(states: [], targets: [], times: ts, labels: labels, dimension: d)
+        out.states.reserveCapacity(n * d)
+        out.targets.reserveCapacity(n * d)
+        for start in stride(from: 0, to: n, by: max(batch, 1)) {
+            let range = start..<min(n, start + max(batch, 1))
+            var x = Tensor(uninitialized: [range.count] + shape)
+            for (r, s) in range.enumerated() {
+                let t = ts[s]
+                for j in 0..<d { x.data[r * d + j] = t * images[s][j] + (1 - t) * noise.data[s * d + j] }
+            }
+            let t = range.map { ts[$0] }, next = t.map { min(1, $0 + delta) }
+            let lb = Array(labels[range])
+            let v = teacher.velocity(x, t: t, labels: lb, guidance: guidance)
+            var xn = x
+            for r in 0..<range.count { for j in 0..<d { xn.data[r * d + j] += (next[r] - t[r]) * v.data[r * d + j] } }
+            let vs = student.velocity(xn, t: next, labels: lb, guidance: 1)
+            out.states += x.data
+            for r in 0..<range.count {
+                let inv = 1 / (1 - t[r]), rest = 1 - next[r]
+                for j in 0..<d {
+                    let landing = xn.data[r * d + j] + rest * vs.data[r * d + j]
+                    out.targets.append((landing - x.data[r * d + j]) * inv)
+                }
+            }
+        }
+        return out
+    }
+
     // MARK: - Cache file
 
     /// Writes teacher states to a safetensors file (keys `x.<index>`, `labels`), atomically.

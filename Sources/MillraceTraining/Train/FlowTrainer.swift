@@ -208,6 +208,18 @@ public final class FlowTrainer {
         self.chords = chords
     }
 
+    /// Replaces the chords a straightening trainer draws from (a consistency-style student gets new
+    /// targets each round); the optimizer, EMA and generator go on.
+    public func replaceChords(_ new: Straightening.Chords) throws {
+        guard let old = chords, new.count > 0, new.dimension == old.dimension else {
+            throw TrainError.invalidSetup("chords can only replace chords of the same shape")
+        }
+        guard let embeds = model.config.numClassEmbeds, new.labels.allSatisfy({ $0 >= 0 && $0 < embeds }) else {
+            throw TrainError.invalidSetup("a chord label is outside the model's classes")
+        }
+        chords = new
+    }
+
     /// Draws a batch of chords: (x_{τk}, τk, labels, chord velocity).
     func drawChordBatch(_ chords: Straightening.Chords) -> (Tensor, [Float], [Int], Tensor) {
         let b = options.batchSize, size = data.size, d = chords.dimension
