@@ -171,6 +171,14 @@ extension MillraceService {
                 guard method == "in-context" else { throw MultipartError(400, "'steps' applies to method=in-context only") }
                 steps = k
             }
+            var samples = Self.defaultColorSamples
+            if let text = r.query["samples"] {
+                guard let k = Int(text), k >= 1, k <= Self.maxColorSamples else {
+                    throw MultipartError(400, "query argument 'samples' must be an integer from 1 to \(Self.maxColorSamples)")
+                }
+                guard method == "in-context" else { throw MultipartError(400, "'samples' applies to method=in-context only") }
+                samples = k
+            }
             let parts = try formParts(r)
             var images: [MultipartPart] = [], refs: [MultipartPart] = []
             for p in parts {
@@ -191,7 +199,7 @@ extension MillraceService {
             let sizes = try declaredSizes(images + refs)
             let pixels = sizes.reduce(0) { $0 + $1.width * $1.height }
             // In context, the model's activations at the working size (at most 128×128) too.
-            let job = try admitJob(bytes: pixels * 48 + (method == "in-context" ? Self.inContextBytes : 0), clientGone: r.isClientGone)
+            let job = try admitJob(bytes: pixels * 48 + (method == "in-context" ? samples * Self.inContextBytes : 0), clientGone: r.isClientGone)
             defer { withExtendedLifetime(job) {} }
             let input = try decodePart(images[0])
             let pool: ReferencePool
@@ -207,6 +215,7 @@ extension MillraceService {
             if method == "in-context", let folder = colorFolder {
                 let model = try InContextColorizer(folder: folder, pool: pool)
                 model.steps = steps
+                model.samples = samples
                 model.callLock = modelLock
                 try job.check()
                 (image, patches) = try model.colorize(gray: input)
@@ -244,6 +253,9 @@ extension MillraceService {
 
     /// Most Euler steps of the in-context model per request.
     static let maxColorSteps = 8
+    /// Most noise draws averaged per image, and the default.
+    static let maxColorSamples = 8
+    static let defaultColorSamples = 1
     /// Memory reserved for the in-context model's activations (128×128 working size).
     static let inContextBytes = 96 << 20
 

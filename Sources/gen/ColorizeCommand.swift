@@ -63,6 +63,8 @@ struct ColorizeCommand: ParsableCommand {
     var colorModel: String?
     @Option(help: "--method in-context: Euler steps of the colorization model.")
     var colorSteps: Int = ColorMethod.defaultSteps
+    @Option(help: "In context: noise draws per image, run together and averaged.")
+    var colorSamples: Int = ColorMethod.defaultSamples
     @Option(help: "Write the §9 canvas (query and retrieved patches) to this PNG (folder input: <PNG without .png>-<frame>.png per frame).")
     var showRefs: String?
     @Option(help: "Similarity (cosine of frame descriptors) above which a frame reuses the previous retrieval.")
@@ -87,6 +89,7 @@ struct ColorizeCommand: ParsableCommand {
         guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1], got \(strength)") }
         guard steps >= 1 && steps <= 1000 else { throw ValidationError("--steps must be in 1...1000") }
         guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
+        guard colorSamples >= 1 && colorSamples <= 64 else { throw ValidationError("--color-samples must be in 1...64") }
         if noRetrieval, let method, method != .prior {
             throw ValidationError("--no-retrieval is --method prior; it cannot be combined with --method \(method.rawValue)")
         }
@@ -116,6 +119,7 @@ struct ColorizeCommand: ParsableCommand {
             if let path = chosen.modelPath {
                 let model = try InContextColorizer(folder: try ModelFolder.load(path), pool: pool)
                 model.steps = colorSteps
+                model.samples = colorSamples
                 model.seed = seed
                 inContext = model
                 FileHandle.standardError.write(Data("method: in-context (\(path), \(colorSteps) step\(colorSteps == 1 ? "" : "s"))\n".utf8))
@@ -189,6 +193,8 @@ enum ColorMethod: String, ExpressibleByArgument, CaseIterable {
 
     /// Euler steps of the colorization model when none are asked for.
     static let defaultSteps = 1
+    /// Noise draws averaged per image when none are asked for.
+    static let defaultSamples = 1
 
     /// The method to use and, for in-context, the model folder: an explicit method, else
     /// in-context when a model is given or shipped, else retrieval.

@@ -126,8 +126,8 @@ struct DatasetColorizeCommand: ParsableCommand {
         image.planes.map { UInt8(max(0, min(255, ($0 * 255).rounded()))) }
     }
 
-    /// Reads a file written by this command as training data ((a, b)/100) and the norm scale
-    /// the trainer's flow.json must carry.
+    /// Reads a file written by this command as training data, the samples being the corrections
+    /// (a, b)/100 − (a, b)_retrieval/100, and the norm scale the trainer's flow.json must carry.
     static func read(path: String) throws -> (data: FlowTrainingData, normScale: Double) {
         let file = try SafetensorsFile.read(path: path)
         guard file.metadata["format"] == format else {
@@ -140,7 +140,10 @@ struct DatasetColorizeCommand: ParsableCommand {
               let scale = Double(file.metadata["norm_scale"] ?? ""), scale > 0 else {
             throw CLIError("\(path): expected tensors chroma [N, 2, S, S] and condition [N, \(InContextColorizer.conditionChannels), S, S] and a norm_scale")
         }
-        let data = FlowTrainingData(samples: chroma.data, channels: 2, condition: condition.data,
+        // The model's sample is the correction to the retrieval's chroma.
+        let size = chroma.shape[2]
+        let samples = InContextColorizer.residual(chroma: chroma.data, condition: condition.data, plane: size * size)
+        let data = FlowTrainingData(samples: samples, channels: 2, condition: condition.data,
                                     conditionChannels: InContextColorizer.conditionChannels, size: chroma.shape[2],
                                     task: InContextColorizer.task)
         return (data, scale)

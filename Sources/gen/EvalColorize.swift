@@ -91,6 +91,8 @@ struct EvalColorize: ParsableCommand {
     var colorModel: String?
     @Option(help: "Euler steps of the in-context model.")
     var colorSteps: Int = ColorMethod.defaultSteps
+    @Option(help: "In context: noise draws per image, run together and averaged.")
+    var colorSamples: Int = ColorMethod.defaultSamples
     @Flag(help: "Leave the in-context model out even when it is found.")
     var noInContext = false
     @Flag(help: "Print JSON keyed by method.")
@@ -105,6 +107,7 @@ struct EvalColorize: ParsableCommand {
         guard scenes >= 0 && scenes <= 100_000 else { throw ValidationError("--scenes must be between 0 and 100000") }
         guard sceneSize >= 16 && sceneSize <= 256 else { throw ValidationError("--scene-size must be between 16 and 256") }
         guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
+        guard colorSamples >= 1 && colorSamples <= 64 else { throw ValidationError("--color-samples must be in 1...64") }
         guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1], got \(strength)") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
     }
@@ -221,6 +224,7 @@ struct EvalColorize: ParsableCommand {
             if let colorFolder {
                 let model = try InContextColorizer(folder: colorFolder, pool: loaded[0].1)
                 model.steps = colorSteps
+                model.samples = colorSamples
                 model.seed = seed
                 let colored = try model.colorize(gray: grays, evidence: evidence)
                 for k in outputs.indices { outputs[k]["in_context"] = colored[k] }
@@ -332,6 +336,7 @@ struct EvalColorize: ParsableCommand {
         if let folder = try inContextModel() {
             let model = try InContextColorizer(folder: folder, pool: pool)
             model.steps = colorSteps
+            model.samples = colorSamples
             model.seed = seed
             let sequence = FrameSequenceColorizer(inContext: model, reuseThreshold: reuseThreshold)
             variants.insert(("in_context_reuse", try grays.map { try sequence.next($0).image }), at: 0)

@@ -298,7 +298,7 @@ import MillraceTestSupport
         let worst = (0..<out.pixelCount).map { abs(lin.planes[$0] - lout.planes[$0]) }.max() ?? 0
         #expect(worst < 0.6, "L moved by \(worst)")
         // With references=1 the JSON names the method.
-        let r2 = s.call("POST", "/v1/colorize?references=1&steps=2", body: body, type: ColorServerTests.formType)
+        let r2 = s.call("POST", "/v1/colorize?references=1&steps=2&samples=2", body: body, type: ColorServerTests.formType)
         #expect(r2.status == 200, "\(r2.status) \(r2.text.prefix(200))")
         #expect(r2.text.contains("\"method\":\"in-context\""))
         for method in ["retrieval", "prior"] {
@@ -315,7 +315,8 @@ import MillraceTestSupport
         defer { try? FileManager.default.removeItem(atPath: model); try? FileManager.default.removeItem(atPath: pool) }
         let body = ColorServerTests.form([try ColorServerTests.file("image", "gray.png", ColorServerTests.grayDisc())])
         let s = try Running(maxBody: 1 << 20, references: pool, colorModel: model)
-        for query in ["method=paint", "steps=0", "steps=9", "steps=two", "method=retrieval&steps=2"] {
+        for query in ["method=paint", "steps=0", "steps=9", "steps=two", "method=retrieval&steps=2", "samples=0", "samples=9",
+                      "method=prior&samples=2"] {
             let r = s.call("POST", "/v1/colorize?" + query, body: body, type: ColorServerTests.formType)
             #expect(r.status == 400, "\(query): \(r.status) \(r.text.prefix(200))")
         }

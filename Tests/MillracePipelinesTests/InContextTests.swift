@@ -61,14 +61,30 @@ import MillraceTestSupport
         let lin = input.toLab(), lout = a.toLab()
         let worst = (0..<a.pixelCount).map { abs(lin.planes[$0] - lout.planes[$0]) }.max() ?? 0
         #expect(worst < 0.05, "L moved by \(worst)")
+        m.samples = 2
+        let averaged = try m.colorize(gray: input).image
+        let lavg = averaged.toLab()
+        #expect(averaged != a && (0..<a.pixelCount).allSatisfy { abs(lin.planes[$0] - lavg.planes[$0]) < 0.05 })
+        m.samples = 1
         m.seed = 9
         let other = try m.colorize(gray: input).image != a
         #expect(other, "another seed, other noise")
     }
 
+    @Test func theSampleIsTheCorrectionToTheRetrievalsChroma() {
+        // Two samples of 2×2 pixels: chroma (a, b)/100 and conditions whose planes 1–2 are a/50, b/50.
+        let plane = 4
+        let chroma: [Float] = (0..<16).map { Float($0) / 10 }
+        var condition = [Float](repeating: 9, count: 2 * 6 * plane)
+        for i in 0..<2 { for k in 0..<2 { for p in 0..<plane { condition[(i * 6 + 1 + k) * plane + p] = Float(i * 8 + k * 4 + p) / 5 } } }
+        let r = InContextColorizer.residual(chroma: chroma, condition: condition, plane: plane)
+        for j in 0..<16 { #expect(abs(r[j] - (chroma[j] - Float(j) / 10)) < 1e-6) }
+    }
+
     @Test func aBatchEqualsImagesOneByOne() throws {
         let (m, path) = try Self.model()
         defer { try? FileManager.default.removeItem(atPath: path) }
+        m.samples = 3
         let grays = [Self.red, Self.green].map(Colorizer.grayscale)
         let evidence = try grays.map { try m.colorizer.evidence(gray: $0) }
         let together = try m.colorize(gray: grays, evidence: evidence)

@@ -9,8 +9,9 @@ import MillraceImaging
 ///
 /// The model is a UNet2DModel with `conditionChannels + 2` input and 2 output channels, trained
 /// by `gen train` on `gen dataset colorize` data (flow.json `"task": "colorize"`). Its sample is
-/// the chroma x1 = s·(a, b)/100 (s: flow.json `norm_scale`), and each call sees, besides the
-/// state x_t, six condition planes at the working size (`condition(_:)`):
+/// the correction the retrieval colorization's chroma needs, x1 = s·((a, b) − (a, b)_retrieval)/100
+/// (s: flow.json `norm_scale`), and each call sees, besides the state x_t, six condition planes
+/// at the working size (`condition(_:)`):
 ///
 /// 1. L/50 − 1, the input's lightness;
 /// 2–3. the retrieval colorization's a/50, b/50 (`Colorizer.evidence`);
@@ -19,9 +20,11 @@ import MillraceImaging
 ///    references' own colours where they lie, not matched by luma.
 ///
 /// Sampling: x0 ~ N(0, I) drawn from `seed` (one draw per image size, so the frames of a
-/// sequence share it), then `steps` Euler steps of v_θ([x_t; condition], t) from t = 0 to 1.
-/// The output is the input's own L at full resolution with the generated a, b (upsampled from
-/// the working size), so L is kept exactly; out-of-gamut colours lose chroma, not lightness.
+/// sequence share it), then `steps` Euler steps of v_θ([x_t; condition], t) from t = 0 to 1;
+/// with `samples` > 1, as many draws run as rows of the same calls and are averaged.
+/// The output is the input's own L at full resolution with the retrieval's a, b plus the
+/// generated correction (upsampled from the working size), so L is kept exactly; out-of-gamut
+/// colours lose chroma, not lightness.
 public final class InContextColorizer {
     /// Condition planes the model takes after the 2 chroma channels.
     public static let conditionChannels = 6
@@ -36,6 +39,10 @@ public final class InContextColorizer {
     public var steps = 1
     /// Seed of the noise x0.
     public var seed: UInt64 = 0
+    /// Noise draws per image, run as rows of the same model calls and averaged: with one step,
+    /// each row is an estimate of E[x1 | condition] that still carries some of its draw, and the
+    /// average carries less.
+    public var samples = 1
     /// Taken around each model call when set (a service's model lock, so that calls of several
     /// requests take the cores in turn).
     public var callLock: FairLock?
@@ -78,7 +85,8 @@ public final class InContextColorizer {
         return out
     }
 
-    /// The training target of a colour image at the working size: s·(a, b)/100, 2×height×width.
+    /// A colour image's chroma at the working size, s·(a, b)/100, 2×height×width (what
+    /// `gen dataset colorize` stores; the model's sample is it less the retrieval's, `residual`).
     public static func target(_ colour: RGBImage, scale: Float) -> [Float] {
         let lab = colour.toLab(), n = colour.pixelCount
         return lab.planes[n...].map { $0 * scale / 100 }
@@ -102,8 +110,23 @@ public final class InContextColorizer {
         }
     }
 
-    /// The generated a, b (Lab units, 2×height×width) for each evidence map; maps of the same
-    /// size share model calls.
+    /// The sample of chroma planes (a, b)/100 [count, 2, S, S] given their condition planes
+    /// [count, conditionChannels, S, S]: the correction to the retrieval's chroma (planes 2–3 of
+    /// the condition are its a/50, b/50).
+    public static func residual(chroma: [Float], condition: [Float], plane: Int) -> [Float] {
+        let count = chroma.count / (2 * plane)
+        precondition(condition.count == count * conditionChannels * plane, "one condition per sample")
+        var out = chroma
+        for i in 0..<count {
+            for k in 0..<2 {
+                for p in 0..<plane { out[(i * 2 + k) * plane + p] -= condition[(i * conditionChannels + 1 + k) * plane + p] / 2 }
+            }
+        }
+        return out
+    }
+
+    /// The generated a, b (Lab units, 2×height×width) for each evidence map: the retrieval's plus
+    /// the model's correction. Maps of the same size share model calls.
     public func sample(_ evidence: [ChromaEvidence]) -> [[Float]] {
         var out = [[Float]](repeating: [], count: evidence.count)
         var bySize: [[Int]: [Int]] = [:]
@@ -136,28 +159,44 @@ public final class InContextColorizer {
                 }
             }
         }
-        // One noise draw per image, the same for every image of this size and seed.
-        let noise = GaussianSource.draw(count: 1, shape: [2, H, W], seed: seed).data
-        var x = [Float](repeating: 0, count: count * 2 * plane)
-        for i in 0..<count { x.replaceSubrange((i * 2 * plane)..<((i + 1) * 2 * plane), with: noise) }
+        // `samples` noise draws per image (the same draws for every image of this size and
+        // seed), each a row of the same model calls; their results are averaged.
+        let r = max(1, samples), rows = count * r
+        let noise = GaussianSource.draw(count: r, shape: [2, H, W], seed: seed).data
+        var x = [Float](repeating: 0, count: rows * 2 * plane)
+        for i in 0..<count {
+            for d in 0..<r {
+                x.replaceSubrange(((i * r + d) * 2 * plane)..<((i * r + d + 1) * 2 * plane), with: noise[(d * 2 * plane)..<((d + 1) * 2 * plane)])
+            }
+        }
         let scale = Float(flow.timestepScale)
         for k in 0..<max(1, steps) {
             let t = Float(k) / Float(max(1, steps)), dt = 1 / Float(max(1, steps))
-            var input = [Float](repeating: 0, count: count * (2 + c) * plane)
-            for i in 0..<count {
-                let base = i * (2 + c) * plane
-                input.replaceSubrange(base..<(base + 2 * plane), with: x[(i * 2 * plane)..<((i + 1) * 2 * plane)])
+            var input = [Float](repeating: 0, count: rows * (2 + c) * plane)
+            for row in 0..<rows {
+                let i = row / r, base = row * (2 + c) * plane
+                input.replaceSubrange(base..<(base + 2 * plane), with: x[(row * 2 * plane)..<((row + 1) * 2 * plane)])
                 input.replaceSubrange((base + 2 * plane)..<(base + (2 + c) * plane), with: cond[(i * c * plane)..<((i + 1) * c * plane)])
             }
-            let call = { self.model.forward(Tensor(shape: [count, 2 + c, H, W], data: input), timesteps: [t * scale]) }
+            let call = { self.model.forward(Tensor(shape: [rows, 2 + c, H, W], data: input), timesteps: [t * scale]) }
             let v = callLock?.withLock(call) ?? call()
             for j in 0..<x.count { x[j] += dt * v.data[j] }
         }
+        if r > 1 {
+            var mean = [Float](repeating: 0, count: count * 2 * plane)
+            for row in 0..<rows {
+                let i = row / r
+                for j in 0..<(2 * plane) { mean[i * 2 * plane + j] += x[row * 2 * plane + j] / Float(r) }
+            }
+            x = mean
+        }
         let s = 100 / Float(flow.normScale)
         return (0..<count).map { i in
+            let e = evidence[i]
             var ab = [Float](repeating: 0, count: 2 * w * h)
             for k in 0..<2 { for y in 0..<h { for xx in 0..<w {
-                ab[k * w * h + y * w + xx] = s * x[(i * 2 + k) * plane + y * W + xx]
+                let base = k == 0 ? e.a[y * w + xx] : e.b[y * w + xx]
+                ab[k * w * h + y * w + xx] = base + s * x[(i * 2 + k) * plane + y * W + xx]
             } } }
             return ab
         }
