@@ -143,9 +143,13 @@ struct DatasetColorizeCommand: ParsableCommand {
         // The model's sample is the correction to the retrieval's chroma.
         let size = chroma.shape[2]
         let samples = InContextColorizer.residual(chroma: chroma.data, condition: condition.data, plane: size * size)
-        let data = FlowTrainingData(samples: samples, channels: 2, condition: condition.data,
+        var data = FlowTrainingData(samples: samples, channels: 2, condition: condition.data,
                                     conditionChannels: InContextColorizer.conditionChannels, size: chroma.shape[2],
                                     task: InContextColorizer.task)
+        // Chroma lives in the sample (a, b) and in condition planes 1–2 (retrieval's a, b) and
+        // 4–5 (the canvas's a, b); the prior's share (plane 3) and L (plane 0) are not turned.
+        data.rotatedSamplePairs = [[0, 1]]
+        data.rotatedConditionPairs = [[1, 2], [4, 5]]
         return (data, scale)
     }
 }

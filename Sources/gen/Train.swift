@@ -65,6 +65,8 @@ struct Train: ParsableCommand {
     var resume = false
     @Option(help: "Start from the weights of a model folder (same architecture, any sample size; fresh optimizer; its default guidance, and its norm scale unless --norm-align, carry over).")
     var initFrom: String?
+    @Option(help: "Colorization data: the share of examples whose chroma (sample, retrieval and canvas alike) is turned by one random hue angle, so the model learns to take colours from the references.")
+    var hueRotation: Double = 0.5
     @Option(help: "UNet block channels, comma-separated.")
     var channels: String = "32,64,128"
     @Option(help: "ResNet layers per block.")
@@ -104,6 +106,7 @@ struct Train: ParsableCommand {
 
     func validate() throws {
         guard lr > 0 else { throw ValidationError("--lr must be positive") }
+        guard hueRotation >= 0 && hueRotation <= 1 else { throw ValidationError("--hue-rotation must be in [0, 1]") }
         if let minLR {
             guard decay == .cosine else { throw ValidationError("--min-lr needs --decay cosine") }
             guard minLR >= 0 && minLR <= lr else { throw ValidationError("--min-lr must be between 0 and --lr") }
@@ -122,7 +125,8 @@ struct Train: ParsableCommand {
             var config: UNetConfig
             var colorScale: Double? = nil
             if data.hasSuffix(".safetensors") {
-                let (d, scale) = try DatasetColorizeCommand.read(path: data)
+                var (d, scale) = try DatasetColorizeCommand.read(path: data)
+                d.rotationProbability = hueRotation
                 trainData = d
                 colorScale = scale
                 config = try makeConfig(classes: 0, size: d.size)

@@ -58,6 +58,45 @@ import MillraceTestSupport
         #expect(flipped > 0 && flipped < 8, "flips: \(flipped) of 8")
     }
 
+    /// Hue rotation turns the sample's pair and the condition's pairs by one angle per row and
+    /// leaves the other planes alone.
+    @Test func rotationTurnsTheChromaPairsTogether() throws {
+        let size = 8, plane = 64, count = 6
+        var samples: [Float] = [], condition: [Float] = []
+        var rng = SplitMix64(seed: 3)
+        for _ in 0..<count {
+            let a = (0..<plane).map { _ in rng.nextGaussian() }, b = (0..<plane).map { _ in rng.nextGaussian() }
+            samples += a + b
+            condition += [Float](repeating: 0.5, count: plane) + a + b + [Float](repeating: -0.25, count: plane) + b + a
+        }
+        var data = FlowTrainingData(samples: samples, channels: 2, condition: condition, conditionChannels: 6, size: size, task: "colorize")
+        data.rotatedSamplePairs = [[0, 1]]
+        data.rotatedConditionPairs = [[1, 2], [4, 5]]
+        data.rotationProbability = 1
+        var o = TrainerTests.options(steps: 1)
+        o.horizontalFlips = false
+        let trainer = try FlowTrainer(config: Self.config(), data: data, options: o)
+        let (xt, ts, _, target) = trainer.drawBatch()
+        var turned = 0
+        for n in 0..<8 {
+            let base = n * 8 * plane
+            let x1 = (0..<(2 * plane)).map { xt.data[base + $0] + (1 - ts[n]) * target.data[n * 2 * plane + $0] }
+            for p in 0..<plane {
+                // Planes 0 and 3 as they were; the sample's (a, b) equals the retrieval pair's, turned alike.
+                #expect(xt.data[base + 2 * plane + p] == 0.5 && xt.data[base + 5 * plane + p] == -0.25)
+                #expect(abs(x1[p] - xt.data[base + 3 * plane + p]) < 1e-4 && abs(x1[plane + p] - xt.data[base + 4 * plane + p]) < 1e-4)
+            }
+            // The canvas pair held (b, a): turned by the same angle it stays the mirror image, so
+            // its norm is the sample's.
+            let n1 = (0..<plane).map { x1[$0] * x1[$0] + x1[plane + $0] * x1[plane + $0] }.reduce(0, +)
+            let n2 = (0..<plane).map { p in pow(xt.data[base + 6 * plane + p], 2) + pow(xt.data[base + 7 * plane + p], 2) }.reduce(0, +)
+            #expect(abs(n1 - n2) < 1e-2 * n1)
+            let original = (0..<count).contains { i in abs(samples[i * 2 * plane] - x1[0]) < 1e-4 }
+            if !original { turned += 1 }
+        }
+        #expect(turned >= 6, "rows turned: \(turned) of 8")
+    }
+
     @Test func trainingOnConditionsLowersTheLoss() throws {
         let trainer = try FlowTrainer(config: Self.config(), data: Self.data(), options: TrainerTests.options(steps: 60))
         var losses: [Double] = []

@@ -41,6 +41,13 @@ public struct FlowTrainingData: Sendable {
     public var conditionChannels = 0
     /// flow.json `task` of the model this data trains (nil: an image generator).
     public var task: String? = nil
+    /// Pairs of sample channels, and of condition planes, that hold 2-D vectors of one space (the
+    /// chroma (a, b) of colorization): with probability `rotationProbability` a row turns all of
+    /// them by one random angle, as if the whole world had other hues, so that a model must take
+    /// colours from its condition rather than remember them.
+    public var rotatedSamplePairs: [[Int]] = []
+    public var rotatedConditionPairs: [[Int]] = []
+    public var rotationProbability = 0.0
 
     public var count: Int { labels.count }
 
@@ -259,14 +266,13 @@ public final class FlowTrainer {
             if classes {
                 labels[n] = rng.nextUnitDouble() < options.labelDropout ? flow.nullClass! : data.labels[i]
             }
+            // This row's sample and condition, flipped, and turned when it is drawn to be.
+            var x1 = [Float](repeating: 0, count: per), cond = [Float](repeating: 0, count: cc * plane)
             for c in 0..<ch {
                 for y in 0..<size {
                     for x in 0..<size {
                         let sx = flip ? size - 1 - x : x
-                        let x1 = s * data.images[i * per + (c * size + y) * size + sx]
-                        let x0 = rng.nextGaussian()
-                        xt.data[n * inPer + (c * size + y) * size + x] = t * x1 + (1 - t) * x0
-                        target.data[n * per + (c * size + y) * size + x] = x1 - x0
+                        x1[(c * size + y) * size + x] = s * data.images[i * per + (c * size + y) * size + sx]
                     }
                 }
             }
@@ -274,10 +280,31 @@ public final class FlowTrainer {
                 for y in 0..<size {
                     for x in 0..<size {
                         let sx = flip ? size - 1 - x : x
-                        xt.data[n * inPer + ((ch + c) * size + y) * size + x] = data.condition[(i * cc + c) * plane + y * size + sx]
+                        cond[(c * size + y) * size + x] = data.condition[(i * cc + c) * plane + y * size + sx]
                     }
                 }
             }
+            if !data.rotatedSamplePairs.isEmpty || !data.rotatedConditionPairs.isEmpty,
+               rng.nextUnitDouble() < data.rotationProbability {
+                let angle = 2 * Float.pi * rng.nextUnitFloat(), cs = cos(angle), sn = sin(angle)
+                func turn(_ v: inout [Float], _ pairs: [[Int]]) {
+                    for pair in pairs {
+                        for p in 0..<plane {
+                            let a = v[pair[0] * plane + p], b = v[pair[1] * plane + p]
+                            v[pair[0] * plane + p] = cs * a - sn * b
+                            v[pair[1] * plane + p] = sn * a + cs * b
+                        }
+                    }
+                }
+                turn(&x1, data.rotatedSamplePairs)
+                turn(&cond, data.rotatedConditionPairs)
+            }
+            for j in 0..<per {
+                let x0 = rng.nextGaussian()
+                xt.data[n * inPer + j] = t * x1[j] + (1 - t) * x0
+                target.data[n * per + j] = x1[j] - x0
+            }
+            for j in 0..<(cc * plane) { xt.data[n * inPer + per + j] = cond[j] }
         }
         return (xt, ts, labels, target)
     }
