@@ -255,7 +255,7 @@ extension MillraceService {
     static let maxColorSteps = 8
     /// Most noise draws averaged per image, and the default.
     static let maxColorSamples = 8
-    static let defaultColorSamples = 1
+    static let defaultColorSamples = 2
     /// Memory reserved for the in-context model's activations (128×128 working size).
     static let inContextBytes = 96 << 20
 

@@ -194,7 +194,7 @@ enum ColorMethod: String, ExpressibleByArgument, CaseIterable {
     /// Euler steps of the colorization model when none are asked for.
     static let defaultSteps = 1
     /// Noise draws averaged per image when none are asked for.
-    static let defaultSamples = 1
+    static let defaultSamples = 2
 
     /// The method to use and, for in-context, the model folder: an explicit method, else
     /// in-context when a model is given or shipped, else retrieval.

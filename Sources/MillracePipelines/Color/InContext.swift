@@ -21,7 +21,8 @@ import MillraceImaging
 ///
 /// Sampling: x0 ~ N(0, I) drawn from `seed` (one draw per image size, so the frames of a
 /// sequence share it), then `steps` Euler steps of v_θ([x_t; condition], t) from t = 0 to 1;
-/// with `samples` > 1, as many draws run as rows of the same calls and are averaged.
+/// with `samples` > 1, as many draws (antithetic pairs ε, −ε) run as rows of the same calls and
+/// are averaged.
 /// The output is the input's own L at full resolution with the retrieval's a, b plus the
 /// generated correction (upsampled from the working size), so L is kept exactly; out-of-gamut
 /// colours lose chroma, not lightness.
@@ -41,8 +42,8 @@ public final class InContextColorizer {
     public var seed: UInt64 = 0
     /// Noise draws per image, run as rows of the same model calls and averaged: with one step,
     /// each row is an estimate of E[x1 | condition] that still carries some of its draw, and the
-    /// average carries less.
-    public var samples = 1
+    /// average carries less. Draws come in antithetic pairs (ε, −ε).
+    public var samples = 2
     /// Taken around each model call when set (a service's model lock, so that calls of several
     /// requests take the cores in turn).
     public var callLock: FairLock?
@@ -161,12 +162,15 @@ public final class InContextColorizer {
         }
         // `samples` noise draws per image (the same draws for every image of this size and
         // seed), each a row of the same model calls; their results are averaged.
+        // Antithetic: draw d and draw d + 1 are ±one Gaussian draw, so that whatever part of
+        // the result is linear in the noise cancels in their mean.
         let r = max(1, samples), rows = count * r
-        let noise = GaussianSource.draw(count: r, shape: [2, H, W], seed: seed).data
+        let noise = GaussianSource.draw(count: (r + 1) / 2, shape: [2, H, W], seed: seed).data
         var x = [Float](repeating: 0, count: rows * 2 * plane)
         for i in 0..<count {
             for d in 0..<r {
-                x.replaceSubrange(((i * r + d) * 2 * plane)..<((i * r + d + 1) * 2 * plane), with: noise[(d * 2 * plane)..<((d + 1) * 2 * plane)])
+                let src = noise[((d / 2) * 2 * plane)..<((d / 2 + 1) * 2 * plane)]
+                x.replaceSubrange(((i * r + d) * 2 * plane)..<((i * r + d + 1) * 2 * plane), with: d % 2 == 0 ? Array(src) : src.map { -$0 })
             }
         }
         let scale = Float(flow.timestepScale)
