@@ -13,17 +13,20 @@ struct DatasetColorizeCommand: ParsableCommand {
         abstract: "Make the in-context colorization training set: chroma targets with retrieval conditions (docs/METHODS.md §9.3).",
         discussion: """
         Each example is a colour image turned gray, the retrieval evidence about its chroma
-        (the six condition planes of `InContextColorizer`) and its true chroma. Two sources:
+        (the six condition planes of `InContextColorizer`) and its true chroma. Three sources:
           - the train split of an emoji dataset (--emoji), retrieving from the shipped pool
             (--refs) with the image itself left out of the pool;
           - --scenes N composed scenes of train emoji (needs the emoji font, as
             `gen dataset scenes`): two in three retrieve from their own references (each emoji
             of the scene over white, plus --distractors other train emoji), one in three from
+            the shipped pool;
+          - --cartoons N procedural drawings (sun, house, tree, car, ... on a landscape or the
+            sea), drawn as the pool's drawing scenes are but from another seed, retrieving from
             the shipped pool.
         Held-out emoji are never used. Written as safetensors ("chroma" and "condition",
         F16) for `gen train --data FILE`, which then trains a colorization model.
         Example:
-          gen dataset colorize --emoji data/emoji32.mrds --scenes 12000 --out data/colorize32.safetensors
+          gen dataset colorize --emoji data/emoji32.mrds --scenes 9000 --cartoons 2000 --out data/colorize32.safetensors
         """)
 
     @Option(help: "Emoji dataset file (`gen dataset emoji`); its train split is used.")
@@ -32,6 +35,8 @@ struct DatasetColorizeCommand: ParsableCommand {
     var out: String
     @Option(help: "Composed scenes to add (0: emoji only).")
     var scenes: Int = 12_000
+    @Option(help: "Procedural cartoon drawings to add (square ones, as `gen references` draws its drawing-scene references but from another seed), retrieving from the shipped pool.")
+    var cartoons: Int = 2_000
     @Option(help: "Other emoji added to a scene's own references.")
     var distractors: Int = 6
     @Option(help: "Folder of colour reference images (default: the shipped assets/references).")
@@ -45,6 +50,7 @@ struct DatasetColorizeCommand: ParsableCommand {
 
     func validate() throws {
         guard scenes >= 0 && scenes <= 200_000 else { throw ValidationError("--scenes must be between 0 and 200000") }
+        guard cartoons >= 0 && cartoons <= 100_000 else { throw ValidationError("--cartoons must be between 0 and 100000") }
         guard distractors >= 0 && distractors <= 64 else { throw ValidationError("--distractors must be between 0 and 64") }
     }
 
@@ -69,7 +75,7 @@ struct DatasetColorizeCommand: ParsableCommand {
             }
             let train = ds.indices(split: 0)
             var chroma: [Float] = [], condition: [Float] = []
-            let total = train.count + scenes
+            let total = train.count + scenes + cartoons
             chroma.reserveCapacity(total * 2 * size * size)
             condition.reserveCapacity(total * InContextColorizer.conditionChannels * size * size)
             let colorizer = Colorizer(pool: pool)
@@ -106,6 +112,14 @@ struct DatasetColorizeCommand: ParsableCommand {
                     if k % 64 == 0 { bar.update(train.count + k) }
                 }
             }
+            if cartoons > 0 {
+                // The even ones are square; seed 1 is not the pool's (7).
+                let drawings = Cartoons.scenes(count: 2 * cartoons, side: size, seed: 1).enumerated().filter { $0.offset % 2 == 0 }.map(\.element.1)
+                for (k, drawing) in drawings.enumerated() {
+                    try add(drawing, colorizer, excluding: Set(poolIndex[Self.bytes(drawing)] ?? []))
+                    if k % 64 == 0 { bar.update(train.count + scenes + k) }
+                }
+            }
             bar.update(total)
             bar.finish()
             let cc = InContextColorizer.conditionChannels
@@ -114,11 +128,11 @@ struct DatasetColorizeCommand: ParsableCommand {
                           "condition": Tensor(shape: [total, cc, size, size], data: condition)],
                 metadata: ["format": Self.format, "task": InContextColorizer.task, "size": String(size),
                            "norm_scale": String(Self.chromaScale), "emoji": String(train.count), "scenes": String(scenes),
-                           "scenes_own_references": String(ownRefs), "pool": pool.folder])
+                           "scenes_own_references": String(ownRefs), "cartoons": String(cartoons), "pool": pool.folder])
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try file.write(path: out, dtype: .f16)
-            print("wrote \(out): \(total) examples of \(size)×\(size) (\(train.count) train emoji, \(excluded) of them left out of their own retrieval; \(scenes) scenes, \(ownRefs) with their own references)")
+            print("wrote \(out): \(total) examples of \(size)×\(size) (\(train.count) train emoji, \(excluded) of them left out of their own retrieval; \(scenes) scenes, \(ownRefs) with their own references; \(cartoons) cartoon drawings)")
         }
     }
 

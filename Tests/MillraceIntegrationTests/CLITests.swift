@@ -134,10 +134,10 @@ import MillraceTestSupport
         try ds.write(path: dir + "/tiny.mrds")
         let pool = try Fixtures.referencePool()
         defer { try? FileManager.default.removeItem(atPath: pool) }
-        let (s1, out1, err1) = try GenCLI.run(["dataset", "colorize", "--emoji", dir + "/tiny.mrds", "--scenes", "0", "--refs", pool,
+        let (s1, out1, err1) = try GenCLI.run(["dataset", "colorize", "--emoji", dir + "/tiny.mrds", "--scenes", "0", "--cartoons", "3", "--refs", pool,
                                                "--out", dir + "/color.safetensors"])
         #expect(s1 == 0, "stderr: \(err1)")
-        #expect(out1.contains("5 examples of 16×16 (5 train emoji"), "\(out1)")
+        #expect(out1.contains("8 examples of 16×16 (5 train emoji") && out1.contains("3 cartoon drawings"), "\(out1)")
         let (s2, _, err2) = try GenCLI.run(["train", "--data", dir + "/color.safetensors", "--out", dir + "/model", "--steps", "2",
                                             "--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1"])
         #expect(s2 == 0, "stderr: \(err2)")

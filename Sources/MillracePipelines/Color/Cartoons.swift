@@ -249,8 +249,8 @@ public enum Cartoons {
     /// `count` small scenes with seeded random layouts (backdrop, sun, clouds, and some of house,
     /// tree, car, flower; every third one a seaside with a boat and fish), alternately
     /// `side`×`side` and 3·side/2 × side, named scene-01 …. Deterministic (SplitMix64, seed 7).
-    public static func scenes(count: Int, side: Int = 64) -> [(String, RGBImage)] {
-        var rng = SplitMix64(seed: 7)
+    public static func scenes(count: Int, side: Int = 64, seed: UInt64 = 7) -> [(String, RGBImage)] {
+        var rng = SplitMix64(seed: seed)
         func u(_ lo: Float, _ hi: Float) -> Float { lo + (hi - lo) * rng.nextUnitFloat() }
         return (0..<count).map { k in
             let width = k % 2 == 0 ? side : 3 * side / 2
