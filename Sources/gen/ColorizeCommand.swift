@@ -27,7 +27,9 @@ struct ColorizeCommand: ParsableCommand {
         assets/references, made by `gen references`) is indexed into
         <refs>/.millrace-index.json, rebuilt when the folder changes (the file is
         gitignored). For a folder of frames, a frame similar to the one whose
-        retrieval is in use reuses that retrieval, so colours stay stable.
+        retrieval is in use reuses that retrieval, so colours stay stable; in
+        context, a pixel whose input luma has not changed since the previous
+        frame also keeps its colour (--temporal-sigma).
 
         --refine (for inputs in the model's domain: 32x32 emoji for emoji32): the
         flow model then repaints the chroma while the input's luminance is kept.
@@ -69,6 +71,8 @@ struct ColorizeCommand: ParsableCommand {
     var showRefs: String?
     @Option(help: "Similarity (cosine of frame descriptors) above which a frame reuses the previous retrieval.")
     var reuseThreshold: Float = 0.95
+    @Option(help: "Folder input, in context: σ (luma, 0–1) of the temporal filter that keeps a pixel's colour while its input stays put (0: off).")
+    var temporalSigma: Float = 2.0 / 255
     @Flag(help: "Let the flow model repaint the chroma, keeping the input's luminance (see above).")
     var refine = false
     @Option(help: "Model folder for --refine (default: assets/models/emoji32 or $MILLRACE_MODEL).")
@@ -90,6 +94,7 @@ struct ColorizeCommand: ParsableCommand {
         guard steps >= 1 && steps <= 1000 else { throw ValidationError("--steps must be in 1...1000") }
         guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
         guard colorSamples >= 1 && colorSamples <= 64 else { throw ValidationError("--color-samples must be in 1...64") }
+        guard temporalSigma >= 0 && temporalSigma <= 1 else { throw ValidationError("--temporal-sigma must be in [0, 1]") }
         if noRetrieval, let method, method != .prior {
             throw ValidationError("--no-retrieval is --method prior; it cannot be combined with --method \(method.rawValue)")
         }
@@ -170,6 +175,7 @@ struct ColorizeCommand: ParsableCommand {
             let bar = ProgressBar("colorize", total: names.count, unit: "frames")
             let sequence = inContext.map { FrameSequenceColorizer(inContext: $0, reuseThreshold: reuseThreshold) }
                 ?? FrameSequenceColorizer(colorizer: colorizer, reuseThreshold: reuseThreshold)
+            sequence.temporalSigma = temporalSigma
             for (i, name) in names.enumerated() {
                 let frame = try RGBImage.load(path: (input as NSString).appendingPathComponent(name))
                 let result = try sequence.next(frame)

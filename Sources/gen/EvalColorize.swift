@@ -33,9 +33,9 @@ struct EvalColorize: ParsableCommand {
         no_retrieval is that pool's luminance prior. JSON key "scenes".
         --frames DIR (colour frames, sorted by name, turned gray): frame-to-frame
         chroma variation, the mean over consecutive frames of
-        sqrt(mean over pixels of Δa² + Δb²) in Lab units, for in context and
-        retrieval reusing a similar frame's retrieval (as `gen colorize DIR`
-        does), retrieval afresh on every frame, no_retrieval and the original
+        sqrt(mean over pixels of Δa² + Δb²) in Lab units, for in context (with
+        and without its temporal filter) and retrieval reusing a similar frame's
+        retrieval (as `gen colorize DIR` does), retrieval afresh on every frame, no_retrieval and the original
         frames; the same on static pixels only (input luma unchanged between the
         two frames, so any chroma change there is flicker); and each variant's
         psnr_ab and delta_e. JSON key "frames". --scene-clips N: the same, averaged
@@ -341,6 +341,10 @@ struct EvalColorize: ParsableCommand {
             let sequence = FrameSequenceColorizer(inContext: model, reuseThreshold: reuseThreshold)
             variants.insert(("in_context_reuse", try grays.map { try sequence.next($0).image }), at: 0)
             inContextReused = sequence.reusedCount
+            // The same without the temporal filter, to show what the filter does.
+            let unfiltered = FrameSequenceColorizer(inContext: model, reuseThreshold: reuseThreshold)
+            unfiltered.temporalSigma = 0
+            variants.insert(("in_context_no_filter", try grays.map { try unfiltered.next($0).image }), at: 1)
         }
         variants.append(("original", originals))
         if let examples {
@@ -367,7 +371,7 @@ struct EvalColorize: ParsableCommand {
     func printSequence(_ out: [String: Any], what: String) {
         print("\(what); \(out["reused"] ?? 0) frames reused the retrieval in use")
         print("variant              chroma_variation  static_variation  psnr_ab  delta_e")
-        for name in ["in_context_reuse", "retrieval_reuse", "retrieval_no_reuse", "no_retrieval", "original"] {
+        for name in ["in_context_reuse", "in_context_no_filter", "retrieval_reuse", "retrieval_no_reuse", "no_retrieval", "original"] {
             guard let r = out[name] as? [String: Double] else { continue }
             print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
                   + String(format: " %16.3f %17.3f %8.2f %8.2f", r["chroma_variation"]!, r["static_variation"]!, r["psnr_ab"]!, r["delta_e"]!))

@@ -19,6 +19,12 @@ public final class FrameSequenceColorizer {
     public var reuse: Bool
     /// Frames that reused an earlier retrieval so far.
     public private(set) var reusedCount = 0
+    /// In context: σ of the temporal filter on input luma (0: off). Each output pixel's (a, b) is
+    /// blended with the previous output's, weight w = exp(−(ΔY/σ)²) with ΔY the change of the
+    /// input's luma at that pixel since the previous frame: a pixel whose input did not change
+    /// keeps its colour, one that changed takes the new one (L is always the input's).
+    public var temporalSigma: Float = 2 / 255
+    private var previous: (luma: [Float], a: [Float], b: [Float], width: Int, height: Int)?
     private var current: (signature: [Float], refs: [RetrievedPatch])?
 
     public init(colorizer: Colorizer, reuseThreshold: Float = 0.95, reuse: Bool = true) {
@@ -56,14 +62,34 @@ public final class FrameSequenceColorizer {
             let cos = zip(sig, current.signature).map(*).reduce(0, +)
             if cos >= reuseThreshold { reusing = current.refs }
         }
-        let r = try inContext?.colorize(gray: frame, reusing: reusing) ?? colorizer.colorize(gray: frame, reusing: reusing)
+        var r = try inContext?.colorize(gray: frame, reusing: reusing) ?? colorizer.colorize(gray: frame, reusing: reusing)
         if reusing == nil { current = (sig, r.references) } else { reusedCount += 1 }
+        if inContext != nil && temporalSigma > 0 { r.image = temporalFilter(r.image, input: frame) }
         return (r.image, r.references, reusing != nil)
     }
 
-    /// Forgets the retrieval in use (the next frame retrieves afresh).
+    /// Blends `output`'s chroma with the previous output's where the input's luma stayed put.
+    func temporalFilter(_ output: RGBImage, input: RGBImage) -> RGBImage {
+        let luma = input.luma(), n = output.pixelCount
+        var lab = output.toLab()
+        if let p = previous, p.width == output.width, p.height == output.height {
+            let inv = 1 / (temporalSigma * temporalSigma)
+            for i in 0..<n {
+                let d = luma[i] - p.luma[i], w = exp(-d * d * inv)
+                lab.planes[n + i] = w * p.a[i] + (1 - w) * lab.planes[n + i]
+                lab.planes[2 * n + i] = w * p.b[i] + (1 - w) * lab.planes[2 * n + i]
+            }
+        }
+        let out = lab.toRGBPreservingLightness()
+        let kept = out.toLab()
+        previous = (luma, Array(kept.planes[n..<(2 * n)]), Array(kept.planes[(2 * n)...]), output.width, output.height)
+        return out
+    }
+
+    /// Forgets the retrieval in use (the next frame retrieves afresh) and the previous output.
     public func reset() {
         current = nil
+        previous = nil
         reusedCount = 0
     }
 }
