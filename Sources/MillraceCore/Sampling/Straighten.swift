@@ -145,32 +145,43 @@ public enum Straightening {
         guard images.allSatisfy({ $0.count == d }) else { throw ModelError.invalidArgument("images must have \(d) values (the model's sample shape)") }
         var rng = SplitMix64(seed: seed)
         let t0s = (0..<n).map { _ in times.lowerBound + (times.upperBound - times.lowerBound) * rng.nextUnitFloat() }
-        let noise = GaussianSource.draw(count: n, shape: shape, seed: seed &+ 1)
-        var out = Chords(states: [], targets: [], times: t0s, labels: labels, dimension: d)
-        out.states.reserveCapacity(n * d)
-        out.targets.reserveCapacity(n * d)
-        for start in stride(from: 0, to: n, by: max(batch, 1)) {
-            let range = start..<min(n, start + max(batch, 1))
-            var x = Tensor(uninitialized: [range.count] + shape)
-            for (r, s) in range.enumerated() {
-                let t = t0s[s]
-                for j in 0..<d { x.data[r * d + j] = t * images[s][j] + (1 - t) * noise.data[s * d + j] }
-            }
-            let start = x
-            var t = range.map { t0s[$0] }
+        return try noisedChords(shape: shape, images: images, labels: labels, times: t0s, seed: seed, batch: batch, progress: progress) { start, t0, lb in
+            var x = start, t = t0
             let dt = t.map { (1 - $0) / Float(steps) }
-            let lb = Array(labels[range])
             for _ in 0..<steps {
                 let v = sampler.velocity(x, t: t, labels: lb, guidance: guidance)
-                for r in 0..<range.count {
+                for r in 0..<t.count {
                     for j in 0..<d { x.data[r * d + j] += dt[r] * v.data[r * d + j] }
                     t[r] += dt[r]
                 }
             }
-            out.states += start.data
+            return x
+        }
+    }
+
+    /// The chords of rows that start at x = t·f + (1 − t)·N (`images[s]` = f, N drawn from
+    /// `seed` + 1, `times[s]` = t), in batches of `batch`: `landing` gives, for a batch's starts,
+    /// times and labels, where each row's one jump must land; the chord is (landing − x)/(1 − t).
+    static func noisedChords(shape: [Int], images: [[Float]], labels: [Int], times ts: [Float], seed: UInt64, batch: Int,
+                             progress: ((Int, Int) -> Void)? = nil,
+                             landing: (Tensor, [Float], [Int]) throws -> Tensor) throws -> Chords {
+        let n = labels.count, d = shape.reduce(1, *)
+        let noise = GaussianSource.draw(count: n, shape: shape, seed: seed &+ 1)
+        var out = Chords(states: [], targets: [], times: ts, labels: labels, dimension: d)
+        out.states.reserveCapacity(n * d)
+        out.targets.reserveCapacity(n * d)
+        for first in stride(from: 0, to: n, by: max(batch, 1)) {
+            let range = first..<min(n, first + max(batch, 1))
+            var x = Tensor(uninitialized: [range.count] + shape)
             for (r, s) in range.enumerated() {
-                let inv = 1 / (1 - t0s[s])
-                for j in 0..<d { out.targets.append((x.data[r * d + j] - start.data[r * d + j]) * inv) }
+                let t = ts[s]
+                for j in 0..<d { x.data[r * d + j] = t * images[s][j] + (1 - t) * noise.data[s * d + j] }
+            }
+            let end = try landing(x, range.map { ts[$0] }, Array(labels[range]))
+            out.states += x.data
+            for (r, s) in range.enumerated() {
+                let inv = 1 / (1 - ts[s])
+                for j in 0..<d { out.targets.append((end.data[r * d + j] - x.data[r * d + j]) * inv) }
             }
             progress?(range.upperBound, n)
         }
@@ -203,33 +214,15 @@ public enum Straightening {
         var rng = SplitMix64(seed: seed)
         let lo = times.lowerBound
         let ts = (0..<n).map { _ in lo + (1 - lo) * rng.nextUnitFloat() * 0.999 }
-        let noise = GaussianSource.draw(count: n, shape: shape, seed: seed &+ 1)
-        var out = Chords(states: [], targets: [], times: ts, labels: labels, dimension: d)
-        out.states.reserveCapacity(n * d)
-        out.targets.reserveCapacity(n * d)
-        for start in stride(from: 0, to: n, by: max(batch, 1)) {
-            let range = start..<min(n, start + max(batch, 1))
-            var x = Tensor(uninitialized: [range.count] + shape)
-            for (r, s) in range.enumerated() {
-                let t = ts[s]
-                for j in 0..<d { x.data[r * d + j] = t * images[s][j] + (1 - t) * noise.data[s * d + j] }
-            }
-            let t = range.map { ts[$0] }, next = t.map { min(1, $0 + delta) }
-            let lb = Array(labels[range])
+        return try noisedChords(shape: shape, images: images, labels: labels, times: ts, seed: seed, batch: batch) { x, t, lb in
+            let next = t.map { min(1, $0 + delta) }
             let v = teacher.velocity(x, t: t, labels: lb, guidance: guidance)
             var xn = x
-            for r in 0..<range.count { for j in 0..<d { xn.data[r * d + j] += (next[r] - t[r]) * v.data[r * d + j] } }
+            for r in 0..<t.count { for j in 0..<d { xn.data[r * d + j] += (next[r] - t[r]) * v.data[r * d + j] } }
             let vs = student.velocity(xn, t: next, labels: lb, guidance: 1)
-            out.states += x.data
-            for r in 0..<range.count {
-                let inv = 1 / (1 - t[r]), rest = 1 - next[r]
-                for j in 0..<d {
-                    let landing = xn.data[r * d + j] + rest * vs.data[r * d + j]
-                    out.targets.append((landing - x.data[r * d + j]) * inv)
-                }
-            }
+            for r in 0..<t.count { for j in 0..<d { xn.data[r * d + j] += (1 - next[r]) * vs.data[r * d + j] } }
+            return xn
         }
-        return out
     }
 
     // MARK: - Cache file
