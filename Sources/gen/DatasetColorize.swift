@@ -43,10 +43,7 @@ struct DatasetColorizeCommand: ParsableCommand {
     var refs: String?
     @Option(help: "Random seed of the scenes.")
     var seed: UInt64 = 0
-    @Option(help: "Font file (scenes).")
-    var font: String = EmojiDatasetBuilder.defaultFontPath
-    @Option(help: "emoji-test.txt (scenes).")
-    var emojiTest: String = EmojiDatasetBuilder.defaultEmojiTestPath
+    @OptionGroup var sources: EmojiSources
 
     func validate() throws {
         guard scenes >= 0 && scenes <= 200_000 else { throw ValidationError("--scenes must be between 0 and 200000") }
@@ -97,7 +94,7 @@ struct DatasetColorizeCommand: ParsableCommand {
             var ownRefs = 0
             if scenes > 0 {
                 bar.update(train.count)
-                let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: font, emojiTestPath: emojiTest)
+                let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: sources.font, emojiTestPath: sources.emojiTest)
                 let composer = SceneComposer(sprites: sprites, size: size)
                 for k in 0..<scenes {
                     var rng = SplitMix64(seed: seed, stream: k)

@@ -22,10 +22,7 @@ struct DatasetCommand: ParsableCommand {
         var out: String
         @Option(help: "Image side in pixels.")
         var size: Int = 32
-        @Option(help: "Font file.")
-        var font: String = EmojiDatasetBuilder.defaultFontPath
-        @Option(help: "emoji-test.txt.")
-        var emojiTest: String = EmojiDatasetBuilder.defaultEmojiTestPath
+        @OptionGroup var sources: EmojiSources
 
         func validate() throws {
             guard size >= 8 && size <= 512 else { throw ValidationError("--size must be between 8 and 512") }
@@ -34,7 +31,7 @@ struct DatasetCommand: ParsableCommand {
         func run() throws {
             try runReportingErrors {
                 let render = LazyProgress("render", unit: "glyphs")
-                let ds = try EmojiDatasetBuilder.build(size: size, fontPath: font, emojiTestPath: emojiTest, progress: render.update)
+                let ds = try EmojiDatasetBuilder.build(size: size, fontPath: sources.font, emojiTestPath: sources.emojiTest, progress: render.update)
                 render.finish()
                 try DatasetCommand.write(ds, to: out, what: "emoji")
             }
@@ -65,10 +62,7 @@ struct DatasetCommand: ParsableCommand {
         var heldOut: Int = 1_000
         @Option(help: "Random seed of the layouts.")
         var seed: UInt64 = 0
-        @Option(help: "Font file.")
-        var font: String = EmojiDatasetBuilder.defaultFontPath
-        @Option(help: "emoji-test.txt.")
-        var emojiTest: String = EmojiDatasetBuilder.defaultEmojiTestPath
+        @OptionGroup var sources: EmojiSources
 
         func validate() throws {
             guard size >= 16 && size <= 256 else { throw ValidationError("--size must be between 16 and 256") }
@@ -79,7 +73,7 @@ struct DatasetCommand: ParsableCommand {
         func run() throws {
             try runReportingErrors {
                 let render = LazyProgress("render", unit: "glyphs")
-                let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: font, emojiTestPath: emojiTest, progress: render.update)
+                let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: sources.font, emojiTestPath: sources.emojiTest, progress: render.update)
                 render.finish()
                 let compose = LazyProgress("compose", unit: "scenes")
                 let ds = SceneComposer(sprites: sprites, size: size).dataset(count: count, heldOut: heldOut, seed: seed, progress: compose.update)
@@ -99,6 +93,15 @@ struct DatasetCommand: ParsableCommand {
             print("  \(i) \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(String(repeating: " ", count: max(0, 6 - String(n).count)))\(n)")
         }
     }
+}
+
+/// Where the emoji come from: the font and emoji-test.txt (Debian's fonts-noto-color-emoji and
+/// unicode-data).
+struct EmojiSources: ParsableArguments {
+    @Option(help: "Font file.")
+    var font: String = EmojiDatasetBuilder.defaultFontPath
+    @Option(help: "emoji-test.txt.")
+    var emojiTest: String = EmojiDatasetBuilder.defaultEmojiTestPath
 }
 
 /// A progress bar made at the first report, when the total is known (for builders that report
