@@ -61,12 +61,7 @@ struct ColorizeCommand: ParsableCommand {
     var method: ColorMethod?
     @Flag(help: "Another name for --method prior.")
     var noRetrieval = false
-    @Option(help: "Colorization model folder for --method in-context (default: assets/models/colorize32 or $MILLRACE_COLOR_MODEL).")
-    var colorModel: String?
-    @Option(help: "--method in-context: Euler steps of the colorization model.")
-    var colorSteps: Int = ColorMethod.defaultSteps
-    @Option(help: "In context: noise draws per image, run together and averaged.")
-    var colorSamples: Int = ColorMethod.defaultSamples
+    @OptionGroup var inContextOptions: InContextOptions
     @Option(help: "Write the §9 canvas (query and retrieved patches) to this PNG (folder input: <PNG without .png>-<frame>.png per frame).")
     var showRefs: String?
     @Option(help: "Similarity (cosine of frame descriptors) above which a frame reuses the previous retrieval.")
@@ -92,8 +87,6 @@ struct ColorizeCommand: ParsableCommand {
     func validate() throws {
         guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1], got \(strength)") }
         guard steps >= 1 && steps <= 1000 else { throw ValidationError("--steps must be in 1...1000") }
-        guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
-        guard colorSamples >= 1 && colorSamples <= 64 else { throw ValidationError("--color-samples must be in 1...64") }
         guard temporalSigma >= 0 && temporalSigma <= 1 else { throw ValidationError("--temporal-sigma must be in [0, 1]") }
         if noRetrieval, let method, method != .prior {
             throw ValidationError("--no-retrieval is --method prior; it cannot be combined with --method \(method.rawValue)")
@@ -118,16 +111,13 @@ struct ColorizeCommand: ParsableCommand {
             let pool = ReferencePool(folder: refs)
             let rebuilt = try pool.index()
             FileHandle.standardError.write(Data("pool: \(pool.names.count) images, \(pool.patchCount) patches (\(rebuilt ? "indexed" : "cached index"))\n".utf8))
-            let chosen = try ColorMethod.resolve(noRetrieval ? .prior : method, model: colorModel)
+            let chosen = try ColorMethod.resolve(noRetrieval ? .prior : method, model: inContextOptions.colorModel)
             let colorizer = Colorizer(pool: pool, mode: chosen.method == .prior ? .noRetrieval : .retrieval)
             var inContext: InContextColorizer? = nil
             if let path = chosen.modelPath {
-                let model = try InContextColorizer(folder: try ModelFolder.load(path), pool: pool)
-                model.steps = colorSteps
-                model.samples = colorSamples
-                model.seed = seed
-                inContext = model
-                FileHandle.standardError.write(Data("method: in-context (\(path), \(colorSteps) step\(colorSteps == 1 ? "" : "s"))\n".utf8))
+                inContext = try inContextOptions.colorizer(folder: try ModelFolder.load(path), pool: pool, seed: seed)
+                let steps = inContextOptions.colorSteps
+                FileHandle.standardError.write(Data("method: in-context (\(path), \(steps) step\(steps == 1 ? "" : "s"))\n".utf8))
             } else {
                 FileHandle.standardError.write(Data("method: \(chosen.method.rawValue)\n".utf8))
             }
@@ -216,5 +206,29 @@ enum ColorMethod: String, ExpressibleByArgument, CaseIterable {
             if let path = model ?? ModelFolder.defaultColorizationPath() { return (.inContext, path) }
             return (.retrieval, nil)
         }
+    }
+}
+
+/// The in-context model's options, shared by `gen colorize` and `gen eval colorize`.
+struct InContextOptions: ParsableArguments {
+    @Option(help: "In-context colorization model folder (default: assets/models/colorize32 or $MILLRACE_COLOR_MODEL).")
+    var colorModel: String?
+    @Option(help: "In context: Euler steps of the colorization model.")
+    var colorSteps: Int = ColorMethod.defaultSteps
+    @Option(help: "In context: noise draws per image (antithetic pairs), run together and averaged.")
+    var colorSamples: Int = ColorMethod.defaultSamples
+
+    func validate() throws {
+        guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
+        guard colorSamples >= 1 && colorSamples <= 64 else { throw ValidationError("--color-samples must be in 1...64") }
+    }
+
+    /// The model of `folder` with these options, colorizing from `pool`, its noise from `seed`.
+    func colorizer(folder: ModelFolder, pool: ReferencePool, seed: UInt64) throws -> InContextColorizer {
+        let model = try InContextColorizer(folder: folder, pool: pool)
+        model.steps = colorSteps
+        model.samples = colorSamples
+        model.seed = seed
+        return model
     }
 }

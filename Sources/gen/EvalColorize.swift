@@ -87,12 +87,7 @@ struct EvalColorize: ParsableCommand {
     var sceneClipExamples: String?
     @Option(help: "Write a comparison grid of --scenes (as --examples) to this PNG.")
     var sceneExamples: String?
-    @Option(help: "In-context colorization model (default: assets/models/colorize32 or $MILLRACE_COLOR_MODEL; evaluated as in_context when found).")
-    var colorModel: String?
-    @Option(help: "Euler steps of the in-context model.")
-    var colorSteps: Int = ColorMethod.defaultSteps
-    @Option(help: "In context: noise draws per image, run together and averaged.")
-    var colorSamples: Int = ColorMethod.defaultSamples
+    @OptionGroup var inContextOptions: InContextOptions
     @Flag(help: "Leave the in-context model out even when it is found.")
     var noInContext = false
     @Flag(help: "Print JSON keyed by method.")
@@ -106,8 +101,6 @@ struct EvalColorize: ParsableCommand {
         guard sceneClips >= 0 && sceneClips <= 1000 else { throw ValidationError("--scene-clips must be between 0 and 1000") }
         guard scenes >= 0 && scenes <= 100_000 else { throw ValidationError("--scenes must be between 0 and 100000") }
         guard sceneSize >= 16 && sceneSize <= 256 else { throw ValidationError("--scene-size must be between 16 and 256") }
-        guard colorSteps >= 1 && colorSteps <= 100 else { throw ValidationError("--color-steps must be in 1...100") }
-        guard colorSamples >= 1 && colorSamples <= 64 else { throw ValidationError("--color-samples must be in 1...64") }
         guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1], got \(strength)") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
     }
@@ -177,7 +170,7 @@ struct EvalColorize: ParsableCommand {
     /// The in-context model, when one is found (or asked for).
     func inContextModel() throws -> ModelFolder? {
         if noInContext { return nil }
-        guard let path = colorModel ?? ModelFolder.defaultColorizationPath() else { return nil }
+        guard let path = inContextOptions.colorModel ?? ModelFolder.defaultColorizationPath() else { return nil }
         return try ModelFolder.load(path)
     }
 
@@ -222,10 +215,7 @@ struct EvalColorize: ParsableCommand {
                 ])
             }
             if let colorFolder {
-                let model = try InContextColorizer(folder: colorFolder, pool: loaded[0].1)
-                model.steps = colorSteps
-                model.samples = colorSamples
-                model.seed = seed
+                let model = try inContextOptions.colorizer(folder: colorFolder, pool: loaded[0].1, seed: seed)
                 let colored = try model.colorize(gray: grays, evidence: evidence)
                 for k in outputs.indices { outputs[k]["in_context"] = colored[k] }
             }
@@ -334,10 +324,7 @@ struct EvalColorize: ParsableCommand {
         ]
         var inContextReused = 0
         if let folder = try inContextModel() {
-            let model = try InContextColorizer(folder: folder, pool: pool)
-            model.steps = colorSteps
-            model.samples = colorSamples
-            model.seed = seed
+            let model = try inContextOptions.colorizer(folder: folder, pool: pool, seed: seed)
             let sequence = FrameSequenceColorizer(inContext: model, reuseThreshold: reuseThreshold)
             variants.insert(("in_context_reuse", try grays.map { try sequence.next($0).image }), at: 0)
             inContextReused = sequence.reusedCount
