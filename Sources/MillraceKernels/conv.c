@@ -540,8 +540,63 @@ static void intra_dw_part(void *ctx, int part) {
 /* Small images split by output channels, larger ones by pixel chunks of at least 128. */
 static int split_by_channels(const conv_plan *pl, int parts) { return pl->P / parts < 128; }
 
+/* ---- Winograd (conv_winograd.c): the batch's tiles shared out evenly over the parts ------- */
+
+typedef struct {
+    const mr_conv2d_shape *s;
+    const float *x, *u, *b;
+    float *y;
+    int tiles, parts, by_channels, failed[64];
+} winograd_job;
+
+/* Part p takes an even share of the tiles, or, when that share would be small (fewer than 64
+   tiles: an 8x8 or 16x16 image alone), all the tiles of a share of the output channels, so that
+   each part reads only its own rows of the transformed weights. */
+static void winograd_part(void *ctx, int part) {
+    winograd_job *j = ctx;
+    int ok;
+    if (j->by_channels) {
+        const int K = j->s->out_c;
+        const int k0 = (int)((long)part * K / j->parts), k1 = (int)((long)(part + 1) * K / j->parts);
+        ok = mr_conv2d_winograd_forward(j->s, j->x, j->u, j->b, j->y, 0, j->tiles, k0, k1);
+    } else {
+        const int t0 = (int)((long)part * j->tiles / j->parts), t1 = (int)((long)(part + 1) * j->tiles / j->parts);
+        ok = mr_conv2d_winograd_forward(j->s, j->x, j->u, j->b, j->y, t0, t1, 0, j->s->out_c);
+    }
+    if (!ok) j->failed[part] = 1;
+}
+
+/* 1 when done; 0 (y untouched or to be rewritten) when Winograd does not apply or memory ran out. */
+static int winograd_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *u,
+                            const float *b, float *y) {
+    if (!mr_conv2d_winograd_applies(s)) return 0;
+    float *own = NULL;
+    if (!u) {
+        own = malloc(mr_conv2d_winograd_weights_count(s) * sizeof(float));
+        if (!own) return 0;
+        mr_conv2d_winograd_weights(s, w, own);
+        u = own;
+    }
+    int parts = mr_parallel_parts();
+    if (parts > 64) parts = 64;
+    const int tiles = mr_conv2d_winograd_tiles(s);
+    winograd_job j = {s, x, u, b, y, tiles, parts, tiles / parts < 64 && s->out_c >= 12 * parts, {0}};
+    if (parts <= 1) winograd_part(&j, 0);
+    else mr_run_parts(parts, winograd_part, &j);
+    free(own);
+    for (int p = 0; p < parts; p++)
+        if (j.failed[p]) return 0;
+    return 1;
+}
+
 void mr_conv2d_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                        float *y) {
+    mr_conv2d_forward_prepared(s, x, w, NULL, b, y);
+}
+
+void mr_conv2d_forward_prepared(const mr_conv2d_shape *s, const float *x, const float *w, const float *u,
+                                const float *b, float *y) {
+    if (s->batch > 0 && winograd_forward(s, x, w, u, b, y)) return;
     int parts = mr_parallel_parts();
     conv_plan pl = make_plan(s);
     if (parts <= 1 || pl.P <= 0 || s->batch <= 0) {

@@ -22,18 +22,27 @@ func forwardSeconds(_ folder: ModelFolder, batch b: Int, minSeconds: Double = 0.
 }
 
 /// Two settings of one switch in alternating rounds (the best of each), so that a noisy machine
-/// disturbs both alike: the direct convolution against im2col + sgemm, or whole rows per core
-/// against every kernel split across the cores.
+/// disturbs both alike: the direct convolution against im2col + sgemm (Winograd off), Winograd
+/// against the direct convolution, or whole rows per core against every kernel split across the
+/// cores.
 func compareForward(_ folder: ModelFolder, _ what: BenchForward.Comparison, batches: [Int], rounds: Int,
                     log: (String) -> Void) -> [String: [String: Double]] {
-    let (offName, onName) = what == .convolution ? ("im2col_sgemm", "direct") : ("kernel_split", "rows_per_core")
+    let (offName, onName): (String, String)
+    switch what {
+    case .convolution: (offName, onName) = ("im2col_sgemm", "direct")
+    case .winograd: (offName, onName) = ("direct", "winograd")
+    case .split: (offName, onName) = ("kernel_split", "rows_per_core")
+    }
+    let winogradBefore = Runtime.winograd
+    if what == .convolution { Runtime.winograd = false }
     func set(_ on: Bool) {
         switch what {
         case .convolution: Runtime.directConvolution = on
+        case .winograd: Runtime.winograd = on
         case .split: UNet2DModel.splitInferenceOverCores = on
         }
     }
-    defer { Runtime.directConvolution = true; UNet2DModel.splitInferenceOverCores = true }
+    defer { Runtime.directConvolution = true; Runtime.winograd = winogradBefore; UNet2DModel.splitInferenceOverCores = true }
     var out: [String: [String: Double]] = [:]
     for b in batches {
         var best = (off: Double.infinity, on: Double.infinity)
@@ -61,6 +70,7 @@ struct BenchForward: ParsableCommand {
         Examples:
           gen bench forward --batch 1,4,16
           gen bench forward --model .build-peers/models/bench-unet --batch 1,2,4,16 --json
+          gen bench forward --compare winograd      # Winograd F(2x2,3x3) against the direct kernel
           gen bench forward --compare convolution   # direct kernel against im2col + sgemm
           gen bench forward --compare split         # rows per core against kernels split
         """)
@@ -69,9 +79,9 @@ struct BenchForward: ParsableCommand {
     var model: String?
     @Option(help: "Batch sizes, comma-separated.")
     var batch: String = "1,2,4,16"
-    @Option(help: "Convolutions: auto (the AVX-512 direct kernel where the CPU has it, else im2col + sgemm), gemm (im2col + sgemm everywhere) or avx2 (the AVX2 direct kernel).")
+    @Option(help: "Convolutions: auto (Winograd F(2x2,3x3) and the AVX-512 direct kernel where the CPU has AVX-512F, else im2col + sgemm), direct (the direct kernel without Winograd), gemm (im2col + sgemm everywhere) or avx2 (the AVX2 direct kernel).")
     var convolution: ConvolutionChoice = .auto
-    @Option(help: "Time both settings of one switch in alternating rounds: convolution (direct against im2col + sgemm) or split (whole rows per core against every kernel split across the cores).")
+    @Option(help: "Time both settings of one switch in alternating rounds: winograd (Winograd against the direct kernel), convolution (direct against im2col + sgemm) or split (whole rows per core against every kernel split across the cores).")
     var compare: Comparison?
     @Option(help: "Alternating rounds per batch size with --compare.")
     var rounds: Int = 5
@@ -80,17 +90,18 @@ struct BenchForward: ParsableCommand {
     @OptionGroup var threads: ThreadOptions
 
     enum ConvolutionChoice: String, ExpressibleByArgument, CaseIterable {
-        case auto, gemm, avx2
-        /// Sets the process-wide convolution path this choice names.
+        case auto, direct, gemm, avx2
+        /// Sets the process-wide convolution path this choice names (Winograd only with auto).
         func apply() {
             switch self {
-            case .auto: Runtime.convolutionPath = .auto
+            case .auto, .direct: Runtime.convolutionPath = .auto
             case .gemm: Runtime.convolutionPath = .gemm
             case .avx2: Runtime.convolutionPath = .avx2
             }
+            Runtime.winograd = self == .auto
         }
     }
-    enum Comparison: String, ExpressibleByArgument, CaseIterable { case convolution, split }
+    enum Comparison: String, ExpressibleByArgument, CaseIterable { case convolution, winograd, split }
 
     func batches() throws -> [Int] {
         let parts = batch.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -116,8 +127,8 @@ struct BenchForward: ParsableCommand {
             let path = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(path)
             if let compare {
-                if compare == .convolution && !Runtime.directConvolutionAvailable {
-                    throw ModelError.invalidArgument("this CPU has no AVX-512F, so the direct convolution is off here (gen bench forward --convolution avx2 times the AVX2 kernel); nothing to compare")
+                if compare != .split && !Runtime.directConvolutionAvailable {
+                    throw ModelError.invalidArgument("this CPU has no AVX-512F, so neither Winograd nor the direct convolution runs here (gen bench forward --convolution avx2 times the AVX2 kernel); nothing to compare")
                 }
                 let per = compareForward(folder, compare, batches: try batches(), rounds: rounds, log: log)
                 if json {

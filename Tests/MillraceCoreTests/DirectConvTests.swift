@@ -36,7 +36,8 @@ import MillraceTestSupport
         let w = rng.floats(c.outC * c.inC * c.k * c.k), b = rng.floats(c.outC)
         var y = [Float](repeating: .nan, count: n), ref = y
         mr_conv2d_set_direct(mode)
-        defer { mr_conv2d_set_direct(1) }
+        mr_conv2d_set_winograd(0)  // the direct kernel itself (WinogradTests cover Winograd)
+        defer { mr_conv2d_set_direct(1); mr_conv2d_set_winograd(1) }
         let applies = mr_conv2d_direct_applies(&s) != 0
         mr_conv2d_forward(&s, x, w, b, &y)
         mr_ref_conv2d_forward(&s, x, w, b, &ref)

@@ -1,9 +1,13 @@
+import Foundation
 import MillraceKernels
 
 /// A learnable tensor and its gradient. Reference semantics: layers and the optimizer share it.
 public final class Parameter: @unchecked Sendable {
     /// The current value.
-    public var value: Tensor
+    public var value: Tensor { didSet { version &+= 1 } }
+    /// Changes each time `value` is set or mutated, so that derived forms of it (a convolution's
+    /// Winograd-transformed weights) know when to be made again.
+    public private(set) var version = 0
     /// Gradient accumulated by backward passes (same shape as `value`); zero it between steps.
     public var grad: [Float]
 
@@ -57,6 +61,11 @@ public final class Conv2d: ParameterContainer {
     /// Zero padding (top, left, bottom, right).
     public let padding: (top: Int, left: Int, bottom: Int, right: Int)
     var cachedInput: Tensor?
+    /// The weights in Winograd form (mr_conv2d_winograd_weights) and the weight version they were
+    /// made from: made once for fixed weights, again after each change. Shared by concurrent
+    /// forwards (the lock guards making it; the array itself is only read).
+    private var winograd: (version: Int, u: [Float])?
+    private let winogradLock = NSLock()
 
     public init(_ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int = 1,
          padding: (top: Int, left: Int, bottom: Int, right: Int), initializer: inout Initializer) {
@@ -100,11 +109,31 @@ public final class Conv2d: ParameterContainer {
         var s = shape(for: x)
         let oh = Int(mr_conv2d_out_h(&s)), ow = Int(mr_conv2d_out_w(&s))
         var y = Tensor(uninitialized: [x.shape[0], outChannels, oh, ow])
+        let u = winogradWeights(&s)
         y.data.withUnsafeMutableBufferPointer { yp in
-            mr_conv2d_forward(&s, x.data, weight.value.data, bias.value.data, yp.baseAddress)
+            if let u {
+                u.withUnsafeBufferPointer {
+                    mr_conv2d_forward_prepared(&s, x.data, weight.value.data, $0.baseAddress, bias.value.data, yp.baseAddress)
+                }
+            } else {
+                mr_conv2d_forward(&s, x.data, weight.value.data, bias.value.data, yp.baseAddress)
+            }
         }
         if training { cachedInput = x }
         return y
+    }
+
+    /// The Winograd form of the weights when this shape takes Winograd (else nil), made when the
+    /// weights changed since it was last made.
+    private func winogradWeights(_ s: inout mr_conv2d_shape) -> [Float]? {
+        guard mr_conv2d_winograd_applies(&s) != 0 else { return nil }
+        winogradLock.lock()
+        defer { winogradLock.unlock() }
+        if let made = winograd, made.version == weight.version { return made.u }
+        var u = [Float](repeating: 0, count: Int(mr_conv2d_winograd_weights_count(&s)))
+        weight.value.data.withUnsafeBufferPointer { mr_conv2d_winograd_weights(&s, $0.baseAddress, &u) }
+        winograd = (weight.version, u)
+        return u
     }
 
     public func backward(_ dy: Tensor) -> Tensor {

@@ -42,6 +42,14 @@ public enum Runtime {
         }
     }
 
+    /// Whether 3x3 stride-1 "same" convolutions with at least 16 input and output channels run
+    /// Winograd F(2x2, 3x3) (conv_winograd.c; on where the CPU has AVX-512F, the default) rather
+    /// than the direct kernel. Process-wide; benchmarks compare.
+    public static var winograd: Bool {
+        get { mr_conv2d_winograd_enabled() != 0 }
+        set { mr_conv2d_set_winograd(newValue ? 1 : 0) }
+    }
+
     /// Whether this CPU runs the default direct convolution kernel (AVX-512F).
     public static var directConvolutionAvailable: Bool { mr_cpu_has_avx512f() != 0 }
 
@@ -50,7 +58,7 @@ public enum Runtime {
         let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
             .split(separator: "\n").first { $0.hasPrefix("model name") }
             .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
-        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads, convolutions \(directConvolutionKernel.map { "direct (\($0)) + im2col/sgemm" } ?? "im2col/sgemm")"
+        return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, AVX-512F \(mr_cpu_has_avx512f() != 0 ? "yes" : "no"), OpenBLAS core \(String(cString: mr_blas_corename())), \(mr_get_threads()) kernel threads, convolutions \(winograd && directConvolutionAvailable ? "Winograd F(2x2,3x3) + " : "")\(directConvolutionKernel.map { "direct (\($0)) + im2col/sgemm" } ?? "im2col/sgemm")"
     }
 
     /// Advice when the CPU has AVX-512 but OpenBLAS runs narrower kernels because the environment

@@ -155,6 +155,29 @@ void mr_conv2d_set_direct(int on);
 int mr_conv2d_direct_forward(const mr_conv2d_shape *s, const float *x, const float *w, const float *b,
                              float *y, int co0, int co1, int p0, int p1);
 /**
+ * Winograd F(2x2, 3x3) (conv_winograd.c): 3x3, stride-1, padding-1 convolutions with at least 16
+ * input and 16 output channels, on CPUs with AVX-512F, with 16 multiplies per 2x2 outputs instead
+ * of 36. mr_conv2d_forward takes it first wherever it applies; mr_conv2d_set_winograd(0) turns it
+ * off process-wide (benchmarks compare), mr_conv2d_winograd_applies says whether a shape takes it.
+ * The weights are transformed to U ([16][out_c][in_c], mr_conv2d_winograd_weights_count floats)
+ * by mr_conv2d_winograd_weights; mr_conv2d_forward_prepared takes a U the caller keeps for fixed
+ * weights (NULL: transformed per call). mr_conv2d_winograd_forward computes output channels
+ * [co0, co1) of the 2x2 output tiles [t0, t1) of the batch (tile t: image t / tpi, then row-major over the ceil(H/2) x ceil(W/2)
+ * tiles of an image; mr_conv2d_winograd_tiles counts them) on the calling thread; it returns 0 when
+ * it does not apply or memory ran out. An image's result does not depend on its batch position or
+ * the split over cores.
+ */
+int mr_conv2d_winograd_applies(const mr_conv2d_shape *s);
+void mr_conv2d_set_winograd(int on);
+int mr_conv2d_winograd_enabled(void);
+size_t mr_conv2d_winograd_weights_count(const mr_conv2d_shape *s);
+void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u);
+int mr_conv2d_winograd_tiles(const mr_conv2d_shape *s);
+int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const float *u, const float *b,
+                               float *y, int t0, int t1, int co0, int co1);
+void mr_conv2d_forward_prepared(const mr_conv2d_shape *s, const float *x, const float *w, const float *u,
+                                const float *b, float *y);
+/**
  * Gradients of mr_conv2d_forward given dy: [batch, out_c, out_h, out_w].
  *   dx: [batch, in_c, in_h, in_w]  overwritten; nullable
  *   dw: [out_c, in_c, k_h, k_w]    accumulated; nullable

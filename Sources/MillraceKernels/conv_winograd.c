@@ -1,0 +1,311 @@
+/*
+ * Winograd F(2x2, 3x3) for 3x3, stride-1, padding-1 convolutions (every 3x3 convolution of a
+ * UNet's resnets and up-samplers), AVX-512F, chosen at run time.
+ *
+ * Why: the direct kernel (conv_direct.c) already runs these convolutions at 0.9-0.99 of
+ * OpenBLAS's sgemm rate, so no schedule of the 9 multiply-adds per tap can go much faster.
+ * Winograd's minimal filtering computes a 2x2 block of outputs of one (input, output) channel
+ * pair from a 4x4 block of inputs with 16 multiplies instead of 36:
+ *
+ *     Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+ *
+ * with g the 3x3 kernel, d the 4x4 input tile (one pixel of overlap on each side), and
+ *
+ *     Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]
+ *     Aᵀ = [1 1 1 0; 0 1 -1 -1].
+ *
+ * Summed over input channels, the 16 element-wise products become 16 independent matrix
+ * products M[ξ] = U[ξ] · V[ξ] ([out_c × in_c] · [in_c × tiles]), which is where the time goes:
+ * 2.25x fewer multiply-adds than any direct or im2col schedule.
+ *
+ * Layout and order of work, for a run of tiles (a "chunk", sized so that its transformed input
+ * stays in L2):
+ *   1. input transform: V[ξ][c][tile], vectorised over 16 tiles of one tile row (the four input
+ *      rows of a tile row are loaded as 32-float runs, split into even and odd columns);
+ *   2. for each 64 tiles and each 6 output channels: the 16 products, in 24 registers each
+ *      (6 channels × 4 vectors of 16 tiles, the same register tile as the direct kernel), into a
+ *      small buffer, then at once
+ *   3. the output transform and bias, vectorised over the same 16 tiles, written to y.
+ * U = G g Gᵀ ([ξ][out_c][in_c]) is transformed once per weights (mr_conv2d_winograd_weights);
+ * callers that keep weights fixed cache it, others get it computed per call.
+ *
+ * Every output is computed by the same operations in the same order whatever its tile's place in
+ * a vector, a chunk, the batch or the split over cores, so an image's result does not depend on
+ * its batch position. Rounding differs from the direct kernel (different arithmetic); the error
+ * against the plain reference stays at the level of float rounding (WinogradTests).
+ */
+#include "millrace_kernels.h"
+#include "conv_workspace.h"
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { XI = 16, WMR = 6, WNV = 4, WV = 16, MICRO = WNV * WV };
+
+static int winograd_on = 1;
+static int cpu_ok = -1;
+/* Smallest input and output channel counts that take Winograd (below, the transforms cost more
+   than the multiplies they save), and the fewest 2x2 tiles in a call: with fewer (an 8x8 image
+   alone has 16), reading the transformed weights, 16/9 the size of the plain ones, costs more
+   than the multiplies saved (gen bench forward --compare winograd at batch 1 and 2 on the shipped
+   and the bench UNet: 64 beat 0, 32 and 128; docs/BENCHMARKS.md). */
+static const int min_in_c = 16, min_out_c = 16, min_tiles = 64;
+
+void mr_conv2d_set_winograd(int on) { winograd_on = on ? 1 : 0; }
+int mr_conv2d_winograd_enabled(void) { return winograd_on; }
+
+int mr_conv2d_winograd_applies(const mr_conv2d_shape *s) {
+    if (!winograd_on) return 0;
+    if (cpu_ok < 0) cpu_ok = mr_cpu_has_avx512f();
+    if (!cpu_ok) return 0;
+    if (s->batch * ((s->in_h + 1) / 2) * ((s->in_w + 1) / 2) < min_tiles) return 0;
+    return s->k_h == 3 && s->k_w == 3 && s->stride == 1 && s->pad_top == 1 && s->pad_left == 1 &&
+           s->pad_bottom == 1 && s->pad_right == 1 && s->in_h > 0 && s->in_w > 0 &&
+           s->in_c >= min_in_c && s->out_c >= min_out_c;
+}
+
+size_t mr_conv2d_winograd_weights_count(const mr_conv2d_shape *s) {
+    return (size_t)XI * s->out_c * s->in_c;
+}
+
+/* U[ξ][k][c] = (G g Gᵀ)[ξ] for g = w[k][c]. */
+void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u) {
+    const int K = s->out_c, C = s->in_c;
+    const size_t plane = (size_t)K * C;
+    for (int k = 0; k < K; k++)
+        for (int c = 0; c < C; c++) {
+            const float *g = w + ((size_t)k * C + c) * 9;
+            float t[4][3];
+            for (int j = 0; j < 3; j++) {
+                t[0][j] = g[j];
+                t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+                t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+                t[3][j] = g[6 + j];
+            }
+            for (int i = 0; i < 4; i++) {
+                float r[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
+                              0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
+                for (int j = 0; j < 4; j++) u[(size_t)(i * 4 + j) * plane + (size_t)k * C + c] = r[j];
+            }
+        }
+}
+
+/* Lanes l of a 16-float run starting at column `start` with 0 <= start + l < width, and l < lanes. */
+static inline __mmask16 run_mask(int start, int width, int lanes) {
+    int lo = start < 0 ? -start : 0, hi = width - start;
+    if (hi > lanes) hi = lanes;
+    if (hi <= lo) return 0;
+    return (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+/* A masked load may start before the row: the lanes masked off are never read. */
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 load_run(const float *row, int start, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, (const float *)((uintptr_t)row + (intptr_t)start * (intptr_t)sizeof(float)));
+}
+
+/* ---- 1. input transform ---------------------------------------------------------------------- */
+
+typedef struct {
+    int H, W, C, th, tw, tpi; /* image size, channels, tiles per column/row/image */
+    size_t x_img;
+} geom;
+
+/* V[ξ][c][j] (rows ldv apart per c, planes C*ldv apart per ξ) for tiles t0 .. t1 - 1, j = t - t0. */
+__attribute__((target("avx512f")))
+static void input_transform(const geom *g, const float *x, int t0, int t1, float *v, size_t ldv) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const size_t plane = (size_t)g->C * ldv;
+    for (int t = t0; t < t1;) {
+        const int n = t / g->tpi, r = t % g->tpi, ty = r / g->tw, tx0 = r % g->tw;
+        const int seg_end = t + (g->tw - tx0) < t1 ? t + (g->tw - tx0) : t1;
+        for (int tx = tx0; tx < tx0 + (seg_end - t); tx += WV) {
+            const int lanes = tx0 + (seg_end - t) - tx < WV ? tx0 + (seg_end - t) - tx : WV;
+            const __mmask16 keep = (__mmask16)((1u << lanes) - 1u);
+            const int col = 2 * tx - 1; /* first input column of the first tile */
+            const __mmask16 m0 = run_mask(col, g->W, WV), m1 = run_mask(col + 16, g->W, WV);
+            const __mmask16 m2 = run_mask(col + 2, g->W, WV), m3 = run_mask(col + 18, g->W, WV);
+            float *dst = v + (size_t)(t - t0) + (size_t)(tx - tx0);
+            for (int c = 0; c < g->C; c++) {
+                const float *xc = x + (size_t)n * g->x_img + (size_t)c * g->H * g->W;
+                __m512 h[4][4];
+                for (int i = 0; i < 4; i++) {
+                    const int iy = 2 * ty - 1 + i;
+                    if (iy < 0 || iy >= g->H) {
+                        for (int j = 0; j < 4; j++) h[i][j] = _mm512_setzero_ps();
+                        continue;
+                    }
+                    const float *row = xc + (size_t)iy * g->W;
+                    const __m512 l0 = load_run(row, col, m0), l1 = load_run(row, col + 16, m1);
+                    const __m512 l2 = load_run(row, col + 2, m2), l3 = load_run(row, col + 18, m3);
+                    const __m512 a = _mm512_permutex2var_ps(l0, even, l1);  /* d[2tx - 1] */
+                    const __m512 b = _mm512_permutex2var_ps(l0, odd, l1);   /* d[2tx] */
+                    const __m512 cc = _mm512_permutex2var_ps(l2, even, l3); /* d[2tx + 1] */
+                    const __m512 e = _mm512_permutex2var_ps(l2, odd, l3);   /* d[2tx + 2] */
+                    h[i][0] = _mm512_sub_ps(a, cc);
+                    h[i][1] = _mm512_add_ps(b, cc);
+                    h[i][2] = _mm512_sub_ps(cc, b);
+                    h[i][3] = _mm512_sub_ps(b, e);
+                }
+                float *dc = dst + (size_t)c * ldv;
+                for (int j = 0; j < 4; j++) {
+                    _mm512_mask_storeu_ps(dc + (size_t)(0 * 4 + j) * plane, keep, _mm512_sub_ps(h[0][j], h[2][j]));
+                    _mm512_mask_storeu_ps(dc + (size_t)(1 * 4 + j) * plane, keep, _mm512_add_ps(h[1][j], h[2][j]));
+                    _mm512_mask_storeu_ps(dc + (size_t)(2 * 4 + j) * plane, keep, _mm512_sub_ps(h[2][j], h[1][j]));
+                    _mm512_mask_storeu_ps(dc + (size_t)(3 * 4 + j) * plane, keep, _mm512_sub_ps(h[1][j], h[3][j]));
+                }
+            }
+        }
+        t = seg_end;
+    }
+}
+
+/* ---- 2. the products ------------------------------------------------------------------------- */
+
+/* m[ξ][i][0 .. nv*16) = sum over c of u[ξ][i][c] * v[ξ][c][...], i < mr. u: rows of one ξ plane
+   start at u + ξ*uplane, C apart; v: rows ldv apart, planes vplane apart. */
+__attribute__((target("avx512f"), always_inline))
+static inline void products(const float *u, size_t uplane, int C, const float *v, size_t ldv, size_t vplane,
+                            float *m, const int mr, const int nv) {
+    for (int xi = 0; xi < XI; xi++) {
+        __m512 acc[WMR][WNV];
+        for (int i = 0; i < WMR; i++)
+            for (int q = 0; q < WNV; q++) acc[i][q] = _mm512_setzero_ps();
+        const float *ux = u + (size_t)xi * uplane, *vx = v + (size_t)xi * vplane;
+        for (int c = 0; c < C; c++) {
+            __m512 in[WNV];
+            for (int q = 0; q < WNV; q++)
+                if (q < nv) in[q] = _mm512_loadu_ps(vx + (size_t)c * ldv + q * WV);
+            for (int i = 0; i < WMR; i++) {
+                if (i >= mr) break;
+                const __m512 wv = _mm512_set1_ps(ux[(size_t)i * C + c]);
+                for (int q = 0; q < WNV; q++)
+                    if (q < nv) acc[i][q] = _mm512_fmadd_ps(in[q], wv, acc[i][q]);
+            }
+        }
+        for (int i = 0; i < WMR; i++) {
+            if (i >= mr) break;
+            for (int q = 0; q < WNV; q++)
+                if (q < nv) _mm512_storeu_ps(m + ((size_t)xi * WMR + i) * MICRO + q * WV, acc[i][q]);
+        }
+    }
+}
+
+typedef void (*products_fn)(const float *, size_t, int, const float *, size_t, size_t, float *);
+#define PRODUCTS(mr, nv)                                                                              \
+    __attribute__((target("avx512f"))) static void products_##mr##_##nv(                              \
+        const float *u, size_t up, int C, const float *v, size_t ldv, size_t vp, float *m) {           \
+        products(u, up, C, v, ldv, vp, m, mr, nv);                                                    \
+    }
+#define PRODUCTS_MR(mr) PRODUCTS(mr, 1) PRODUCTS(mr, 2) PRODUCTS(mr, 3) PRODUCTS(mr, 4)
+PRODUCTS_MR(1) PRODUCTS_MR(2) PRODUCTS_MR(3) PRODUCTS_MR(4) PRODUCTS_MR(5) PRODUCTS_MR(6)
+#define ROW(mr) {products_##mr##_1, products_##mr##_2, products_##mr##_3, products_##mr##_4}
+static const products_fn products_fns[WMR][WNV] = {ROW(1), ROW(2), ROW(3), ROW(4), ROW(5), ROW(6)};
+
+/* ---- 3. output transform --------------------------------------------------------------------- */
+
+/* Output channels k0 .. k0 + mr - 1 of tiles t .. t + cnt - 1 from m[ξ][i][j] (j = tile - t). */
+__attribute__((target("avx512f")))
+static void output_transform(const geom *g, const float *m, int mr, int t, int cnt, int k0, int K,
+                             const float *bias, float *y) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const size_t y_img = (size_t)K * g->H * g->W, P = (size_t)g->H * g->W;
+    for (int j0 = 0; j0 < cnt; j0 += WV) {
+        const int lanes = cnt - j0 < WV ? cnt - j0 : WV;
+        for (int i = 0; i < mr; i++) {
+            __m512 q[4][4];
+            for (int xi = 0; xi < XI; xi++) q[xi / 4][xi % 4] = _mm512_loadu_ps(m + ((size_t)xi * WMR + i) * MICRO + j0);
+            __m512 s0[4], s1[4];
+            for (int a = 0; a < 4; a++) {
+                s0[a] = _mm512_add_ps(_mm512_add_ps(q[a][0], q[a][1]), q[a][2]);
+                s1[a] = _mm512_sub_ps(_mm512_sub_ps(q[a][1], q[a][2]), q[a][3]);
+            }
+            const __m512 b = _mm512_set1_ps(bias ? bias[k0 + i] : 0.0f);
+            const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), b);
+            const __m512 y01 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), b);
+            const __m512 y10 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), b);
+            const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), b);
+            /* rows of output pixels, tile j's two columns at lanes 2j, 2j+1 (j < 8: r?lo, else r?hi) */
+            const __m512 r0lo = _mm512_permutex2var_ps(y00, lo, y01), r0hi = _mm512_permutex2var_ps(y00, hi, y01);
+            const __m512 r1lo = _mm512_permutex2var_ps(y10, lo, y11), r1hi = _mm512_permutex2var_ps(y10, hi, y11);
+            /* the lanes may span tile rows: store each row's run of tiles on its own */
+            for (int j = 0; j < lanes;) {
+                const int tt = t + j0 + j, n = tt / g->tpi, r = tt % g->tpi, ty = r / g->tw, tx = r % g->tw;
+                int run = g->tw - tx;
+                if (run > lanes - j) run = lanes - j;
+                float *plane = y + (size_t)n * y_img + (size_t)(k0 + i) * P;
+                /* output column of lane L of the lo vector: 2*(tx - j) + L; of the hi one: + 16 */
+                const int base = 2 * (tx - j);
+                const int oy = 2 * ty;
+                for (int half = 0; half < 2; half++) {
+                    const int l0 = 2 * j - 16 * half, l1 = 2 * (j + run) - 16 * half;
+                    const int a0 = l0 < 0 ? 0 : l0, a1 = l1 > 16 ? 16 : l1;
+                    if (a1 <= a0) continue;
+                    const int start = base + 16 * half;
+                    __mmask16 mk = (__mmask16)(((1u << a1) - 1u) & ~((1u << a0) - 1u));
+                    mk &= run_mask(start, g->W, WV);
+                    const __m512 v0 = half ? r0hi : r0lo, v1 = half ? r1hi : r1lo;
+                    float *row0 = plane + (size_t)oy * g->W;
+                    _mm512_mask_storeu_ps((float *)((uintptr_t)row0 + (intptr_t)start * (intptr_t)sizeof(float)), mk, v0);
+                    if (oy + 1 < g->H) {
+                        float *row1 = row0 + g->W;
+                        _mm512_mask_storeu_ps((float *)((uintptr_t)row1 + (intptr_t)start * (intptr_t)sizeof(float)), mk, v1);
+                    }
+                }
+                j += run;
+            }
+        }
+    }
+}
+
+/* ---- driver ---------------------------------------------------------------------------------- */
+
+int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const float *u, const float *b,
+                               float *y, int t0, int t1, int co0, int co1) {
+    if (!mr_conv2d_winograd_applies(s)) return 0;
+    geom g;
+    g.H = s->in_h; g.W = s->in_w; g.C = s->in_c;
+    g.th = (g.H + 1) / 2; g.tw = (g.W + 1) / 2; g.tpi = g.th * g.tw;
+    g.x_img = (size_t)s->in_c * g.H * g.W;
+    const int K = s->out_c, C = s->in_c;
+    if (t1 > s->batch * g.tpi) t1 = s->batch * g.tpi;
+    if (co0 < 0) co0 = 0;
+    if (co1 > K) co1 = K;
+    if (t1 <= t0 || co1 <= co0) return 1;
+    /* chunk: transformed input of about 512 KiB, 64 to 1024 tiles, a multiple of 64 */
+    size_t chunk = ((size_t)512 << 10) / ((size_t)XI * C * sizeof(float));
+    chunk = chunk / MICRO * MICRO;
+    if (chunk < MICRO) chunk = MICRO;
+    if (chunk > 1024) chunk = 1024;
+    const size_t ldv = chunk, vplane = (size_t)C * ldv;
+    const size_t v_floats = (size_t)XI * vplane, m_floats = (size_t)XI * WMR * MICRO;
+    float *mem = mr_conv_workspace(v_floats + m_floats);
+    if (!mem) return 0;
+    float *v = mem, *m = mem + v_floats;
+    const size_t uplane = (size_t)K * C;
+    for (int c0 = t0; c0 < t1; c0 += (int)chunk) {
+        const int len = t1 - c0 < (int)chunk ? t1 - c0 : (int)chunk;
+        const int padded = (len + WV - 1) / WV * WV;
+        input_transform(&g, x, c0, c0 + len, v, ldv);
+        if (padded > len) /* lanes past the last tile: zeros, never garbage (denormals) */
+            for (size_t r = 0; r < (size_t)XI * C; r++) memset(v + r * ldv + len, 0, (size_t)(padded - len) * sizeof(float));
+        for (int j = 0; j < len; j += MICRO) {
+            const int cnt = len - j < MICRO ? len - j : MICRO;
+            const int nv = (cnt + WV - 1) / WV;
+            for (int k = co0; k < co1; k += WMR) {
+                const int mr = co1 - k < WMR ? co1 - k : WMR;
+                products_fns[mr - 1][nv - 1](u + (size_t)k * C, uplane, C, v + j, ldv, vplane, m);
+                output_transform(&g, m, mr, c0 + j, cnt, k, K, b, y);
+            }
+        }
+    }
+    return 1;
+}
+
+int mr_conv2d_winograd_tiles(const mr_conv2d_shape *s) {
+    return s->batch * ((s->in_h + 1) / 2) * ((s->in_w + 1) / 2);
+}
