@@ -350,6 +350,7 @@ static void conv_backward_serial(const mr_conv2d_shape *s, const float *x, const
     int transposed_dx = dx && s->stride == 1 && s->pad_top < s->k_h && s->pad_bottom < s->k_h &&
                         s->pad_left < s->k_w && s->pad_right < s->k_w;
     if (transposed_dx && transposed_input_gradient(s, &pl, w, dy, dx)) dx = NULL;
+    if (dw && mr_conv2d_winograd_weight_gradient(s, x, dy, dw)) dw = NULL;
     if (!dw && !dx) return;
     if (dx) memset(dx, 0, (size_t)s->batch * x_img * sizeof(float));  /* col2im adds into it */
 

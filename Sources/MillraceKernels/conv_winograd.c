@@ -37,6 +37,7 @@
 #include "millrace_kernels.h"
 #include "conv_workspace.h"
 
+#include <cblas.h>
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -303,6 +304,109 @@ int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const f
             }
         }
     }
+    return 1;
+}
+
+/* ---- the weight gradient --------------------------------------------------------------------- */
+
+/*
+ * The same identity read backwards. With Y = Aᵀ M A and M[ξ] = U[ξ] · V[ξ] summed over tiles:
+ *     dM = A dY Aᵀ (per tile: the 2x2 output gradient spread over the 16 ξ),
+ *     dU[ξ] = Σ_tiles dM[ξ] · V[ξ]ᵀ  (16 matrix products [out_c × tiles] · [tiles × in_c], sgemm),
+ *     dw = Gᵀ dU G  (per (k, c): 4x4 back to 3x3).
+ * Output pixels past the plane (the half tiles of odd sizes) have no gradient: they are zeros.
+ */
+
+/* dM[ξ][k][j] (rows ldm apart per k, planes K*ldm apart) for tiles t0 .. t1 - 1 from dy. */
+__attribute__((target("avx512f")))
+static void gradient_transform(const geom *g, int K, const float *dy, int t0, int t1, float *dm, size_t ldm) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const size_t plane = (size_t)K * ldm, P = (size_t)g->H * g->W, y_img = (size_t)K * P;
+    for (int t = t0; t < t1;) {
+        const int n = t / g->tpi, r = t % g->tpi, ty = r / g->tw, tx0 = r % g->tw;
+        const int seg_end = t + (g->tw - tx0) < t1 ? t + (g->tw - tx0) : t1;
+        for (int tx = tx0; tx < tx0 + (seg_end - t); tx += WV) {
+            const int lanes = tx0 + (seg_end - t) - tx < WV ? tx0 + (seg_end - t) - tx : WV;
+            const __mmask16 keep = (__mmask16)((1u << lanes) - 1u);
+            const int col = 2 * tx;
+            const __mmask16 m0 = run_mask(col, g->W, WV), m1 = run_mask(col + 16, g->W, WV);
+            float *dst = dm + (size_t)(t - t0) + (size_t)(tx - tx0);
+            for (int k = 0; k < K; k++) {
+                const float *yk = dy + (size_t)n * y_img + (size_t)k * P;
+                __m512 gv[2][2]; /* [row][column] of each tile's 2x2 gradient */
+                for (int i = 0; i < 2; i++) {
+                    const int oy = 2 * ty + i;
+                    if (oy >= g->H) { gv[i][0] = gv[i][1] = _mm512_setzero_ps(); continue; }
+                    const float *row = yk + (size_t)oy * g->W;
+                    const __m512 l0 = load_run(row, col, m0), l1 = load_run(row, col + 16, m1);
+                    gv[i][0] = _mm512_permutex2var_ps(l0, even, l1);
+                    gv[i][1] = _mm512_permutex2var_ps(l0, odd, l1);
+                }
+                /* rows: A·g (4 rows from 2), then columns: (A·g)·Aᵀ */
+                __m512 rr[4][2];
+                for (int j = 0; j < 2; j++) {
+                    rr[0][j] = gv[0][j];
+                    rr[1][j] = _mm512_add_ps(gv[0][j], gv[1][j]);
+                    rr[2][j] = _mm512_sub_ps(gv[0][j], gv[1][j]);
+                    rr[3][j] = _mm512_sub_ps(_mm512_setzero_ps(), gv[1][j]);
+                }
+                float *dk = dst + (size_t)k * ldm;
+                for (int i = 0; i < 4; i++) {
+                    _mm512_mask_storeu_ps(dk + (size_t)(i * 4 + 0) * plane, keep, rr[i][0]);
+                    _mm512_mask_storeu_ps(dk + (size_t)(i * 4 + 1) * plane, keep, _mm512_add_ps(rr[i][0], rr[i][1]));
+                    _mm512_mask_storeu_ps(dk + (size_t)(i * 4 + 2) * plane, keep, _mm512_sub_ps(rr[i][0], rr[i][1]));
+                    _mm512_mask_storeu_ps(dk + (size_t)(i * 4 + 3) * plane, keep, _mm512_sub_ps(_mm512_setzero_ps(), rr[i][1]));
+                }
+            }
+        }
+        t = seg_end;
+    }
+}
+
+int mr_conv2d_winograd_weight_gradient(const mr_conv2d_shape *s, const float *x, const float *dy, float *dw) {
+    if (!mr_conv2d_winograd_applies(s)) return 0;
+    geom g;
+    g.H = s->in_h; g.W = s->in_w; g.C = s->in_c;
+    g.th = (g.H + 1) / 2; g.tw = (g.W + 1) / 2; g.tpi = g.th * g.tw;
+    g.x_img = (size_t)s->in_c * g.H * g.W;
+    const int K = s->out_c, C = s->in_c, T = s->batch * g.tpi;
+    /* chunk: both transformed operands in about 2 MiB, 64 to 1024 tiles */
+    size_t chunk = ((size_t)2 << 20) / ((size_t)XI * (C + K) * sizeof(float));
+    chunk = chunk / WV * WV;
+    if (chunk < 64) chunk = 64;
+    if (chunk > 1024) chunk = 1024;
+    const size_t ldv = chunk, uplane = (size_t)K * C;
+    const size_t du_floats = (size_t)XI * uplane, v_floats = (size_t)XI * C * ldv, m_floats = (size_t)XI * K * ldv;
+    float *mem = mr_conv_workspace(du_floats + v_floats + m_floats);
+    if (!mem) return 0;
+    float *du = mem, *v = du + du_floats, *dm = v + v_floats;
+    memset(du, 0, du_floats * sizeof(float));
+    for (int c0 = 0; c0 < T; c0 += (int)chunk) {
+        const int len = T - c0 < (int)chunk ? T - c0 : (int)chunk;
+        input_transform(&g, x, c0, c0 + len, v, ldv);
+        gradient_transform(&g, K, dy, c0, c0 + len, dm, ldv);
+        for (int xi = 0; xi < XI; xi++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, C, len, 1.0f, dm + (size_t)xi * K * ldv, (int)ldv,
+                        v + (size_t)xi * C * ldv, (int)ldv, 1.0f, du + (size_t)xi * uplane, C);
+    }
+    /* dw[k][c] += Gᵀ dU G, G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1] */
+    for (int k = 0; k < K; k++)
+        for (int c = 0; c < C; c++) {
+            float d[4][4], t[3][4];
+            for (int xi = 0; xi < XI; xi++) d[xi / 4][xi % 4] = du[(size_t)xi * uplane + (size_t)k * C + c];
+            for (int j = 0; j < 4; j++) {
+                t[0][j] = d[0][j] + 0.5f * (d[1][j] + d[2][j]);
+                t[1][j] = 0.5f * (d[1][j] - d[2][j]);
+                t[2][j] = 0.5f * (d[1][j] + d[2][j]) + d[3][j];
+            }
+            float *o = dw + ((size_t)k * C + c) * 9;
+            for (int i = 0; i < 3; i++) {
+                o[i * 3 + 0] += t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+                o[i * 3 + 1] += 0.5f * (t[i][1] - t[i][2]);
+                o[i * 3 + 2] += 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+            }
+        }
     return 1;
 }
 

@@ -175,7 +175,7 @@ struct BenchTrain: ParsableCommand {
     var steps: Int = 8
     @Option(help: "Data-parallel workers (default: all cores; 1 = one model whose convolutions are split over the cores).")
     var workers: Int?
-    @Option(help: "Convolutions: auto (the AVX-512 direct kernel where the CPU has it, else im2col + sgemm), gemm (im2col + sgemm everywhere) or avx2 (the AVX2 direct kernel).")
+    @Option(help: "Convolutions: auto (Winograd F(2x2,3x3) and the AVX-512 direct kernel where the CPU has AVX-512F, else im2col + sgemm), direct (the direct kernel without Winograd), gemm (im2col + sgemm everywhere) or avx2 (the AVX2 direct kernel).")
     var convolution: BenchForward.ConvolutionChoice = .auto
     @Flag(help: "Print JSON.")
     var json = false

@@ -3,8 +3,8 @@ import Testing
 import MillraceTestSupport
 @testable import MillraceCore
 
-/// Winograd F(2x2, 3x3) (conv_winograd.c) against the reference loops (its plain twin) and the
-/// direct kernel it replaces: the shapes of the shipped UNet, awkward sizes (odd planes, rows of
+/// Winograd F(2x2, 3x3) (conv_winograd.c), forward and weight gradient, against the reference
+/// loops (its plain twin) and the direct kernel it replaces: the shapes of the shipped UNet, awkward sizes (odd planes, rows of
 /// more than 16 tiles, planes smaller than a tile, channel counts that are not multiples of the
 /// 6-channel register tile), chunks, splits over cores, and the transformed weights a Conv2d keeps.
 /// (Every case has at least the 64 tiles a call needs to take Winograd.)
@@ -57,6 +57,30 @@ import MillraceTestSupport
             #expect(relativeError(wino.y, wino.ref) < 1e-5, "Winograd against the reference: \(c)")
             #expect(relativeError(wino.y, direct.y) < 1e-5, "Winograd against the direct kernel: \(c)")
             #expect(prepared.y == wino.y, "weights transformed by the caller give the same bits: \(c)")
+        }
+    }
+
+    /// The weight gradient through the Winograd domain (dM = A dY Aᵀ, dU = Σ dM Vᵀ, dw = Gᵀ dU G)
+    /// against the reference loops, added to what dw held; and the input gradient, which runs
+    /// Winograd as the transposed convolution, with it. Batches split over 2 cores, and one core.
+    @Test(arguments: cases) func backwardMatchesTheReference(c: Case) {
+        GlobalKernelSettings.exclusive {
+            let before = mr_get_threads()
+            defer { mr_set_threads(before) }
+            var rng = TestRNG(seed: 21)
+            var s = c.shape
+            let x = rng.floats(c.batch * c.inC * c.inH * c.inW), w = rng.floats(c.outC * c.inC * 9)
+            let dy = rng.floats(c.batch * c.outC * c.inH * c.inW)
+            let start = rng.floats(w.count)
+            var refDx = [Float](repeating: 0, count: x.count), refDw = start
+            mr_ref_conv2d_backward(&s, x, w, dy, &refDx, &refDw, nil)
+            for parts in [Int32(1), 2] {
+                mr_set_threads(parts)
+                var dx = [Float](repeating: .nan, count: x.count), dw = start
+                mr_conv2d_backward(&s, x, w, dy, &dx, &dw, nil)
+                #expect(relativeError(dw, refDw) < 1e-5, "weight gradient on \(parts) parts: \(c)")
+                #expect(relativeError(dx, refDx) < 1e-5, "input gradient on \(parts) parts: \(c)")
+            }
         }
     }
 

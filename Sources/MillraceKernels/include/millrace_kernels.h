@@ -175,6 +175,9 @@ void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float 
 int mr_conv2d_winograd_tiles(const mr_conv2d_shape *s);
 int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const float *u, const float *b,
                                float *y, int t0, int t1, int co0, int co1);
+/* dw += the weight gradient of a convolution Winograd applies to, for the whole batch on the calling
+   thread (the backward pass takes it there); 0 when it does not apply or memory ran out. */
+int mr_conv2d_winograd_weight_gradient(const mr_conv2d_shape *s, const float *x, const float *dy, float *dw);
 void mr_conv2d_forward_prepared(const mr_conv2d_shape *s, const float *x, const float *w, const float *u,
                                 const float *b, float *y);
 /**
