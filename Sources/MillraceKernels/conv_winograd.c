@@ -114,12 +114,11 @@ typedef struct {
     size_t x_img;
 } geom;
 
-/* V[ξ][c][j] (rows ldv apart per c, planes C*ldv apart per ξ) for tiles t0 .. t1 - 1, j = t - t0. */
+/* V[ξ][c][j] (rows ldv apart per c, planes `plane` apart per ξ) for tiles t0 .. t1 - 1, j = t - t0. */
 __attribute__((target("avx512f")))
-static void input_transform(const geom *g, const float *x, int t0, int t1, float *v, size_t ldv) {
+static void input_transform(const geom *g, const float *x, int t0, int t1, float *v, size_t ldv, size_t plane) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    const size_t plane = (size_t)g->C * ldv;
     for (int t = t0; t < t1;) {
         const int n = t / g->tpi, r = t % g->tpi, ty = r / g->tw, tx0 = r % g->tw;
         const int seg_end = t + (g->tw - tx0) < t1 ? t + (g->tw - tx0) : t1;
@@ -282,7 +281,9 @@ int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const f
     chunk = chunk / MICRO * MICRO;
     if (chunk < MICRO) chunk = MICRO;
     if (chunk > 1024) chunk = 1024;
-    const size_t ldv = chunk, vplane = (size_t)C * ldv;
+    /* rows and planes one cache line past a multiple of 4 KiB apart, so that the 16 planes a
+       transform writes (and the rows a product reads) do not all map to the same L1 sets */
+    const size_t ldv = chunk + WV, vplane = (size_t)C * ldv + WV;
     const size_t v_floats = (size_t)XI * vplane, m_floats = (size_t)XI * WMR * MICRO;
     float *mem = mr_conv_workspace(v_floats + m_floats);
     if (!mem) return 0;
@@ -291,9 +292,11 @@ int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const f
     for (int c0 = t0; c0 < t1; c0 += (int)chunk) {
         const int len = t1 - c0 < (int)chunk ? t1 - c0 : (int)chunk;
         const int padded = (len + WV - 1) / WV * WV;
-        input_transform(&g, x, c0, c0 + len, v, ldv);
+        input_transform(&g, x, c0, c0 + len, v, ldv, vplane);
         if (padded > len) /* lanes past the last tile: zeros, never garbage (denormals) */
-            for (size_t r = 0; r < (size_t)XI * C; r++) memset(v + r * ldv + len, 0, (size_t)(padded - len) * sizeof(float));
+            for (int xi = 0; xi < XI; xi++)
+                for (int c = 0; c < C; c++)
+                    memset(v + xi * vplane + (size_t)c * ldv + len, 0, (size_t)(padded - len) * sizeof(float));
         for (int j = 0; j < len; j += MICRO) {
             const int cnt = len - j < MICRO ? len - j : MICRO;
             const int nv = (cnt + WV - 1) / WV;
@@ -384,7 +387,7 @@ int mr_conv2d_winograd_weight_gradient(const mr_conv2d_shape *s, const float *x,
     memset(du, 0, du_floats * sizeof(float));
     for (int c0 = 0; c0 < T; c0 += (int)chunk) {
         const int len = T - c0 < (int)chunk ? T - c0 : (int)chunk;
-        input_transform(&g, x, c0, c0 + len, v, ldv);
+        input_transform(&g, x, c0, c0 + len, v, ldv, (size_t)C * ldv);
         gradient_transform(&g, K, dy, c0, c0 + len, dm, ldv);
         for (int xi = 0; xi < XI; xi++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, C, len, 1.0f, dm + (size_t)xi * K * ldv, (int)ldv,
