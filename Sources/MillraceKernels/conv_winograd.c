@@ -71,24 +71,62 @@ size_t mr_conv2d_winograd_weights_count(const mr_conv2d_shape *s) {
     return (size_t)XI * s->out_c * s->in_c;
 }
 
-/* U[ξ][k][c] = (G g Gᵀ)[ξ] for g = w[k][c]. */
-void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u) {
+/* U[ξ][k][c] = (G g Gᵀ)[ξ] for g = w[k][c]: the plain twin of the vector version below. */
+void mr_ref_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u) {
     const int K = s->out_c, C = s->in_c;
     const size_t plane = (size_t)K * C;
     for (int k = 0; k < K; k++)
         for (int c = 0; c < C; c++) {
             const float *g = w + ((size_t)k * C + c) * 9;
             float t[4][3];
-            for (int j = 0; j < 3; j++) {
+            for (int j = 0; j < 3; j++) { /* the vector version's order of additions */
+                const float sum02 = g[j] + g[6 + j];
                 t[0][j] = g[j];
-                t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-                t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+                t[1][j] = 0.5f * (sum02 + g[3 + j]);
+                t[2][j] = 0.5f * (sum02 - g[3 + j]);
                 t[3][j] = g[6 + j];
             }
             for (int i = 0; i < 4; i++) {
-                float r[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
-                              0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
+                const float sum02 = t[i][0] + t[i][2];
+                float r[4] = {t[i][0], 0.5f * (sum02 + t[i][1]), 0.5f * (sum02 - t[i][1]), t[i][2]};
                 for (int j = 0; j < 4; j++) u[(size_t)(i * 4 + j) * plane + (size_t)k * C + c] = r[j];
+            }
+        }
+}
+
+/* The same for 16 input channels at a time: their 16 x 9 weights are contiguous, so tap t of
+   each is a gather at stride 9; the transform runs on vectors and each ξ is one store. Training
+   transforms every weight each step (and the flipped ones for the input gradient): scalar, this
+   was 8% of a training step in perf. */
+__attribute__((target("avx512f")))
+void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u) {
+    if (!mr_cpu_has_avx512f()) { mr_ref_conv2d_winograd_weights(s, w, u); return; }
+    const int K = s->out_c, C = s->in_c;
+    const size_t plane = (size_t)K * C;
+    const __m512i stride9 = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
+    const __m512 half = _mm512_set1_ps(0.5f);
+    for (int k = 0; k < K; k++)
+        for (int c0 = 0; c0 < C; c0 += 16) {
+            const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c0)) - 1u);
+            const float *base = w + ((size_t)k * C + c0) * 9;
+            __m512 g[9];
+            for (int t = 0; t < 9; t++)
+                g[t] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_add_epi32(stride9, _mm512_set1_epi32(t)), base, 4);
+            __m512 t4[4][3];
+            for (int j = 0; j < 3; j++) {
+                const __m512 sum02 = _mm512_add_ps(g[j], g[6 + j]);
+                t4[0][j] = g[j];
+                t4[1][j] = _mm512_mul_ps(half, _mm512_add_ps(sum02, g[3 + j]));
+                t4[2][j] = _mm512_mul_ps(half, _mm512_sub_ps(sum02, g[3 + j]));
+                t4[3][j] = g[6 + j];
+            }
+            float *out = u + (size_t)k * C + c0;
+            for (int i = 0; i < 4; i++) {
+                const __m512 sum02 = _mm512_add_ps(t4[i][0], t4[i][2]);
+                _mm512_mask_storeu_ps(out + (size_t)(i * 4 + 0) * plane, m, t4[i][0]);
+                _mm512_mask_storeu_ps(out + (size_t)(i * 4 + 1) * plane, m, _mm512_mul_ps(half, _mm512_add_ps(sum02, t4[i][1])));
+                _mm512_mask_storeu_ps(out + (size_t)(i * 4 + 2) * plane, m, _mm512_mul_ps(half, _mm512_sub_ps(sum02, t4[i][1])));
+                _mm512_mask_storeu_ps(out + (size_t)(i * 4 + 3) * plane, m, t4[i][2]);
             }
         }
 }

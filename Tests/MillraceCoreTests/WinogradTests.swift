@@ -84,6 +84,24 @@ import MillraceTestSupport
         }
     }
 
+    /// The vector weight transform (16 input channels per gather, the last block masked) gives
+    /// the plain twin's bits.
+    @Test func weightTransformMatchesItsPlainTwin() {
+        for (k, c) in [(16, 16), (7, 37), (32, 33), (64, 5)] {
+            var rng = TestRNG(seed: UInt64(k * 100 + c))
+            var s = Self.same(1, c, 8, 8, k).shape
+            let w = rng.floats(k * c * 9)
+            let n = Int(mr_conv2d_winograd_weights_count(&s))
+            var fast = [Float](repeating: .nan, count: n), plain = fast
+            mr_conv2d_winograd_weights(&s, w, &fast)
+            mr_ref_conv2d_winograd_weights(&s, w, &plain)
+            #expect(fast.map(\.bitPattern) == plain.map(\.bitPattern), "\(k)x\(c)")
+            // ξ = (1, 1) of g is ¼ of the sum of all nine taps
+            let sum = w[0..<9].reduce(0, +)
+            #expect(abs(plain[5 * k * c] - 0.25 * sum) < 1e-5)
+        }
+    }
+
     @Test func notTakenWhereItDoesNotApply() {
         GlobalKernelSettings.exclusive {
             let few = Self.same(1, 15, 32, 32, 32).shape        // too few input channels

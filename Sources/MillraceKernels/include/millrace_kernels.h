@@ -172,6 +172,7 @@ void mr_conv2d_set_winograd(int on);
 int mr_conv2d_winograd_enabled(void);
 size_t mr_conv2d_winograd_weights_count(const mr_conv2d_shape *s);
 void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u);
+void mr_ref_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u); /* plain twin */
 int mr_conv2d_winograd_tiles(const mr_conv2d_shape *s);
 int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const float *u, const float *b,
                                float *y, int t0, int t1, int co0, int co1);
