@@ -48,11 +48,11 @@ enum { XI = 16, WMR = 6, WNV = 4, WV = 16, MICRO = WNV * WV };
 static int winograd_on = 1;
 static int cpu_ok = -1;
 /* Smallest input and output channel counts that take Winograd (below, the transforms cost more
-   than the multiplies they save), and the fewest 2x2 tiles in a call: with fewer (an 8x8 image
-   alone has 16), reading the transformed weights, 16/9 the size of the plain ones, costs more
-   than the multiplies saved (gen bench forward --compare winograd at batch 1 and 2 on the shipped
-   and the bench UNet: 64 beat 0, 32 and 128; docs/BENCHMARKS.md). */
-static const int min_in_c = 16, min_out_c = 16, min_tiles = 64;
+   than the multiplies they save), and the fewest 2x2 tiles in a call: an 8x8 image alone (16
+   tiles) reads transformed weights 16/9 the size of the plain ones for few products, and timed
+   no faster than the direct kernel; two 8x8 images (the rows a core gets of a batch of 4) timed
+   faster (docs/BENCHMARKS.md, "Winograd"). */
+static const int min_in_c = 16, min_out_c = 16, min_tiles = 32;
 
 void mr_conv2d_set_winograd(int on) { winograd_on = on ? 1 : 0; }
 int mr_conv2d_winograd_enabled(void) { return winograd_on; }

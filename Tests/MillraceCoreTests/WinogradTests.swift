@@ -7,7 +7,7 @@ import MillraceTestSupport
 /// loops (its plain twin) and the direct kernel it replaces: the shapes of the shipped UNet, awkward sizes (odd planes, rows of
 /// more than 16 tiles, planes smaller than a tile, channel counts that are not multiples of the
 /// 6-channel register tile), chunks, splits over cores, and the transformed weights a Conv2d keeps.
-/// (Every case has at least the 64 tiles a call needs to take Winograd.)
+/// (Every case has at least the 32 tiles a call needs to take Winograd.)
 @Suite(.serialized) struct WinogradTests {
     typealias Case = ConvTests.Case
 
@@ -106,7 +106,7 @@ import MillraceTestSupport
         GlobalKernelSettings.exclusive {
             let few = Self.same(1, 15, 32, 32, 32).shape        // too few input channels
             let fewOut = Self.same(1, 32, 32, 32, 3).shape      // too few output channels
-            let small = Self.same(1, 64, 8, 8, 64).shape        // 16 tiles
+            let small = Self.same(1, 64, 8, 8, 64).shape        // 16 tiles (32 take it)
             let strided = Case(batch: 1, inC: 32, inH: 16, inW: 16, outC: 32, k: 3, stride: 2, pads: (1, 1, 1, 1)).shape
             let pointwise = Case(batch: 1, inC: 32, inH: 16, inW: 16, outC: 32, k: 1, stride: 1, pads: (0, 0, 0, 0)).shape
             let unpadded = Case(batch: 1, inC: 32, inH: 16, inW: 16, outC: 32, k: 3, stride: 1, pads: (0, 0, 0, 0)).shape
@@ -114,7 +114,7 @@ import MillraceTestSupport
             for var s in [few, fewOut, small, strided, pointwise, unpadded, five] {
                 #expect(mr_conv2d_winograd_applies(&s) == 0, "\(s)")
             }
-            var ok = Self.same(4, 64, 8, 8, 64).shape            // 64 tiles
+            var ok = Self.same(2, 64, 8, 8, 64).shape            // 32 tiles
             #expect((mr_conv2d_winograd_applies(&ok) != 0) == Self.hasAVX512)
             mr_conv2d_set_winograd(0)
             #expect(mr_conv2d_winograd_applies(&ok) == 0, "off when turned off")
