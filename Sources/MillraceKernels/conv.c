@@ -557,8 +557,11 @@ static void winograd_part(void *ctx, int part) {
     winograd_job *j = ctx;
     int ok;
     if (j->by_channels) {
-        const int K = j->s->out_c;
-        const int k0 = (int)((long)part * K / j->parts), k1 = (int)((long)(part + 1) * K / j->parts);
+        /* whole blocks of 6 channels (the transformed weights are stored by such blocks) */
+        const int K = j->s->out_c, blocks = (K + 5) / 6;
+        const int k0 = 6 * (int)((long)part * blocks / j->parts);
+        int k1 = 6 * (int)((long)(part + 1) * blocks / j->parts);
+        if (k1 > K) k1 = K;
         ok = mr_conv2d_winograd_forward(j->s, j->x, j->u, j->b, j->y, 0, j->tiles, k0, k1);
     } else {
         const int t0 = (int)((long)part * j->tiles / j->parts), t1 = (int)((long)(part + 1) * j->tiles / j->parts);

@@ -26,7 +26,8 @@
  *      (6 channels × 4 vectors of 16 tiles, the same register tile as the direct kernel), into a
  *      small buffer, then at once
  *   3. the output transform and bias, vectorised over the same 16 tiles, written to y.
- * U = G g Gᵀ ([ξ][out_c][in_c]) is transformed once per weights (mr_conv2d_winograd_weights);
+ * U = G g Gᵀ (stored by blocks of 6 output channels) is made once per weights
+ * (mr_conv2d_winograd_weights);
  * callers that keep weights fixed cache it, others get it computed per call.
  *
  * Every output is computed by the same operations in the same order whatever its tile's place in
@@ -67,14 +68,24 @@ int mr_conv2d_winograd_applies(const mr_conv2d_shape *s) {
            s->in_c >= min_in_c && s->out_c >= min_out_c;
 }
 
+/* Blocks of WMR output channels, the last one padded. */
+static inline int k_blocks(int K) { return (K + WMR - 1) / WMR; }
+
 size_t mr_conv2d_winograd_weights_count(const mr_conv2d_shape *s) {
-    return (size_t)XI * s->out_c * s->in_c;
+    return (size_t)XI * k_blocks(s->out_c) * WMR * s->in_c;
 }
 
-/* U[ξ][k][c] = (G g Gᵀ)[ξ] for g = w[k][c]: the plain twin of the vector version below. */
+/* Where U[ξ][k][c] lives: [ξ][k / 6][c][k % 6], so that the 6 output channels a product tile
+   broadcasts for one input channel share a cache line and a tile reads its weights as one
+   sequential stream (the largest layers' weights do not fit in L2). */
+static inline size_t u_at(int xi, int k, int c, int K, int C) {
+    return (((size_t)xi * k_blocks(K) + (size_t)(k / WMR)) * C + (size_t)c) * WMR + (size_t)(k % WMR);
+}
+
+/* U = (G g Gᵀ)[ξ] for g = w[k][c]: the plain twin of the vector version below. */
 void mr_ref_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u) {
     const int K = s->out_c, C = s->in_c;
-    const size_t plane = (size_t)K * C;
+    if (K % WMR) memset(u, 0, mr_conv2d_winograd_weights_count(s) * sizeof(float)); /* padding rows */
     for (int k = 0; k < K; k++)
         for (int c = 0; c < C; c++) {
             const float *g = w + ((size_t)k * C + c) * 9;
@@ -89,20 +100,21 @@ void mr_ref_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, fl
             for (int i = 0; i < 4; i++) {
                 const float sum02 = t[i][0] + t[i][2];
                 float r[4] = {t[i][0], 0.5f * (sum02 + t[i][1]), 0.5f * (sum02 - t[i][1]), t[i][2]};
-                for (int j = 0; j < 4; j++) u[(size_t)(i * 4 + j) * plane + (size_t)k * C + c] = r[j];
+                for (int j = 0; j < 4; j++) u[u_at(i * 4 + j, k, c, K, C)] = r[j];
             }
         }
 }
 
 /* The same for 16 input channels at a time: their 16 x 9 weights are contiguous, so tap t of
-   each is a gather at stride 9; the transform runs on vectors and each ξ is one store. Training
+   each is a gather at stride 9; the transform runs on vectors and each ξ is one scatter. Training
    transforms every weight each step (and the flipped ones for the input gradient): scalar, this
    was 8% of a training step in perf. */
 __attribute__((target("avx512f")))
 void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u) {
     if (!mr_cpu_has_avx512f()) { mr_ref_conv2d_winograd_weights(s, w, u); return; }
     const int K = s->out_c, C = s->in_c;
-    const size_t plane = (size_t)K * C;
+    if (K % WMR) memset(u, 0, mr_conv2d_winograd_weights_count(s) * sizeof(float)); /* padding rows */
+    const __m512i stride6 = _mm512_setr_epi32(0, 6, 12, 18, 24, 30, 36, 42, 48, 54, 60, 66, 72, 78, 84, 90);
     const __m512i stride9 = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
     const __m512 half = _mm512_set1_ps(0.5f);
     for (int k = 0; k < K; k++)
@@ -120,13 +132,12 @@ void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float 
                 t4[2][j] = _mm512_mul_ps(half, _mm512_sub_ps(sum02, g[3 + j]));
                 t4[3][j] = g[6 + j];
             }
-            float *out = u + (size_t)k * C + c0;
             for (int i = 0; i < 4; i++) {
                 const __m512 sum02 = _mm512_add_ps(t4[i][0], t4[i][2]);
-                _mm512_mask_storeu_ps(out + (size_t)(i * 4 + 0) * plane, m, t4[i][0]);
-                _mm512_mask_storeu_ps(out + (size_t)(i * 4 + 1) * plane, m, _mm512_mul_ps(half, _mm512_add_ps(sum02, t4[i][1])));
-                _mm512_mask_storeu_ps(out + (size_t)(i * 4 + 2) * plane, m, _mm512_mul_ps(half, _mm512_sub_ps(sum02, t4[i][1])));
-                _mm512_mask_storeu_ps(out + (size_t)(i * 4 + 3) * plane, m, t4[i][2]);
+                const __m512 r[4] = {t4[i][0], _mm512_mul_ps(half, _mm512_add_ps(sum02, t4[i][1])),
+                                     _mm512_mul_ps(half, _mm512_sub_ps(sum02, t4[i][1])), t4[i][2]};
+                for (int j = 0; j < 4; j++)
+                    _mm512_mask_i32scatter_ps(u + u_at(i * 4 + j, k, c0, K, C), m, stride6, r[j], 4);
             }
         }
 }
@@ -203,8 +214,9 @@ static void input_transform(const geom *g, const float *x, int t0, int t1, float
 
 /* ---- 2. the products ------------------------------------------------------------------------- */
 
-/* m[ξ][i][0 .. nv*16) = sum over c of u[ξ][i][c] * v[ξ][c][...], i < mr. u: rows of one ξ plane
-   start at u + ξ*uplane, C apart; v: rows ldv apart, planes vplane apart. */
+/* m[ξ][i][0 .. nv*16) = sum over c of U[ξ][k0 + i][c] * v[ξ][c][...], i < mr. u: the block of
+   output channels k0 .. k0 + 5 of ξ = 0 ([c][6]), the next ξ's uplane further; v: rows ldv apart,
+   planes vplane apart. */
 __attribute__((target("avx512f"), always_inline))
 static inline void products(const float *u, size_t uplane, int C, const float *v, size_t ldv, size_t vplane,
                             float *m, const int mr, const int nv) {
@@ -219,7 +231,7 @@ static inline void products(const float *u, size_t uplane, int C, const float *v
                 if (q < nv) in[q] = _mm512_loadu_ps(vx + (size_t)c * ldv + q * WV);
             for (int i = 0; i < WMR; i++) {
                 if (i >= mr) break;
-                const __m512 wv = _mm512_set1_ps(ux[(size_t)i * C + c]);
+                const __m512 wv = _mm512_set1_ps(ux[(size_t)c * WMR + i]);
                 for (int q = 0; q < WNV; q++)
                     if (q < nv) acc[i][q] = _mm512_fmadd_ps(in[q], wv, acc[i][q]);
             }
@@ -311,7 +323,7 @@ int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const f
     g.x_img = (size_t)s->in_c * g.H * g.W;
     const int K = s->out_c, C = s->in_c;
     if (t1 > s->batch * g.tpi) t1 = s->batch * g.tpi;
-    if (co0 < 0) co0 = 0;
+    if (co0 < 0 || co0 % WMR) return 0; /* weights are stored in blocks of 6 channels */
     if (co1 > K) co1 = K;
     if (t1 <= t0 || co1 <= co0) return 1;
     /* chunk: transformed input of about 512 KiB, 64 to 1024 tiles, a multiple of 64 */
@@ -326,7 +338,7 @@ int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const f
     float *mem = mr_conv_workspace(v_floats + m_floats);
     if (!mem) return 0;
     float *v = mem, *m = mem + v_floats;
-    const size_t uplane = (size_t)K * C;
+    const size_t uplane = (size_t)k_blocks(K) * WMR * C;
     for (int c0 = t0; c0 < t1; c0 += (int)chunk) {
         const int len = t1 - c0 < (int)chunk ? t1 - c0 : (int)chunk;
         const int padded = (len + WV - 1) / WV * WV;
@@ -340,7 +352,7 @@ int mr_conv2d_winograd_forward(const mr_conv2d_shape *s, const float *x, const f
             const int nv = (cnt + WV - 1) / WV;
             for (int k = co0; k < co1; k += WMR) {
                 const int mr = co1 - k < WMR ? co1 - k : WMR;
-                products_fns[mr - 1][nv - 1](u + (size_t)k * C, uplane, C, v + j, ldv, vplane, m);
+                products_fns[mr - 1][nv - 1](u + (size_t)(k / WMR) * C * WMR, uplane, C, v + j, ldv, vplane, m);
                 output_transform(&g, m, mr, c0 + j, cnt, k, K, b, y);
             }
         }

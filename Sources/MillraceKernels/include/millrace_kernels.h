@@ -157,16 +157,18 @@ int mr_conv2d_direct_forward(const mr_conv2d_shape *s, const float *x, const flo
 /**
  * Winograd F(2x2, 3x3) (conv_winograd.c): 3x3, stride-1, padding-1 convolutions with at least 16
  * input and 16 output channels and 32 2x2 tiles in the call (two 8x8 images), on CPUs with
- * AVX-512F, with 16 multiplies per 2x2 outputs instead of 36. mr_conv2d_forward takes it first wherever it applies; mr_conv2d_set_winograd(0) turns it
- * off process-wide (benchmarks compare), mr_conv2d_winograd_applies says whether a shape takes it.
- * The weights are transformed to U ([16][out_c][in_c], mr_conv2d_winograd_weights_count floats)
- * by mr_conv2d_winograd_weights; mr_conv2d_forward_prepared takes a U the caller keeps for fixed
- * weights (NULL: transformed per call). mr_conv2d_winograd_forward computes output channels
- * [co0, co1) of the 2x2 output tiles [t0, t1) of the batch (tile t: image t / tpi, then row-major
- * over the ceil(H/2) x ceil(W/2) tiles of an image; mr_conv2d_winograd_tiles counts them) on the
- * calling thread; it returns 0 when it does not apply or memory ran out. An image's result does
- * not depend on its batch position or the split over cores; it can depend on the batch size where
- * the tile count crosses the threshold (one 8x8 image runs the direct kernel, two run Winograd).
+ * AVX-512F, with 16 multiplies per 2x2 outputs instead of 36. mr_conv2d_forward takes it first
+ * wherever it applies; mr_conv2d_set_winograd(0) turns it off process-wide (benchmarks compare),
+ * mr_conv2d_winograd_applies says whether a shape takes it. The weights are transformed to U (16 x
+ * out_c x in_c values, mr_conv2d_winograd_weights_count floats) by mr_conv2d_winograd_weights;
+ * mr_conv2d_forward_prepared takes a U the caller keeps for fixed weights (NULL: transformed per
+ * call); its layout is private to conv_winograd.c (blocks of 6 output channels).
+ * mr_conv2d_winograd_forward computes output channels [co0, co1) (co0 a multiple of 6) of the 2x2
+ * output tiles [t0, t1) of the batch (tile t: image t / tpi, then row-major over the ceil(H/2) x
+ * ceil(W/2) tiles of an image; mr_conv2d_winograd_tiles counts them) on the calling thread; it
+ * returns 0 when it does not apply or memory ran out. An image's result does not depend on its
+ * batch position or the split over cores; it can depend on the batch size where the tile count
+ * crosses the threshold (one 8x8 image runs the direct kernel, two run Winograd).
  */
 int mr_conv2d_winograd_applies(const mr_conv2d_shape *s);
 void mr_conv2d_set_winograd(int on);
