@@ -163,52 +163,70 @@ typedef struct {
     size_t x_img;
 } geom;
 
-/* V[ξ][c][j] (rows ldv apart per c, planes `plane` apart per ξ) for tiles t0 .. t1 - 1, j = t - t0. */
-__attribute__((target("avx512f")))
-static void input_transform(const geom *g, const float *x, int t0, int t1, float *v, size_t ldv, size_t plane) {
+/* Bᵀ applied along one input row for 16 tiles: h[0..3] from columns 2tx-1 .. 2tx+2 of each tile
+   (zeros for a row outside the image). */
+__attribute__((target("avx512f"), always_inline))
+static inline void row_transform(const geom *g, const float *xc, int iy, int col, const __mmask16 m[4], __m512 h[4]) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    if (iy < 0 || iy >= g->H) {
+        for (int j = 0; j < 4; j++) h[j] = _mm512_setzero_ps();
+        return;
+    }
+    const float *row = xc + (size_t)iy * g->W;
+    const __m512 l0 = load_run(row, col, m[0]), l1 = load_run(row, col + 16, m[1]);
+    const __m512 l2 = load_run(row, col + 2, m[2]), l3 = load_run(row, col + 18, m[3]);
+    const __m512 a = _mm512_permutex2var_ps(l0, even, l1);  /* d[2tx - 1] */
+    const __m512 b = _mm512_permutex2var_ps(l0, odd, l1);   /* d[2tx] */
+    const __m512 cc = _mm512_permutex2var_ps(l2, even, l3); /* d[2tx + 1] */
+    const __m512 e = _mm512_permutex2var_ps(l2, odd, l3);   /* d[2tx + 2] */
+    h[0] = _mm512_sub_ps(a, cc);
+    h[1] = _mm512_add_ps(b, cc);
+    h[2] = _mm512_sub_ps(cc, b);
+    h[3] = _mm512_sub_ps(b, e);
+}
+
+/* V[ξ][c][j] (rows ldv apart per c, planes `plane` apart per ξ) for tiles t0 .. t1 - 1, j = t - t0.
+   Consecutive whole tile rows of an image go together: a tile row's last two input rows are the
+   next one's first two, so each input row is transformed once (rows down the inner loop). */
+__attribute__((target("avx512f")))
+static void input_transform(const geom *g, const float *x, int t0, int t1, float *v, size_t ldv, size_t plane) {
     for (int t = t0; t < t1;) {
-        const int n = t / g->tpi, r = t % g->tpi, ty = r / g->tw, tx0 = r % g->tw;
-        const int seg_end = t + (g->tw - tx0) < t1 ? t + (g->tw - tx0) : t1;
-        for (int tx = tx0; tx < tx0 + (seg_end - t); tx += WV) {
-            const int lanes = tx0 + (seg_end - t) - tx < WV ? tx0 + (seg_end - t) - tx : WV;
+        const int n = t / g->tpi, r = t % g->tpi, ty0 = r / g->tw, tx0 = r % g->tw;
+        int rows = 1, len = g->tw - tx0 < t1 - t ? g->tw - tx0 : t1 - t;
+        if (tx0 == 0 && t1 - t >= g->tw) {
+            rows = (t1 - t) / g->tw;
+            if (rows > g->th - ty0) rows = g->th - ty0;
+            len = g->tw;
+        }
+        for (int tx = tx0; tx < tx0 + len; tx += WV) {
+            const int lanes = tx0 + len - tx < WV ? tx0 + len - tx : WV;
             const __mmask16 keep = (__mmask16)((1u << lanes) - 1u);
             const int col = 2 * tx - 1; /* first input column of the first tile */
-            const __mmask16 m0 = run_mask(col, g->W, WV), m1 = run_mask(col + 16, g->W, WV);
-            const __mmask16 m2 = run_mask(col + 2, g->W, WV), m3 = run_mask(col + 18, g->W, WV);
+            const __mmask16 m[4] = {run_mask(col, g->W, WV), run_mask(col + 16, g->W, WV),
+                                    run_mask(col + 2, g->W, WV), run_mask(col + 18, g->W, WV)};
             float *dst = v + (size_t)(t - t0) + (size_t)(tx - tx0);
             for (int c = 0; c < g->C; c++) {
                 const float *xc = x + (size_t)n * g->x_img + (size_t)c * g->H * g->W;
                 __m512 h[4][4];
-                for (int i = 0; i < 4; i++) {
-                    const int iy = 2 * ty - 1 + i;
-                    if (iy < 0 || iy >= g->H) {
-                        for (int j = 0; j < 4; j++) h[i][j] = _mm512_setzero_ps();
-                        continue;
+                row_transform(g, xc, 2 * ty0 - 1, col, m, h[0]);
+                row_transform(g, xc, 2 * ty0, col, m, h[1]);
+                for (int k = 0; k < rows; k++) {
+                    const int ty = ty0 + k;
+                    row_transform(g, xc, 2 * ty + 1, col, m, h[2]);
+                    row_transform(g, xc, 2 * ty + 2, col, m, h[3]);
+                    float *dc = dst + (size_t)c * ldv + (size_t)k * g->tw;
+                    for (int j = 0; j < 4; j++) {
+                        _mm512_mask_storeu_ps(dc + (size_t)(0 * 4 + j) * plane, keep, _mm512_sub_ps(h[0][j], h[2][j]));
+                        _mm512_mask_storeu_ps(dc + (size_t)(1 * 4 + j) * plane, keep, _mm512_add_ps(h[1][j], h[2][j]));
+                        _mm512_mask_storeu_ps(dc + (size_t)(2 * 4 + j) * plane, keep, _mm512_sub_ps(h[2][j], h[1][j]));
+                        _mm512_mask_storeu_ps(dc + (size_t)(3 * 4 + j) * plane, keep, _mm512_sub_ps(h[1][j], h[3][j]));
                     }
-                    const float *row = xc + (size_t)iy * g->W;
-                    const __m512 l0 = load_run(row, col, m0), l1 = load_run(row, col + 16, m1);
-                    const __m512 l2 = load_run(row, col + 2, m2), l3 = load_run(row, col + 18, m3);
-                    const __m512 a = _mm512_permutex2var_ps(l0, even, l1);  /* d[2tx - 1] */
-                    const __m512 b = _mm512_permutex2var_ps(l0, odd, l1);   /* d[2tx] */
-                    const __m512 cc = _mm512_permutex2var_ps(l2, even, l3); /* d[2tx + 1] */
-                    const __m512 e = _mm512_permutex2var_ps(l2, odd, l3);   /* d[2tx + 2] */
-                    h[i][0] = _mm512_sub_ps(a, cc);
-                    h[i][1] = _mm512_add_ps(b, cc);
-                    h[i][2] = _mm512_sub_ps(cc, b);
-                    h[i][3] = _mm512_sub_ps(b, e);
-                }
-                float *dc = dst + (size_t)c * ldv;
-                for (int j = 0; j < 4; j++) {
-                    _mm512_mask_storeu_ps(dc + (size_t)(0 * 4 + j) * plane, keep, _mm512_sub_ps(h[0][j], h[2][j]));
-                    _mm512_mask_storeu_ps(dc + (size_t)(1 * 4 + j) * plane, keep, _mm512_add_ps(h[1][j], h[2][j]));
-                    _mm512_mask_storeu_ps(dc + (size_t)(2 * 4 + j) * plane, keep, _mm512_sub_ps(h[2][j], h[1][j]));
-                    _mm512_mask_storeu_ps(dc + (size_t)(3 * 4 + j) * plane, keep, _mm512_sub_ps(h[1][j], h[3][j]));
+                    for (int j = 0; j < 4; j++) { h[0][j] = h[2][j]; h[1][j] = h[3][j]; }
                 }
             }
         }
-        t = seg_end;
+        t += rows == 1 ? len : rows * g->tw;
     }
 }
 
