@@ -110,8 +110,7 @@ void mr_ref_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, fl
    transforms every weight each step (and the flipped ones for the input gradient): scalar, this
    was 8% of a training step in perf. */
 __attribute__((target("avx512f")))
-void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u) {
-    if (!mr_cpu_has_avx512f()) { mr_ref_conv2d_winograd_weights(s, w, u); return; }
+static void weights_avx512(const mr_conv2d_shape *s, const float *w, float *u) {
     const int K = s->out_c, C = s->in_c;
     if (K % WMR) memset(u, 0, mr_conv2d_winograd_weights_count(s) * sizeof(float)); /* padding rows */
     const __m512i stride6 = _mm512_setr_epi32(0, 6, 12, 18, 24, 30, 36, 42, 48, 54, 60, 66, 72, 78, 84, 90);
@@ -140,6 +139,13 @@ void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float 
                     _mm512_mask_i32scatter_ps(u + u_at(i * 4 + j, k, c0, K, C), m, stride6, r[j], 4);
             }
         }
+}
+
+/* The check stays outside the AVX-512 function, so that no wide instruction runs before it. */
+void mr_conv2d_winograd_weights(const mr_conv2d_shape *s, const float *w, float *u) {
+    if (cpu_ok < 0) cpu_ok = mr_cpu_has_avx512f();
+    if (cpu_ok) weights_avx512(s, w, u);
+    else mr_ref_conv2d_winograd_weights(s, w, u);
 }
 
 /* Lanes l of a 16-float run starting at column `start` with 0 <= start + l < width, and l < lanes. */
