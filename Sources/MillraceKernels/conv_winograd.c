@@ -20,15 +20,16 @@
  *
  * Layout and order of work, for a run of tiles (a "chunk", sized so that its transformed input
  * stays in L2):
- *   1. input transform: V[ξ][c][tile], vectorised over 16 tiles of one tile row (the four input
- *      rows of a tile row are loaded as 32-float runs, split into even and odd columns);
+ *   1. input transform: V[ξ][c][tile], vectorised over 16 tiles of one tile row (an input row is
+ *      loaded as 32-float runs, split into even and odd columns, and transformed once for the
+ *      two tile rows that share it);
  *   2. for each 64 tiles and each 6 output channels: the 16 products, in 24 registers each
  *      (6 channels × 4 vectors of 16 tiles, the same register tile as the direct kernel), into a
  *      small buffer, then at once
  *   3. the output transform and bias, vectorised over the same 16 tiles, written to y.
- * U = G g Gᵀ (stored by blocks of 6 output channels) is made once per weights
- * (mr_conv2d_winograd_weights);
- * callers that keep weights fixed cache it, others get it computed per call.
+ * U = G g Gᵀ (stored by blocks of 6 output channels) is made by mr_conv2d_winograd_weights;
+ * callers that keep weights fixed cache it, others get it made per call. The weight gradient
+ * goes through the same domain (at the end of this file).
  *
  * Every output is computed by the same operations in the same order whatever its tile's place in
  * a vector, a chunk, the batch or the split over cores, so an image's result does not depend on
