@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import MillraceKernels
 import Testing
 import MillraceTestSupport
@@ -101,6 +103,45 @@ import MillraceTestSupport
             // (stored by blocks of 6 output channels: ξ = 5, k = 0, c = 0 is at 5 × blocks × 6 × c)
             #expect(abs(plain[5 * ((k + 5) / 6) * 6 * c] - 0.25 * sum) < 1e-5)
         }
+    }
+
+    /// Concurrent inference on one model whose transformed weights are not made yet: the threads
+    /// race to make them, and every output still equals a sequential run on a twin model bit for
+    /// bit (ConcurrentForwardTests' fixture is too small to take Winograd).
+    @Test func concurrentForwardsAgreeWithSequentialOnes() {
+        GlobalKernelSettings.exclusive {
+            var c = UNetConfig()
+            c.sampleSize = 16
+            c.blockOutChannels = [16, 32]
+            c.downBlockTypes = [.down, .attnDown]
+            c.upBlockTypes = [.attnUp, .up]
+            c.attentionHeadDim = 8
+            c.normNumGroups = 4
+            c.numClassEmbeds = 3
+            let shared = UNet2DModel(config: c, seed: 5), twin = UNet2DModel(config: c, seed: 5)
+            var s = Self.same(2, 16, 16, 16, 16).shape
+            #expect((mr_conv2d_winograd_applies(&s) != 0) == Self.hasAVX512)
+            let inputs = (0..<6).map { k in GaussianSource.draw(count: 2, shape: [3, 16, 16], seed: UInt64(k)) }
+            let sequential = inputs.indices.map { Self.call(twin, inputs, $0) }
+            final class Box: @unchecked Sendable {
+                let lock = NSLock()
+                var outputs: [[Float]] = Array(repeating: [], count: 6)
+            }
+            let box = Box(), both = UncheckedSendable((shared, inputs))
+            DispatchQueue.concurrentPerform(iterations: inputs.count) { k in
+                let y = Self.call(both.value.0, both.value.1, k)
+                box.lock.lock()
+                box.outputs[k] = y
+                box.lock.unlock()
+            }
+            for k in inputs.indices {
+                #expect(box.outputs[k].map(\.bitPattern) == sequential[k].map(\.bitPattern), "call \(k)")
+            }
+        }
+    }
+
+    static func call(_ model: UNet2DModel, _ inputs: [Tensor], _ k: Int) -> [Float] {
+        model.forward(inputs[k], timesteps: [Float(100 * k + 10), 500], classLabels: [k % 3, (k + 1) % 3]).data
     }
 
     @Test func notTakenWhereItDoesNotApply() {
