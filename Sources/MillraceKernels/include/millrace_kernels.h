@@ -119,8 +119,10 @@ void mr_conv2d_set_tile_floats(long floats);
 
 /**
  * y = conv2d(x, w) + b.  b nullable (no bias).
- * Implementation: stride-1 convolutions whose output is as large as the input run the direct
- * kernel where the CPU has AVX-512F (see mr_conv2d_direct_applies). The others, and every
+ * Implementation: 3x3 padding-1 convolutions with enough channels and tiles run Winograd
+ * F(2x2, 3x3) where the CPU has AVX-512F (see mr_conv2d_winograd_applies); the other stride-1
+ * convolutions whose output is as large as the input run the direct kernel there (see
+ * mr_conv2d_direct_applies). The others, and every
  * convolution on other CPUs: im2col over a tile of pixels of the whole batch, one cblas_sgemm
  * per tile ([out_c, K] x [K, n_tile]); 1x1 stride-1 unpadded convolutions skip im2col.
  * Threads: the work is split over mr_parallel_parts() parts (mr_run_parts): whole images evenly
