@@ -42,9 +42,9 @@ public enum Runtime {
         }
     }
 
-    /// Whether 3x3 stride-1 "same" convolutions with at least 16 input and output channels run
-    /// Winograd F(2x2, 3x3) (conv_winograd.c; on where the CPU has AVX-512F, the default) rather
-    /// than the direct kernel. Process-wide; benchmarks compare.
+    /// Whether 3x3 stride-1 "same" convolutions with at least 16 input and output channels and 32
+    /// output tiles in the call run Winograd F(2x2, 3x3) (conv_winograd.c; on where the CPU has
+    /// AVX-512F, the default) rather than the direct kernel. Process-wide; benchmarks compare.
     public static var winograd: Bool {
         get { mr_conv2d_winograd_enabled() != 0 }
         set { mr_conv2d_set_winograd(newValue ? 1 : 0) }
