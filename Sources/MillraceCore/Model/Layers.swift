@@ -244,8 +244,11 @@ public final class GroupNorm: ParameterContainer {
             mean = m
             rstd = r
             if fusedSiLU {
+                // Out of place: y is kept, so SiLU in place would copy it first.
+                var z = Tensor(uninitialized: x.shape)
+                z.data.withUnsafeMutableBufferPointer { mr_silu_forward($0.count, y.data, $0.baseAddress) }
                 cachedNormed = y
-                y.data.withUnsafeMutableBufferPointer { mr_silu_forward($0.count, $0.baseAddress, $0.baseAddress) }
+                return z
             }
         } else {
             cachedInput = nil
@@ -256,21 +259,24 @@ public final class GroupNorm: ParameterContainer {
 
     public func backward(_ dy: Tensor) -> Tensor {
         guard let x = cachedInput else { preconditionFailure("GroupNorm.backward without a training forward") }
-        var g = dy
-        if fusedSiLU, let n = cachedNormed {
-            g.data.withUnsafeMutableBufferPointer { mr_silu_backward($0.count, n.data, $0.baseAddress, $0.baseAddress) }
-        }
         let b = x.shape[0], hw = x.count / (b * channels)
         var dx = Tensor(uninitialized: x.shape)
-        dx.data.withUnsafeMutableBufferPointer { dxp in
+        dx.data.withUnsafeMutableBufferPointer { dxp in dy.data.withUnsafeBufferPointer { dyp in
+            // With SiLU its gradient goes into dx first, and the norm's backward runs in place
+            // there (mr_group_norm_backward allows dy == dx): no copy of dy.
+            var g = dyp.baseAddress
+            if fusedSiLU, let n = cachedNormed {
+                mr_silu_backward(dxp.count, n.data, dyp.baseAddress, dxp.baseAddress)
+                g = UnsafePointer(dxp.baseAddress)
+            }
             weight.grad.withUnsafeMutableBufferPointer { dg in
                 bias.grad.withUnsafeMutableBufferPointer { dbeta in
                     mr_group_norm_backward(Int32(b), Int32(channels), Int32(hw), Int32(groups), x.data,
-                                           weight.value.data, mean, rstd, g.data, dxp.baseAddress,
+                                           weight.value.data, mean, rstd, g, dxp.baseAddress,
                                            dg.baseAddress, dbeta.baseAddress)
                 }
             }
-        }
+        } }
         cachedInput = nil
         cachedNormed = nil
         return dx
