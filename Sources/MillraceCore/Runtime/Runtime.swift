@@ -50,6 +50,11 @@ public enum Runtime {
         set { mr_conv2d_set_winograd(newValue ? 1 : 0) }
     }
 
+    /// Makes the allocator keep freed memory for reuse (`mr_keep_freed_memory`): what a training
+    /// loop wants, since it reallocates the same activations every step; `FlowTrainer` calls it.
+    /// Process-wide, and the process's peak memory stays held, so a server does not call it.
+    public static func keepFreedMemory() { mr_keep_freed_memory() }
+
     /// Whether this CPU runs the default direct convolution kernel (AVX-512F).
     public static var directConvolutionAvailable: Bool { mr_cpu_has_avx512f() != 0 }
 

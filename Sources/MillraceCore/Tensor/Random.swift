@@ -22,6 +22,11 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Codable, Equatable {
         return z ^ (z >> 31)
     }
 
+    /// Moves on as `draws` calls of `next()` would (the state only counts), in constant time.
+    public mutating func skip(_ draws: Int) {
+        state &+= UInt64(truncatingIfNeeded: draws) &* 0x9E37_79B9_7F4A_7C15
+    }
+
     /// Uniform in [0, 1) with 24 random bits.
     public mutating func nextUnitFloat() -> Float {
         Float(next() >> 40) * (1.0 / 16_777_216.0)

@@ -56,6 +56,11 @@ void mr_set_thread_serial(int serial);
 /** Parts the calling thread's kernels split into: 1 on a serial thread, else mr_get_threads(). */
 int mr_parallel_parts(void);
 /** OpenBLAS's own thread count, for measuring its multi-threaded sgemm peak only. */
+/* Makes glibc keep freed memory (up to blocks of 32 MB, and a freed heap of up to 1 GB) for
+   reuse instead of returning it to the kernel: a training loop, which frees and reallocates the
+   same activations every step, then stops paying page faults for them. Process-wide; the memory
+   a process has held stays held. No effect without glibc. */
+void mr_keep_freed_memory(void);
 void mr_set_blas_threads(int n);
 int mr_get_blas_threads(void);
 
@@ -355,6 +360,34 @@ void mr_split_channels(int batch, int c1, int c2, int hw, const float *dy, float
 
 /** Per-batch transpose: x [batch, rows, cols] -> y [batch, cols, rows]  (NCL <-> NLC). */
 void mr_transpose(int batch, int rows, int cols, const float *x, float *y);
+
+/* ------------------------------------------------------------------------------------------
+ * Optimiser (optimizer.c)
+ * ------------------------------------------------------------------------------------------ */
+
+/** Sum of x[i]², in float over fixed blocks and lanes and in double across blocks: the same
+ *  result at every vector width. */
+double mr_sum_squares(size_t n, const float *x);
+
+/** The coefficients of one AdamW step (AdamW.swift computes them). */
+typedef struct {
+    float clip;          /* gradient scale from clipping (1: none) */
+    float lr;            /* learning rate */
+    float weight_decay;  /* decoupled decay (0 for biases and norm scales) */
+    float beta1, beta2, epsilon;
+    float correction1;   /* 1 / (1 - beta1^step) */
+    float correction2;   /* 1 / (1 - beta2^step) */
+    float ema_decay;
+} mr_adamw_step;
+
+/** One AdamW step over n weights, in place: g' = clip·g; m = β1·m + (1−β1)·g';
+ *  v = β2·v + (1−β2)·g'²; w −= lr·(m·c1 / (√(v·c2) + ε) + wd·w); then, unless ema is NULL,
+ *  ema = d·ema + (1−d)·w.  No array may overlap another. */
+void mr_adamw_update(size_t n, float *w, const float *g, float *m, float *v, float *ema,
+                     const mr_adamw_step *k);
+/** The same step in double, rounded to float once per value: the reference twin. */
+void mr_ref_adamw_update(size_t n, float *w, const float *g, float *m, float *v, float *ema,
+                         const mr_adamw_step *k);
 
 void mr_ref_add(size_t n, const float *a, const float *b, float *y);
 void mr_ref_mul(size_t n, const float *a, const float *b, float *y);

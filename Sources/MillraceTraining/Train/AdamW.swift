@@ -1,5 +1,6 @@
 import Foundation
 import MillraceCore
+import MillraceKernels
 
 /// AdamW (decoupled weight decay) with linear warm-up, global-norm gradient clipping and an EMA
 /// copy of the weights. All state is plain arrays so that a checkpoint can store it exactly.
@@ -54,41 +55,66 @@ public final class AdamW {
     /// Global L2 norm of all gradients.
     public func gradientNorm() -> Double {
         var total = 0.0
-        for (_, p) in parameters {
-            var s: Float = 0
-            p.grad.withUnsafeBufferPointer { g in for x in g { s += x * x } }
-            total += Double(s)
-        }
+        for (_, p) in parameters { total += p.grad.withUnsafeBufferPointer { mr_sum_squares($0.count, $0.baseAddress) } }
         return total.squareRoot()
     }
 
     /// Clips, applies one AdamW update to every parameter and updates the EMA. Returns the
     /// gradient norm before clipping.
+    ///
+    /// `adding` holds the parameters of data-parallel replicas, in the order of `parameters`:
+    /// their gradients are added into these first, in the same pass as the norm. The work runs
+    /// on all cores, each taking whole parameters; the norm is summed per parameter and then in
+    /// parameter order, so the result does not depend on the number of cores.
     @discardableResult
-    public func update() -> Double {
-        let norm = gradientNorm()
-        let clip: Float = options.gradClip > 0 && norm > options.gradClip ? Float(options.gradClip / norm) : 1
+    public func update(adding replicas: [[Parameter]] = []) -> Double {
+        precondition(replicas.allSatisfy { $0.count == parameters.count }, "a replica has other parameters")
+        let params = parameters.map(\.1)
+        let groups = Self.groups(params.map(\.grad.count), parts: 4 * Int(mr_get_threads()))
+        var squares = [Double](repeating: 0, count: params.count)
+        squares.withUnsafeMutableBufferPointer { sq in
+            let sq = UncheckedSendable(sq)
+            DispatchQueue.concurrentPerform(iterations: groups.count) { k in
+                for i in groups[k] {
+                    params[i].grad.withUnsafeMutableBufferPointer { g in
+                        for r in replicas { mr_axpy(g.count, 1, r[i].grad, g.baseAddress) }
+                        sq.value[i] = mr_sum_squares(g.count, g.baseAddress)
+                    }
+                }
+            }
+        }
+        let norm = squares.reduce(0, +).squareRoot()
+        let o = options
         let lr = Float(currentLearningRate)
         step += 1
-        let b1 = Float(options.beta1), b2 = Float(options.beta2), eps = Float(options.epsilon)
-        let c1 = 1 / Float(1 - pow(options.beta1, Double(step)))
-        let c2 = 1 / Float(1 - pow(options.beta2, Double(step)))
-        // EMA warms up too, so early checkpoints are not dominated by the random initialisation.
-        let decay = Float(min(options.emaDecay, Double(1 + step) / Double(10 + step)))
-        for (i, (_, p)) in parameters.enumerated() {
-            let wd: Float = p.value.rank >= 2 ? Float(options.weightDecay) : 0
-            p.value.data.withUnsafeMutableBufferPointer { w in
-                p.grad.withUnsafeBufferPointer { g in
-                    m[i].withUnsafeMutableBufferPointer { mm in
-                        v[i].withUnsafeMutableBufferPointer { vv in
-                            ema[i].withUnsafeMutableBufferPointer { e in
-                                for j in 0..<w.count {
-                                    let gj = g[j] * clip
-                                    mm[j] = b1 * mm[j] + (1 - b1) * gj
-                                    vv[j] = b2 * vv[j] + (1 - b2) * gj * gj
-                                    let upd = (mm[j] * c1) / ((vv[j] * c2).squareRoot() + eps)
-                                    w[j] -= lr * (upd + wd * w[j])
-                                    e[j] = decay * e[j] + (1 - decay) * w[j]
+        let k = mr_adamw_step(
+            clip: o.gradClip > 0 && norm > o.gradClip ? Float(o.gradClip / norm) : 1,
+            lr: lr, weight_decay: 0,
+            beta1: Float(o.beta1), beta2: Float(o.beta2), epsilon: Float(o.epsilon),
+            correction1: 1 / Float(1 - pow(o.beta1, Double(step))),
+            correction2: 1 / Float(1 - pow(o.beta2, Double(step))),
+            // EMA warms up too, so early checkpoints are not dominated by the random initialisation.
+            ema_decay: Float(min(o.emaDecay, Double(1 + step) / Double(10 + step))))
+        m.withUnsafeMutableBufferPointer { mAll in
+            v.withUnsafeMutableBufferPointer { vAll in
+                ema.withUnsafeMutableBufferPointer { eAll in
+                    let state = UncheckedSendable((mAll, vAll, eAll))
+                    DispatchQueue.concurrentPerform(iterations: groups.count) { g in
+                        let (mAll, vAll, eAll) = state.value
+                        for i in groups[g] {
+                            let p = params[i]
+                            var ki = k
+                            ki.weight_decay = p.value.rank >= 2 ? Float(o.weightDecay) : 0
+                            p.value.data.withUnsafeMutableBufferPointer { w in
+                                p.grad.withUnsafeBufferPointer { gr in
+                                    mAll[i].withUnsafeMutableBufferPointer { mm in
+                                        vAll[i].withUnsafeMutableBufferPointer { vv in
+                                            eAll[i].withUnsafeMutableBufferPointer { e in
+                                                mr_adamw_update(w.count, w.baseAddress, gr.baseAddress, mm.baseAddress,
+                                                                vv.baseAddress, e.baseAddress, &ki)
+                                            }
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -97,6 +123,22 @@ public final class AdamW {
             }
         }
         return norm
+    }
+
+    /// Splits parameters (by their sizes) into at most `parts` runs of consecutive indices of
+    /// about equal size, for the cores to take in turn.
+    static func groups(_ sizes: [Int], parts: Int) -> [Range<Int>] {
+        let total = max(1, sizes.reduce(0, +)), target = (total + parts - 1) / parts
+        var out: [Range<Int>] = [], lo = 0, filled = 0
+        for (i, n) in sizes.enumerated() {
+            filled += n
+            if filled >= target || i == sizes.count - 1 {
+                out.append(lo..<(i + 1))
+                lo = i + 1
+                filled = 0
+            }
+        }
+        return out
     }
 
     /// Sets every gradient to zero.

@@ -165,6 +165,7 @@ public final class FlowTrainer {
         guard options.workers * collective.size <= options.batchSize else {
             throw TrainError.invalidSetup("the batch of \(options.batchSize) cannot be split over \(collective.size) processes of \(options.workers) worker(s) each: it needs at least one row per worker")
         }
+        Runtime.keepFreedMemory()   // every step reallocates the same activations
         self.model = UNet2DModel(config: config, seed: options.seed)
         self.replicas = (1..<options.workers).map { _ in UNet2DModel(config: config) }
         self.data = data
@@ -252,6 +253,7 @@ public final class FlowTrainer {
         let classes = !data.classNames.isEmpty
         var xt = Tensor(zeros: [b, ch + cc, size, size]), target = Tensor(zeros: [b, ch, size, size])
         var ts = [Float](repeating: 0, count: b), labels = [Int](repeating: 0, count: classes ? b : 0)
+        var noiseStarts = [SplitMix64](repeating: rng, count: b)
         for n in 0..<b {
             let i: Int
             if options.balanceClasses && classes {
@@ -299,12 +301,31 @@ public final class FlowTrainer {
                 turn(&x1, data.rotatedSamplePairs)
                 turn(&cond, data.rotatedConditionPairs)
             }
-            for j in 0..<per {
-                let x0 = rng.nextGaussian()
-                xt.data[n * inPer + j] = t * x1[j] + (1 - t) * x0
-                target.data[n * per + j] = x1[j] - x0
-            }
+            // The row's noise is drawn below, on all cores: keep where its draws start, skip
+            // them here, and park x1 in the target row until then.
+            noiseStarts[n] = rng
+            rng.skip(2 * per)   // nextGaussian takes two draws
+            for j in 0..<per { target.data[n * per + j] = x1[j] }
             for j in 0..<(cc * plane) { xt.data[n * inPer + per + j] = cond[j] }
+        }
+        // x_t = t·x1 + (1 − t)·x0 and the target x1 − x0, the same values as drawing in order.
+        let parts = min(b, Int(mr_get_threads())), starts = noiseStarts, times = ts
+        xt.data.withUnsafeMutableBufferPointer { xp in
+            target.data.withUnsafeMutableBufferPointer { tp in
+                let out = UncheckedSendable((xp, tp))
+                DispatchQueue.concurrentPerform(iterations: parts) { k in
+                    let (xp, tp) = out.value
+                    for n in (k * b / parts)..<((k + 1) * b / parts) {
+                        var noise = starts[n]
+                        let t = times[n]
+                        for j in 0..<per {
+                            let x0 = noise.nextGaussian(), x1 = tp[n * per + j]
+                            xp[n * inPer + j] = t * x1 + (1 - t) * x0
+                            tp[n * per + j] = x1 - x0
+                        }
+                    }
+                }
+            }
         }
         return (xt, ts, labels, target)
     }
@@ -348,36 +369,44 @@ public final class FlowTrainer {
         let scale = Float(flow.timestepScale)
         let tsScaled = ts.map { $0 * scale }
         let mine = collective.rows(of: options.batchSize)
-        optimizer.zeroGrad()
         var sse = 0.0
+        var replicaParameters: [[Parameter]] = []
         if replicas.isEmpty {
+            optimizer.zeroGrad()
             sse = Self.lossAndGradients(model, xt, tsScaled, labels, target, range: mine, batchElements: target.count)
         } else {
             let workers = [model] + replicas
             let params = workers.map { $0.namedParameters().map(\.1) }
             for k in 1..<workers.count {
-                for (p, q) in zip(params[0], params[k]) { q.value = p.value; q.zeroGrad() }
+                for (p, q) in zip(params[0], params[k]) { q.value = p.value }
             }
             let n = workers.count, lo = mine.lowerBound, rows = mine.count
             let ranges = (0..<n).map { k in (lo + k * rows / n)..<(lo + (k + 1) * rows / n) }
-            let box = UncheckedSendable((workers, xt, tsScaled, labels, target))
+            let box = UncheckedSendable((workers, params, xt, tsScaled, labels, target))
             let results = UncheckedSendable(ResultSlots(count: n))
             DispatchQueue.concurrentPerform(iterations: n) { k in
                 // Each worker is one core: its kernels must not split again.
                 mr_set_thread_serial(1)
                 defer { mr_set_thread_serial(0) }
-                let (w, x, t, l, y) = box.value
+                let (w, ps, x, t, l, y) = box.value
+                for p in ps[k] { p.zeroGrad() }
                 results.value.sse[k] = Self.lossAndGradients(w[k], x, t, l, y, range: ranges[k], batchElements: y.count)
             }
-            for k in 1..<n {
-                for (p, q) in zip(params[0], params[k]) {
-                    p.grad.withUnsafeMutableBufferPointer { g in mr_axpy(g.count, 1, q.grad, g.baseAddress) }
-                }
-            }
+            replicaParameters = Array(params.dropFirst())
             sse = results.value.sse.reduce(0, +)
         }
-        if collective.size > 1 { sse = sumOverProcesses(sse) }
-        optimizer.update()
+        // The replicas' gradients are summed into the model's by the update (before its norm);
+        // with several processes they are summed here first, so that the collective sees them.
+        if collective.size > 1 {
+            for q in replicaParameters {
+                for (p, r) in zip(optimizer.parameters.map(\.1), q) {
+                    p.grad.withUnsafeMutableBufferPointer { g in mr_axpy(g.count, 1, r.grad, g.baseAddress) }
+                }
+            }
+            replicaParameters = []
+            sse = sumOverProcesses(sse)
+        }
+        optimizer.update(adding: replicaParameters)
         let loss = sse / Double(target.count)
         smoothedLoss = smoothedLoss.isNaN ? loss : 0.98 * smoothedLoss + 0.02 * loss
         return loss

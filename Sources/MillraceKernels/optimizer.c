@@ -1,0 +1,68 @@
+/*
+ * optimizer.c — the optimiser's passes over the parameters: the sum of squares behind the
+ * gradient norm, and the AdamW update with its EMA.
+ *
+ * Both are memory-bound streams over every parameter (five arrays for AdamW). Written in Swift
+ * they ran one scalar lane at a time: the float sum because it may not be reassociated, the
+ * update because of its square root and division. Here the sum keeps MR_LANES partial
+ * accumulators in blocks of MR_SUM_BLOCK (as norm.c does), so its result does not depend on the
+ * vector width; the callers split the parameters into pieces and run pieces on all cores.
+ */
+#include "millrace_kernels.h"
+
+#include <math.h>
+
+#include "fastmath.h"
+
+#define MR_LANES 16
+#define MR_SUM_BLOCK 4096
+
+MR_VECTOR_CLONES double mr_sum_squares(size_t n, const float *x) {
+    double total = 0.0;
+    for (size_t i0 = 0; i0 < n; i0 += MR_SUM_BLOCK) {
+        const size_t m = (n - i0 < MR_SUM_BLOCK) ? n - i0 : MR_SUM_BLOCK;
+        const float *restrict p = x + i0;
+        float acc[MR_LANES] = {0};
+        size_t j = 0;
+        for (; j + MR_LANES <= m; j += MR_LANES)
+            for (int l = 0; l < MR_LANES; l++) acc[l] += p[j + l] * p[j + l];
+        double s = 0.0;
+        for (; j < m; j++) s += (double)p[j] * p[j];
+        for (int l = 0; l < MR_LANES; l++) s += acc[l];
+        total += s;
+    }
+    return total;
+}
+
+MR_VECTOR_CLONES void mr_adamw_update(size_t n, float *restrict w, const float *restrict g,
+                                      float *restrict m, float *restrict v, float *restrict ema,
+                                      const mr_adamw_step *k) {
+    const float clip = k->clip, lr = k->lr, wd = k->weight_decay, b1 = k->beta1, b2 = k->beta2;
+    const float c1 = k->correction1, c2 = k->correction2, eps = k->epsilon, decay = k->ema_decay;
+    for (size_t j = 0; j < n; j++) {
+        const float gj = g[j] * clip;
+        const float mj = b1 * m[j] + (1 - b1) * gj;
+        const float vj = b2 * v[j] + (1 - b2) * gj * gj;
+        const float upd = (mj * c1) / (sqrtf(vj * c2) + eps);
+        const float wj = w[j] - lr * (upd + wd * w[j]);
+        m[j] = mj;
+        v[j] = vj;
+        w[j] = wj;
+        if (ema) ema[j] = decay * ema[j] + (1 - decay) * wj;
+    }
+}
+
+void mr_ref_adamw_update(size_t n, float *w, const float *g, float *m, float *v, float *ema,
+                         const mr_adamw_step *k) {
+    for (size_t j = 0; j < n; j++) {
+        const double gj = (double)g[j] * k->clip;
+        const double mj = (double)k->beta1 * m[j] + (1 - (double)k->beta1) * gj;
+        const double vj = (double)k->beta2 * v[j] + (1 - (double)k->beta2) * gj * gj;
+        const double upd = (mj * k->correction1) / (sqrt(vj * k->correction2) + k->epsilon);
+        const double wj = w[j] - (double)k->lr * (upd + (double)k->weight_decay * w[j]);
+        m[j] = (float)mj;
+        v[j] = (float)vj;
+        w[j] = (float)wj;
+        if (ema) ema[j] = (float)((double)k->ema_decay * ema[j] + (1 - (double)k->ema_decay) * wj);
+    }
+}
