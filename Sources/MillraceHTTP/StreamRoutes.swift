@@ -9,7 +9,7 @@ extension MillraceService {
     // MARK: Streams
 
     func streamSettings(_ d: [String: Any], base: StreamSettings?, sampler: FlowSampler) throws -> StreamSettings {
-        var s = base ?? StreamSettings(classIndex: 0)
+        var s = base ?? StreamSettings.defaults(classIndex: 0, flow: sampler.flow)
         /// A finite JSON number (not a boolean) under `key`, nil when absent.
         func number(_ key: String) throws -> Float? {
             guard let v = d[key] else { return nil }

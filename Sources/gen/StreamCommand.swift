@@ -14,8 +14,9 @@ struct StreamCommand: ParsableCommand {
         Frames (PNG or JPEG, sorted by name) are centre-cropped, resized to the model's size, noised
         to t_0 = 1 − strength and denoised in n stages, one batched model call per frame. By
         default the stream model (the composition model's image-to-image student) redraws each
-        frame in one jump from t_0 = 0.4: one network row per frame. Outputs are written under the
-        same names as PNGs, with summary.json (frames in, processed, skipped, errors, output fps,
+        frame in one jump from t_0 = 0.4, with full guidance at 3: two network rows per frame
+        (--rcfg none: one). Outputs are written under the same names as PNGs, with summary.json
+        (frames in, processed, skipped, errors, output fps,
         mean latency, classifier_agreement: the fraction of processed outputs the evaluation
         classifier assigns to --class, luma_correlation: how much of each input's layout its
         output keeps, and flicker_static; docs/STREAMS.md).
@@ -23,6 +24,7 @@ struct StreamCommand: ParsableCommand {
         Examples:
           gen stream --input assets/clips/scene --out out/stream --class "Animals & Nature"
           gen stream --input assets/clips/scene --out out/s --class "Food & Drink" --strength 0.7
+          gen stream --input assets/clips/scene --out out/s --class Flags --rcfg none   # one row per frame
           gen stream --input frames/ --out out/s --model assets/models/scenes64 --steps 8 --stepping euler --rcfg full --guidance 3
           gen stream --input frames/ --out out/s --blend 0.3 --no-filter --size 256x256
         """)
@@ -39,10 +41,10 @@ struct StreamCommand: ParsableCommand {
     var steps: Int = StreamPipeline.defaultSteps
     @Option(help: "Explicit slot times, comma-separated (overrides --strength/--steps).")
     var tList: String?
-    @Option(help: "Guidance scale g.")
-    var guidance: Float = 1.5
-    @Option(help: "Guidance mode: none, full, self, onetime.")
-    var rcfg: StreamGuidance = .none
+    @Option(help: "Guidance scale g (default: \(StreamPipeline.defaultScale)).")
+    var guidance: Float?
+    @Option(help: "Guidance mode: none, full, self, onetime (default: full where the model has a null class, else none).")
+    var rcfg: StreamGuidance?
     @Option(help: "RCFG damping δ in (0, 1].")
     var delta: Float = 1
     @Option(help: "Between slot times: renoise (jump to the estimate, noise again) or euler (an Euler step of the flow).")
@@ -68,7 +70,6 @@ struct StreamCommand: ParsableCommand {
     func run() throws {
         threads.apply()
         try runReportingErrors {
-            let mode = rcfg
             let folder = try ModelFolder.load(model ?? ModelFolder.defaultStreamPath())
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
             try sampler.requireImageModel()
@@ -80,9 +81,11 @@ struct StreamCommand: ParsableCommand {
             } else {
                 times = try StreamPipeline.times(strength: strength, steps: steps)
             }
-            var settings = StreamSettings(classIndex: try ClassSelection.parse(className, flow: folder.flow, config: folder.config)[0])
-            settings.guidance = mode
-            settings.scale = guidance
+            var settings = StreamSettings.defaults(classIndex: try ClassSelection.parse(className, flow: folder.flow, config: folder.config)[0],
+                                                   flow: folder.flow)
+            if let rcfg { settings.guidance = rcfg }
+            if let guidance { settings.scale = guidance }
+            let mode = settings.guidance
             settings.delta = delta
             settings.stepping = stepping
             settings.blend = blend

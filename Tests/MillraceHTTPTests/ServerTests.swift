@@ -457,7 +457,7 @@ import MillraceTestSupport
 enum StreamQueueReference {
     static func session(_ service: MillraceService) throws -> StreamSession {
         let pipeline = try StreamPipeline(sampler: service.sampler, times: try StreamPipeline.times(strength: 0.6, steps: 1),
-                                          settings: StreamSettings(classIndex: 0), seed: 0)
+                                          settings: StreamSettings.defaults(classIndex: 0, flow: service.sampler.flow), seed: 0)
         return StreamSession(pipeline: pipeline, filter: nil)
     }
 }

@@ -121,6 +121,25 @@ import MillraceTestSupport
         _ = try stream.process(Self.frames(1)[0])
     }
 
+    @Test func defaultsGuideWhereTheModelHasANullClass() throws {
+        let s = Fixtures.tinySampler()
+        try #require(s.flow.nullClass != nil)
+        let guided = StreamSettings.defaults(classIndex: 1, flow: s.flow)
+        #expect(guided.guidance == StreamPipeline.defaultGuidance && guided.guidance == .full)
+        #expect(guided.scale == StreamPipeline.defaultScale && guided.classIndex == 1)
+        // A pipeline accepts them, and they guide: the output differs from an unguided one.
+        var unguided = guided
+        unguided.guidance = .none
+        let plainStream = try StreamPipeline(sampler: s, times: [0.4], settings: unguided, seed: 2)
+        let stream = try StreamPipeline(sampler: s, times: [0.4], settings: guided, seed: 2)
+        let frame = Self.frames(1)[0]
+        let a = try stream.process(frame), b = try plainStream.process(frame)
+        #expect(stream.modelCalls == 1 && a != b)
+        var plain = s.flow
+        plain.nullClass = nil
+        #expect(StreamSettings.defaults(classIndex: 0, flow: plain).guidance == .none)
+    }
+
     @Test func badFramesAndSettingsGetClearErrors() throws {
         let stream = try StreamPipeline(sampler: Fixtures.tinySampler(), times: [0.5], settings: StreamSettings(classIndex: 0), seed: 1)
         #expect(throws: StreamError.self) { _ = try stream.process(Tensor(zeros: [1, 3, 4, 4])) }

@@ -38,6 +38,18 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     /// output), which keeps still parts of a picture from flickering.
     public var blend: Float = 0
     public init(classIndex: Int) { self.classIndex = classIndex }
+
+    /// The settings `gen stream` and `POST /v1/streams` start from: full guidance at scale
+    /// `StreamPipeline.defaultScale` where the model has a null class (two network rows per frame;
+    /// docs/STREAMS.md, "Guidance on the student"), none where it has not.
+    public static func defaults(classIndex: Int, flow: FlowConfig) -> StreamSettings {
+        var s = StreamSettings(classIndex: classIndex)
+        if flow.nullClass != nil {
+            s.guidance = StreamPipeline.defaultGuidance
+            s.scale = StreamPipeline.defaultScale
+        }
+        return s
+    }
 }
 
 /// A problem with stream parameters or frames.
@@ -80,6 +92,11 @@ public final class StreamPipeline {
     /// frame (docs/STREAMS.md, "The stream model").
     public static let defaultStrength: Float = 0.6
     public static let defaultSteps = 1
+    /// Guidance of the defaults (`StreamSettings.defaults`): full classifier-free guidance at 3
+    /// takes the class far more often than the student's guidance-free jump and keeps most of
+    /// the layout (docs/STREAMS.md).
+    public static let defaultGuidance = StreamGuidance.full
+    public static let defaultScale: Float = 3
 
     /// Times for `strength` and `steps`: t_0 = 1 − strength, then evenly spaced towards 1.
     public static func times(strength: Float, steps: Int) throws -> [Float] {
