@@ -168,34 +168,61 @@ static void scores_block(int r, int L, int d, int ld, float scale, const float *
     for (int i = 0; i < r; i++) softmax_row(L, S + (size_t)i * L, S + (size_t)i * L);
 }
 
-void mr_attention_forward(int batch, int heads, int L, int d, float scale, const float *q,
-                          const float *k, const float *v, float *o, float *probs) {
-    if (batch <= 0 || heads <= 0 || L <= 0 || d <= 0) return;
-    const int ld = heads * d;
+/* (batch, head) pairs [p0, p1) of one attention forward; each pair is computed whole and alone,
+   so the result does not depend on how the pairs are shared out. */
+typedef struct {
+    int batch, heads, L, d;
+    float scale;
+    const float *q, *k, *v;
+    float *o, *probs;
+    int parts;
+} attention_job;
+
+static void attention_pairs(const attention_job *j, int p0, int p1) {
+    const int L = j->L, d = j->d, ld = j->heads * d;
     int rb = L;
     float *scratch = NULL;
-    if (!probs) {
+    if (!j->probs) {
         rb = block_rows(L);
         scratch = alloc_blocks(L, &rb, 1);
     }
-    for (int b = 0; b < batch; b++) {
-        const size_t boff = (size_t)b * L * ld;
-        for (int h = 0; h < heads; h++) {
-            const size_t off = boff + (size_t)h * d;
-            const float *Q = q + off, *K = k + off, *V = v + off;
-            float *O = o + off;
-            float *P = probs ? probs + ((size_t)b * heads + h) * (size_t)L * L : NULL;
-            for (int r0 = 0; r0 < L; r0 += rb) {
-                const int r = (L - r0 < rb) ? L - r0 : rb;
-                float *S = P ? P + (size_t)r0 * L : scratch;
-                scores_block(r, L, d, ld, scale, Q + (size_t)r0 * ld, K, S);
-                /* O[r rows] = S[r, L] · V[L, d] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, d, L, 1.0f, S, L, V, ld,
-                            0.0f, O + (size_t)r0 * ld, ld);
-            }
+    for (int p = p0; p < p1; p++) {
+        const int b = p / j->heads, h = p % j->heads;
+        const size_t off = (size_t)b * L * ld + (size_t)h * d;
+        const float *Q = j->q + off, *K = j->k + off, *V = j->v + off;
+        float *O = j->o + off;
+        float *P = j->probs ? j->probs + (size_t)p * (size_t)L * L : NULL;
+        for (int r0 = 0; r0 < L; r0 += rb) {
+            const int r = (L - r0 < rb) ? L - r0 : rb;
+            float *S = P ? P + (size_t)r0 * L : scratch;
+            scores_block(r, L, d, ld, j->scale, Q + (size_t)r0 * ld, K, S);
+            /* O[r rows] = S[r, L] · V[L, d] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, d, L, 1.0f, S, L, V, ld,
+                        0.0f, O + (size_t)r0 * ld, ld);
         }
     }
     free(scratch);
+}
+
+static void attention_part(void *ctx, int part) {
+    const attention_job *j = ctx;
+    const int pairs = j->batch * j->heads;
+    attention_pairs(j, (int)((long)part * pairs / j->parts), (int)((long)(part + 1) * pairs / j->parts));
+}
+
+void mr_attention_forward(int batch, int heads, int L, int d, float scale, const float *q,
+                          const float *k, const float *v, float *o, float *probs) {
+    if (batch <= 0 || heads <= 0 || L <= 0 || d <= 0) return;
+    attention_job j = {batch, heads, L, d, scale, q, k, v, o, probs, 1};
+    /* Over the pool by (batch, head) pairs when there are enough of them to share and enough
+       work in each (a one-image forward's 8 heads of 64 tokens: about 0.3 M multiply-adds each). */
+    const int parts = mr_parallel_parts(), pairs = batch * heads;
+    if (parts > 1 && pairs >= parts && (double)pairs * L * L * d >= (double)(1 << 20)) {
+        j.parts = parts < pairs ? parts : pairs;
+        mr_run_parts(j.parts, attention_part, &j);
+    } else {
+        attention_pairs(&j, 0, pairs);
+    }
 }
 
 /*

@@ -7,12 +7,16 @@
 #include <cblas.h>
 #include <string.h>
 
-/* Large products split over Millrace's pool: forward and dx by rows of x, dw by rows of dw
-   (output features), so every output element is computed by one part exactly as serially. */
+/* Large products split over Millrace's pool: forward by rows of x, or by output features when
+   there are fewer rows than features (each part then packs only its share of w, where a split by
+   rows had every part pack all of it: the attention of an 8x8 image, 64 rows by 256), dx by rows
+   of x, dw by rows of dw (output features); every output element is computed by one part, as
+   serially. */
 typedef struct {
     int n, in, out, parts;
     const float *x, *w, *b, *dy;
     float *y, *dx, *dw;
+    int by_features;
 } linear_job;
 
 static int linear_parts(int n, int in, int out) {
@@ -26,6 +30,25 @@ static void linear_forward_serial(int n, int in, int out, const float *x, const 
 
 static void linear_forward_part(void *ctx, int part) {
     linear_job *j = ctx;
+    if (j->by_features) {
+        /* ranges start on multiples of 32 features, so that each part's features fall in the
+           same groups of OpenBLAS's kernel as in one serial call: the same bytes on any number
+           of cores (the last part also takes the remainder) */
+        const int blocks = (j->out + 31) / 32;
+        const int o0 = 32 * (int)((long)part * blocks / j->parts);
+        int o1 = part == j->parts - 1 ? j->out : 32 * (int)((long)(part + 1) * blocks / j->parts);
+        if (o1 > j->out) o1 = j->out;
+        if (o1 <= o0) return;
+        const size_t on = (size_t)(o1 - o0);
+        float beta = 0.0f;
+        if (j->b) {
+            for (int r = 0; r < j->n; r++) memcpy(j->y + (size_t)r * j->out + o0, j->b + o0, on * sizeof(float));
+            beta = 1.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, o1 - o0, j->in, 1.0f, j->x, j->in,
+                    j->w + (size_t)o0 * j->in, j->in, beta, j->y + o0, j->out);
+        return;
+    }
     int r0 = (int)((long)part * j->n / j->parts), r1 = (int)((long)(part + 1) * j->n / j->parts);
     if (r1 > r0)
         linear_forward_serial(r1 - r0, j->in, j->out, j->x + (size_t)r0 * j->in, j->w, j->b,
@@ -48,7 +71,7 @@ void mr_linear_forward(int n, int in, int out, const float *x, const float *w, c
                        float *y) {
     int parts = linear_parts(n, in, out);
     if (parts > 1 && n >= parts && in > 0 && out > 0) {
-        linear_job j = {n, in, out, parts, x, w, b, NULL, y, NULL, NULL};
+        linear_job j = {n, in, out, parts, x, w, b, NULL, y, NULL, NULL, n < out && out >= 16 * parts};
         mr_run_parts(parts, linear_forward_part, &j);
         return;
     }

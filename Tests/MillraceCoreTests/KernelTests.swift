@@ -219,6 +219,58 @@ import Testing
         }
     }
 
+    /// Linear layers split over the pool by rows, or by output features when there are fewer
+    /// rows than features (an 8x8 image's attention: 64 rows of 256), and attention split by
+    /// (batch, head) pairs: the bytes of one core on 2 and 3, and the references.
+    @Test func linearAndAttentionSplitsMatchOneThread() {
+        GlobalKernelSettings.exclusive {
+            let before = mr_get_threads()
+            defer { mr_set_threads(before) }
+            var rng = TestRNG(seed: 21)
+            for (n, inF, outF) in [(64, 256, 256), (40, 96, 250), (300, 64, 48), (7, 512, 100)] {
+                let x = rng.array(n * inF), w = rng.array(outF * inF), b = rng.array(outF)
+                for bias in [true, false] {
+                    var outs: [[Float]] = []
+                    for t in [1, 2, 3] {
+                        mr_set_threads(Int32(t))
+                        var y = [Float](repeating: .nan, count: n * outF)
+                        mr_linear_forward(i32(n), i32(inF), i32(outF), x, w, bias ? b : nil, &y)
+                        outs.append(y)
+                    }
+                    var yr = [Float](repeating: .nan, count: n * outF)
+                    mr_ref_linear_forward(i32(n), i32(inF), i32(outF), x, w, bias ? b : nil, &yr)
+                    let tag = "linear \(n)x\(inF)->\(outF) bias \(bias)"
+                    Self.expectSame(outs[1], outs[0], "\(tag): 2 threads")
+                    Self.expectSame(outs[2], outs[0], "\(tag): 3 threads")
+                    Self.expectClose(outs[0], yr, "\(tag): reference")
+                }
+            }
+            for (batch, heads, L, d) in [(1, 8, 64, 32), (2, 3, 64, 32), (1, 5, 100, 16)] {
+                let count = batch * L * heads * d
+                let q = rng.array(count, scale: 2), k = rng.array(count, scale: 2), v = rng.array(count)
+                let scale = 1 / Float(d).squareRoot()
+                var outs: [[Float]] = [], probs: [[Float]] = []
+                for t in [1, 2, 3] {
+                    mr_set_threads(Int32(t))
+                    var o = [Float](repeating: .nan, count: count), o2 = o
+                    var p = [Float](repeating: .nan, count: batch * heads * L * L)
+                    mr_attention_forward(i32(batch), i32(heads), i32(L), i32(d), scale, q, k, v, &o, &p)
+                    mr_attention_forward(i32(batch), i32(heads), i32(L), i32(d), scale, q, k, v, &o2, nil)
+                    Self.expectSame(o2, o, "attention b\(batch) h\(heads): probs NULL, \(t) threads")
+                    outs.append(o)
+                    probs.append(p)
+                }
+                var or = [Float](repeating: .nan, count: count), pr = [Float](repeating: .nan, count: batch * heads * L * L)
+                mr_ref_attention_forward(i32(batch), i32(heads), i32(L), i32(d), scale, q, k, v, &or, &pr)
+                let tag = "attention b\(batch) h\(heads) L\(L) d\(d)"
+                Self.expectSame(outs[1], outs[0], "\(tag): 2 threads")
+                Self.expectSame(outs[2], outs[0], "\(tag): 3 threads")
+                Self.expectSame(probs[2], probs[0], "\(tag): probs, 3 threads")
+                Self.expectClose(outs[0], or, "\(tag): reference")
+            }
+        }
+    }
+
     @Test func groupNormFusedSiLUMatchesSeparate() {
         var rng = TestRNG(seed: 5)
         for (batch, ch, hw, groups, offset) in Self.gnCases {
