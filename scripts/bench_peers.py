@@ -392,6 +392,9 @@ def main():
         "load_average counts this benchmark's own 2 threads: about 2 on an otherwise idle machine; "
         "other_cpu_share_per_round: the share of the machine's CPU time that other processes took",
         "best_round: the fastest round's figure, next to the median",
+        "round_ratio_median: the median over the rounds of each round's own ratio (the runtimes of "
+        "a round ran seconds apart, so a slow spell of the host that spans a round cancels out; "
+        "the speedups above divide medians taken over different rounds)",
         "Millrace against diffusers numerically: not measured here (gen prints no raw model output); "
         "Tests/MillraceTests/DiffusersParityTests.swift compares them on fixtures",
         "torch: eager, float32, inference_mode; ONNX Runtime: CPU EP, ORT_ENABLE_ALL, intra-op 2, inter-op 1",
@@ -474,7 +477,11 @@ def main():
             rows.append({"batch": b, "millrace_ms": rnd(mm), "ort_ms": rnd(oo), "torch_ms": rnd(tt),
                          "millrace_speedup_vs_ort": rnd(oo / mm) if mm else None,
                          "millrace_speedup_vs_torch": rnd(tt / mm) if mm else None,
-                         "best_round": {k + "_ms": rnd(v) for k, v in best.items()}})
+                         "best_round": {k + "_ms": rnd(v) for k, v in best.items()},
+                         "round_ratio_median": {
+                             peer: rnd(median([o / m for o, m in zip(raw[p.name][peer][b], raw[p.name]["millrace"][b])
+                                               if o is not None and m]))
+                             for peer in ("ort", "torch")}})
         result["models"][p.name] = dict(p.info, inference_ms_per_sample=rows,
                                         rounds_raw={k: {str(b): v for b, v in d.items()}
                                                     for k, d in raw[p.name].items()})
@@ -485,6 +492,8 @@ def main():
                               "millrace_workers": train_raw.pop("millrace_workers", None),
                               "millrace_images_s": rnd(mi, 2), "torch_images_s": rnd(ti, 2),
                               "millrace_speedup": rnd(mi / ti),
+                              "round_ratio_median": rnd(median([m / t for m, t in zip(train_raw["millrace_images_s"],
+                                                                                      train_raw["torch_images_s"]) if t])),
                               "best_round": {"millrace_images_s": max(train_raw["millrace_images_s"]),
                                              "torch_images_s": max(train_raw["torch_images_s"])},
                               "rounds_raw": train_raw,
