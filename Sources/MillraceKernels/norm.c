@@ -61,6 +61,9 @@ static double sum_sq_dev(const float *restrict x, size_t n, float c) {
     return total;
 }
 
+/* The gradient norm's sum of squares (optimizer.c, AdamW.swift). */
+MR_VECTOR_CLONES double mr_sum_squares(size_t n, const float *x) { return sum_sq_dev(x, n, 0.0f); }
+
 /* sum dy[i] * (x[i] - c) */
 static double dot_dev(const float *restrict dy, const float *restrict x, size_t n, float c) {
     double total = 0.0;

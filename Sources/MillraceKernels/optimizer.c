@@ -4,35 +4,15 @@
  *
  * Both are memory-bound streams over every parameter (five arrays for AdamW). Written in Swift
  * they ran one scalar lane at a time: the float sum because it may not be reassociated, the
- * update because of its square root and division. Here the sum keeps MR_LANES partial
- * accumulators in blocks of MR_SUM_BLOCK (as norm.c does), so its result does not depend on the
- * vector width; the callers split the parameters into pieces and run pieces on all cores.
+ * update because of its square root and division. The sum of squares is norm.c's variance pass
+ * about 0 (fixed lanes and blocks: the same result at every vector width); the callers split the
+ * parameters and run them on all cores.
  */
 #include "millrace_kernels.h"
 
 #include <math.h>
 
 #include "fastmath.h"
-
-#define MR_LANES 16
-#define MR_SUM_BLOCK 4096
-
-MR_VECTOR_CLONES double mr_sum_squares(size_t n, const float *x) {
-    double total = 0.0;
-    for (size_t i0 = 0; i0 < n; i0 += MR_SUM_BLOCK) {
-        const size_t m = (n - i0 < MR_SUM_BLOCK) ? n - i0 : MR_SUM_BLOCK;
-        const float *restrict p = x + i0;
-        float acc[MR_LANES] = {0};
-        size_t j = 0;
-        for (; j + MR_LANES <= m; j += MR_LANES)
-            for (int l = 0; l < MR_LANES; l++) acc[l] += p[j + l] * p[j + l];
-        double s = 0.0;
-        for (; j < m; j++) s += (double)p[j] * p[j];
-        for (int l = 0; l < MR_LANES; l++) s += acc[l];
-        total += s;
-    }
-    return total;
-}
 
 MR_VECTOR_CLONES void mr_adamw_update(size_t n, float *restrict w, const float *restrict g,
                                       float *restrict m, float *restrict v, float *restrict ema,

@@ -362,11 +362,11 @@ void mr_split_channels(int batch, int c1, int c2, int hw, const float *dy, float
 void mr_transpose(int batch, int rows, int cols, const float *x, float *y);
 
 /* ------------------------------------------------------------------------------------------
- * Optimiser (optimizer.c)
+ * Optimiser (optimizer.c, and the sum of squares in norm.c)
  * ------------------------------------------------------------------------------------------ */
 
 /** Sum of x[i]², in float over fixed blocks and lanes and in double across blocks: the same
- *  result at every vector width. */
+ *  result at every vector width (norm.c: GroupNorm's variance pass about 0). */
 double mr_sum_squares(size_t n, const float *x);
 
 /** The coefficients of one AdamW step (AdamW.swift computes them). */
