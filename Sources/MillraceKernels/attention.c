@@ -225,6 +225,47 @@ void mr_attention_forward(int batch, int heads, int L, int d, float scale, const
     }
 }
 
+/* The same on the channels-first layout [batch, heads * d, L]: head h of an image is the d x L
+   block of rows h*d .. h*d + d - 1, so S = Qhᵀ·Kh and Oh = Vh·Sᵀ, in blocks of query columns. */
+static void attention_pairs_cf(const attention_job *j, int p0, int p1) {
+    const int L = j->L, d = j->d;
+    int rb = block_rows(L);
+    float *S = alloc_blocks(L, &rb, 1);
+    for (int p = p0; p < p1; p++) {
+        const size_t off = (size_t)p * d * L;  /* pair p = image p / heads, head p % heads */
+        const float *Q = j->q + off, *K = j->k + off, *V = j->v + off;
+        float *O = j->o + off;
+        for (int r0 = 0; r0 < L; r0 += rb) {
+            const int r = (L - r0 < rb) ? L - r0 : rb;
+            /* S[r, L] = scale * Q[:, r0 .. r0 + r]ᵀ · K, rows softmaxed */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, L, d, j->scale, Q + r0, L, K, L, 0.0f, S, L);
+            for (int i = 0; i < r; i++) softmax_row(L, S + (size_t)i * L, S + (size_t)i * L);
+            /* O[:, r0 .. r0 + r] = V · S[r, L]ᵀ */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, r, L, 1.0f, V, L, S, L, 0.0f, O + r0, L);
+        }
+    }
+    free(S);
+}
+
+static void attention_part_cf(void *ctx, int part) {
+    const attention_job *j = ctx;
+    const int pairs = j->batch * j->heads;
+    attention_pairs_cf(j, (int)((long)part * pairs / j->parts), (int)((long)(part + 1) * pairs / j->parts));
+}
+
+void mr_attention_forward_cf(int batch, int heads, int L, int d, float scale, const float *q,
+                             const float *k, const float *v, float *o) {
+    if (batch <= 0 || heads <= 0 || L <= 0 || d <= 0) return;
+    attention_job j = {batch, heads, L, d, scale, q, k, v, o, NULL, 1};
+    const int parts = mr_parallel_parts(), pairs = batch * heads;
+    if (parts > 1 && pairs >= parts && (double)pairs * L * L * d >= (double)(1 << 20)) {
+        j.parts = parts < pairs ? parts : pairs;
+        mr_run_parts(j.parts, attention_part_cf, &j);
+    } else {
+        attention_pairs_cf(&j, 0, pairs);
+    }
+}
+
 /*
  * Backward, block of rows R of P at a time:
  *   dV  (+)= P[R]^T dO[R]

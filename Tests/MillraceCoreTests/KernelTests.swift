@@ -271,6 +271,40 @@ import Testing
         }
     }
 
+    /// The channels-first attention (an attention block's inference) against the reference on the
+    /// token layout, transposed; the same bytes on 1, 2 and 3 cores.
+    @Test func channelsFirstAttentionMatchesReference() {
+        GlobalKernelSettings.exclusive {
+            let before = mr_get_threads()
+            defer { mr_set_threads(before) }
+            var rng = TestRNG(seed: 31)
+            for (batch, heads, L, d) in [(1, 1, 1, 1), (2, 3, 5, 8), (1, 8, 64, 32), (2, 2, 63, 5), (1, 1, 1100, 2)] {
+                let count = batch * L * heads * d, c = heads * d
+                let q = rng.array(count, scale: 2), k = rng.array(count, scale: 2), v = rng.array(count)
+                // [batch, c, L] -> [batch, L, c]
+                func tokens(_ a: [Float]) -> [Float] {
+                    var t = [Float](repeating: 0, count: count)
+                    for b in 0..<batch { for ch in 0..<c { for l in 0..<L { t[(b * L + l) * c + ch] = a[(b * c + ch) * L + l] } } }
+                    return t
+                }
+                let scale = 1 / Float(d).squareRoot()
+                var or = [Float](repeating: .nan, count: count), pr = [Float](repeating: .nan, count: batch * heads * L * L)
+                mr_ref_attention_forward(i32(batch), i32(heads), i32(L), i32(d), scale, tokens(q), tokens(k), tokens(v), &or, &pr)
+                var outs: [[Float]] = []
+                for t in [1, 2, 3] {
+                    mr_set_threads(Int32(t))
+                    var o = [Float](repeating: .nan, count: count)
+                    mr_attention_forward_cf(i32(batch), i32(heads), i32(L), i32(d), scale, q, k, v, &o)
+                    outs.append(o)
+                }
+                let tag = "attention cf b\(batch) h\(heads) L\(L) d\(d)"
+                Self.expectClose(tokens(outs[0]), or, "\(tag): reference")
+                Self.expectSame(outs[1], outs[0], "\(tag): 2 threads")
+                Self.expectSame(outs[2], outs[0], "\(tag): 3 threads")
+            }
+        }
+    }
+
     @Test func groupNormFusedSiLUMatchesSeparate() {
         var rng = TestRNG(seed: 5)
         for (batch, ch, hw, groups, offset) in Self.gnCases {

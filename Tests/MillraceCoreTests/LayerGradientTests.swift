@@ -103,6 +103,21 @@ import MillraceTestSupport
               forward: { attn.forward($0, training: $1) }, backward: { attn.backward($0) })
     }
 
+    /// Inference runs on the channels-first layout without transposes; training on tokens. Both
+    /// give the same output to rounding (one head and several, odd sizes, rescale).
+    @Test func attentionBlockInferenceMatchesTrainingForward() {
+        for (channels, headDim, shape) in [(8, 4, [2, 8, 3, 3]), (16, 16, [1, 16, 5, 7]), (12, 4, [3, 12, 8, 8])] {
+            var ini = Initializer(rng: SplitMix64(seed: 20))
+            let attn = AttentionBlock(channels: channels, headDim: headDim, groups: 2, eps: 1e-5, rescale: 1.5, initializer: &ini)
+            perturb(attn.namedParameters(), seed: 21)
+            let x = randomInput(shape, seed: 22)
+            let inference = attn.forward(x, training: false), trained = attn.forward(x, training: true)
+            let scale = trained.data.map(abs).max()!
+            let worst = zip(inference.data, trained.data).map { abs($0 - $1) }.max()!
+            #expect(inference.shape == trained.shape && worst <= 1e-5 * scale, "\(shape): \(worst) of \(scale)")
+        }
+    }
+
     @Test func resnetBlock() {
         var ini = Initializer(rng: SplitMix64(seed: 13))
         let block = ResnetBlock(in: 4, out: 6, tembChannels: 5, groups: 2, eps: 1e-5, outputScale: 1.2, initializer: &ini)

@@ -89,6 +89,7 @@ public final class AttentionBlock: ParameterContainer {
     }
 
     func forward(_ x: Tensor, training: Bool) -> Tensor {
+        if !training { return inferenceForward(x) }
         let (b, c, hh, ww) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let L = hh * ww
         let n = norm.forward(x, training: training)
@@ -118,6 +119,33 @@ public final class AttentionBlock: ParameterContainer {
         var y = Tensor(uninitialized: x.shape)
         y.data.withUnsafeMutableBufferPointer { mr_transpose(Int32(b), Int32(L), Int32(c), proj.data, $0.baseAddress) }
         y = y + x
+        return rescale != 1 ? y.scaled(1 / rescale) : y
+    }
+
+    /// Inference on the activations' own layout [B, C, pixels]: the projections are the linear
+    /// layers applied along channels (1×1 convolutions, one sgemm without transposes) and the
+    /// attention runs on that layout (mr_attention_forward_cf), so nothing is transposed. Keeps
+    /// no state. Agrees with the training path to rounding (AttentionTests).
+    func inferenceForward(_ x: Tensor) -> Tensor {
+        let (b, c, L) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+        let n = norm.forward(x, training: false)
+        func alongChannels(_ layer: Linear, _ input: Tensor) -> Tensor {
+            var s = mr_conv2d_shape(batch: Int32(b), in_c: Int32(c), in_h: 1, in_w: Int32(L), out_c: Int32(c),
+                                    k_h: 1, k_w: 1, stride: 1, pad_top: 0, pad_left: 0, pad_bottom: 0, pad_right: 0)
+            var y = Tensor(uninitialized: x.shape)
+            y.data.withUnsafeMutableBufferPointer {
+                mr_conv2d_forward(&s, input.data, layer.weight.value.data, layer.bias.value.data, $0.baseAddress)
+            }
+            return y
+        }
+        let q = alongChannels(toQ, n), k = alongChannels(toK, n), v = alongChannels(toV, n)
+        var o = Tensor(uninitialized: x.shape)
+        o.data.withUnsafeMutableBufferPointer {
+            mr_attention_forward_cf(Int32(b), Int32(heads), Int32(L), Int32(headDim), 1 / Float(headDim).squareRoot(),
+                                    q.data, k.data, v.data, $0.baseAddress)
+        }
+        var y = alongChannels(toOut, o)
+        y.data.withUnsafeMutableBufferPointer { mr_add($0.count, $0.baseAddress, x.data, $0.baseAddress) }
         return rescale != 1 ? y.scaled(1 / rescale) : y
     }
 

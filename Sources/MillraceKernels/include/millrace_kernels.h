@@ -304,6 +304,15 @@ void mr_ref_softmax_backward(int rows, int n, const float *y, const float *dy, f
 void mr_attention_forward(int batch, int heads, int L, int d, float scale, const float *q,
                           const float *k, const float *v, float *o, float *probs);
 /**
+ * The forward on the channels-first layout: q, k, v, o [batch, heads * d, L] (an image's NCHW
+ * activations with the pixels as tokens; head h is channels h*d .. h*d + d - 1), so an attention
+ * block needs no transposes. No probabilities are kept (inference); the scores are computed in
+ * blocks of query columns with the forward's scratch rule. Agrees with mr_attention_forward to
+ * rounding (other GEMM transposes); over the pool by (image, head) pairs.
+ */
+void mr_attention_forward_cf(int batch, int heads, int L, int d, float scale, const float *q,
+                             const float *k, const float *v, float *o);
+/**
  * Backward given dO: [batch, L, heads * d] and the probs saved by the forward, or probs = NULL:
  * then P is recomputed from q and k, a block of rows at a time, by the forward's GEMM and
  * softmax (trading that compute for the [batch, heads, L, L] of memory probs takes).
