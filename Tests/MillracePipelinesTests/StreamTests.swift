@@ -137,7 +137,8 @@ import MillraceTestSupport
         #expect(stream.modelCalls == 1 && a != b)
         var plain = s.flow
         plain.nullClass = nil
-        #expect(StreamSettings.defaults(classIndex: 0, flow: plain).guidance == .none)
+        let unguided2 = StreamSettings.defaults(classIndex: 0, flow: plain)
+        #expect(unguided2.guidance == .none && unguided2.scale == StreamPipeline.defaultScale)
     }
 
     @Test func badFramesAndSettingsGetClearErrors() throws {

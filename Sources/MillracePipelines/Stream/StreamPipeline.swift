@@ -39,15 +39,14 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     public var blend: Float = 0
     public init(classIndex: Int) { self.classIndex = classIndex }
 
-    /// The settings `gen stream` and `POST /v1/streams` start from: full guidance at scale
-    /// `StreamPipeline.defaultScale` where the model has a null class (two network rows per frame;
-    /// docs/STREAMS.md, "Guidance on the student"), none where it has not.
+    /// The settings `gen stream` and `POST /v1/streams` start from: scale
+    /// `StreamPipeline.defaultScale`, with full guidance where the model has a null class (two
+    /// network rows per frame; docs/STREAMS.md, "Guidance on the student") and none where it has
+    /// not.
     public static func defaults(classIndex: Int, flow: FlowConfig) -> StreamSettings {
         var s = StreamSettings(classIndex: classIndex)
-        if flow.nullClass != nil {
-            s.guidance = StreamPipeline.defaultGuidance
-            s.scale = StreamPipeline.defaultScale
-        }
+        s.scale = StreamPipeline.defaultScale
+        if flow.nullClass != nil { s.guidance = StreamPipeline.defaultGuidance }
         return s
     }
 }
