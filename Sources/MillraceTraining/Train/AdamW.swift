@@ -52,13 +52,6 @@ public final class AdamW {
         return o.minLearningRate + (o.learningRate - o.minLearningRate) * 0.5 * (1 + cos(Double.pi * progress))
     }
 
-    /// Global L2 norm of all gradients.
-    public func gradientNorm() -> Double {
-        var total = 0.0
-        for (_, p) in parameters { total += p.grad.withUnsafeBufferPointer { mr_sum_squares($0.count, $0.baseAddress) } }
-        return total.squareRoot()
-    }
-
     /// Clips, applies one AdamW update to every parameter and updates the EMA. Returns the
     /// gradient norm before clipping.
     ///
