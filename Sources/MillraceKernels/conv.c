@@ -466,12 +466,14 @@ static void intra_forward_part(void *ctx, int part) {
         int co0 = (int)((long)part * s->out_c / j->parts), co1 = (int)((long)(part + 1) * s->out_c / j->parts);
         if (co1 <= co0) return;
         if (direct && mr_conv2d_direct_forward(s, j->x, j->w, j->b, j->y, co0, co1, 0, pl->P)) return;
-        float *col = mr_conv_workspace((size_t)pl->K * pl->P);
-        if (!col) return;
+        /* a 1x1 convolution's unfolded input is the input itself: no copy */
+        const int pointwise = is_pointwise(s);
+        float *col = pointwise ? NULL : mr_conv_workspace((size_t)pl->K * pl->P);
+        if (!pointwise && !col) return;
         for (int n = 0; n < s->batch; n++) {
-            im2col(s, pl, j->x + n * x_img, 0, pl->P, col, pl->P);
+            if (!pointwise) im2col(s, pl, j->x + n * x_img, 0, pl->P, col, pl->P);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, co1 - co0, pl->P, pl->K, 1.0f,
-                        j->w + (size_t)co0 * pl->K, pl->K, col, pl->P, 0.0f,
+                        j->w + (size_t)co0 * pl->K, pl->K, pointwise ? j->x + n * x_img : col, pl->P, 0.0f,
                         j->y + n * y_img + (size_t)co0 * pl->P, pl->P);
             if (j->b)
                 for (int c = co0; c < co1; c++)
@@ -488,11 +490,17 @@ static void intra_forward_part(void *ctx, int part) {
     }
     if (c1 <= c0) return;
     int tile = pl->n_tile < c1 - c0 ? pl->n_tile : c1 - c0;
-    float *col = mr_conv_workspace((size_t)pl->K * tile);
-    if (!col) return;
+    const int pointwise = is_pointwise(s);
+    float *col = pointwise ? NULL : mr_conv_workspace((size_t)pl->K * tile);
+    if (!pointwise && !col) return;
     for (int n = 0; n < s->batch; n++) {
         for (int p0 = c0; p0 < c1; p0 += tile) {
             int cnt = c1 - p0 < tile ? c1 - p0 : tile;
+            if (pointwise) {  /* columns p0 .. p0 + cnt of the input, read in place */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->out_c, cnt, pl->K, 1.0f, j->w,
+                            pl->K, j->x + n * x_img + p0, pl->P, 0.0f, j->y + n * y_img + p0, pl->P);
+                continue;
+            }
             im2col(s, pl, j->x + n * x_img, p0, cnt, col, cnt);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->out_c, cnt, pl->K, 1.0f, j->w,
                         pl->K, col, cnt, 0.0f, j->y + n * y_img + p0, pl->P);

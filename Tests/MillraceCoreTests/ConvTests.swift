@@ -125,7 +125,10 @@ extension ConvTests {
             for c in [Case(batch: 1, inC: 5, inH: 23, inW: 17, outC: 6, k: 3, stride: 1, pads: (1, 1, 1, 1)),
                       Case(batch: 1, inC: 6, inH: 8, inW: 8, outC: 7, k: 3, stride: 1, pads: (1, 1, 1, 1)),
                       Case(batch: 2, inC: 4, inH: 9, inW: 9, outC: 5, k: 3, stride: 1, pads: (1, 1, 1, 1)),
-                      Case(batch: 1, inC: 4, inH: 16, inW: 16, outC: 4, k: 3, stride: 2, pads: (0, 0, 1, 1))] {
+                      Case(batch: 1, inC: 4, inH: 16, inW: 16, outC: 4, k: 3, stride: 2, pads: (0, 0, 1, 1)),
+                      // 1x1: the input read in place, by pixel chunks and by output channels
+                      Case(batch: 1, inC: 5, inH: 23, inW: 17, outC: 6, k: 1, stride: 1, pads: (0, 0, 0, 0)),
+                      Case(batch: 1, inC: 6, inH: 8, inW: 8, outC: 7, k: 1, stride: 1, pads: (0, 0, 0, 0))] {
                 var rng = TestRNG(seed: 21)
                 var s = c.shape
                 let oh = Int(mr_conv2d_out_h(&s)), ow = Int(mr_conv2d_out_w(&s))
