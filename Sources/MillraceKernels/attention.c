@@ -176,6 +176,7 @@ typedef struct {
     const float *q, *k, *v;
     float *o, *probs;
     int parts;
+    int channels_first; /* mr_attention_forward_cf's layout */
 } attention_job;
 
 static void attention_pairs(const attention_job *j, int p0, int p1) {
@@ -204,27 +205,6 @@ static void attention_pairs(const attention_job *j, int p0, int p1) {
     free(scratch);
 }
 
-static void attention_part(void *ctx, int part) {
-    const attention_job *j = ctx;
-    const int pairs = j->batch * j->heads;
-    attention_pairs(j, (int)((long)part * pairs / j->parts), (int)((long)(part + 1) * pairs / j->parts));
-}
-
-void mr_attention_forward(int batch, int heads, int L, int d, float scale, const float *q,
-                          const float *k, const float *v, float *o, float *probs) {
-    if (batch <= 0 || heads <= 0 || L <= 0 || d <= 0) return;
-    attention_job j = {batch, heads, L, d, scale, q, k, v, o, probs, 1};
-    /* Over the pool by (batch, head) pairs when there are enough of them to share and enough
-       work in each (a one-image forward's 8 heads of 64 tokens: about 0.3 M multiply-adds each). */
-    const int parts = mr_parallel_parts(), pairs = batch * heads;
-    if (parts > 1 && pairs >= parts && (double)pairs * L * L * d >= (double)(1 << 20)) {
-        j.parts = parts < pairs ? parts : pairs;
-        mr_run_parts(j.parts, attention_part, &j);
-    } else {
-        attention_pairs(&j, 0, pairs);
-    }
-}
-
 /* The same on the channels-first layout [batch, heads * d, L]: head h of an image is the d x L
    block of rows h*d .. h*d + d - 1, so S = Qhᵀ·Kh and Oh = Vh·Sᵀ, in blocks of query columns. */
 static void attention_pairs_cf(const attention_job *j, int p0, int p1) {
@@ -247,23 +227,37 @@ static void attention_pairs_cf(const attention_job *j, int p0, int p1) {
     free(S);
 }
 
-static void attention_part_cf(void *ctx, int part) {
+static void attention_part(void *ctx, int part) {
     const attention_job *j = ctx;
     const int pairs = j->batch * j->heads;
-    attention_pairs_cf(j, (int)((long)part * pairs / j->parts), (int)((long)(part + 1) * pairs / j->parts));
+    const int p0 = (int)((long)part * pairs / j->parts), p1 = (int)((long)(part + 1) * pairs / j->parts);
+    if (j->channels_first) attention_pairs_cf(j, p0, p1);
+    else attention_pairs(j, p0, p1);
+}
+
+/* Over the pool by (batch, head) pairs when there are enough of them to share and enough work
+   in each (a one-image forward's 8 heads of 64 tokens: about 0.3 M multiply-adds each). */
+static void attention_forward(attention_job *j) {
+    const int parts = mr_parallel_parts(), pairs = j->batch * j->heads;
+    j->parts = 1;
+    if (parts > 1 && pairs >= parts && (double)pairs * j->L * j->L * j->d >= (double)(1 << 20))
+        j->parts = parts < pairs ? parts : pairs;
+    if (j->parts > 1) mr_run_parts(j->parts, attention_part, j);
+    else attention_part(j, 0);
+}
+
+void mr_attention_forward(int batch, int heads, int L, int d, float scale, const float *q,
+                          const float *k, const float *v, float *o, float *probs) {
+    if (batch <= 0 || heads <= 0 || L <= 0 || d <= 0) return;
+    attention_job j = {batch, heads, L, d, scale, q, k, v, o, probs, 1, 0};
+    attention_forward(&j);
 }
 
 void mr_attention_forward_cf(int batch, int heads, int L, int d, float scale, const float *q,
                              const float *k, const float *v, float *o) {
     if (batch <= 0 || heads <= 0 || L <= 0 || d <= 0) return;
-    attention_job j = {batch, heads, L, d, scale, q, k, v, o, NULL, 1};
-    const int parts = mr_parallel_parts(), pairs = batch * heads;
-    if (parts > 1 && pairs >= parts && (double)pairs * L * L * d >= (double)(1 << 20)) {
-        j.parts = parts < pairs ? parts : pairs;
-        mr_run_parts(j.parts, attention_part_cf, &j);
-    } else {
-        attention_pairs_cf(&j, 0, pairs);
-    }
+    attention_job j = {batch, heads, L, d, scale, q, k, v, o, NULL, 1, 1};
+    attention_forward(&j);
 }
 
 /*
