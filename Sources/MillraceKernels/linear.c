@@ -26,7 +26,7 @@ static int linear_parts(int n, int in, int out) {
 }
 
 static void linear_forward_serial(int n, int in, int out, const float *x, const float *w,
-                                  const float *b, float *y);
+                                  const float *b, float *y, int ldy);
 
 static void linear_forward_part(void *ctx, int part) {
     linear_job *j = ctx;
@@ -39,20 +39,14 @@ static void linear_forward_part(void *ctx, int part) {
         int o1 = part == j->parts - 1 ? j->out : 32 * (int)((long)(part + 1) * blocks / j->parts);
         if (o1 > j->out) o1 = j->out;
         if (o1 <= o0) return;
-        const size_t on = (size_t)(o1 - o0);
-        float beta = 0.0f;
-        if (j->b) {
-            for (int r = 0; r < j->n; r++) memcpy(j->y + (size_t)r * j->out + o0, j->b + o0, on * sizeof(float));
-            beta = 1.0f;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, o1 - o0, j->in, 1.0f, j->x, j->in,
-                    j->w + (size_t)o0 * j->in, j->in, beta, j->y + o0, j->out);
+        linear_forward_serial(j->n, j->in, o1 - o0, j->x, j->w + (size_t)o0 * j->in, j->b ? j->b + o0 : NULL,
+                              j->y + o0, j->out);
         return;
     }
     int r0 = (int)((long)part * j->n / j->parts), r1 = (int)((long)(part + 1) * j->n / j->parts);
     if (r1 > r0)
         linear_forward_serial(r1 - r0, j->in, j->out, j->x + (size_t)r0 * j->in, j->w, j->b,
-                              j->y + (size_t)r0 * j->out);
+                              j->y + (size_t)r0 * j->out, j->out);
 }
 
 static void linear_backward_part(void *ctx, int part) {
@@ -75,24 +69,24 @@ void mr_linear_forward(int n, int in, int out, const float *x, const float *w, c
         mr_run_parts(parts, linear_forward_part, &j);
         return;
     }
-    linear_forward_serial(n, in, out, x, w, b, y);
+    linear_forward_serial(n, in, out, x, w, b, y, out);
 }
 
+/* y[n, out] (rows ldy apart) = x[n, in] · w[out, in]^T + b */
 static void linear_forward_serial(int n, int in, int out, const float *x, const float *w,
-                                  const float *b, float *y) {
+                                  const float *b, float *y, int ldy) {
     if (n <= 0 || out <= 0) return;
     const size_t on = (size_t)out;
     float beta = 0.0f;
     if (b) {
-        for (int r = 0; r < n; r++) memcpy(y + (size_t)r * on, b, on * sizeof(float));
+        for (int r = 0; r < n; r++) memcpy(y + (size_t)r * ldy, b, on * sizeof(float));
         beta = 1.0f;
     } else if (in <= 0) {
-        memset(y, 0, (size_t)n * on * sizeof(float));
+        for (int r = 0; r < n; r++) memset(y + (size_t)r * ldy, 0, on * sizeof(float));
     }
     if (in <= 0) return;
-    /* y[n, out] = x[n, in] · w[out, in]^T (+ y) */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, beta, y,
-                out);
+                ldy);
 }
 
 void mr_linear_backward(int n, int in, int out, const float *x, const float *w, const float *dy,

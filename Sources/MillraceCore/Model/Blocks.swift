@@ -125,7 +125,8 @@ public final class AttentionBlock: ParameterContainer {
     /// Inference on the activations' own layout [B, C, pixels]: the projections are the linear
     /// layers applied along channels (1×1 convolutions, one sgemm without transposes) and the
     /// attention runs on that layout (mr_attention_forward_cf), so nothing is transposed. Keeps
-    /// no state. Agrees with the training path to rounding (AttentionTests).
+    /// no state. Agrees with the training path to rounding
+    /// (LayerGradientTests.attentionBlockInferenceMatchesTrainingForward).
     func inferenceForward(_ x: Tensor) -> Tensor {
         let (b, c, L) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
         let n = norm.forward(x, training: false)
