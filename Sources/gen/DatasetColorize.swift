@@ -13,7 +13,7 @@ struct DatasetColorizeCommand: ParsableCommand {
         abstract: "Make the in-context colorization training set: chroma targets with retrieval conditions (docs/METHODS.md §9.3).",
         discussion: """
         Each example is a colour image turned gray, the retrieval evidence about its chroma
-        (the six condition planes of `InContextColorizer`) and its true chroma. Three sources:
+        (the seven condition planes of `InContextColorizer`) and its true chroma. Three sources:
           - the train split of an emoji dataset (--emoji), retrieving from the shipped pool
             (--refs) with the image itself left out of the pool;
           - --scenes N composed scenes of train emoji (needs the emoji font, as
@@ -139,28 +139,30 @@ struct DatasetColorizeCommand: ParsableCommand {
 
     /// Reads a file written by this command as training data, the samples being the corrections
     /// (a, b)/100 − (a, b)_retrieval/100, and the norm scale the trainer's flow.json must carry.
-    static func read(path: String) throws -> (data: FlowTrainingData, normScale: Double) {
+    static func read(path: String) throws -> (data: FlowTrainingData, normScale: Double, emoji: Int) {
         let file = try SafetensorsFile.read(path: path)
         guard file.metadata["format"] == format else {
             throw CLIError("\(path) is not a colorization training set (made by `gen dataset colorize`)")
         }
         guard let chroma = file.tensors["chroma"], let condition = file.tensors["condition"],
               chroma.shape.count == 4, condition.shape.count == 4, chroma.shape[0] == condition.shape[0], chroma.shape[0] >= 1,
-              chroma.shape[1] == 2, condition.shape[1] == InContextColorizer.conditionChannels,
+              chroma.shape[1] == 2, InContextColorizer.supportedConditionChannels.contains(condition.shape[1]),
               chroma.shape[2] == chroma.shape[3], condition.shape[2...] == chroma.shape[2...],
               let scale = Double(file.metadata["norm_scale"] ?? ""), scale > 0 else {
-            throw CLIError("\(path): expected tensors chroma [N, 2, S, S] and condition [N, \(InContextColorizer.conditionChannels), S, S] and a norm_scale")
+            throw CLIError("\(path): expected tensors chroma [N, 2, S, S] and condition [N, \(InContextColorizer.conditionChannels), S, S] (or \(InContextColorizer.supportedConditionChannels[0]) planes, an older set) and a norm_scale")
         }
         // The model's sample is the correction to the retrieval's chroma.
         let size = chroma.shape[2]
         let samples = InContextColorizer.residual(chroma: chroma.data, condition: condition.data, plane: size * size)
         var data = FlowTrainingData(samples: samples, channels: 2, condition: condition.data,
-                                    conditionChannels: InContextColorizer.conditionChannels, size: chroma.shape[2],
+                                    conditionChannels: condition.shape[1], size: chroma.shape[2],
                                     task: InContextColorizer.task)
         // Chroma lives in the sample (a, b) and in condition planes 1–2 (retrieval's a, b) and
         // 4–5 (the canvas's a, b); the prior's share (plane 3) and L (plane 0) are not turned.
         data.rotatedSamplePairs = [[0, 1]]
         data.rotatedConditionPairs = [[1, 2], [4, 5]]
-        return (data, scale)
+        // The emoji examples come first (`run` writes them so).
+        let emoji = min(Int(file.metadata["emoji"] ?? "") ?? 0, data.count)
+        return (data, scale, emoji)
     }
 }

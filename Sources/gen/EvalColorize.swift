@@ -92,6 +92,8 @@ struct EvalColorize: ParsableCommand {
     var noInContext = false
     @Flag(help: "Print JSON keyed by method.")
     var json = false
+    @Option(help: "Write each image's metrics (index, method, psnr_rgb, psnr_ab, delta_e) of --data and --scenes to this CSV.")
+    var perImage: String?
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
@@ -120,6 +122,11 @@ struct EvalColorize: ParsableCommand {
             }
             let pool = ReferencePool(folder: refs)
             try pool.index()
+            if let perImage {
+                guard FileManager.default.createFile(atPath: perImage, contents: Data("set,index,method,psnr_rgb,psnr_ab,delta_e\n".utf8)) else {
+                    throw CLIError("cannot write \(perImage)")
+                }
+            }
             var report: [String: Any] = [:]
             if let data { report.merge(try evaluateImages(data: data, pool: pool, refs: refs)) { $1 } }
             if scenes > 0 { report["scenes"] = try evaluateScenes(count: scenes) }
@@ -147,7 +154,7 @@ struct EvalColorize: ParsableCommand {
         guard !loaders.isEmpty else { throw CLIError("no held-out colour images in \(data)") }
         if limit > 0 && loaders.count > limit { loaders = Array(loaders.prefix(limit)) }
         let items = loaders.map { load in { () throws -> (RGBImage, ReferencePool) in (try load(), pool) } }
-        let report = try evaluate(items, examples: examples, what: "\(loaders.count) images, pool \(refs) (\(pool.names.count) images)")
+        let report = try evaluate(items, set: "images", examples: examples, what: "\(loaders.count) images, pool \(refs) (\(pool.names.count) images)")
         return report
     }
 
@@ -163,7 +170,7 @@ struct EvalColorize: ParsableCommand {
             try pool.index()
             return (scene.image, pool)
         } }
-        return try evaluate(items, examples: sceneExamples,
+        return try evaluate(items, set: "scenes", examples: sceneExamples,
                             what: "\(count) held-out scenes of \(sceneSize)×\(sceneSize), each with its own references (+\(distractors) distractors)")
     }
 
@@ -176,7 +183,7 @@ struct EvalColorize: ParsableCommand {
 
     /// Colorizes each item (an original and the pool to colorize it from) by every method and
     /// averages the metrics.
-    func evaluate(_ items: [() throws -> (RGBImage, ReferencePool)], examples: String?, what: String) throws -> [String: Any] {
+    func evaluate(_ items: [() throws -> (RGBImage, ReferencePool)], set: String, examples: String?, what: String) throws -> [String: Any] {
         var refiner: ChromaRefiner? = nil
         if refine {
             var r = ChromaRefiner(folder: try ModelFolder.load(model ?? ModelFolder.defaultPath()))
@@ -187,6 +194,7 @@ struct EvalColorize: ParsableCommand {
         }
         let colorFolder = try inContextModel()
         var rng = SplitMix64(seed: seed)
+        var rows: [String] = []
         let methods = ["retrieval", "no_retrieval", "reinhard", "gray"] + (colorFolder != nil ? ["in_context"] : []) + (refine ? ["refine"] : [])
         var sums = [String: [Double]](uniqueKeysWithValues: methods.map { ($0, [0, 0, 0, 0]) })
         let bar = json ? nil : ProgressBar("eval colorize", total: items.count, unit: "images")
@@ -230,19 +238,28 @@ struct EvalColorize: ParsableCommand {
                     exampleRows[r].append(image.resizedNearest(width: 2 * image.width, height: 2 * image.height))
                 }
             }
-            for (original, out) in zip(originals, outputs) {
+            for (k, (original, out)) in zip(originals, outputs).enumerated() {
                 let c0 = ColorMetrics.colorfulness(original)
-                for (m, image) in out {
-                    sums[m]![0] += ColorMetrics.psnrRGB(image, original)
-                    sums[m]![1] += ColorMetrics.psnrAB(image, original)
-                    sums[m]![2] += ColorMetrics.deltaE76(image, original)
+                for m in methods {
+                    let image = out[m]!
+                    let metrics = [ColorMetrics.psnrRGB(image, original), ColorMetrics.psnrAB(image, original),
+                                   ColorMetrics.deltaE76(image, original)]
+                    for j in 0..<3 { sums[m]![j] += metrics[j] }
                     sums[m]![3] += abs(ColorMetrics.colorfulness(image) - c0)
+                    if perImage != nil {
+                        rows.append("\(set),\(range.lowerBound + k),\(m)," + metrics.map { String(format: "%.4f", $0) }.joined(separator: ","))
+                    }
                 }
             }
             done = range.upperBound
             bar?.update(done)
         }
         bar?.finish()
+        if let perImage, let handle = FileHandle(forWritingAtPath: perImage) {
+            handle.seekToEndOfFile()
+            handle.write(Data(rows.map { $0 + "\n" }.joined().utf8))
+            try handle.close()
+        }
         if let examples {
             try RGBImage.labeledRows(exampleRows, labels: rowNames).writePNG(path: examples)
             if !json { print("wrote \(examples)") }

@@ -26,7 +26,7 @@ struct Train: ParsableCommand {
           gen train --data data/colorize32.safetensors --out runs/colorize32 --steps 4000 \
             --lr 1e-3 --decay cosine --ema 0.998
         A colorization set trains an in-context colorization model (no classes; its input is
-        the chroma state and the six condition planes, docs/METHODS.md §9.3).
+        the chroma state and the seven condition planes, docs/METHODS.md §9.3).
         """)
 
     @Option(help: "Dataset file from `gen dataset emoji` or `gen dataset scenes`, or a colorization set (.safetensors) from `gen dataset colorize`.")
@@ -67,6 +67,10 @@ struct Train: ParsableCommand {
     var initFrom: String?
     @Option(help: "Colorization data: the share of examples whose chroma (sample, retrieval and canvas alike) is turned by one random hue angle, so the model learns to take colours from the references.")
     var hueRotation: Double = 0.5
+    @Option(help: "Colorization data: the share of rows drawn from its emoji examples (the rest from its scenes and drawings); default: in proportion to their numbers.")
+    var emojiShare: Double?
+    @Option(help: "Share of rows trained at t = 0 exactly (the rest at t ~ U[0, 1]): there the model learns the one-step estimate from noise that one-step sampling uses (the colorization model samples in one step).")
+    var tZeroShare: Double = 0
     @Option(help: "UNet block channels, comma-separated.")
     var channels: String = "32,64,128"
     @Option(help: "ResNet layers per block.")
@@ -107,6 +111,11 @@ struct Train: ParsableCommand {
     func validate() throws {
         guard lr > 0 else { throw ValidationError("--lr must be positive") }
         guard hueRotation >= 0 && hueRotation <= 1 else { throw ValidationError("--hue-rotation must be in [0, 1]") }
+        guard tZeroShare >= 0 && tZeroShare < 1 else { throw ValidationError("--t-zero-share must be in [0, 1)") }
+        if let emojiShare {
+            guard emojiShare > 0 && emojiShare < 1 else { throw ValidationError("--emoji-share must be in (0, 1)") }
+            guard data.hasSuffix(".safetensors") else { throw ValidationError("--emoji-share applies to colorization sets (.safetensors)") }
+        }
         if let minLR {
             guard decay == .cosine else { throw ValidationError("--min-lr needs --decay cosine") }
             guard minLR >= 0 && minLR <= lr else { throw ValidationError("--min-lr must be between 0 and --lr") }
@@ -125,8 +134,12 @@ struct Train: ParsableCommand {
             var config: UNetConfig
             var colorScale: Double? = nil
             if data.hasSuffix(".safetensors") {
-                var (d, scale) = try DatasetColorizeCommand.read(path: data)
+                var (d, scale, emoji) = try DatasetColorizeCommand.read(path: data)
                 d.rotationProbability = hueRotation
+                if let emojiShare {
+                    guard emoji > 0 && emoji < d.count else { throw CLIError("--emoji-share: \(data) does not hold both emoji and other examples") }
+                    d.parts = [(0..<emoji, emojiShare), (emoji..<d.count, 1 - emojiShare)]
+                }
                 trainData = d
                 colorScale = scale
                 config = try makeConfig(classes: 0, size: d.size)
@@ -143,6 +156,7 @@ struct Train: ParsableCommand {
             opts.batchSize = batch
             opts.seed = seed
             opts.normAlign = normAlign
+            opts.timeZeroShare = tZeroShare
             opts.balanceClasses = balance
             opts.workers = max(1, min(workers ?? cores, batch / group.size))
             opts.checkpointEvery = checkpointEvery

@@ -45,8 +45,31 @@ import MillraceTestSupport
         let same = direct == Colorizer.compose(gray: Colorizer.grayscale(Colorizer.grayscale(Self.red)), a: e.a, b: e.b, width: 32, height: 32)
         #expect(same, "colorize composes the evidence's chroma")
         let planes = InContextColorizer.condition(e)
-        #expect(planes.count == 6 * n)
+        #expect(planes.count == 7 * n)
         #expect(abs(planes[centre] - (e.lightness[centre] / 50 - 1)) < 1e-6 && abs(planes[4 * n + centre] - e.canvasA[centre] / 50) < 1e-6)
+        // The canvas's L: the red disc was retrieved for its own gray, so its patches' L follows
+        // the input's (a patch may be the whole disc resized to the crop, so not pixel for pixel).
+        #expect(abs(planes[6 * n + centre] - (e.canvasL[centre] / 50 - 1)) < 1e-6)
+        let l = e.lightness.map(Double.init), cl = e.canvasL.map(Double.init)
+        let ml = l.reduce(0, +) / Double(n), mc = cl.reduce(0, +) / Double(n)
+        let cov = zip(l, cl).map { ($0 - ml) * ($1 - mc) }.reduce(0, +)
+        let corr = cov / ((l.map { ($0 - ml) * ($0 - ml) }.reduce(0, +) * cl.map { ($0 - mc) * ($0 - mc) }.reduce(0, +)).squareRoot() + 1e-12)
+        #expect(corr > 0.6 && cl.allSatisfy { $0 >= 0 && $0 <= 100.5 }, "correlation of canvas L with the input's: \(corr)")
+        #expect(InContextColorizer.condition(e, planes: 6) == Array(planes[0..<(6 * n)]))
+    }
+
+    /// A model made before the canvas's L was a condition plane (six planes) still colorizes; one
+    /// with another plane count is refused.
+    @Test func aModelOfTheFirstSixPlanesStillLoads() throws {
+        let path = try Fixtures.tinyColorizationModel(planes: 6)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let m = try InContextColorizer(folder: try ModelFolder.load(path), pool: ReferencePool(images: [Self.red, Self.blue]))
+        #expect(m.planes == 6)
+        let out = try m.colorize(gray: Colorizer.grayscale(Self.red)).image
+        #expect(out.width == 32 && out.height == 32)
+        let odd = try Fixtures.tinyColorizationModel(planes: 5)
+        defer { try? FileManager.default.removeItem(atPath: odd) }
+        #expect(throws: ColorError.self) { try InContextColorizer(folder: try ModelFolder.load(odd), pool: ReferencePool(images: [Self.red])) }
     }
 
     @Test func keepsTheLightnessAndIsDeterministic() throws {

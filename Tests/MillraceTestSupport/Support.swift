@@ -103,10 +103,11 @@ public enum Fixtures {
     /// A random tiny in-context colorization model folder (8 input channels: the chroma state and
     /// six condition planes; 2 output channels; flow.json task "colorize", norm scale 2) in a
     /// temporary folder; returns its path.
-    public static func tinyColorizationModel(seed: UInt64 = 5) throws -> String {
+    /// `planes`: condition planes (7; 6 for a model made before the canvas's L was one).
+    public static func tinyColorizationModel(seed: UInt64 = 5, planes: Int = 7) throws -> String {
         var c = tinyUNetConfig()
         c.numClassEmbeds = nil
-        c.inChannels = 8
+        c.inChannels = 2 + planes
         c.outChannels = 2
         var flow = FlowConfig()
         flow.task = "colorize"

@@ -97,6 +97,60 @@ import MillraceTestSupport
         #expect(turned >= 6, "rows turned: \(turned) of 8")
     }
 
+    /// `timeZeroShare` puts that share of rows at t = 0, where x_t is the noise itself and the
+    /// target is x1 − x0; the other rows stay spread over (0, 1); without it no row is at 0.
+    @Test func aShareOfRowsIsDrawnAtTimeZero() throws {
+        var o = TrainerTests.options(steps: 1)
+        o.batchSize = 64
+        o.timeZeroShare = 0.5
+        let data = Self.data()
+        let trainer = try FlowTrainer(config: Self.config(), data: data, options: o)
+        var zeros = 0, inside = 0
+        for _ in 0..<4 {
+            let (xt, ts, _, target) = trainer.drawBatch()
+            for (n, t) in ts.enumerated() {
+                if t == 0 {
+                    zeros += 1
+                    // x_t = x0, so x_t + target = x1: the negated first condition plane / 10.
+                    let c0 = xt.data[(n * 8 + 2) * 64 + 3]
+                    #expect(abs(xt.data[n * 8 * 64 + 3] + target.data[n * 2 * 64 + 3] + 0.1 * c0) < 1e-4)
+                } else if t > 0 && t < 1 { inside += 1 }
+            }
+        }
+        #expect(zeros >= 96 && zeros <= 160 && zeros + inside == 256, "t = 0 in \(zeros) of 256 rows")
+        o.timeZeroShare = 0
+        let plain = try FlowTrainer(config: Self.config(), data: data, options: o)
+        #expect(!plain.drawBatch().1.contains(0))
+    }
+
+    /// Parts of the data are drawn with their shares (the colorization set's emoji against its
+    /// scenes and drawings); shares that do not add up to 1 are refused.
+    @Test func partsAreDrawnWithTheirShares() throws {
+        let plane = 64, count = 16
+        var data = FlowTrainingData(samples: [Float](repeating: 0, count: count * 2 * plane), channels: 2,
+                                    condition: (0..<count).flatMap { n in [Float](repeating: Float(n), count: 6 * plane) },
+                                    conditionChannels: 6, size: 8, task: "colorize")
+        data.parts = [(0..<4, 0.75), (4..<16, 0.25)]
+        var o = TrainerTests.options(steps: 1)
+        o.batchSize = 64
+        let trainer = try FlowTrainer(config: Self.config(), data: data, options: o)
+        var first = 0, seen = Set<Int>()
+        for _ in 0..<4 {
+            let xt = trainer.drawBatch().0
+            for n in 0..<64 {
+                let example = Int(xt.data[(n * 8 + 2) * plane].rounded())
+                seen.insert(example)
+                if example < 4 { first += 1 }
+            }
+        }
+        #expect(first >= 164 && first <= 220, "\(first) of 256 rows from the first part")
+        #expect(seen.count == 16, "every example drawn: \(seen.count)")
+        data.parts = [(0..<4, 0.5), (4..<16, 0.25)]
+        #expect(throws: TrainError.self) { try FlowTrainer(config: Self.config(), data: data, options: o) }
+        data.parts = [(0..<4, 0.5), (4..<17, 0.5)]
+        #expect(throws: TrainError.self) { try FlowTrainer(config: Self.config(), data: data, options: o) }
+    }
+
     @Test func trainingOnConditionsLowersTheLoss() throws {
         let trainer = try FlowTrainer(config: Self.config(), data: Self.data(), options: TrainerTests.options(steps: 60))
         var losses: [Double] = []

@@ -204,6 +204,44 @@ extension TrainerTests {
         #expect(throws: TrainError.self) { try u.initialize(from: try ModelFolder.load(path)) }
     }
 
+    /// A model may start one with more input channels (new condition planes): the old
+    /// channels' conv_in weights carry over, the new ones start at 0, so the started model's
+    /// output does not depend on the new channels and equals the old model's.
+    @Test func aModelWithMoreInputChannelsStartsFromOneWithFewer() throws {
+        var small = Fixtures.tinyUNetConfig()
+        small.numClassEmbeds = nil
+        small.inChannels = 4
+        small.outChannels = 2
+        var flow = FlowConfig()
+        flow.task = "colorize"
+        let path = Fixtures.tempPath("init-wider")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let source = UNet2DModel(config: small, seed: 11)
+        try ModelFolder.write(model: source, flow: flow, to: path)
+        var wide = small
+        wide.inChannels = 5
+        let size = small.sampleSize, plane = size * size
+        var rng = SplitMix64(seed: 4)
+        let data = FlowTrainingData(samples: (0..<(2 * 2 * plane)).map { _ in rng.nextGaussian() }, channels: 2,
+                                    condition: (0..<(2 * 3 * plane)).map { _ in rng.nextGaussian() }, conditionChannels: 3,
+                                    size: size, task: "colorize")
+        let t = try FlowTrainer(config: wide, data: data, options: Self.options(steps: 1))
+        try t.initialize(from: try ModelFolder.load(path))
+        let x = (0..<(4 * plane)).map { _ in rng.nextGaussian() }
+        let before = source.forward(Tensor(shape: [1, 4, size, size], data: x), timesteps: [300])
+        for extra: Float in [0, 2.5] {
+            let after = t.model.forward(Tensor(shape: [1, 5, size, size], data: x + [Float](repeating: extra, count: plane)), timesteps: [300])
+            let worst = zip(before.data, after.data).map { abs($0 - $1) }.max() ?? 1
+            #expect(worst < 1e-5, "new channel \(extra): differs by \(worst)")
+        }
+        // Fewer input channels, or another change, is refused.
+        var narrow = small
+        narrow.inChannels = 3
+        let u = try FlowTrainer(config: narrow, data: FlowTrainingData(samples: data.images, channels: 2, condition: Array(data.condition[0..<(2 * plane)]),
+                                                                       conditionChannels: 1, size: size, task: "colorize"), options: Self.options(steps: 1))
+        #expect(throws: TrainError.self) { try u.initialize(from: try ModelFolder.load(path)) }
+    }
+
     @Test func dataParallelWorkersMatchOneWorker() throws {
         try GlobalKernelSettings.exclusive {
             var one = Self.options(steps: 3), two = one

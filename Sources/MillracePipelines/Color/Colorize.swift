@@ -74,7 +74,7 @@ public final class Colorizer {
         let w = work.width, h = work.height, n = w * h
         let ywork = work.luma()
         var sumA = [Float](repeating: 0, count: n), sumB = sumA, sumW = sumA
-        var canvasA = sumA, canvasB = sumA, canvasN = sumA
+        var canvasL = sumA, canvasA = sumA, canvasB = sumA, canvasN = sumA
         // Prior: pool mean chroma per luma bin, small weight.
         let chroma = pool.chromaByLuma, bins = ReferencePool.lumaBins
         let priorWeight: Float = mode == .retrieval ? Self.priorWeight : 1
@@ -107,7 +107,8 @@ public final class Colorizer {
                     for y in 0..<crop.height {
                         for x in 0..<crop.width {
                             let qp = (crop.y + y) * w + crop.x + x, k = y * crop.width + x
-                            canvasA[qp] += lab.planes[pn + k]; canvasB[qp] += lab.planes[2 * pn + k]; canvasN[qp] += 1
+                            canvasL[qp] += lab.planes[k]; canvasA[qp] += lab.planes[pn + k]; canvasB[qp] += lab.planes[2 * pn + k]
+                            canvasN[qp] += 1
                         }
                     }
                 }
@@ -117,11 +118,11 @@ public final class Colorizer {
         for p in 0..<n {
             a[p] = sumA[p] / sumW[p]; b[p] = sumB[p] / sumW[p]
             matched[p] = 1 - priorWeight / sumW[p]
-            if canvasN[p] > 0 { canvasA[p] /= canvasN[p]; canvasB[p] /= canvasN[p] }
+            if canvasN[p] > 0 { canvasL[p] /= canvasN[p]; canvasA[p] /= canvasN[p]; canvasB[p] /= canvasN[p] }
         }
         (a, b) = Self.jointBilateral(a: a, b: b, guide: ywork, width: w, height: h)
         return ChromaEvidence(width: w, height: h, luma: ywork, lightness: Array(work.toLab().planes[0..<n]),
-                              a: a, b: b, matched: matched, canvasA: canvasA, canvasB: canvasB, references: refs)
+                              a: a, b: b, matched: matched, canvasL: canvasL, canvasA: canvasA, canvasB: canvasB, references: refs)
     }
 
     /// κ of the patch weights exp(κ·(sim − sim_best)).
@@ -269,8 +270,9 @@ public struct ChromaEvidence: Sendable {
     /// Share of each pixel's chroma that came from matched patch pixels, in [0, 1) (0: the
     /// luminance prior alone).
     public var matched: [Float]
-    /// The best patch of each query crop, pasted over its crop (overlaps averaged); 0 where none.
-    public var canvasA: [Float], canvasB: [Float]
+    /// The best patch of each query crop, pasted over its crop (overlaps averaged), in Lab; 0
+    /// where none. Its L beside the input's shows where the patch's colours fit pixel for pixel.
+    public var canvasL: [Float], canvasA: [Float], canvasB: [Float]
     /// The patches retrieved (or reused).
     public var references: [RetrievedPatch]
 }

@@ -10,14 +10,16 @@ import MillraceImaging
 /// The model is a UNet2DModel with `conditionChannels + 2` input and 2 output channels, trained
 /// by `gen train` on `gen dataset colorize` data (flow.json `"task": "colorize"`). Its sample is
 /// the correction the retrieval colorization's chroma needs, x1 = s·((a, b) − (a, b)_retrieval)/100
-/// (s: flow.json `norm_scale`), and each call sees, besides the state x_t, six condition planes
+/// (s: flow.json `norm_scale`), and each call sees, besides the state x_t, seven condition planes
 /// at the working size (`condition(_:)`):
 ///
 /// 1. L/50 − 1, the input's lightness;
 /// 2–3. the retrieval colorization's a/50, b/50 (`Colorizer.evidence`);
 /// 4. 2·m − 1, m the share of a pixel's retrieval chroma that came from matched patch pixels;
 /// 5–6. the best retrieved patch of each query crop pasted over its crop, a/50 and b/50: the
-///    references' own colours where they lie, not matched by luma.
+///    references' own colours where they lie, not matched by luma;
+/// 7. that canvas's L/50 − 1: where it equals plane 1 the patch fits pixel for pixel, and its
+///    colours can be taken as they are. (Models made with planes 1–6 only still load.)
 ///
 /// Sampling: x0 ~ N(0, I) drawn from `seed` (one draw per image size, so the frames of a
 /// sequence share it), then `steps` Euler steps of v_θ([x_t; condition], t) from t = 0 to 1;
@@ -27,13 +29,18 @@ import MillraceImaging
 /// generated correction (upsampled from the working size), so L is kept exactly; out-of-gamut
 /// colours lose chroma, not lightness.
 public final class InContextColorizer {
-    /// Condition planes the model takes after the 2 chroma channels.
-    public static let conditionChannels = 6
+    /// Condition planes the model takes after the 2 chroma channels (`gen dataset colorize` writes
+    /// them all).
+    public static let conditionChannels = 7
+    /// Condition plane counts a model may take: the first models had no canvas L.
+    public static let supportedConditionChannels = [6, 7]
     /// The flow.json task of colorization models.
     public static let task = "colorize"
 
     public let model: UNet2DModel
     public let flow: FlowConfig
+    /// Condition planes this model takes (6 or 7).
+    public let planes: Int
     /// Retrieval (always in retrieval mode) that makes the condition.
     public let colorizer: Colorizer
     /// Euler steps from noise to chroma.
@@ -50,7 +57,7 @@ public final class InContextColorizer {
 
     /// Whether a model folder holds an in-context colorization model.
     public static func isColorizationModel(config: UNetConfig, flow: FlowConfig) -> Bool {
-        flow.task == task && config.outChannels == 2 && config.inChannels == 2 + conditionChannels
+        flow.task == task && config.outChannels == 2 && supportedConditionChannels.contains(config.inChannels - 2)
             && config.numClassEmbeds == nil
     }
 
@@ -58,12 +65,13 @@ public final class InContextColorizer {
         guard Self.isColorizationModel(config: model.config, flow: flow) else {
             throw ColorError.unsupportedModel("""
                 not an in-context colorization model: it needs flow.json "task": "colorize", \(2 + Self.conditionChannels) \
-                input and 2 output channels and no classes; this one has task \(flow.task ?? "none"), \
+                (or \(2 + Self.supportedConditionChannels[0])) input and 2 output channels and no classes; this one has task \(flow.task ?? "none"), \
                 \(model.config.inChannels) → \(model.config.outChannels) channels
                 """)
         }
         self.model = model
         self.flow = flow
+        self.planes = model.config.inChannels - 2
         self.colorizer = Colorizer(pool: pool)
     }
 
@@ -71,10 +79,10 @@ public final class InContextColorizer {
         try self.init(model: folder.model, flow: folder.flow, pool: pool)
     }
 
-    /// The condition planes of one image's evidence, `conditionChannels`×height×width.
-    public static func condition(_ e: ChromaEvidence) -> [Float] {
+    /// The first `planes` condition planes of one image's evidence, planes×height×width.
+    public static func condition(_ e: ChromaEvidence, planes: Int = conditionChannels) -> [Float] {
         let n = e.width * e.height
-        var out = [Float](repeating: 0, count: conditionChannels * n)
+        var out = [Float](repeating: 0, count: planes * n)
         for p in 0..<n {
             out[p] = e.lightness[p] / 50 - 1
             out[n + p] = e.a[p] / 50
@@ -82,6 +90,7 @@ public final class InContextColorizer {
             out[3 * n + p] = 2 * e.matched[p] - 1
             out[4 * n + p] = e.canvasA[p] / 50
             out[5 * n + p] = e.canvasB[p] / 50
+            if planes > 6 { out[6 * n + p] = e.canvasL[p] / 50 - 1 }
         }
         return out
     }
@@ -112,11 +121,12 @@ public final class InContextColorizer {
     }
 
     /// The sample of chroma planes (a, b)/100 [count, 2, S, S] given their condition planes
-    /// [count, conditionChannels, S, S]: the correction to the retrieval's chroma (planes 2–3 of
+    /// [count, C, S, S] (C planes each): the correction to the retrieval's chroma (planes 2–3 of
     /// the condition are its a/50, b/50).
     public static func residual(chroma: [Float], condition: [Float], plane: Int) -> [Float] {
         let count = chroma.count / (2 * plane)
-        precondition(condition.count == count * conditionChannels * plane, "one condition per sample")
+        let conditionChannels = condition.count / max(1, count * plane)
+        precondition(conditionChannels >= 3 && condition.count == count * conditionChannels * plane, "one condition per sample")
         var out = chroma
         for i in 0..<count {
             for k in 0..<2 {
@@ -146,16 +156,16 @@ public final class InContextColorizer {
         let w = evidence[0].width, h = evidence[0].height, count = evidence.count
         let m = multiple
         let W = (w + m - 1) / m * m, H = (h + m - 1) / m * m
-        let c = Self.conditionChannels, plane = W * H
+        let c = planes, plane = W * H
         // Conditions padded to a multiple of the model's downsampling by repeating the edge.
         var cond = [Float](repeating: 0, count: count * c * plane)
         for (i, e) in evidence.enumerated() {
-            let planes = Self.condition(e)
+            let values = Self.condition(e, planes: c)
             for k in 0..<c {
                 for y in 0..<H {
                     let sy = min(y, h - 1)
                     for x in 0..<W {
-                        cond[(i * c + k) * plane + y * W + x] = planes[k * w * h + sy * w + min(x, w - 1)]
+                        cond[(i * c + k) * plane + y * W + x] = values[k * w * h + sy * w + min(x, w - 1)]
                     }
                 }
             }

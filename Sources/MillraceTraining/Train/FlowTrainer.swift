@@ -15,6 +15,10 @@ public struct TrainOptions: Codable, Sendable, Equatable {
     public var balanceClasses = true
     /// Train on s·x1 with s = E‖x0‖ / E‖x1‖ (§4.1).
     public var normAlign = false
+    /// Share of rows trained at t = 0 exactly, the rest at t ~ U[0, 1]: at t = 0 the loss is
+    /// minimised by v = E[x1 | condition] − x0, the one-step estimate from noise, which is what
+    /// sampling in one Euler step uses (in-context colorization, §9.3).
+    public var timeZeroShare = 0.0
     public var checkpointEvery = 500
     /// Data-parallel workers: the batch is split into this many parts, each run forward and
     /// backward on its own thread and model replica, its kernels not splitting further; gradients
@@ -48,6 +52,9 @@ public struct FlowTrainingData: Sendable {
     public var rotatedSamplePairs: [[Int]] = []
     public var rotatedConditionPairs: [[Int]] = []
     public var rotationProbability = 0.0
+    /// Parts of the data drawn with these probabilities (then uniformly within the part), when
+    /// not empty; otherwise every example is equally likely. The shares add up to 1.
+    public var parts: [(range: Range<Int>, share: Double)] = []
 
     public var count: Int { labels.count }
 
@@ -155,6 +162,12 @@ public final class FlowTrainer {
             }
         }
         guard data.count > 0 else { throw TrainError.invalidSetup("the training split is empty") }
+        if !data.parts.isEmpty {
+            guard data.parts.allSatisfy({ !$0.range.isEmpty && $0.range.lowerBound >= 0 && $0.range.upperBound <= data.count && $0.share >= 0 }),
+                  abs(data.parts.map(\.share).reduce(0, +) - 1) < 1e-6 else {
+                throw TrainError.invalidSetup("the data's parts must be non-empty ranges of its examples with shares that add up to 1")
+            }
+        }
         guard data.classNames.isEmpty || data.labels.allSatisfy({ $0 >= 0 && $0 < data.classNames.count }) else {
             throw TrainError.invalidSetup("a label is outside 0..<\(data.classNames.count)")
         }
@@ -259,11 +272,17 @@ public final class FlowTrainer {
             if options.balanceClasses && classes {
                 let members = byClass[Int(rng.next() % UInt64(byClass.count))]
                 i = members[Int(rng.next() % UInt64(members.count))]
+            } else if !data.parts.isEmpty {
+                var u = rng.nextUnitDouble(), k = 0
+                while k < data.parts.count - 1 && u >= data.parts[k].share { u -= data.parts[k].share; k += 1 }
+                let part = data.parts[k].range
+                i = part.lowerBound + Int(rng.next() % UInt64(part.count))
             } else {
                 i = Int(rng.next() % UInt64(data.count))
             }
             let flip = options.horizontalFlips && rng.next() & 1 == 1
-            let t = rng.nextUnitFloat()
+            // No extra draw unless asked, so earlier runs' batches are unchanged.
+            let t: Float = options.timeZeroShare > 0 && rng.nextUnitDouble() < options.timeZeroShare ? 0 : rng.nextUnitFloat()
             ts[n] = t
             if classes {
                 labels[n] = rng.nextUnitDouble() < options.labelDropout ? flow.nullClass! : data.labels[i]
@@ -482,12 +501,28 @@ public final class FlowTrainer {
     public func initialize(from folder: ModelFolder) throws {
         // The weights do not depend on the sample size: a model of 32×32 images can start one of
         // 64×64 (the composition model starts from the emoji model).
+        // A model may also gain input channels (the colorization model's new condition planes,
+        // appended after the old ones): their weights in conv_in start at 0, so the started model
+        // computes what the folder's did until training teaches it to use them.
         var same = folder.config
         same.sampleSize = model.config.sampleSize
+        let oldInputs = same.inChannels, newInputs = model.config.inChannels
+        if oldInputs < newInputs { same.inChannels = newInputs }
         guard same == model.config else {
             throw TrainError.invalidSetup("\(folder.path) has another architecture than this run's config, so its weights cannot start it")
         }
-        try model.load(folder.model.stateDict())
+        var state = folder.model.stateDict()
+        if oldInputs < newInputs, let w = state["conv_in.weight"], w.shape.count == 4, w.shape[1] == oldInputs {
+            let out = w.shape[0], k = w.shape[2] * w.shape[3]
+            var wide = [Float](repeating: 0, count: out * newInputs * k)
+            for o in 0..<out {
+                for i in 0..<oldInputs {
+                    for j in 0..<k { wide[(o * newInputs + i) * k + j] = w.data[(o * oldInputs + i) * k + j] }
+                }
+            }
+            state["conv_in.weight"] = Tensor(shape: [out, newInputs, w.shape[2], w.shape[3]], data: wide)
+        }
+        try model.load(state)
         optimizer.ema = model.namedParameters().map { $0.1.value.data }
         // A --norm-align run trains on its own s (computed on the data); otherwise the folder's
         // scale carries over, so that continuing a norm-aligned model keeps its s.
