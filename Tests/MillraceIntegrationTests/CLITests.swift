@@ -142,10 +142,18 @@ import MillraceTestSupport
         #expect(s1 == 0, "stderr: \(err1)")
         #expect(out1.contains("8 examples of 16×16 (5 train emoji") && out1.contains("3 cartoon drawings"), "\(out1)")
         let (s2, _, err2) = try GenCLI.run(["train", "--data", dir + "/color.safetensors", "--out", dir + "/model", "--steps", "2",
-                                            "--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1"])
+                                            "--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1",
+                                            "--emoji-share", "0.5", "--t-zero-share", "0.5"])
         #expect(s2 == 0, "stderr: \(err2)")
         let folder = try ModelFolder.load(dir + "/model")
-        #expect(folder.flow.task == "colorize" && folder.config.inChannels == 8 && folder.config.outChannels == 2 && folder.flow.normScale == 2)
+        // The chroma state and seven condition planes.
+        #expect(folder.flow.task == "colorize" && folder.config.inChannels == 9 && folder.config.outChannels == 2 && folder.flow.normScale == 2)
+        // --emoji-share is for colorization sets, and in (0, 1).
+        for bad in [["--data", dir + "/tiny.mrds", "--emoji-share", "0.5"], ["--data", dir + "/color.safetensors", "--emoji-share", "1"]] {
+            let (s, _, err) = try GenCLI.run(["train"] + bad + ["--out", dir + "/bad", "--steps", "1"])
+            #expect(s != 0 && err.contains("--emoji-share"), "stderr: \(err)")
+            #expect(!FileManager.default.fileExists(atPath: dir + "/bad"))
+        }
         try writeGrayPNG(pictures[5], path: dir + "/gray.png")
         let (s3, _, err3) = try GenCLI.run(["colorize", dir + "/gray.png", "--out", dir + "/out.png", "--refs", pool,
                                             "--color-model", dir + "/model", "--color-steps", "2"])
