@@ -164,6 +164,35 @@ import MillraceTestSupport
         #expect(!FileManager.default.fileExists(atPath: dir + "/gen.png"))
     }
 
+    /// `gen eval colorize` on a folder of colour images: every method's metrics in the JSON, and
+    /// with --per-image one CSV row per image and method whose means are the JSON's.
+    @Test func evalColorizeReportsEachImageAndTheirMeans() throws {
+        let dir = Fixtures.tempPath("cli-eval-colorize")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/held", withIntermediateDirectories: true)
+        for k in 0..<3 {
+            try Fixtures.picture(16, 16, kind: k, ink: k == 1 ? (0.1, 0.3, 0.9) : (0.9, 0.2, 0.1)).writePNG(path: dir + "/held/\(k).png")
+        }
+        let pool = try Fixtures.referencePool()
+        defer { try? FileManager.default.removeItem(atPath: pool) }
+        let model = try Fixtures.tinyColorizationModel()
+        defer { try? FileManager.default.removeItem(atPath: model) }
+        let (status, out, err) = try GenCLI.run(["eval", "colorize", "--data", dir + "/held", "--refs", pool, "--color-model", model,
+                                                 "--limit", "0", "--json", "--per-image", dir + "/each.csv"])
+        #expect(status == 0, "stderr: \(err)")
+        let report = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: [String: Double]] ?? [:]
+        let methods = ["in_context", "retrieval", "no_retrieval", "reinhard", "gray"]
+        #expect(Set(report.keys) == Set(methods), "\(report.keys)")
+        let lines = try String(contentsOfFile: dir + "/each.csv", encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(lines.first == "set,index,method,psnr_rgb,psnr_ab,delta_e" && lines.count == 1 + 3 * methods.count)
+        for m in methods {
+            let rows = lines.dropFirst().map { $0.split(separator: ",").map(String.init) }.filter { $0[2] == m }
+            #expect(rows.count == 3 && rows.allSatisfy { $0[0] == "images" })
+            let meanAB = rows.compactMap { Double($0[4]) }.reduce(0, +) / 3
+            #expect(abs(meanAB - (report[m]?["psnr_ab"] ?? -1)) < 1e-3, "\(m): \(meanAB) against \(report[m]?["psnr_ab"] ?? -1)")
+        }
+    }
+
     /// Writes the gray (luma) version of `image` as a PNG.
     func writeGrayPNG(_ image: RGBImage, path: String) throws {
         let y = image.luma()
