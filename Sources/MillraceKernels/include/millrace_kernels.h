@@ -55,12 +55,12 @@ void mr_set_threads(int n);
 void mr_set_thread_serial(int serial);
 /** Parts the calling thread's kernels split into: 1 on a serial thread, else mr_get_threads(). */
 int mr_parallel_parts(void);
-/** OpenBLAS's own thread count, for measuring its multi-threaded sgemm peak only. */
-/* Makes glibc keep freed memory (up to blocks of 32 MB, and a freed heap of up to 1 GB) for
-   reuse instead of returning it to the kernel: a training loop, which frees and reallocates the
-   same activations every step, then stops paying page faults for them. Process-wide; the memory
-   a process has held stays held. No effect without glibc. */
+/** Makes glibc keep freed memory (up to blocks of 32 MB, and a freed heap of up to 1 GB) for
+    reuse instead of returning it to the kernel: a training loop, which frees and reallocates the
+    same activations every step, then stops paying page faults for them. Process-wide; the memory
+    a process has held stays held. No effect without glibc. */
 void mr_keep_freed_memory(void);
+/** OpenBLAS's own thread count, for measuring its multi-threaded sgemm peak only. */
 void mr_set_blas_threads(int n);
 int mr_get_blas_threads(void);
 
