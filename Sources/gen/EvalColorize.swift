@@ -255,7 +255,8 @@ struct EvalColorize: ParsableCommand {
             bar?.update(done)
         }
         bar?.finish()
-        if let perImage, let handle = FileHandle(forWritingAtPath: perImage) {
+        if let perImage {
+            guard let handle = FileHandle(forWritingAtPath: perImage) else { throw CLIError("cannot write \(perImage)") }
             handle.seekToEndOfFile()
             handle.write(Data(rows.map { $0 + "\n" }.joined().utf8))
             try handle.close()
