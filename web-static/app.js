@@ -112,16 +112,29 @@ function showModelChoices() {
   if ([...$("#gen-class").options].some((o) => o.value === cls)) $("#gen-class").value = cls;
   $("#gen-form").guidance.value = m.default_guidance;
 }
+// A model's stream defaults (strength, steps, guidance, stepping) fill the Stream panel when it is picked.
+function showStreamDefaults() {
+  const m = models.find((x) => x.name === $("#stream-model").value);
+  const d = m && m.stream_defaults;
+  if (!d) return;
+  const f = $("#stream-form");
+  f.strength.value = d.strength; f.steps.value = d.steps; f.rcfg.value = d.rcfg;
+  f.guidance.value = d.guidance; f.stepping.value = d.stepping;
+}
 fetch("/v1/models").then((r) => r.json()).then((j) => {
   models = j.models;
-  $("#gen-model").replaceChildren(...models.map((m) => option(m.name)));
+  // Restyle models redraw a picture: they serve streams, not generation.
+  const generators = models.filter((m) => m.task !== "restyle");
+  $("#gen-model").replaceChildren(...generators.map((m) => option(m.name)));
   $("#gen-model").value = j.default;
   // Streams run on the stream model unless another is picked (its size shows in the list).
   $("#stream-model").replaceChildren(...models.map((m) => option(m.name, `${m.name} (${m.sample_size}×${m.sample_size})`)));
   $("#stream-model").value = j.stream_default || j.default;
   showModelChoices();
+  showStreamDefaults();
 }).catch((e) => status("cannot list the models: " + e));
 $("#gen-model").addEventListener("change", showModelChoices);
+$("#stream-model").addEventListener("change", showStreamDefaults);
 
 // --- Generate ---
 $("#gen-form").addEventListener("submit", async (ev) => {

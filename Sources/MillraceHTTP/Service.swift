@@ -153,7 +153,16 @@ public final class MillraceService: @unchecked Sendable {
             ["name": name, "classes": folder.flow.classNames, "null_class": folder.flow.nullClass as Any? ?? NSNull(),
              "sample_size": folder.config.sampleSize, "default_guidance": folder.flow.defaultGuidance,
              "schedules": ["uniform"] + (bossSteps.isEmpty ? [] : ["boss"]), "boss_steps": bossSteps,
-             "sources": ["gaussian"] + (hasPruningSet ? ["pruned"] : []), "solvers": Solver.allCases.map(\.rawValue)]
+             "sources": ["gaussian"] + (hasPruningSet ? ["pruned"] : []), "solvers": Solver.allCases.map(\.rawValue),
+             "task": folder.flow.task ?? "generate", "stream_defaults": streamDefaults]
+        }
+
+        /// What a stream on this model starts from (`StreamPipeline.Defaults`): the page fills its
+        /// Stream panel with it when the model is picked.
+        var streamDefaults: [String: Any] {
+            let d = StreamPipeline.Defaults(flow: folder.flow)
+            return ["strength": d.strength, "steps": d.steps, "stepping": d.stepping.rawValue,
+                    "rcfg": (folder.flow.nullClass == nil ? StreamGuidance.none : d.guidance).rawValue, "guidance": d.scale]
         }
     }
 

@@ -48,16 +48,17 @@ extension MillraceService {
                 return n.doubleValue
             }
             let times: [Float]
+            let model = d["model"] == nil ? streamDefault : try model(named: d["model"])
+            let defaults = StreamPipeline.Defaults(flow: model.sampler.flow)
             if let list = d["t_list"] {
                 guard let arr = list as? [NSNumber], !arr.isEmpty, arr.count <= 8 else { throw RequestError("'t_list' must be a list of 1 to 8 numbers") }
                 times = arr.map(\.floatValue)
             } else {
-                let steps = try num("steps") ?? Double(StreamPipeline.defaultSteps)
+                let steps = try num("steps") ?? Double(defaults.steps)
                 guard steps == steps.rounded(), steps >= 1, steps <= 8 else { throw RequestError("'steps' must be an integer in 1...8") }
-                times = try StreamPipeline.times(strength: Float(try num("strength") ?? Double(StreamPipeline.defaultStrength)), steps: Int(steps))
+                times = try StreamPipeline.times(strength: Float(try num("strength") ?? Double(defaults.strength)), steps: Int(steps))
             }
-            let model = d["model"] == nil ? streamDefault : try model(named: d["model"])
-            if let problem = model.sampler.imageProblem { throw RequestError("model '\(model.name)' cannot run a stream: \(problem)") }
+            if let problem = StreamPipeline.streamProblem(model.sampler) { throw RequestError("model '\(model.name)' cannot run a stream: \(problem)") }
             let settings = try streamSettings(d, base: nil, sampler: model.sampler)
             let seed = UInt64(max(0, min(try num("seed") ?? 0, Double(Int32.max))))
             let pipeline = try StreamPipeline(sampler: model.streamSampler, times: times, settings: settings, seed: seed)

@@ -281,8 +281,10 @@ struct BenchStream: ParsableCommand {
                 var settings = StreamSettings(classIndex: 0)
                 settings.guidance = mode
                 settings.scale = 1.5
-                let pipeline = try StreamPipeline(sampler: sampler, times: try StreamPipeline.times(strength: 0.6, steps: n),
-                                                  settings: settings, seed: 1)
+                return try measure(times: try StreamPipeline.times(strength: 0.6, steps: n), settings: settings, sequential: sequential)
+            }
+            func measure(times: [Float], settings: StreamSettings, sequential: Bool) throws -> (fps: Double, cpuMs: Double) {
+                let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: 1)
                 let session = StreamSession(pipeline: pipeline, filter: nil)
                 let inputs = moving.map { session.prepare($0) }
                 _ = try pipeline.process(inputs[0])  // warm-up
@@ -297,6 +299,15 @@ struct BenchStream: ParsableCommand {
             func fps(n: Int, mode: StreamGuidance, sequential: Bool) throws -> Double {
                 try measure(n: n, mode: mode, sequential: sequential).fps
             }
+            // What `gen stream` runs on this model without options (StreamPipeline.Defaults).
+            let d = StreamPipeline.Defaults(flow: folder.flow)
+            let own = try measure(times: try StreamPipeline.times(strength: d.strength, steps: d.steps),
+                                  settings: StreamSettings.defaults(classIndex: 0, flow: folder.flow), sequential: false)
+            let defaults: [String: Any] = ["strength": d.strength, "steps": d.steps, "stepping": d.stepping.rawValue,
+                                           "guidance": folder.flow.nullClass == nil ? "none" : d.guidance.rawValue, "scale": d.scale,
+                                           "fps": round2(own.fps), "cpu_ms_per_frame": round2(own.cpuMs)]
+            log(String(format: "the model's defaults (strength %.2g, %d slot(s), %@, guidance %@ at %.2g): %.2f frames/s, %.1f ms of CPU per frame",
+                       d.strength, d.steps, d.stepping.rawValue, defaults["guidance"] as! String, d.scale, own.fps, own.cpuMs))
             var seq: [String: Double] = [:], batch: [String: Double] = [:], guidance: [String: Double] = [:]
             for n in 1...4 {
                 seq["\(n)"] = round2(try fps(n: n, mode: .none, sequential: true))
@@ -355,7 +366,7 @@ struct BenchStream: ParsableCommand {
             if json {
                 let obj: [String: Any] = ["machine": Runtime.describe(), "sequential": seq, "stream_batch": batch,
                                           "guidance": guidance, "guidance_by_n": byN, "filter": filter,
-                                          "filter_cpu_saving": saving, "frames": frames]
+                                          "filter_cpu_saving": saving, "frames": frames, "model": folder.path, "defaults": defaults]
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }

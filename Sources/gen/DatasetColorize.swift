@@ -140,7 +140,10 @@ struct DatasetColorizeCommand: ParsableCommand {
     /// Reads a file written by this command as training data, the samples being the corrections
     /// (a, b)/100 − (a, b)_retrieval/100, and the norm scale the trainer's flow.json must carry.
     static func read(path: String) throws -> (data: FlowTrainingData, normScale: Double, emoji: Int) {
-        let file = try SafetensorsFile.read(path: path)
+        try read(SafetensorsFile.read(path: path), path: path)
+    }
+
+    static func read(_ file: SafetensorsFile, path: String) throws -> (data: FlowTrainingData, normScale: Double, emoji: Int) {
         guard file.metadata["format"] == format else {
             throw CLIError("\(path) is not a colorization training set (made by `gen dataset colorize`)")
         }

@@ -6,7 +6,7 @@ import MillraceTraining
 /// `gen dataset emoji` and `gen dataset scenes`: build the training sets.
 struct DatasetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "dataset", abstract: "Build training datasets, and sample images from them.", subcommands: [EmojiCommand.self, ScenesCommand.self, DatasetColorizeCommand.self, DatasetSamplesCommand.self])
+        commandName: "dataset", abstract: "Build training datasets, and sample images from them.", subcommands: [EmojiCommand.self, ScenesCommand.self, DatasetColorizeCommand.self, DatasetRestyleCommand.self, DatasetSamplesCommand.self])
 
     struct EmojiCommand: ParsableCommand {
         static let configuration = CommandConfiguration(

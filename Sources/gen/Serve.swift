@@ -115,7 +115,12 @@ struct Serve: ParsableCommand {
         threads.apply()
         try runReportingErrors {
             let folders = try (model.isEmpty ? ModelFolder.defaultServedPaths() : model).map { try ModelFolder.load($0) }
-            for f in folders { try FlowSampler(model: f.model, flow: f.flow).requireImageModel() }
+            for f in folders {
+                // Image models, and restyle models, which serve streams only.
+                if let problem = StreamPipeline.streamProblem(FlowSampler(model: f.model, flow: f.flow)) {
+                    throw CLIError("\(f.path) cannot be served: \(problem)")
+                }
+            }
             var opts = MillraceService.Options()
             opts.staticDir = staticDir
             opts.maxStreams = maxStreams

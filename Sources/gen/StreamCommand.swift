@@ -35,10 +35,10 @@ struct StreamCommand: ParsableCommand {
     var out: String
     @Option(help: "Model folder (default: the stream model, assets/models/scenes64-i2i: the composition model's image-to-image student; the emoji model where it is absent).")
     var model: String?
-    @Option(help: "How much of each frame is repainted: t_0 = 1 − strength.")
-    var strength: Float = StreamPipeline.defaultStrength
-    @Option(help: "Number of stages n (model rows per frame without guidance).")
-    var steps: Int = StreamPipeline.defaultSteps
+    @Option(help: "How much of each frame is repainted: t_0 = 1 − strength (default: 1 for a restyle model, which sees the frame as its condition; \(StreamPipeline.defaultStrength) for an image model).")
+    var strength: Float?
+    @Option(help: "Number of stages n (model rows per frame without guidance; default: \(StreamPipeline.restyleSteps) for a restyle model, \(StreamPipeline.defaultSteps) for an image model).")
+    var steps: Int?
     @Option(help: "Explicit slot times, comma-separated (overrides --strength/--steps).")
     var tList: String?
     @Option(help: "Guidance scale g (default: \(StreamPipeline.defaultScale)).")
@@ -47,8 +47,8 @@ struct StreamCommand: ParsableCommand {
     var rcfg: StreamGuidance?
     @Option(help: "RCFG damping δ in (0, 1].")
     var delta: Float = 1
-    @Option(help: "Between slot times: renoise (jump to the estimate, noise again) or euler (an Euler step of the flow).")
-    var stepping: StreamStepping = .renoise
+    @Option(help: "Between slot times: renoise (jump to the estimate, noise again) or euler (an Euler step of the flow); default: euler for a restyle model, renoise for an image model.")
+    var stepping: StreamStepping?
     @Option(help: "Blend β in [0, 1) of the previous output into each entering frame (less flicker on still parts).")
     var blend: Float = 0
     @Option(name: .customLong("class"), help: "Class name, index, or 'null'.")
@@ -72,14 +72,15 @@ struct StreamCommand: ParsableCommand {
         try runReportingErrors {
             let folder = try ModelFolder.load(model ?? ModelFolder.defaultStreamPath())
             let sampler = FlowSampler(model: folder.model, flow: folder.flow)
-            try sampler.requireImageModel()
+            if let problem = StreamPipeline.streamProblem(sampler) { throw CLIError("\(folder.path) cannot run a stream: \(problem)") }
             let times: [Float]
             if let tList {
                 let parts = tList.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
                 guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else { throw CLIError("--t-list must be numbers like 0.4,0.6,0.8") }
                 times = parts.map { $0! }
             } else {
-                times = try StreamPipeline.times(strength: strength, steps: steps)
+                let d = StreamPipeline.Defaults(flow: folder.flow)
+                times = try StreamPipeline.times(strength: strength ?? d.strength, steps: steps ?? d.steps)
             }
             var settings = StreamSettings.defaults(classIndex: try ClassSelection.parse(className, flow: folder.flow, config: folder.config)[0],
                                                    flow: folder.flow)
@@ -87,7 +88,7 @@ struct StreamCommand: ParsableCommand {
             if let guidance { settings.scale = guidance }
             let mode = settings.guidance
             settings.delta = delta
-            settings.stepping = stepping
+            if let stepping { settings.stepping = stepping }
             settings.blend = blend
             let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
             let session = StreamSession(pipeline: pipeline, filter: noFilter ? nil
@@ -150,7 +151,7 @@ struct StreamCommand: ParsableCommand {
                 "errors": errors, "output_fps": Double(latencies.count) / max(wall, 1e-9),
                 "mean_latency_ms": latencies.isEmpty ? 0 : 1000 * latencies.reduce(0, +) / Double(latencies.count),
                 "model": folder.path, "model_calls": pipeline.modelCalls, "slots": times, "guidance": mode.rawValue,
-                "stepping": stepping.rawValue, "blend": blend,
+                "stepping": settings.stepping.rawValue, "blend": blend,
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]
             judgePending()

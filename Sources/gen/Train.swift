@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MillraceCore
+import MillraceFormats
 import MillraceTraining
 
 /// `gen train`: rectified-flow training of a class-conditional UNet2DModel.
@@ -25,11 +26,15 @@ struct Train: ParsableCommand {
             --init-from assets/models/emoji32 --lr 4e-4 --decay cosine --warmup 60
           gen train --data data/colorize32.safetensors --out runs/colorize32 --steps 4000 \
             --lr 1e-3 --decay cosine --ema 0.998
+          gen train --data data/restyle64.safetensors --out runs/restyle64 --steps 3000 \
+            --init-from assets/models/scenes64 --lr 3e-4 --decay cosine --ema 0.995
         A colorization set trains an in-context colorization model (no classes; its input is
-        the chroma state and the seven condition planes, docs/METHODS.md §9.3).
+        the chroma state and the seven condition planes, docs/METHODS.md §9.3). A restyle set
+        (`gen dataset restyle`) trains an image-to-image model: its input is the noised output
+        and the input picture, its class the group to redraw the picture in.
         """)
 
-    @Option(help: "Dataset file from `gen dataset emoji` or `gen dataset scenes`, or a colorization set (.safetensors) from `gen dataset colorize`.")
+    @Option(help: "Dataset file from `gen dataset emoji` or `gen dataset scenes`, or a colorization or restyle set (.safetensors) from `gen dataset colorize` or `gen dataset restyle`.")
     var data: String
     @Option(help: "Output folder.")
     var out: String
@@ -133,8 +138,15 @@ struct Train: ParsableCommand {
             let trainData: FlowTrainingData
             var config: UNetConfig
             var colorScale: Double? = nil
-            if data.hasSuffix(".safetensors") {
-                var (d, scale, emoji) = try DatasetColorizeCommand.read(path: data)
+            let file = data.hasSuffix(".safetensors") ? try SafetensorsFile.read(path: data) : nil
+            if let file, DatasetRestyleCommand.isRestyleSet(file) {
+                guard emojiShare == nil else { throw CLIError("--emoji-share applies to colorization sets") }
+                let d = try DatasetRestyleCommand.read(file, path: data)
+                trainData = d
+                config = try makeConfig(classes: d.classNames.count, size: d.size)
+                config.inChannels = d.channels + d.conditionChannels
+            } else if let file {
+                var (d, scale, emoji) = try DatasetColorizeCommand.read(file, path: data)
                 d.rotationProbability = hueRotation
                 if let emojiShare {
                     guard emoji > 0 && emoji < d.count else { throw CLIError("--emoji-share: \(data) does not hold both emoji and other examples") }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import MillraceCore
 @testable import MillraceHTTP
+import MillracePipelines
 import MillraceTestSupport
 
 /// Several models behind one service, and the CLI's schedule, source and solver choices
@@ -64,6 +65,34 @@ import MillraceTestSupport
         let plainService = try Self.service()
         defer { plainService.beginShutdown() }
         #expect(plainService.streamDefault.name == "tiny-boss", "no stream model served: the default model")
+    }
+
+    /// A restyle model is served for streams: listed with its task and stream defaults, a stream
+    /// on it starts from those (two Euler slots from noise) and feeds it the frames, and
+    /// generation with it is refused with the reason.
+    @Test func aRestyleModelServesStreamsAndNotGeneration() throws {
+        let restyle = Fixtures.tinyRestyleSampler()
+        let dir = Fixtures.tempPath("models-\(UUID().uuidString)") + "/tiny-restyle"
+        try ModelFolder.write(model: restyle.model, flow: restyle.flow, to: dir)
+        let plain = try ModelFolder.load(try Self.modelWithSchedules("tiny-plain", boss: false))
+        let s = MillraceService(folders: [plain, try ModelFolder.load(dir)], options: MillraceService.Options())
+        defer { s.beginShutdown() }
+        let listed = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(s.handle(HardeningTests.request("GET", "/v1/models"))).utf8)) as? [String: Any])
+        let models = try #require(listed["models"] as? [[String: Any]])
+        #expect(models.map { $0["task"] as? String } == ["generate", "restyle"])
+        let defaults = try #require(models[1]["stream_defaults"] as? [String: Any])
+        #expect(defaults["strength"] as? Double == 1 && defaults["steps"] as? Int == StreamPipeline.restyleSteps)
+        #expect(defaults["stepping"] as? String == "euler" && defaults["rcfg"] as? String == "full")
+        let plainDefaults = try #require(models[0]["stream_defaults"] as? [String: Any])
+        #expect(plainDefaults["steps"] as? Int == StreamPipeline.defaultSteps && plainDefaults["stepping"] as? String == "renoise")
+        let r = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "tiny-restyle", "class": 1}"#))
+        #expect(r.status == 201, "\(HardeningTests.text(r))")
+        let id = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(r).utf8)) as? [String: Any])["id"] as? String
+        let pipeline = try #require(s.scheduler.stream(id ?? "")?.withSession { $0.pipeline })
+        let times = try StreamPipeline.times(strength: 1, steps: StreamPipeline.restyleSteps)
+        #expect(pipeline.conditional && pipeline.times == times && pipeline.settings.stepping == .euler)
+        let g = s.handle(HardeningTests.request("POST", "/v1/generate", body: #"{"model": "tiny-restyle", "steps": 2, "upscale": 1}"#))
+        #expect(g.status == 400 && HardeningTests.text(g).contains("restyle"), "\(HardeningTests.text(g))")
     }
 
     @Test func generateTakesModelScheduleSourceAndSolver() throws {

@@ -4,6 +4,7 @@ import Testing
 @testable import MillraceCore
 import MillraceTraining
 import MillraceImaging
+import MillracePipelines
 import MillraceTestSupport
 
 /// The `gen` command line as a user runs it: `swift test` builds it next to the test bundle.
@@ -162,6 +163,45 @@ import MillraceTestSupport
         let (s4, _, err4) = try GenCLI.run(["--steps", "2", "--model", dir + "/model", "--out", dir + "/gen.png"])
         #expect(s4 != 0 && err4.contains("colorize"), "stderr: \(err4)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/gen.png"))
+    }
+
+    /// The restyle model as a user makes and uses it: `gen dataset restyle` (pairs of scenes),
+    /// `gen train` on the file (widening a plain model's conv_in with --init-from), `gen stream`
+    /// with the model, whose defaults are two Euler slots from noise with full guidance; and the
+    /// model is refused as an image generator.
+    @Test func restylePairsTrainAModelThatStreams() throws {
+        let dir = Fixtures.tempPath("cli-restyle")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/frames", withIntermediateDirectories: true)
+        let (s1, out1, err1) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/pairs.safetensors", "--count", "12", "--size", "16"])
+        #expect(s1 == 0, "stderr: \(err1)")
+        #expect(out1.contains("12 pairs of 16×16"), "\(out1)")
+        let shape = ["--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1"]
+        // A plain 9-class model of the same shape, as the composition model is for the real one.
+        let ds = ImageDataset(size: 16, classNames: (0..<9).map { "g\($0)" }, labels: (0..<9).map(UInt8.init), split: [UInt8](repeating: 0, count: 9),
+                              pixels: [UInt8](repeating: 200, count: 9 * 3 * 256), items: (0..<9).map { DatasetItem(codepoints: "1F600", name: "p\($0)", subgroup: "s") })
+        try ds.write(path: dir + "/plain.mrds")
+        let (s2, _, err2) = try GenCLI.run(["train", "--data", dir + "/plain.mrds", "--out", dir + "/plain", "--steps", "1"] + shape)
+        #expect(s2 == 0, "stderr: \(err2)")
+        let (s3, _, err3) = try GenCLI.run(["train", "--data", dir + "/pairs.safetensors", "--out", dir + "/model", "--steps", "2",
+                                            "--init-from", dir + "/plain"] + shape)
+        #expect(s3 == 0 && err3.contains("initialised from"), "stderr: \(err3)")
+        let folder = try ModelFolder.load(dir + "/model")
+        #expect(folder.flow.task == "restyle" && folder.config.inChannels == 6 && folder.config.outChannels == 3)
+        #expect(folder.flow.classNames.count == 9 && folder.flow.nullClass == 9)
+        for k in 0..<4 {
+            try Fixtures.picture(24, 24, kind: k % 3, ink: (0.9, 0.5, 0.1), fill: (0.8, 0.9, 1)).writePNG(path: dir + "/frames/f\(k).png")
+        }
+        let (s4, out4, err4) = try GenCLI.run(["stream", "--input", dir + "/frames", "--out", dir + "/out", "--model", dir + "/model",
+                                               "--class", "2", "--no-filter", "--classifier", "none"])
+        #expect(s4 == 0, "stderr: \(err4)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(out4.utf8)) as? [String: Any])
+        let slots = try #require(summary["slots"] as? [Double])
+        #expect(summary["processed"] as? Int == 4 && slots.count == StreamPipeline.restyleSteps && slots[0] == 0)
+        #expect(summary["stepping"] as? String == "euler" && summary["guidance"] as? String == "full")
+        #expect(summary["luma_correlation"] is Double && FileManager.default.fileExists(atPath: dir + "/out/f3.png"))
+        let (s5, _, err5) = try GenCLI.run(["--steps", "2", "--model", dir + "/model", "--out", dir + "/gen.png"])
+        #expect(s5 != 0 && err5.contains("restyle"), "stderr: \(err5)")
     }
 
     /// `gen eval colorize` on a folder of colour images: every method's metrics in the JSON, and

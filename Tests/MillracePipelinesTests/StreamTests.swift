@@ -58,6 +58,38 @@ import MillraceTestSupport
         }
     }
 
+    /// A restyle model's rows are [x_i; the frame the row came from]: the stream batch still
+    /// equals the sequential run (the frame travels with its row through the slots), the first
+    /// slot's output is x + (1 − t)·v of the model fed [x; frame], and the frame changes the
+    /// output even with the same noised state.
+    @Test(arguments: [1, 2, 3]) func aRestyleModelSeesTheFrameItCameFrom(n: Int) throws {
+        let s = Fixtures.tinyRestyleSampler()
+        #expect(StreamPipeline.isRestyleModel(s) && StreamPipeline.streamProblem(s) == nil && s.imageProblem != nil)
+        let times = try StreamPipeline.times(strength: 1, steps: n)
+        for stepping in StreamStepping.allCases {
+            var settings = StreamSettings(classIndex: 1)
+            settings.stepping = stepping
+            let stream = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 5)
+            let reference = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 5)
+            let fs = Self.frames(n + 3)
+            for (k, f) in fs.enumerated() {
+                let out = try stream.process(f)
+                #expect(out.shape == [1, 3, 8, 8])
+                #expect(relativeError(out.data, reference.sequential(fs[max(0, k - n + 1)]).data) < 1e-5, "call \(k), n \(n), \(stepping)")
+            }
+        }
+        // One slot from noise (t_0 = 0): the output is N + v([N; frame]) and depends on the frame.
+        let one = try StreamPipeline(sampler: s, times: [0], settings: StreamSettings(classIndex: 1), seed: 5)
+        let f = Self.frames(2)
+        var expected = one.noise[0]
+        let input = Tensor(shape: [1, 6, 8, 8], data: one.noise[0].data + f[0].data)
+        expected.addScaled(s.forward(input, timesteps: [0], classLabels: [1]), 1)
+        #expect(relativeError(one.sequential(f[0]).data, expected.data) < 1e-5)
+        #expect(relativeError(one.sequential(f[0]).data, one.sequential(f[1]).data) > 1e-3)
+        // A plain image model is still no restyle model.
+        #expect(!StreamPipeline.isRestyleModel(Fixtures.tinySampler()))
+    }
+
     /// With blend β a frame enters as (1 − β)·frame + β·(the previous output): the second output
     /// of a blended stream equals an unblended stream's output for that mixture.
     @Test func blendMixesThePreviousOutputIntoTheEnteringFrame() throws {

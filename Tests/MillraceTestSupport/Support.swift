@@ -100,6 +100,18 @@ public enum Fixtures {
         return FlowSampler(model: model, flow: flow)
     }
 
+    /// A sampler on a random tiny restyle model (flow.json task "restyle": 6 input channels, the
+    /// state and the frame; 3 output channels) with classes "a" and "b" and null class 2.
+    public static func tinyRestyleSampler(seed: UInt64 = 4) -> FlowSampler {
+        var c = tinyUNetConfig()
+        c.inChannels = 6
+        var flow = FlowConfig()
+        flow.classNames = ["a", "b"]
+        flow.nullClass = 2
+        flow.task = "restyle"
+        return FlowSampler(model: UNet2DModel(config: c, seed: seed), flow: flow)
+    }
+
     /// A random tiny in-context colorization model folder (8 input channels: the chroma state and
     /// six condition planes; 2 output channels; flow.json task "colorize", norm scale 2) in a
     /// temporary folder; returns its path.

@@ -54,7 +54,7 @@ public struct FlowSampler {
     public var imageProblem: String? {
         let c = model.config
         if let task = flow.task {
-            return "the model is a \(task) model (flow.json \"task\": \"\(task)\"), not an image generator\(task == "colorize" ? ": use it with gen colorize --color-model" : "")"
+            return "the model is a \(task) model (flow.json \"task\": \"\(task)\"), not an image generator\(task == "colorize" ? ": use it with gen colorize --color-model" : task == "restyle" ? ": it redraws pictures, use it with gen stream --model" : "")"
         }
         if c.inChannels != c.outChannels {
             return "the model has in_channels \(c.inChannels) and out_channels \(c.outChannels): a flow model's velocity must have the shape of its input"

@@ -39,14 +39,15 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     public var blend: Float = 0
     public init(classIndex: Int) { self.classIndex = classIndex }
 
-    /// The settings `gen stream` and `POST /v1/streams` start from: scale
-    /// `StreamPipeline.defaultScale`, with full guidance where the model has a null class (two
-    /// network rows per frame; docs/STREAMS.md, "Guidance on the student") and none where it has
-    /// not.
+    /// The settings `gen stream` and `POST /v1/streams` start from: those of
+    /// `StreamPipeline.Defaults(flow:)` (guidance, scale, stepping), with no guidance where the
+    /// model has no null class.
     public static func defaults(classIndex: Int, flow: FlowConfig) -> StreamSettings {
+        let d = StreamPipeline.Defaults(flow: flow)
         var s = StreamSettings(classIndex: classIndex)
-        s.scale = StreamPipeline.defaultScale
-        if flow.nullClass != nil { s.guidance = StreamPipeline.defaultGuidance }
+        s.scale = d.scale
+        s.stepping = d.stepping
+        if flow.nullClass != nil { s.guidance = d.guidance }
         return s
     }
 }
@@ -81,6 +82,11 @@ public final class StreamPipeline {
     var buffer: [Tensor]?
     /// RCFG references travelling with each buffered frame (same indexing as `buffer`).
     var references: [Tensor]?
+    /// A restyle model's condition travelling with each buffered frame: the frame itself.
+    var conditions: [Tensor]?
+    /// Whether the model is a restyle model (`isRestyleModel`): every row also gets the frame
+    /// it came from as condition planes.
+    public let conditional: Bool
     /// Model calls so far (one per processed frame; warm-up adds n − 1 sequential calls).
     public private(set) var modelCalls = 0
 
@@ -96,6 +102,39 @@ public final class StreamPipeline {
     /// the layout (docs/STREAMS.md).
     public static let defaultGuidance = StreamGuidance.full
     public static let defaultScale: Float = 3
+
+    /// What a stream runs with where nothing else is asked for, by the kind of model: a restyle
+    /// model redraws its frame from noise (strength 1) in `restyleSteps` Euler steps with full
+    /// guidance at `restyleScale` (docs/STREAMS.md, "The restyle model"); an image model (the
+    /// image-to-image student) jumps once from t_0 = 1 − `defaultStrength` with full guidance at
+    /// `defaultScale`.
+    public struct Defaults: Sendable, Equatable {
+        public var strength: Float
+        public var steps: Int
+        public var stepping: StreamStepping
+        public var guidance: StreamGuidance
+        public var scale: Float
+
+        public init(flow: FlowConfig) {
+            if flow.task == StreamPipeline.restyleTask {
+                strength = 1
+                steps = StreamPipeline.restyleSteps
+                stepping = .euler
+                guidance = StreamPipeline.defaultGuidance
+                scale = StreamPipeline.restyleScale
+            } else {
+                strength = StreamPipeline.defaultStrength
+                steps = StreamPipeline.defaultSteps
+                stepping = .renoise
+                guidance = StreamPipeline.defaultGuidance
+                scale = StreamPipeline.defaultScale
+            }
+        }
+    }
+
+    /// Steps and guidance scale of a restyle model's defaults.
+    public static let restyleSteps = 2
+    public static let restyleScale: Float = 2
 
     /// Times for `strength` and `steps`: t_0 = 1 − strength, then evenly spaced towards 1.
     public static func times(strength: Float, steps: Int) throws -> [Float] {
@@ -117,12 +156,37 @@ public final class StreamPipeline {
         self.times = times
         self.settings = settings
         let c = sampler.model.config
-        let shape = [1, c.inChannels, c.sampleSize, c.sampleSize]
+        conditional = Self.isRestyleModel(sampler)
+        let shape = [1, c.outChannels, c.sampleSize, c.sampleSize]
         frameShape = shape
         noise = (0..<times.count).map { i in
             GaussianSource.draw(count: 1, shape: Array(shape.dropFirst()), seed: seed &+ UInt64(i) &* 7919)
         }
         try validate(settings)
+    }
+
+    /// flow.json `task` of an image-to-image model that redraws its condition, the input picture
+    /// (`gen dataset restyle`): in_channels = 2 × out_channels = 6.
+    public static let restyleTask = "restyle"
+
+    /// Whether `sampler`'s model is a restyle model: its input is [x_t; frame].
+    public static func isRestyleModel(_ sampler: FlowSampler) -> Bool {
+        let c = sampler.model.config
+        return sampler.flow.task == restyleTask && c.outChannels == 3 && c.inChannels == 6
+    }
+
+    /// Why `sampler`'s model cannot run a stream, or nil when it can: an image model or a
+    /// restyle model.
+    public static func streamProblem(_ sampler: FlowSampler) -> String? {
+        isRestyleModel(sampler) ? nil : sampler.imageProblem
+    }
+
+    /// Rows [x_i; condition_i] of a restyle model (each [1, C, H, W]); `xs` unchanged otherwise.
+    func withConditions(_ xs: [Tensor], _ conds: [Tensor]) -> [Tensor] {
+        guard conditional else { return xs }
+        return zip(xs, conds).map { x, c in
+            Tensor(shape: [1, x.shape[1] + c.shape[1], x.shape[2], x.shape[3]], data: x.data + c.data)
+        }
     }
 
     /// Throws if `settings` cannot run with these slot times and this model.
@@ -162,7 +226,7 @@ public final class StreamPipeline {
     /// reference computed for row 0. `firstRowIsNew`: row 0 is a frame entering slot 0, whose
     /// onetime reference is computed now (one null row); otherwise every row brings its reference
     /// (the warm-up's later stages: the frame keeps the reference of its slot 0, §6).
-    func evaluate(_ xs: [Tensor], _ ts: [Float], refs: [Tensor?], firstRowIsNew: Bool = true) -> (estimates: [Tensor], newReference: Tensor?) {
+    func evaluate(_ xs: [Tensor], _ ts: [Float], refs: [Tensor?], conds: [Tensor] = [], firstRowIsNew: Bool = true) -> (estimates: [Tensor], newReference: Tensor?) {
         var s = settings
         // Rows that carry their references are guided as in `self`, without a null row.
         if s.guidance == .onetime && !firstRowIsNew { s.guidance = .selfNegative }
@@ -170,13 +234,14 @@ public final class StreamPipeline {
         let cond = s.classIndex
         let null = sampler.flow.nullClass ?? cond
         let scale = Float(sampler.flow.timestepScale)
-        var rows = xs, rowT = ts, labels = [Int](repeating: cond, count: n)
+        let inputs = withConditions(xs, conds)
+        var rows = inputs, rowT = ts, labels = [Int](repeating: cond, count: n)
         switch s.guidance {
         case .none, .selfNegative: break
         case .full:
-            rows += xs; rowT += ts; labels += [Int](repeating: null, count: n)
+            rows += inputs; rowT += ts; labels += [Int](repeating: null, count: n)
         case .onetime:
-            rows.append(xs[0]); rowT.append(ts[0]); labels.append(null)
+            rows.append(inputs[0]); rowT.append(ts[0]); labels.append(null)
         }
         let v = sampler.forward(Tensor.stack(rows: rows), timesteps: rowT.map { $0 * scale }, classLabels: labels)
         modelCalls += 1
@@ -265,19 +330,21 @@ public final class StreamPipeline {
             var ref: Tensor? = settings.guidance == .selfNegative ? frame.scaled(1) : nil
             for i in 0..<n {
                 if i > 0 { rows.append(x); refs.append(ref ?? frame) }
-                let (est, newRef) = evaluate([x], [times[i]], refs: [ref], firstRowIsNew: i == 0)
+                let (est, newRef) = evaluate([x], [times[i]], refs: [ref], conds: [frame], firstRowIsNew: i == 0)
                 if i == 0, let newRef { ref = newRef }
                 if i + 1 < n { x = advance(row: x, estimate: est[0], slot: i) } else { x = est[0] }
             }
             // The buffer now holds frame 0 at stages 1…n−1; the next n−1 outputs repeat it.
             buffer = rows
             references = refs
+            conditions = [Tensor](repeating: frame, count: n - 1)
             return remember(x)
         }
         var xs = [x0] + buffer!
         let firstRef: Tensor? = settings.guidance == .selfNegative ? frame : nil
         let refs: [Tensor?] = [firstRef] + (references ?? []).map { Optional($0) }
-        let (est, newRef) = evaluate(xs, Array(times), refs: refs)
+        let conds = [frame] + (conditions ?? [])
+        let (est, newRef) = evaluate(xs, Array(times), refs: refs, conds: conds)
         let output = est[n - 1]
         // Advance: row i+1 ← t_{i+1}·x̂_i + (1 − t_{i+1})·N_{i+1}; references travel with frames.
         var next: [Tensor] = []
@@ -285,6 +352,7 @@ public final class StreamPipeline {
         let rowRefs = refs.enumerated().map { i, r in (i == 0 ? (newRef ?? r) : r) ?? frame }
         buffer = next
         references = Array(rowRefs.prefix(n - 1))
+        conditions = Array(conds.prefix(n - 1))
         xs.removeAll()
         return remember(output)
     }
@@ -302,7 +370,7 @@ public final class StreamPipeline {
     public func sequential(_ frame: Tensor) -> Tensor {
         var x = Self.mix(frame, times[0], noise[0])
         for i in 0..<slots {
-            let (est, _) = evaluate([x], [times[i]], refs: [nil])
+            let (est, _) = evaluate([x], [times[i]], refs: [nil], conds: [frame])
             x = i + 1 < slots ? advance(row: x, estimate: est[0], slot: i) : est[0]
         }
         return x

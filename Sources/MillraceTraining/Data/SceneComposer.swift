@@ -58,9 +58,34 @@ public struct SceneComposer: Sendable {
         pool[Int(split)].indices.filter { !pool[Int(split)][$0].isEmpty }
     }
 
+    /// Where a scene's sprites go: its background, and each sprite's centre and side in the order
+    /// they are drawn. `compose` draws it; `RestylePairs` draws it twice with other sprites.
+    public struct Layout: Sendable {
+        public var background: RGBImage
+        /// (sprite, centre x, centre y, side), in drawing order.
+        public var placements: [(sprite: Int, centreX: Float, centreY: Float, side: Int)]
+        /// The group of the main sprite.
+        public var label: Int
+        /// The sprites drawn, main first.
+        public var members: [Int]
+    }
+
     /// A scene from `split`'s sprites whose main sprite is of `label` (nil: a class drawn
     /// uniformly among those with sprites). Deterministic in `rng`.
     public func compose(split: UInt8, label: Int? = nil, rng: inout SplitMix64) -> Scene {
+        let l = layout(split: split, label: label, rng: &rng)
+        return Scene(image: render(l), label: l.label, members: l.members)
+    }
+
+    /// `layout`'s background with its sprites drawn over it in order.
+    public func render(_ layout: Layout) -> RGBImage {
+        var image = layout.background
+        for p in layout.placements { paste(p.sprite, into: &image, centreX: p.centreX, centreY: p.centreY, side: p.side) }
+        return image
+    }
+
+    /// The layout of a scene (what `compose` draws), deterministic in `rng`.
+    public func layout(split: UInt8, label: Int? = nil, rng: inout SplitMix64) -> Layout {
         let classes = classes(split: split)
         precondition(!classes.isEmpty, "split \(split) has no sprites")
         let group = label ?? classes[Int(rng.next() % UInt64(classes.count))]
@@ -69,18 +94,18 @@ public struct SceneComposer: Sendable {
         let s = Float(size)
         // One scene in five is a single emoji, as in the emoji dataset (over white half the time).
         if rng.nextUnitDouble() < 0.2 {
-            var image = rng.nextUnitDouble() < 0.5
+            let background = rng.nextUnitDouble() < 0.5
                 ? RGBImage(width: size, height: size, fill: (1, 1, 1)) : Self.background(size: size, rng: &rng)
             let main = pick(group)
             let side = Int((s * uniform(0.6, 0.95, &rng)).rounded())
-            paste(main, into: &image, centreX: s / 2 + uniform(-0.08, 0.08, &rng) * s,
-                  centreY: s / 2 + uniform(-0.08, 0.08, &rng) * s, side: side)
-            return Scene(image: image, label: group, members: [main])
+            let cx = s / 2 + uniform(-0.08, 0.08, &rng) * s
+            let cy = s / 2 + uniform(-0.08, 0.08, &rng) * s
+            return Layout(background: background, placements: [(main, cx, cy, side)], label: group, members: [main])
         }
-        var image = Self.background(size: size, rng: &rng)
+        let background = Self.background(size: size, rng: &rng)
         let others = 1 + Int(rng.next() % 4)
         var members = [pick(group)]
-        var placements: [(Int, Float, Float, Int)] = [(members[0], uniform(0.2, 0.8, &rng) * s, uniform(0.2, 0.8, &rng) * s,
+        var placements: [(sprite: Int, centreX: Float, centreY: Float, side: Int)] = [(members[0], uniform(0.2, 0.8, &rng) * s, uniform(0.2, 0.8, &rng) * s,
                                                        Int((s * uniform(0.35, 0.7, &rng)).rounded()))]
         for _ in 0..<others {
             let g = rng.nextUnitDouble() < 0.5 ? group : classes[Int(rng.next() % UInt64(classes.count))]
@@ -94,9 +119,11 @@ public struct SceneComposer: Sendable {
         for k in stride(from: placements.count - 1, to: 0, by: -1) {
             placements.swapAt(k, Int(rng.next() % UInt64(k + 1)))
         }
-        for (i, cx, cy, side) in placements { paste(i, into: &image, centreX: cx, centreY: cy, side: side) }
-        return Scene(image: image, label: group, members: members)
+        return Layout(background: background, placements: placements, label: group, members: members)
     }
+
+    /// The sprites of `split` and class `group`.
+    public func sprites(split: UInt8, group: Int) -> [Int] { pool[Int(split)][group] }
 
     /// Draws sprite `index` at `side`×`side` centred on (`centreX`, `centreY`) over `image`,
     /// through its coverage; the parts outside the image are cut.

@@ -1,0 +1,184 @@
+import Foundation
+import MillraceCore
+import MillraceImaging
+
+/// Pairs of scenes for the image-to-image (restyle) model: one layout drawn twice, first with
+/// sprites of any group (the input), then with every sprite swapped for one of the asked group at
+/// the same place and size (the output), over the same background (docs/DATASET.md, "Restyle
+/// pairs"). The model learns to redraw a picture as emoji of a group while keeping where
+/// everything is.
+///
+/// The swapped-in sprite is the closest sprite of the asked group to the one it replaces (on a
+/// small thumbnail of luma and coverage), so that the output keeps the input's shapes and light
+/// and dark as far as the group allows, and is a function of the input. In some scenes the input's sprites are
+/// drawn as pen outlines instead (a drawing to turn into emoji, as on the page's canvas).
+public struct RestylePairs: Sendable {
+    public let composer: SceneComposer
+    /// Candidates of the asked group per swapped sprite, drawn at random; 0: every sprite of the
+    /// group, so that the output is a function of the input (its nearest sprites in the group)
+    /// and a model's one-step estimate need not average over choices.
+    public var candidates = 0
+    /// Share of scenes whose input sprites are drawn as outlines.
+    public var outlineShare = 0.15
+    /// Side of the thumbnails that choose a swapped-in sprite.
+    static let thumbSide = 8
+    /// Per sprite: `thumbSide`² luma-over-white values, then as many coverage values.
+    let thumbs: [Float]
+
+    public init(composer: SceneComposer) {
+        self.composer = composer
+        let sprites = composer.sprites, n = sprites.size, plane = n * n, t = Self.thumbSide
+        var thumbs = [Float](repeating: 0, count: sprites.count * 2 * t * t)
+        for i in 0..<sprites.count {
+            let c = sprites.colour[i * 3 * plane ..< (i + 1) * 3 * plane]
+            let b = c.startIndex
+            var luma = [Float](repeating: 0, count: plane)
+            for p in 0..<plane { luma[p] = 0.299 * c[b + p] + 0.587 * c[b + plane + p] + 0.114 * c[b + 2 * plane + p] }
+            let l = RGBImage(width: n, height: n, planes: luma + luma + luma).resizedArea(width: t, height: t)
+            let a = Array(sprites.alpha[i * plane ..< (i + 1) * plane])
+            let k = RGBImage(width: n, height: n, planes: a + a + a).resizedArea(width: t, height: t)
+            for p in 0..<(t * t) {
+                thumbs[i * 2 * t * t + p] = l.planes[p]
+                thumbs[i * 2 * t * t + t * t + p] = k.planes[p]
+            }
+        }
+        self.thumbs = thumbs
+    }
+
+    /// One pair.
+    public struct Pair: Sendable {
+        public var input: RGBImage
+        public var output: RGBImage
+        /// The asked group: every sprite of `output` is of it.
+        public var label: Int
+        /// Whether the input's sprites are outlines.
+        public var outlined: Bool
+    }
+
+    /// A pair from `split`'s sprites, the output in `label`'s group (nil: drawn uniformly).
+    /// Deterministic in `rng`.
+    public func pair(split: UInt8, label: Int? = nil, rng: inout SplitMix64) -> Pair {
+        let classes = composer.classes(split: split)
+        let group = label ?? classes[Int(rng.next() % UInt64(classes.count))]
+        let layout = composer.layout(split: split, rng: &rng)
+        let outlined = rng.nextUnitDouble() < outlineShare
+        var swapped = layout
+        // An outline shows a sprite's shape, not its colours: the swapped sprite is then the
+        // closest in coverage only.
+        swapped.placements = layout.placements.map { p in
+            (closest(to: p.sprite, among: composer.sprites(split: split, group: group), shapeOnly: outlined, rng: &rng), p.centreX, p.centreY, p.side)
+        }
+        var input: RGBImage
+        if outlined {
+            // A drawing: pen outlines of the same sprites on a light page (or the layout's own
+            // background), which the output keeps.
+            let page = SceneComposer.colour(&rng)
+            let light = (0.85 + 0.15 * page.0, 0.85 + 0.15 * page.1, 0.85 + 0.15 * page.2)
+            input = rng.nextUnitDouble() < 0.5 ? layout.background : RGBImage(width: composer.size, height: composer.size, fill: light)
+            swapped.background = input
+            let ink = SceneComposer.colour(&rng)
+            let dark = (ink.0 * 0.7, ink.1 * 0.7, ink.2 * 0.7)
+            let width = 1 + Int(rng.next() % 3)
+            for p in layout.placements {
+                drawOutline(p.sprite, into: &input, centreX: p.centreX, centreY: p.centreY, side: p.side, ink: dark, width: width)
+            }
+        } else {
+            input = composer.render(layout)
+        }
+        return Pair(input: input, output: composer.render(swapped), label: group, outlined: outlined)
+    }
+
+    /// Of `candidates` sprites drawn from `pool` (0: all of them), the one whose thumbnail (luma
+    /// and coverage, or coverage only) is closest to `sprite`'s; ties go to the first.
+    func closest(to sprite: Int, among pool: [Int], shapeOnly: Bool = false, rng: inout SplitMix64) -> Int {
+        let m = 2 * Self.thumbSide * Self.thumbSide, from = shapeOnly ? m / 2 : 0
+        let all = candidates <= 0 || candidates >= pool.count
+        var best = pool[0], bestDistance = Float.infinity
+        for k in 0..<(all ? pool.count : candidates) {
+            let c = all ? pool[k] : pool[Int(rng.next() % UInt64(pool.count))]
+            var d: Float = 0
+            for j in from..<m { let e = thumbs[c * m + j] - thumbs[sprite * m + j]; d += e * e }
+            if d < bestDistance { bestDistance = d; best = c }
+        }
+        return best
+    }
+
+    /// Draws the outline of sprite `index` (the edge of its coverage and the strong edges of its
+    /// luma inside) at `side`×`side` centred on (`centreX`, `centreY`), in `ink`, `width` pixels wide.
+    func drawOutline(_ index: Int, into image: inout RGBImage, centreX: Float, centreY: Float, side: Int,
+                     ink: (Float, Float, Float), width: Int) {
+        guard side >= 2 else { return }
+        let sprites = composer.sprites, n = sprites.size, plane = n * n
+        let c = Array(sprites.colour[index * 3 * plane ..< (index + 1) * 3 * plane])
+        var luma = [Float](repeating: 0, count: plane)
+        for p in 0..<plane { luma[p] = 0.299 * c[p] + 0.587 * c[plane + p] + 0.114 * c[2 * plane + p] }
+        let a = Array(sprites.alpha[index * plane ..< (index + 1) * plane])
+        func scaled(_ v: [Float]) -> [Float] {
+            let img = RGBImage(width: n, height: n, planes: v + v + v)
+            let r = side == n ? img : side < n ? img.resizedArea(width: side, height: side) : img.resizedBilinear(width: side, height: side)
+            return Array(r.planes[0..<(side * side)])
+        }
+        let k = scaled(a), l = scaled(luma)
+        var edge = [Bool](repeating: false, count: side * side)
+        for y in 0..<side {
+            for x in 0..<side {
+                let i = y * side + x
+                guard k[i] >= 0.5 else { continue }
+                var on = false
+                for (dx, dy) in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
+                    let xx = x + dx, yy = y + dy
+                    if xx < 0 || yy < 0 || xx >= side || yy >= side || k[yy * side + xx] < 0.5 { on = true; break }
+                    if abs(l[yy * side + xx] - l[i]) > 0.3 && l[i] < l[yy * side + xx] { on = true; break }
+                }
+                edge[i] = on
+            }
+        }
+        let x0 = Int((centreX - Float(side) / 2).rounded()), y0 = Int((centreY - Float(side) / 2).rounded())
+        let w = image.width, h = image.height, ip = w * h
+        for y in 0..<side {
+            for x in 0..<side where edge[y * side + x] {
+                for oy in 0..<width {
+                    for ox in 0..<width {
+                        let px = x0 + x + ox - width / 2, py = y0 + y + oy - width / 2
+                        guard px >= 0 && py >= 0 && px < w && py < h else { continue }
+                        image.planes[py * w + px] = ink.0
+                        image.planes[ip + py * w + px] = ink.1
+                        image.planes[2 * ip + py * w + px] = ink.2
+                    }
+                }
+            }
+        }
+    }
+
+    /// `count` pairs, each from its own stream of `seed`, from the train sprites (split 0), the
+    /// asked groups uniform. Images [count, 3, size, size] in [−1, 1] (the model's space).
+    public func make(count: Int, split: UInt8 = 0, seed: UInt64,
+                     progress: ((Int, Int) -> Void)? = nil) -> (inputs: [Float], outputs: [Float], labels: [Int]) {
+        let per = 3 * composer.size * composer.size
+        var inputs = [Float](repeating: 0, count: count * per), outputs = inputs
+        var labels = [Int](repeating: 0, count: count)
+        inputs.withUnsafeMutableBufferPointer { ip in
+            outputs.withUnsafeMutableBufferPointer { op in
+                labels.withUnsafeMutableBufferPointer { lp in
+                    let box = UncheckedSendable((ip, op, lp, progress))
+                    let parts = max(1, min(count, ProcessInfo.processInfo.activeProcessorCount))
+                    DispatchQueue.concurrentPerform(iterations: parts) { part in
+                        let (ip, op, lp, progress) = box.value
+                        for k in (part * count / parts)..<((part + 1) * count / parts) {
+                            var rng = SplitMix64(seed: seed, stream: k)
+                            let p = pair(split: split, rng: &rng)
+                            for j in 0..<per {
+                                ip[k * per + j] = 2 * p.input.planes[j] - 1
+                                op[k * per + j] = 2 * p.output.planes[j] - 1
+                            }
+                            lp[k] = p.label
+                            if part == 0 && k % 256 == 0 { progress?(k * parts, count) }
+                        }
+                    }
+                }
+            }
+        }
+        progress?(count, count)
+        return (inputs, outputs, labels)
+    }
+}

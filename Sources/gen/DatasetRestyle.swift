@@ -1,0 +1,102 @@
+import ArgumentParser
+import Foundation
+import MillraceCore
+import MillraceFormats
+import MillraceImaging
+import MillraceTraining
+
+/// `gen dataset restyle`: the training set of the image-to-image (restyle) model.
+struct DatasetRestyleCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restyle",
+        abstract: "Make the restyle training set: scenes of emoji, each redrawn with emoji of one group (docs/DATASET.md, \"Restyle pairs\").",
+        discussion: """
+        Each example is a layout of emoji drawn twice over the same background: the input with
+        emoji of any groups (in some examples drawn as pen outlines), the output with every
+        emoji swapped for the closest-looking emoji of the example's group (of all of them, or of
+        --candidates drawn at random), at the same place and size. Only the train emoji are used. Written as safetensors ("input",
+        "output", "labels", F16) for `gen train --data FILE`, which then trains a model whose
+        condition is the input picture and whose class is the group to redraw it in.
+        Needs the same Debian packages as `gen dataset emoji`.
+        Example:
+          gen dataset restyle --out data/restyle64.safetensors --count 20000
+        """)
+
+    @Option(help: "Output file (.safetensors).")
+    var out: String
+    @Option(help: "Picture side in pixels.")
+    var size: Int = 64
+    @Option(help: "Number of pairs.")
+    var count: Int = 20_000
+    @Option(help: "Share of pairs whose input emoji are pen outlines.")
+    var outlineShare: Double = 0.15
+    @Option(help: "Emoji of the group each swapped emoji is chosen from, the closest-looking (0: all of the group, so the output is a function of the input).")
+    var candidates: Int = 0
+    @Option(help: "Random seed of the layouts.")
+    var seed: UInt64 = 0
+    @OptionGroup var sources: EmojiSources
+
+    func validate() throws {
+        guard size >= 16 && size <= 256 else { throw ValidationError("--size must be between 16 and 256") }
+        guard count >= 1 && count <= 200_000 else { throw ValidationError("--count must be between 1 and 200000") }
+        guard outlineShare >= 0 && outlineShare <= 1 else { throw ValidationError("--outline-share must be in [0, 1]") }
+        guard candidates >= 0 else { throw ValidationError("--candidates must be 0 (all) or more") }
+    }
+
+    /// Safetensors metadata tag of the file.
+    static let format = "millrace-restyle-data-1"
+    /// flow.json `task` of a model trained on it.
+    static let task = "restyle"
+
+    func run() throws {
+        try runReportingErrors {
+            let render = LazyProgress("render", unit: "glyphs")
+            let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: sources.font, emojiTestPath: sources.emojiTest, progress: render.update)
+            render.finish()
+            var pairs = RestylePairs(composer: SceneComposer(sprites: sprites, size: size))
+            pairs.outlineShare = outlineShare
+            pairs.candidates = candidates
+            let compose = LazyProgress("compose", unit: "pairs")
+            let made = pairs.make(count: count, seed: seed, progress: compose.update)
+            compose.finish()
+            let s = size
+            var file = SafetensorsFile(tensors: [
+                "input": SafetensorsTensor(shape: [count, 3, s, s], data: made.inputs),
+                "output": SafetensorsTensor(shape: [count, 3, s, s], data: made.outputs),
+                "labels": SafetensorsTensor(shape: [count], data: made.labels.map(Float.init)),
+            ])
+            let names = try JSONSerialization.data(withJSONObject: sprites.classNames)
+            file.metadata = ["format": Self.format, "class_names": String(decoding: names, as: UTF8.self)]
+            let dir = (out as NSString).deletingLastPathComponent
+            if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+            try file.write(path: out, dtype: .f16)
+            var perClass = [Int](repeating: 0, count: sprites.classNames.count)
+            for l in made.labels { perClass[l] += 1 }
+            print("wrote \(out): \(count) pairs of \(s)×\(s)")
+            for (name, n) in zip(sprites.classNames, perClass) {
+                print("  \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(n)")
+            }
+        }
+    }
+
+    /// Whether `path` is a restyle set (its metadata says so).
+    static func isRestyleSet(_ file: SafetensorsFile) -> Bool { file.metadata["format"] == format }
+
+    /// The training data of a restyle set: samples are the outputs, the condition the inputs.
+    static func read(_ file: SafetensorsFile, path: String) throws -> FlowTrainingData {
+        guard let input = file.tensors["input"], let output = file.tensors["output"], let labels = file.tensors["labels"],
+              output.shape.count == 4, output.shape[1] == 3, output.shape[2] == output.shape[3], output.shape[0] >= 1,
+              input.shape == output.shape, labels.shape == [output.shape[0]],
+              let namesData = file.metadata["class_names"]?.data(using: .utf8),
+              let names = try? JSONSerialization.jsonObject(with: namesData) as? [String], !names.isEmpty else {
+            throw CLIError("\(path): expected tensors input and output [N, 3, S, S], labels [N] and class_names in the metadata")
+        }
+        let ls = labels.data.map { Int($0) }
+        guard ls.allSatisfy({ $0 >= 0 && $0 < names.count }) else { throw CLIError("\(path): a label is outside the \(names.count) classes") }
+        var data = FlowTrainingData(images: output.data, labels: ls, size: output.shape[2], classNames: names)
+        data.condition = input.data
+        data.conditionChannels = 3
+        data.task = task
+        return data
+    }
+}

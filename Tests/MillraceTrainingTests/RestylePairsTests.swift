@@ -1,0 +1,123 @@
+import Foundation
+import Testing
+@testable import MillraceCore
+@testable import MillraceImaging
+@testable import MillraceTraining
+
+/// Restyle pairs (the image-to-image model's data) on SceneComposerTests' synthetic sprites.
+@Suite struct RestylePairsTests {
+    static func pairs(outlines: Double = 0) -> RestylePairs {
+        var p = RestylePairs(composer: SceneComposer(sprites: SceneComposerTests.sprites(perClass: 4), size: 24))
+        p.outlineShare = outlines
+        return p
+    }
+
+    /// The pixels no sprite of `layout` covers: drawn over black and over white they keep the
+    /// background's value.
+    static func uncovered(_ composer: SceneComposer, _ layout: SceneComposer.Layout) -> [Bool] {
+        var black = layout, white = layout
+        black.background = RGBImage(width: composer.size, height: composer.size, fill: (0, 0, 0))
+        white.background = RGBImage(width: composer.size, height: composer.size, fill: (1, 1, 1))
+        let b = composer.render(black), w = composer.render(white), plane = composer.size * composer.size
+        return (0..<plane).map { p in (0..<3).allSatisfy { b.planes[$0 * plane + p] == 0 && w.planes[$0 * plane + p] == 1 } }
+    }
+
+    /// A pair is one layout drawn twice: the input is the scene `layout` gives for the same
+    /// draws, the output agrees with it wherever no sprite is, and differs where one is swapped.
+    @Test func aPairIsOneLayoutDrawnTwice() {
+        let pairs = Self.pairs()
+        let composer = pairs.composer
+        var differing = 0
+        for seed in 0..<40 {
+            var rng = SplitMix64(seed: 77, stream: seed)
+            var copy = rng
+            let label = seed % 3
+            let pair = pairs.pair(split: 0, label: label, rng: &rng)
+            let layout = composer.layout(split: 0, rng: &copy)
+            #expect(pair.label == label && !pair.outlined)
+            #expect(pair.input.planes == composer.render(layout).planes, "seed \(seed)")
+            let free = Self.uncovered(composer, layout), plane = composer.size * composer.size
+            for p in 0..<plane where free[p] {
+                for c in 0..<3 { #expect(pair.output.planes[c * plane + p] == pair.input.planes[c * plane + p]) }
+            }
+            if pair.output.planes != pair.input.planes { differing += 1 }
+            // Deterministic in the generator.
+            var again = SplitMix64(seed: 77, stream: seed)
+            #expect(pairs.pair(split: 0, label: label, rng: &again).output.planes == pair.output.planes)
+        }
+        #expect(differing > 20)
+    }
+
+    /// The swapped-in sprite is of the asked group (its pool) and, by default (every sprite of the
+    /// group a candidate), the closest there on the thumbnails, drawing nothing: a function of
+    /// the input. With a few random candidates it is still of the group, and a sprite in the pool
+    /// is chosen for itself once enough are drawn.
+    @Test func theSwappedSpriteIsTheClosestOfTheGroup() {
+        var pairs = Self.pairs()
+        let composer = pairs.composer
+        let m = 2 * RestylePairs.thumbSide * RestylePairs.thumbSide
+        func distance(_ a: Int, _ b: Int, from: Int) -> Float {
+            (from..<m).reduce(Float(0)) { $0 + (pairs.thumbs[a * m + $1] - pairs.thumbs[b * m + $1]) * (pairs.thumbs[a * m + $1] - pairs.thumbs[b * m + $1]) }
+        }
+        var rng = SplitMix64(seed: 3)
+        for group in 0..<3 {
+            let pool = composer.sprites(split: 0, group: group)
+            #expect(!pool.isEmpty && pool.allSatisfy { composer.sprites.labels[$0] == UInt8(group) && composer.sprites.split[$0] == 0 })
+            for sprite in 0..<composer.sprites.count {
+                for shapeOnly in [false, true] {
+                    let before = rng
+                    let chosen = pairs.closest(to: sprite, among: pool, shapeOnly: shapeOnly, rng: &rng)
+                    let from = shapeOnly ? m / 2 : 0
+                    let best = pool.map { distance($0, sprite, from: from) }.min()!
+                    #expect(pool.contains(chosen) && distance(chosen, sprite, from: from) == best)
+                    // Nothing was drawn.
+                    var a = before, b = rng
+                    #expect(a.next() == b.next())
+                }
+            }
+        }
+        pairs.candidates = 2
+        let pool = composer.sprites(split: 0, group: 1)
+        for sprite in 0..<composer.sprites.count { #expect(pool.contains(pairs.closest(to: sprite, among: pool, rng: &rng))) }
+        pairs.candidates = 64
+        for sprite in pool { #expect(pairs.closest(to: sprite, among: pool, rng: &rng) == sprite) }
+    }
+
+    /// Outlined inputs are pen lines over a page: not the scene's own drawing, and the output
+    /// keeps the input's page wherever no sprite is.
+    @Test func outlinedInputsAreDrawingsOverTheOutputsPage() {
+        let pairs = Self.pairs(outlines: 1)
+        let composer = pairs.composer
+        for seed in 0..<20 {
+            var rng = SplitMix64(seed: 9, stream: seed)
+            var copy = rng
+            let pair = pairs.pair(split: 0, label: 2, rng: &rng)
+            let layout = composer.layout(split: 0, rng: &copy)
+            #expect(pair.outlined)
+            #expect(pair.input.planes != composer.render(layout).planes)
+            let free = Self.uncovered(composer, layout), plane = composer.size * composer.size
+            // Pen lines lie within a pen's width of a sprite's box; far from every sprite the
+            // page shows in both.
+            var agree = 0, total = 0
+            for p in 0..<plane where free[p] {
+                total += 1
+                if (0..<3).allSatisfy({ pair.output.planes[$0 * plane + p] == pair.input.planes[$0 * plane + p] }) { agree += 1 }
+            }
+            #expect(total == 0 || Double(agree) / Double(total) > 0.6, "seed \(seed): \(agree) of \(total)")
+        }
+    }
+
+    /// `make` gives images in [−1, 1], labels in range, the same as drawing each pair from its
+    /// own stream.
+    @Test func makeWritesEachPairFromItsOwnStream() {
+        let pairs = Self.pairs(outlines: 0.3)
+        let made = pairs.make(count: 7, seed: 11)
+        let per = 3 * 24 * 24
+        #expect(made.inputs.count == 7 * per && made.outputs.count == 7 * per && made.labels.count == 7)
+        #expect(made.inputs.allSatisfy { $0 >= -1 && $0 <= 1 } && made.labels.allSatisfy { (0..<3).contains($0) })
+        var rng = SplitMix64(seed: 11, stream: 5)
+        let fifth = pairs.pair(split: 0, rng: &rng)
+        #expect(made.labels[5] == fifth.label)
+        #expect(Array(made.outputs[(5 * per)..<(6 * per)]) == fifth.output.planes.map { 2 * $0 - 1 })
+    }
+}
