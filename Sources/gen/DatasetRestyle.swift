@@ -82,7 +82,10 @@ struct DatasetRestyleCommand: ParsableCommand {
     /// Whether `path` is a restyle set (its metadata says so).
     static func isRestyleSet(_ file: SafetensorsFile) -> Bool { file.metadata["format"] == format }
 
-    /// The training data of a restyle set: samples are the outputs, the condition the inputs.
+    /// The training data of a restyle set: the condition is the input picture, and the sample
+    /// is the change the output makes to it, output − input (0 wherever the picture stays), so
+    /// that a model leaves the background exactly as it is unless it learns otherwise
+    /// (`StreamPipeline` adds the input back).
     static func read(_ file: SafetensorsFile, path: String) throws -> FlowTrainingData {
         guard let input = file.tensors["input"], let output = file.tensors["output"], let labels = file.tensors["labels"],
               output.shape.count == 4, output.shape[1] == 3, output.shape[2] == output.shape[3], output.shape[0] >= 1,
@@ -93,7 +96,9 @@ struct DatasetRestyleCommand: ParsableCommand {
         }
         let ls = labels.data.map { Int($0) }
         guard ls.allSatisfy({ $0 >= 0 && $0 < names.count }) else { throw CLIError("\(path): a label is outside the \(names.count) classes") }
-        var data = FlowTrainingData(images: output.data, labels: ls, size: output.shape[2], classNames: names)
+        var change = output.data
+        for j in change.indices { change[j] -= input.data[j] }
+        var data = FlowTrainingData(images: change, labels: ls, size: output.shape[2], classNames: names)
         data.condition = input.data
         data.conditionChannels = 3
         data.task = task

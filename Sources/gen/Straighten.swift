@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import MillraceCore
+import MillraceFormats
+import MillracePipelines
 import MillraceTraining
 
 /// The image-to-image student's objective.
@@ -41,12 +43,20 @@ struct StraightenCommand: ParsableCommand {
         student's jump from t land where its own jump from there lands (its targets come from a \
         copy of the student refreshed at each of --rounds rounds).
 
+        With --from-data and a restyle set (`gen dataset restyle`) and a restyle model, the \
+        student is a one-step restyle model: each chord starts from noise with one of the set's \
+        input pictures as condition (its group as class, one in ten the null class) and ends \
+        where the teacher lands after --teacher-steps guided Euler steps; a stream on the \
+        student then needs one slot.
+
         Examples:
           gen straighten --nfe 4 --out runs/emoji32-straight-4
           gen straighten --nfe 2 --out runs/s2 --samples 128 --steps 200 --teacher-cache runs/teacher.safetensors
           gen straighten --model runs/scenes64 --from-data data/scenes64.mrds --out runs/scenes64-i2i --samples 1024
           gen straighten --model assets/models/scenes64 --from-data data/scenes64.mrds --out runs/i2i-cons \
             --objective consistency --rounds 5 --samples 384 --steps 250 --guidance 6
+          gen straighten --model runs/restyle64 --from-data data/restyle64.safetensors --out runs/restyle64-1step \
+            --samples 1024 --teacher-steps 6 --guidance 2 --steps 400
         """)
 
     @Option(help: "Steps N of the BOSS schedule to straighten for (not with --from-data).")
@@ -96,7 +106,9 @@ struct StraightenCommand: ParsableCommand {
         } else {
             guard nfe == nil else { throw ValidationError("--nfe and --from-data exclude each other") }
             guard teacherSteps >= 1 && teacherSteps <= 1000 else { throw ValidationError("--teacher-steps must be between 1 and 1000") }
-            guard rounds >= 1 && rounds <= steps else { throw ValidationError("--rounds must be between 1 and --steps") }
+            if objective == .consistency {
+                guard rounds >= 1 && rounds <= steps else { throw ValidationError("--rounds must be between 1 and --steps") }
+            }
             guard delta > 0 && delta <= 1 else { throw ValidationError("--delta must be in (0, 1]") }
             _ = try parsedStartTimes()
         }
@@ -222,9 +234,51 @@ struct StraightenCommand: ParsableCommand {
         return trainer
     }
 
+    /// --from-data with a restyle set: the one-step restyle student (docs/TRAINING.md, "A
+    /// one-step restyle student"). Rows take the set's input pictures as conditions and its
+    /// labels as groups (one in ten the null class); the teacher runs --teacher-steps guided
+    /// Euler steps from noise.
+    func runRestyle(file: SafetensorsFile, data: String) throws {
+        let modelPath = model ?? ModelFolder.defaultStreamPath()
+        let folder = try ModelFolder.load(modelPath)
+        guard folder.flow.distilledGuidance == nil else {
+            throw ModelError.invalidArgument("\(modelPath) is already a straightened model; straighten its teacher instead")
+        }
+        let sampler = FlowSampler(model: folder.model, flow: folder.flow)
+        guard StreamPipeline.isRestyleModel(sampler) else {
+            throw CLIError("\(data) is a restyle set, and \(modelPath) is not a restyle model (flow.json task \"restyle\", 6 → 3 channels): train one with gen train --data \(data)")
+        }
+        let set = try DatasetRestyleCommand.read(file, path: data)
+        guard set.size == folder.config.sampleSize, set.classNames == folder.flow.classNames else {
+            throw CLIError("\(data) has \(set.size)×\(set.size) pairs of \(set.classNames.count) classes; the model takes \(folder.config.sampleSize)×\(folder.config.sampleSize) and \(folder.flow.classNames.count)")
+        }
+        let g = guidance ?? Float(folder.flow.defaultGuidance)
+        var rng = SplitMix64(seed: seed &+ 0x12)
+        let cd = 3 * set.size * set.size
+        var conditions: [[Float]] = [], labels: [Int] = []
+        for _ in 0..<samples {
+            let i = Int(rng.next() % UInt64(set.count))
+            conditions.append(Array(set.condition[(i * cd)..<((i + 1) * cd)]))
+            labels.append(rng.nextUnitDouble() < 0.1 ? (folder.flow.nullClass ?? set.labels[i]) : set.labels[i])
+        }
+        let bar = ProgressBar("teacher", total: samples, unit: "chords")
+        let chords = try Straightening.restyleChords(sampler: sampler, conditions: conditions, labels: labels, steps: teacherSteps,
+                                                     guidance: g, seed: seed) { done, _ in bar.update(done) }
+        bar.finish()
+        FileHandle.standardError.write(Data("straightening \(modelPath) for restyling in one jump from noise: \(chords.count) chords, batch \(batch)\n".utf8))
+        let trainer = try writeStudent(folder: folder, chords: chords, guidance: g, metadata: [
+            "weights": "ema", "straightened_from": modelPath, "restyle": "from noise, teacher \(teacherSteps) Euler steps"])
+        print("wrote \(out): a one-step restyle student (smoothed chord loss \(String(format: "%.4f", trainer.smoothedLoss))); stream with it: gen stream --model \(out)")
+    }
+
     /// --from-data: the image-to-image student.
     func runImageToImage(data: String) throws {
         try runReportingErrors {
+            if data.hasSuffix(".safetensors") {
+                let file = try SafetensorsFile.read(path: data)
+                guard DatasetRestyleCommand.isRestyleSet(file) else { throw CLIError("\(data) is not a restyle set (made by gen dataset restyle) nor a dataset file") }
+                return try runRestyle(file: file, data: data)
+            }
             let modelPath = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(modelPath)
             guard folder.flow.distilledGuidance == nil else {

@@ -202,6 +202,23 @@ import MillraceTestSupport
         #expect(summary["luma_correlation"] is Double && FileManager.default.fileExists(atPath: dir + "/out/f3.png"))
         let (s5, _, err5) = try GenCLI.run(["--steps", "2", "--model", dir + "/model", "--out", dir + "/gen.png"])
         #expect(s5 != 0 && err5.contains("restyle"), "stderr: \(err5)")
+        // Its one-step student: the teacher's guided run from noise in one jump; streams on it
+        // take one slot.
+        let (s6, _, err6) = try GenCLI.run(["straighten", "--model", dir + "/model", "--from-data", dir + "/pairs.safetensors",
+                                            "--out", dir + "/student", "--samples", "4", "--teacher-steps", "2", "--guidance", "2",
+                                            "--steps", "2", "--batch", "2", "--threads", "1"])
+        #expect(s6 == 0, "stderr: \(err6)")
+        let student = try ModelFolder.load(dir + "/student")
+        #expect(student.flow.task == "restyle" && student.flow.distilledGuidance == 2 && student.flow.defaultGuidance == 1)
+        let (s7, out7, err7) = try GenCLI.run(["stream", "--input", dir + "/frames", "--out", dir + "/out1", "--model", dir + "/student",
+                                               "--class", "2", "--no-filter", "--classifier", "none"])
+        #expect(s7 == 0, "stderr: \(err7)")
+        let summary1 = try #require(try JSONSerialization.jsonObject(with: Data(out7.utf8)) as? [String: Any])
+        #expect((summary1["slots"] as? [Double]) == [0] && summary1["processed"] as? Int == 4)
+        // A plain image model cannot learn from a restyle set.
+        let (s8, _, err8) = try GenCLI.run(["straighten", "--model", dir + "/plain", "--from-data", dir + "/pairs.safetensors",
+                                            "--out", dir + "/never", "--samples", "2", "--steps", "1"])
+        #expect(s8 != 0 && err8.contains("not a restyle model"), "stderr: \(err8)")
     }
 
     /// `gen eval colorize` on a folder of colour images: every method's metrics in the JSON, and

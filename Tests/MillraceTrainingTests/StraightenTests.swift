@@ -167,6 +167,55 @@ import MillraceTestSupport
         }
     }
 
+    /// Restyle chords start from noise at t = 0 with the picture as condition and land where the
+    /// teacher's guided Euler steps on [x; picture] do (one unguided step: the chord is the
+    /// teacher's velocity); a student fine-tuned on them sees [state; condition] rows and lowers
+    /// its chord loss; chords without the model's condition planes are refused.
+    @Test func restyleChordsTrainAOneStepStudent() throws {
+        try GlobalKernelSettings.exclusive {
+            let s = Fixtures.tinyRestyleSampler()
+            let path = Fixtures.tempPath("straighten-restyle")
+            try ModelFolder.write(model: s.model, flow: s.flow, to: path)
+            let folder = try ModelFolder.load(path)
+            var rng = TestRNG(seed: 8)
+            let pictures = (0..<6).map { _ in rng.floats(3 * 8 * 8) }
+            let labels = [0, 1, 2, 1, 0, 1]
+            let one = try Straightening.restyleChords(sampler: s, conditions: pictures, labels: labels, steps: 1, guidance: 1, seed: 2, batch: 4)
+            #expect(one.count == 6 && one.times.allSatisfy { $0 == 0 } && one.conditionDimension == 192 && one.conditions == pictures.flatMap { $0 })
+            var rowData: [Float] = []
+            for r in 0..<6 {
+                rowData += Array(one.states[(r * 192)..<((r + 1) * 192)])
+                rowData += pictures[r]
+            }
+            let rows = Tensor(shape: [6, 6, 8, 8], data: rowData)
+            #expect(relativeError(one.targets, s.velocity(rows, t: [Float](repeating: 0, count: 6), labels: labels, guidance: 1).data) < 1e-4)
+            // Two guided steps by hand for row 1.
+            let guided = try Straightening.restyleChords(sampler: s, conditions: pictures, labels: labels, steps: 2, guidance: 2, seed: 2)
+            #expect(guided.states == one.states)
+            var x = Tensor(shape: [1, 3, 8, 8], data: Array(one.states[192..<384]))
+            for k in 0..<2 {
+                let input = Tensor(shape: [1, 6, 8, 8], data: x.data + pictures[1])
+                x.addScaled(s.velocity(input, t: [Float(k) / 2], labels: [1], guidance: 2), 0.5)
+            }
+            let landing: [Float] = zip(one.states[192..<384], guided.targets[192..<384]).map { $0 + $1 }
+            #expect(relativeError(landing, x.data) < 1e-4)
+            var opts = TrainerTests.options(steps: 30)
+            opts.optimizer.learningRate = 2e-3
+            let trainer = try FlowTrainer(folder: folder, chords: guided, options: opts)
+            var first: [Double] = [], last: [Double] = []
+            for k in 0..<30 {
+                let l = trainer.trainStep()
+                if k < 5 { first.append(l) }
+                if k >= 25 { last.append(l) }
+            }
+            #expect(last.reduce(0, +) < 0.8 * first.reduce(0, +))
+            var bare = guided
+            bare.conditions = []
+            bare.conditionDimension = 0
+            #expect(throws: TrainError.self) { _ = try FlowTrainer(folder: folder, chords: bare, options: opts) }
+        }
+    }
+
     @Test func teacherCacheRoundTripAndKey() throws {
         let d = 3
         let teacher = Straightening.TeacherStates(grid: 4, samples: 2, dimension: d, labels: [0, 2], guidance: 1.5,

@@ -36,8 +36,58 @@ public enum Straightening {
         public var targets: [Float]
         public var times: [Float]
         public var labels: [Int]
+        /// Elements of a state and of a target (C·H·W of the model's output).
         public let dimension: Int
+        /// A restyle model's condition planes per row ([count · conditionDimension]), which
+        /// the student sees beside its state; empty for an image model.
+        public var conditions: [Float] = []
+        public var conditionDimension = 0
         public var count: Int { times.count }
+    }
+
+    // MARK: - Restyle chords
+
+    /// Chords for a one-jump restyle student (docs/TRAINING.md, "A one-step restyle student"):
+    /// each row takes the condition `conditions[s]` (an input picture, model space), starts from
+    /// Gaussian noise N at t = 0 as a restyle stream's slot does, and lets the restyle teacher
+    /// integrate [x; condition] from 0 to 1 in `steps` uniform Euler steps at `guidance`
+    /// (null-class rows unguided). The chord x1 − N is the velocity whose single jump from the
+    /// noise lands where the teacher does. Batches of `batch` rows; deterministic in `seed`.
+    public static func restyleChords(sampler: FlowSampler, conditions: [[Float]], labels: [Int], steps: Int, guidance: Float,
+                                     seed: UInt64, batch: Int = 32, progress: ((Int, Int) -> Void)? = nil) throws -> Chords {
+        let n = labels.count
+        guard n >= 1, conditions.count == n else { throw ModelError.invalidArgument("restyle chords need one condition per label (\(conditions.count) conditions, \(n) labels)") }
+        guard steps >= 1 else { throw ModelError.invalidArgument("the teacher needs at least 1 step") }
+        let c = sampler.model.config
+        let plane = c.sampleSize * c.sampleSize, d = c.outChannels * plane, cd = (c.inChannels - c.outChannels) * plane
+        guard cd > 0, conditions.allSatisfy({ $0.count == cd }) else {
+            throw ModelError.invalidArgument("conditions must have \(cd) values (the model's condition planes)")
+        }
+        let noise = GaussianSource.draw(count: n, shape: [c.outChannels, c.sampleSize, c.sampleSize], seed: seed &+ 1)
+        var out = Chords(states: noise.data, targets: [], times: [Float](repeating: 0, count: n), labels: labels, dimension: d)
+        out.conditions = conditions.flatMap { $0 }
+        out.conditionDimension = cd
+        out.targets.reserveCapacity(n * d)
+        for first in stride(from: 0, to: n, by: max(batch, 1)) {
+            let range = first..<min(n, first + max(batch, 1))
+            var x = noise.rows(range)
+            let lb = Array(labels[range])
+            for k in 0..<steps {
+                var input = Tensor(uninitialized: [range.count, c.inChannels, c.sampleSize, c.sampleSize])
+                for (r, s) in range.enumerated() {
+                    let o = r * (d + cd)
+                    for j in 0..<d { input.data[o + j] = x.data[r * d + j] }
+                    for j in 0..<cd { input.data[o + d + j] = conditions[s][j] }
+                }
+                let v = sampler.velocity(input, t: [Float](repeating: Float(k) / Float(steps), count: range.count), labels: lb, guidance: guidance)
+                x.addScaled(v, 1 / Float(steps))
+            }
+            for (r, s) in range.enumerated() {
+                for j in 0..<d { out.targets.append(x.data[r * d + j] - noise.data[s * d + j]) }
+            }
+            progress?(range.upperBound, n)
+        }
+        return out
     }
 
     /// Labels of the teacher samples: round-robin over `classes`, with every `nullEvery`-th sample

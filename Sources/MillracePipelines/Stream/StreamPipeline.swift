@@ -116,7 +116,14 @@ public final class StreamPipeline {
         public var scale: Float
 
         public init(flow: FlowConfig) {
-            if flow.task == StreamPipeline.restyleTask {
+            if flow.task == StreamPipeline.restyleTask && flow.distilledGuidance != nil {
+                // A one-step restyle student: its teacher's guided run is in its weights.
+                strength = 1
+                steps = 1
+                stepping = .renoise
+                guidance = StreamPipeline.restyleStudentGuidance
+                scale = StreamPipeline.restyleStudentScale
+            } else if flow.task == StreamPipeline.restyleTask {
                 strength = 1
                 steps = StreamPipeline.restyleSteps
                 stepping = .euler
@@ -135,6 +142,9 @@ public final class StreamPipeline {
     /// Steps and guidance scale of a restyle model's defaults.
     public static let restyleSteps = 2
     public static let restyleScale: Float = 2
+    /// Guidance of a one-step restyle student's defaults (`gen straighten` on a restyle set).
+    public static let restyleStudentGuidance = StreamGuidance.none
+    public static let restyleStudentScale: Float = 1
 
     /// Times for `strength` and `steps`: t_0 = 1 − strength, then evenly spaced towards 1.
     public static func times(strength: Float, steps: Int) throws -> [Float] {
@@ -166,7 +176,8 @@ public final class StreamPipeline {
     }
 
     /// flow.json `task` of an image-to-image model that redraws its condition, the input picture
-    /// (`gen dataset restyle`): in_channels = 2 × out_channels = 6.
+    /// (`gen dataset restyle`): in_channels = 2 × out_channels = 6. Its sample is the change to
+    /// the picture (output − input), so a stream's output is the estimate plus the frame.
     public static let restyleTask = "restyle"
 
     /// Whether `sampler`'s model is a restyle model: its input is [x_t; frame].
@@ -338,14 +349,15 @@ public final class StreamPipeline {
             buffer = rows
             references = refs
             conditions = [Tensor](repeating: frame, count: n - 1)
-            return remember(x)
+            return remember(conditional ? Self.adding(x, frame) : x)
         }
         var xs = [x0] + buffer!
         let firstRef: Tensor? = settings.guidance == .selfNegative ? frame : nil
         let refs: [Tensor?] = [firstRef] + (references ?? []).map { Optional($0) }
         let conds = [frame] + (conditions ?? [])
         let (est, newRef) = evaluate(xs, Array(times), refs: refs, conds: conds)
-        let output = est[n - 1]
+        // A restyle model's estimate is the change to the frame that row came from.
+        let output = conditional ? Self.adding(est[n - 1], conds[n - 1]) : est[n - 1]
         // Advance: row i+1 ← t_{i+1}·x̂_i + (1 − t_{i+1})·N_{i+1}; references travel with frames.
         var next: [Tensor] = []
         for i in 0..<(n - 1) { next.append(advance(row: xs[i], estimate: est[i], slot: i)) }
@@ -373,6 +385,13 @@ public final class StreamPipeline {
             let (est, _) = evaluate([x], [times[i]], refs: [nil], conds: [frame])
             x = i + 1 < slots ? advance(row: x, estimate: est[0], slot: i) : est[0]
         }
-        return x
+        return conditional ? Self.adding(x, frame) : x
+    }
+
+    /// a + b.
+    static func adding(_ a: Tensor, _ b: Tensor) -> Tensor {
+        var out = a
+        out.addScaled(b, 1)
+        return out
     }
 }

@@ -210,13 +210,18 @@ public final class FlowTrainer {
     /// EMA start from the folder's weights.
     public convenience init(folder: ModelFolder, chords: Straightening.Chords, options: TrainOptions) throws {
         let c = folder.config
-        guard chords.count > 0, chords.dimension == c.inChannels * c.sampleSize * c.sampleSize else {
-            throw TrainError.invalidSetup("straightening needs chords of the model's sample shape")
+        let plane = c.sampleSize * c.sampleSize
+        guard chords.count > 0, c.outChannels == 3, chords.dimension == c.outChannels * plane,
+              chords.conditionDimension == (c.inChannels - c.outChannels) * plane,
+              chords.conditions.count == chords.count * chords.conditionDimension else {
+            throw TrainError.invalidSetup("straightening needs chords of the model's sample shape (and its condition planes)")
         }
         guard !folder.flow.classNames.isEmpty else { throw TrainError.invalidSetup("straightening needs a class-conditional model folder with class names") }
         // The data split is not used when chords are set; one blank image keeps the checks simple.
-        let placeholder = FlowTrainingData(images: [Float](repeating: 0, count: chords.dimension), labels: [0],
+        var placeholder = FlowTrainingData(images: [Float](repeating: 0, count: chords.dimension), labels: [0],
                                            size: c.sampleSize, classNames: folder.flow.classNames)
+        placeholder.conditionChannels = c.inChannels - c.outChannels
+        placeholder.condition = [Float](repeating: 0, count: chords.conditionDimension)
         var opts = options
         opts.labelDropout = 0
         opts.horizontalFlips = false
@@ -232,7 +237,7 @@ public final class FlowTrainer {
     /// Replaces the chords a straightening trainer draws from (a consistency-style student gets new
     /// targets each round); the optimizer, EMA and generator go on.
     public func replaceChords(_ new: Straightening.Chords) throws {
-        guard let old = chords, new.count > 0, new.dimension == old.dimension else {
+        guard let old = chords, new.count > 0, new.dimension == old.dimension, new.conditionDimension == old.conditionDimension else {
             throw TrainError.invalidSetup("chords can only replace chords of the same shape")
         }
         guard let embeds = model.config.numClassEmbeds, new.labels.allSatisfy({ $0 >= 0 && $0 < embeds }) else {
@@ -241,14 +246,17 @@ public final class FlowTrainer {
         chords = new
     }
 
-    /// Draws a batch of chords: (x_{τk}, τk, labels, chord velocity).
+    /// Draws a batch of chords: (x_{τk}, τk, labels, chord velocity); a restyle student's rows
+    /// are [x_{τk}; condition].
     func drawChordBatch(_ chords: Straightening.Chords) -> (Tensor, [Float], [Int], Tensor) {
-        let b = options.batchSize, size = data.size, d = chords.dimension
-        var xt = Tensor(zeros: [b, 3, size, size]), target = xt
+        let b = options.batchSize, size = data.size, d = chords.dimension, cd = chords.conditionDimension
+        var xt = Tensor(zeros: [b, 3 + cd / (size * size), size, size]), target = Tensor(zeros: [b, 3, size, size])
         var ts = [Float](repeating: 0, count: b), labels = [Int](repeating: 0, count: b)
         for n in 0..<b {
             let i = Int(rng.next() % UInt64(chords.count))
-            xt.data.replaceSubrange((n * d)..<((n + 1) * d), with: chords.states[(i * d)..<((i + 1) * d)])
+            let o = n * (d + cd)
+            xt.data.replaceSubrange(o..<(o + d), with: chords.states[(i * d)..<((i + 1) * d)])
+            if cd > 0 { xt.data.replaceSubrange((o + d)..<(o + d + cd), with: chords.conditions[(i * cd)..<((i + 1) * cd)]) }
             target.data.replaceSubrange((n * d)..<((n + 1) * d), with: chords.targets[(i * d)..<((i + 1) * d)])
             ts[n] = chords.times[i]
             labels[n] = chords.labels[i]
