@@ -94,8 +94,11 @@ struct DatasetRestyleCommand: ParsableCommand {
               let names = try? JSONSerialization.jsonObject(with: namesData) as? [String], !names.isEmpty else {
             throw CLIError("\(path): expected tensors input and output [N, 3, S, S], labels [N] and class_names in the metadata")
         }
+        // Checked as floats first: a NaN or huge label must not reach Int(_:).
+        guard labels.data.allSatisfy({ $0.isFinite && $0 >= 0 && $0 < Float(names.count) && $0 == $0.rounded() }) else {
+            throw CLIError("\(path): a label is not one of the \(names.count) classes")
+        }
         let ls = labels.data.map { Int($0) }
-        guard ls.allSatisfy({ $0 >= 0 && $0 < names.count }) else { throw CLIError("\(path): a label is outside the \(names.count) classes") }
         var change = output.data
         for j in change.indices { change[j] -= input.data[j] }
         var data = FlowTrainingData(images: change, labels: ls, size: output.shape[2], classNames: names)

@@ -215,6 +215,15 @@ import MillraceTestSupport
         #expect(s7 == 0, "stderr: \(err7)")
         let summary1 = try #require(try JSONSerialization.jsonObject(with: Data(out7.utf8)) as? [String: Any])
         #expect((summary1["slots"] as? [Double]) == [0] && summary1["processed"] as? Int == 4)
+        // A set whose labels are not classes (NaN, out of range) is refused with the reason.
+        var broken = try SafetensorsFile.read(path: dir + "/pairs.safetensors")
+        for bad: Float in [.nan, 9, -1, 1.5] {
+            broken.tensors["labels"]!.data[0] = bad
+            try broken.write(path: dir + "/broken.safetensors", dtype: .f32)
+            let (s, _, err) = try GenCLI.run(["train", "--data", dir + "/broken.safetensors", "--out", dir + "/never", "--steps", "1"] + shape)
+            #expect(s != 0 && err.contains("label"), "label \(bad): \(err)")
+            #expect(!FileManager.default.fileExists(atPath: dir + "/never"))
+        }
         // A plain image model cannot learn from a restyle set.
         let (s8, _, err8) = try GenCLI.run(["straighten", "--model", dir + "/plain", "--from-data", dir + "/pairs.safetensors",
                                             "--out", dir + "/never", "--samples", "2", "--steps", "1"])
