@@ -41,6 +41,11 @@ struct DatasetRestyleCommand: ParsableCommand {
         guard count >= 1 && count <= 200_000 else { throw ValidationError("--count must be between 1 and 200000") }
         guard outlineShare >= 0 && outlineShare <= 1 else { throw ValidationError("--outline-share must be in [0, 1]") }
         guard candidates >= 0 else { throw ValidationError("--candidates must be 0 (all) or more") }
+        // Inputs and outputs are held as floats before they are written: bound that first.
+        let bytes = Double(count) * Double(6 * size * size) * 4
+        guard bytes <= 8e9 else {
+            throw ValidationError("--count \(count) pairs of \(size)×\(size) need \(Int(bytes / 1e9)) GB of memory (at most 8): make fewer or smaller pairs")
+        }
     }
 
     /// Safetensors metadata tag of the file.

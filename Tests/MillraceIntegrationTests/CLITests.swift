@@ -93,6 +93,7 @@ import MillraceTestSupport
         (["straighten", "--nfe", "2", "--from-data", "x.mrds", "--out", "OUT"], "exclude"),
         (["straighten", "--from-data", "x.mrds", "--start-times", "0.5,1", "--out", "OUT"], "start-times"),
         (["dataset", "scenes", "--out", "OUT", "--count", "10", "--held-out", "11"], "held-out"),
+        (["dataset", "restyle", "--out", "OUT", "--count", "200000", "--size", "256"], "memory"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "paint"], "'chords'"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "consistency", "--rounds", "0"], "rounds"),
         (["train", "--data", "x.safetensors", "--out", "OUT", "--hue-rotation", "2"], "hue-rotation"),

@@ -105,7 +105,7 @@ public final class StreamPipeline {
 
     /// What a stream runs with where nothing else is asked for, by the kind of model: a restyle
     /// model redraws its frame from noise (strength 1) in `restyleSteps` Euler steps with full
-    /// guidance at `restyleScale` (docs/STREAMS.md, "The restyle model"); an image model (the
+    /// guidance at `restyleScale` (docs/STREAMS.md, "A restyle model"); an image model (the
     /// image-to-image student) jumps once from t_0 = 1 − `defaultStrength` with full guidance at
     /// `defaultScale`.
     public struct Defaults: Sendable, Equatable {
