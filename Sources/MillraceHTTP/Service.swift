@@ -162,7 +162,8 @@ public final class MillraceService: @unchecked Sendable {
         var streamDefaults: [String: Any] {
             let d = StreamPipeline.Defaults(flow: folder.flow)
             return ["strength": d.strength, "steps": d.steps, "stepping": d.stepping.rawValue,
-                    "rcfg": (folder.flow.nullClass == nil ? StreamGuidance.none : d.guidance).rawValue, "guidance": d.scale]
+                    "rcfg": (folder.flow.nullClass == nil ? StreamGuidance.none : d.guidance).rawValue, "guidance": d.scale,
+                    "structure": d.structure]
         }
     }
 

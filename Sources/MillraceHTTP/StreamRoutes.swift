@@ -32,13 +32,15 @@ extension MillraceService {
         if let δ = try number("delta") { s.delta = δ }
         if let mode = try choice("stepping", StreamStepping.self) { s.stepping = mode }
         if let β = try number("blend") { s.blend = β }
+        if let w = try number("structure") { s.structure = w }
+        if let σ = try number("structure_sigma") { s.structureSigma = σ }
         return s
     }
 
     func createStream(_ r: HTTPRequest) -> HTTPResponse {
         do {
             let d = try parseJSONObject(r.body)
-            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "strength", "steps", "t_list", "similarity", "max_skip", "filter",
+            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "structure", "structure_sigma", "strength", "steps", "t_list", "similarity", "max_skip", "filter",
                               "size", "seed", "model"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw RequestError("unknown parameter '\(unknown)'") }
             guard scheduler.streams.count < options.maxStreams else { return .error(429, "too many streams (limit \(options.maxStreams))") }
@@ -188,6 +190,7 @@ extension MillraceService {
                       "skipped": skipped, "out": outputs, "errors": errors, "last_error": lastError as Any? ?? NSNull(),
                       "class": settings.classIndex, "rcfg": settings.guidance.rawValue, "guidance": settings.scale,
                       "stepping": settings.stepping.rawValue, "blend": settings.blend, "slots": times,
+                      "structure": settings.structure, "structure_sigma": settings.structureSigma,
                       "luma_correlation": measures.lumaCorrelation as Any? ?? NSNull(),
                       "flicker_static": measures.flickerStatic as Any? ?? NSNull()])
     }
@@ -220,7 +223,7 @@ extension MillraceService {
         guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
         do {
             let d = try parseJSONObject(r.body)
-            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "filter", "similarity", "max_skip"]
+            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "structure", "structure_sigma", "filter", "similarity", "max_skip"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw RequestError("unknown or fixed parameter '\(unknown)'") }
             // Every value is checked before anything changes: a bad PATCH leaves the stream as it was.
             let f = try filterFields(d)

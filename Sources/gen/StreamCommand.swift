@@ -15,7 +15,8 @@ struct StreamCommand: ParsableCommand {
         to t_0 = 1 − strength and denoised in n stages, one batched model call per frame. By
         default the stream model (the composition model's image-to-image student) redraws each
         frame in one jump from t_0 = 0.4, with full guidance at 3: two network rows per frame
-        (--rcfg none: one). Outputs are written under the same names as PNGs, with summary.json
+        (--rcfg none: one). --structure w gives each output the share w of its input's coarse
+        luma. Outputs are written under the same names as PNGs, with summary.json
         (frames in, processed, skipped, errors, output fps,
         mean latency, classifier_agreement: the fraction of processed outputs the evaluation
         classifier assigns to --class, luma_correlation: how much of each input's layout its
@@ -25,6 +26,7 @@ struct StreamCommand: ParsableCommand {
           gen stream --input assets/clips/scene --out out/stream --class "Animals & Nature"
           gen stream --input assets/clips/scene --out out/s --class "Food & Drink" --strength 0.7
           gen stream --input assets/clips/scene --out out/s --class Flags --rcfg none   # one row per frame
+          gen stream --input assets/clips/scene --out out/s --class Flags --structure 0.75  # the input's coarse luma
           gen stream --input frames/ --out out/s --model assets/models/scenes64 --steps 8 --stepping euler --rcfg full --guidance 3
           gen stream --input frames/ --out out/s --blend 0.3 --no-filter --size 256x256
         """)
@@ -51,6 +53,10 @@ struct StreamCommand: ParsableCommand {
     var stepping: StreamStepping?
     @Option(help: "Blend β in [0, 1) of the previous output into each entering frame (less flicker on still parts).")
     var blend: Float = 0
+    @Option(help: "Structure guidance w in [0, 1]: each output's coarse luma moves the share w of the way to its input's; colours and detail stay the model's (default: 0, off).")
+    var structure: Float?
+    @Option(help: "σ in pixels, at the model's size, of the blur through which structure guidance compares luma (default: \(StreamPipeline.defaultStructureSigma)).")
+    var structureSigma: Float?
     @Option(name: .customLong("class"), help: "Class name, index, or 'null'.")
     var className: String = "0"
     @Option(help: "Similarity threshold η of the filter.")
@@ -90,6 +96,8 @@ struct StreamCommand: ParsableCommand {
             settings.delta = delta
             if let stepping { settings.stepping = stepping }
             settings.blend = blend
+            if let structure { settings.structure = structure }
+            if let structureSigma { settings.structureSigma = structureSigma }
             let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
             let session = StreamSession(pipeline: pipeline, filter: noFilter ? nil
                 : SimilarityFilter(threshold: similarity, maxSkip: maxSkip, side: SimilarityFilter.defaultSide, seed: seed))
@@ -152,6 +160,7 @@ struct StreamCommand: ParsableCommand {
                 "mean_latency_ms": latencies.isEmpty ? 0 : 1000 * latencies.reduce(0, +) / Double(latencies.count),
                 "model": folder.path, "model_calls": pipeline.modelCalls, "slots": times, "guidance": mode.rawValue,
                 "stepping": settings.stepping.rawValue, "blend": blend,
+                "structure": settings.structure, "structure_sigma": settings.structureSigma,
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]
             judgePending()

@@ -85,6 +85,7 @@ import MillraceTestSupport
         #expect(defaults["stepping"] as? String == "euler" && defaults["rcfg"] as? String == "full")
         let plainDefaults = try #require(models[0]["stream_defaults"] as? [String: Any])
         #expect(plainDefaults["steps"] as? Int == StreamPipeline.defaultSteps && plainDefaults["stepping"] as? String == "renoise")
+        #expect(plainDefaults["structure"] as? Double == Double(StreamPipeline.defaultStructure) && defaults["structure"] as? Double == 0)
         let r = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "tiny-restyle", "class": 1}"#))
         #expect(r.status == 201, "\(HardeningTests.text(r))")
         let id = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(r).utf8)) as? [String: Any])["id"] as? String

@@ -99,6 +99,8 @@ import MillraceTestSupport
         (["train", "--data", "x.safetensors", "--out", "OUT", "--hue-rotation", "2"], "hue-rotation"),
         (["stream", "--input", "OUT", "--out", "OUT", "--stepping", "rk4"], "'euler'"),
         (["stream", "--input", "OUT", "--out", "OUT", "--blend", "1"], "blend"),
+        (["stream", "--input", "OUT", "--out", "OUT", "--structure", "2"], "structure"),
+        (["stream", "--input", "OUT", "--out", "OUT", "--structure-sigma", "0"], "structure σ"),
         (["eval", "table", "--nfe", "2,x"], "nfe"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--min-lr", "1e-5"], "--decay cosine"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--decay", "linear"], "decay"),

@@ -115,6 +115,70 @@ import MillraceTestSupport
         #expect(throws: StreamError.self) { try a.update(bad) }
     }
 
+    /// Structure guidance moves the estimate's coarse luma the share w of the way to the frame's
+    /// and shifts the three channels alike: a uniform difference in colour is a uniform
+    /// difference in luma, which w = 1 removes, and the chroma (channel differences) stays the
+    /// estimate's; a one-pixel checkerboard of luma (fine detail) is almost left alone away from the borders.
+    @Test func structureGuidanceTakesTheFramesCoarseLumaAndKeepsTheChroma() throws {
+        var rng = TestRNG(seed: 11)
+        let est = Tensor(shape: [1, 3, 16, 16], data: rng.floats(768))
+        let offsets: [Float] = [0.3, -0.2, 0.5]
+        var frame = est
+        for c in 0..<3 { for p in 0..<256 { frame.data[c * 256 + p] += offsets[c] } }
+        func luma(_ t: Tensor, _ p: Int) -> Float { 0.299 * t.data[p] + 0.587 * t.data[256 + p] + 0.114 * t.data[512 + p] }
+        for w: Float in [1, 0.5] {
+            var x = est
+            StreamPipeline.alignStructure(&x, to: frame, weight: w, sigma: 1.5)
+            for p in [0, 17, 255] {
+                let expected = luma(est, p) + w * (luma(frame, p) - luma(est, p))
+                #expect(abs(luma(x, p) - expected) < 1e-5, "w \(w), pixel \(p)")
+                #expect(abs((x.data[p] - x.data[256 + p]) - (est.data[p] - est.data[256 + p])) < 1e-5, "chroma kept")
+            }
+        }
+        var checker = est
+        for c in 0..<3 { for y in 0..<16 { for x in 0..<16 { checker.data[c * 256 + y * 16 + x] += (x + y) % 2 == 0 ? 0.4 : -0.4 } } }
+        var x = est
+        StreamPipeline.alignStructure(&x, to: checker, weight: 1, sigma: 1.5)
+        // Away from the borders, where the blur repeats edge pixels and the pattern is cut.
+        let inner = (0..<3).flatMap { c in (5..<11).flatMap { y in (5..<11).map { c * 256 + y * 16 + $0 } } }
+        let moved = inner.map { abs(x.data[$0] - est.data[$0]) }.max() ?? 1
+        #expect(moved < 0.02 * 0.4, "fine detail stays the estimate's (moved \(moved))")
+    }
+
+    /// With structure guidance on, the stream batch still equals the sequential run (each row
+    /// is aligned to the frame it came from), the output differs from the unguided one, and it
+    /// is closer to the frame's luma. Out-of-range w or σ is refused.
+    @Test(arguments: [1, 2]) func structureGuidanceFollowsEachRowsOwnFrame(n: Int) throws {
+        let s = Fixtures.tinySampler()
+        let times = try StreamPipeline.times(strength: 0.8, steps: n)
+        var settings = StreamSettings(classIndex: 1)
+        settings.structure = 1
+        let stream = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 4)
+        let reference = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 4)
+        let plain = try StreamPipeline(sampler: s, times: times, settings: StreamSettings(classIndex: 1), seed: 4)
+        let fs = Self.frames(n + 3)
+        for (k, f) in fs.enumerated() {
+            let out = try stream.process(f), unaligned = try plain.process(f)
+            let source = fs[max(0, k - n + 1)]
+            #expect(relativeError(out.data, reference.sequential(source).data) < 1e-5, "call \(k), n \(n)")
+            func lumaError(_ t: Tensor) -> Float {
+                let a = StreamPipeline.gaussianBlur((0..<64).map { 0.299 * (t.data[$0] - source.data[$0]) + 0.587 * (t.data[64 + $0] - source.data[64 + $0])
+                    + 0.114 * (t.data[128 + $0] - source.data[128 + $0]) }, width: 8, height: 8, sigma: 1.5)
+                return a.map { $0 * $0 }.reduce(0, +)
+            }
+            #expect(lumaError(out) < lumaError(unaligned), "call \(k)")
+        }
+        for (w, sigma) in [(Float(1.5), Float(1.5)), (-0.1, 1.5), (.nan, 1.5), (0.5, 0.1), (0.5, 40)] {
+            var bad = settings
+            bad.structure = w
+            bad.structureSigma = sigma
+            #expect(throws: StreamError.self) { try stream.update(bad) }
+        }
+        // The defaults leave it off (docs/STREAMS.md, "Structure guidance").
+        #expect(StreamSettings.defaults(classIndex: 0, flow: s.flow).structure == StreamPipeline.defaultStructure)
+        #expect(StreamSettings.defaults(classIndex: 0, flow: Fixtures.tinyRestyleSampler().flow).structure == 0)
+    }
+
     @Test func residualNegativeWithFullDeltaReproducesTheReference() {
         var rng = TestRNG(seed: 4)
         let x = Tensor(shape: [1, 3, 4, 4], data: rng.floats(48))

@@ -37,6 +37,13 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     /// Temporal blending β ∈ [0, 1): a frame enters slot 0 as (1 − β)·frame + β·(the previous
     /// output), which keeps still parts of a picture from flickering.
     public var blend: Float = 0
+    /// Structure guidance w ∈ [0, 1]: each data estimate's coarse luma (a Gaussian blur of
+    /// width `structureSigma` pixels) moves the share w of the way to the frame's, the same
+    /// shift on all three channels, so the colours and the detail stay the model's
+    /// (docs/STREAMS.md, "Structure guidance").
+    public var structure: Float = 0
+    /// σ of that blur, in pixels at the model's size.
+    public var structureSigma: Float = StreamPipeline.defaultStructureSigma
     public init(classIndex: Int) { self.classIndex = classIndex }
 
     /// The settings `gen stream` and `POST /v1/streams` start from: those of
@@ -47,6 +54,8 @@ public struct StreamSettings: Sendable, Equatable, Codable {
         var s = StreamSettings(classIndex: classIndex)
         s.scale = d.scale
         s.stepping = d.stepping
+        s.structure = d.structure
+        s.structureSigma = d.structureSigma
         if flow.nullClass != nil { s.guidance = d.guidance }
         return s
     }
@@ -114,6 +123,10 @@ public final class StreamPipeline {
         public var stepping: StreamStepping
         public var guidance: StreamGuidance
         public var scale: Float
+        /// Structure guidance (`StreamSettings.structure`): `defaultStructure` for an image model,
+        /// off for a restyle model, which sees its frame whole.
+        public var structure: Float = 0
+        public var structureSigma: Float = StreamPipeline.defaultStructureSigma
 
         public init(flow: FlowConfig) {
             if flow.task == StreamPipeline.restyleTask && flow.distilledGuidance != nil {
@@ -135,9 +148,16 @@ public final class StreamPipeline {
                 stepping = .renoise
                 guidance = StreamPipeline.defaultGuidance
                 scale = StreamPipeline.defaultScale
+                structure = StreamPipeline.defaultStructure
             }
         }
     }
+
+    /// Structure guidance of an image model's defaults: off. On the stream model it trades class
+    /// for layout much as strength does (docs/STREAMS.md, "Structure guidance"), so it is an
+    /// option, with σ 1.5 px at 64×64.
+    public static let defaultStructure: Float = 0
+    public static let defaultStructureSigma: Float = 1.5
 
     /// Steps and guidance scale of a restyle model's defaults.
     public static let restyleSteps = 2
@@ -217,6 +237,12 @@ public final class StreamPipeline {
         guard s.delta > 0 && s.delta <= 1 else { throw StreamError.invalidSettings("δ must be in (0, 1], got \(s.delta)") }
         guard s.scale.isFinite && s.scale >= 0 && s.scale <= 50 else { throw StreamError.invalidSettings("guidance scale must be in [0, 50]") }
         guard s.blend.isFinite && s.blend >= 0 && s.blend < 1 else { throw StreamError.invalidSettings("blend β must be in [0, 1), got \(s.blend)") }
+        guard s.structure.isFinite && s.structure >= 0 && s.structure <= 1 else {
+            throw StreamError.invalidSettings("structure guidance must be in [0, 1], got \(s.structure)")
+        }
+        guard s.structureSigma.isFinite && s.structureSigma >= 0.5 && s.structureSigma <= 16 else {
+            throw StreamError.invalidSettings("structure σ must be in [0.5, 16] pixels, got \(s.structureSigma)")
+        }
     }
 
     /// Changes class or guidance between frames.
@@ -277,6 +303,9 @@ public final class StreamPipeline {
             }
             var est = xs[i]
             est.addScaled(vg, 1 - ts[i])
+            if s.structure > 0 && !conditional && i < conds.count {
+                Self.alignStructure(&est, to: conds[i], weight: s.structure, sigma: s.structureSigma)
+            }
             estimates.append(est)
         }
         return (estimates, newRef)
@@ -295,6 +324,50 @@ public final class StreamPipeline {
             for j in 0..<next.count { next.data[j] += k * (estimate.data[j] - x.data[j]) }
             return next
         }
+    }
+
+    /// Structure guidance on one data estimate ([1, 3, H, W], model space): adds
+    /// w·blur(Y(frame) − Y(estimate)) to every channel, Y the Rec. 601 luma and blur a Gaussian
+    /// of σ pixels (edges clamped). Y of the result moves the share w of the way to the frame's
+    /// at coarse scales; the chroma and the fine detail stay the estimate's.
+    static func alignStructure(_ est: inout Tensor, to frame: Tensor, weight w: Float, sigma: Float) {
+        guard est.shape.count == 4, est.shape[1] == 3, frame.shape == est.shape else { return }
+        let h = est.shape[2], wd = est.shape[3], n = h * wd
+        var d = [Float](repeating: 0, count: n)
+        let k: [Float] = [0.299, 0.587, 0.114]
+        for c in 0..<3 {
+            let base = c * n
+            for p in 0..<n { d[p] += k[c] * (frame.data[base + p] - est.data[base + p]) }
+        }
+        let blurred = gaussianBlur(d, width: wd, height: h, sigma: sigma)
+        for c in 0..<3 {
+            let base = c * n
+            for p in 0..<n { est.data[base + p] += w * blurred[p] }
+        }
+    }
+
+    /// A separable Gaussian blur of one plane (radius ⌈3σ⌉, edge pixels repeated).
+    static func gaussianBlur(_ x: [Float], width: Int, height: Int, sigma: Float) -> [Float] {
+        let r = Int((3 * sigma).rounded(.up))
+        var taps = (-r...r).map { Float(exp(-Double($0 * $0) / (2 * Double(sigma * sigma)))) }
+        let total = taps.reduce(0, +)
+        taps = taps.map { $0 / total }
+        var tmp = [Float](repeating: 0, count: x.count), out = tmp
+        for y in 0..<height {
+            for xx in 0..<width {
+                var acc: Float = 0
+                for (j, t) in taps.enumerated() { acc += t * x[y * width + min(max(xx + j - r, 0), width - 1)] }
+                tmp[y * width + xx] = acc
+            }
+        }
+        for y in 0..<height {
+            for xx in 0..<width {
+                var acc: Float = 0
+                for (j, t) in taps.enumerated() { acc += t * tmp[min(max(y + j - r, 0), height - 1) * width + xx] }
+                out[y * width + xx] = acc
+            }
+        }
+        return out
     }
 
     /// v_g = v_u + g·(v_c − v_u).
