@@ -20,6 +20,7 @@ struct DatasetRestyleCommand: ParsableCommand {
         Needs the same Debian packages as `gen dataset emoji`.
         Example:
           gen dataset restyle --out data/restyle64.safetensors --count 20000
+          gen dataset restyle --out data/restyle64-p6.safetensors --palette 6   # 6 emoji per group
         """)
 
     @Option(help: "Output file (.safetensors).")
@@ -32,6 +33,8 @@ struct DatasetRestyleCommand: ParsableCommand {
     var outlineShare: Double = 0.15
     @Option(help: "Emoji of the group each swapped emoji is chosen from, the closest-looking (0: all of the group, so the output is a function of the input).")
     var candidates: Int = 0
+    @Option(help: "Draw outputs from a fixed palette of this many emoji per group, spread over the group's shapes (0: the whole group).")
+    var palette: Int = 0
     @Option(help: "Random seed of the layouts.")
     var seed: UInt64 = 0
     @OptionGroup var sources: EmojiSources
@@ -41,6 +44,7 @@ struct DatasetRestyleCommand: ParsableCommand {
         guard count >= 1 && count <= 200_000 else { throw ValidationError("--count must be between 1 and 200000") }
         guard outlineShare >= 0 && outlineShare <= 1 else { throw ValidationError("--outline-share must be in [0, 1]") }
         guard candidates >= 0 else { throw ValidationError("--candidates must be 0 (all) or more") }
+        guard palette >= 0 && palette <= 1000 else { throw ValidationError("--palette must be 0 (the whole group) to 1000") }
         // Inputs and outputs are held as floats before they are written: bound that first.
         let bytes = Double(count) * Double(6 * size * size) * 4
         guard bytes <= 8e9 else {
@@ -61,6 +65,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             var pairs = RestylePairs(composer: SceneComposer(sprites: sprites, size: size))
             pairs.outlineShare = outlineShare
             pairs.candidates = candidates
+            pairs.palette = palette
             let compose = LazyProgress("compose", unit: "pairs")
             let made = pairs.make(count: count, seed: seed, progress: compose.update)
             compose.finish()
@@ -71,7 +76,7 @@ struct DatasetRestyleCommand: ParsableCommand {
                 "labels": SafetensorsTensor(shape: [count], data: made.labels.map(Float.init)),
             ])
             let names = try JSONSerialization.data(withJSONObject: sprites.classNames)
-            file.metadata = ["format": Self.format, "class_names": String(decoding: names, as: UTF8.self)]
+            file.metadata = ["format": Self.format, "class_names": String(decoding: names, as: UTF8.self), "palette": String(palette)]
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try file.write(path: out, dtype: .f16)

@@ -48,6 +48,37 @@ import Testing
         #expect(differing > 20)
     }
 
+    /// With a palette, a group's outputs draw only from its palette: `size` distinct sprites of
+    /// the pool, the first the closest to the pool's mean thumbnail and the next the farthest
+    /// from it; the whole pool when it is not larger. The same every time.
+    @Test func aPaletteLimitsEachGroupToAFewSprites() {
+        var pairs = Self.pairs()
+        pairs.palette = 2
+        let m = 2 * RestylePairs.thumbSide * RestylePairs.thumbSide
+        func thumb(_ s: Int) -> [Float] { Array(pairs.thumbs[s * m ..< (s + 1) * m]) }
+        func distance(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } }
+        var limited = 0
+        for group in pairs.composer.classes(split: 0) {
+            let pool = pairs.composer.sprites(split: 0, group: group)
+            let chosen = pairs.palette(of: pool, size: 2)
+            if pool.count <= 2 { #expect(chosen == pool); continue }
+            limited += 1
+            #expect(chosen.count == 2 && Set(chosen).count == 2 && chosen.allSatisfy(pool.contains))
+            #expect(pairs.palette(of: pool, size: 2) == chosen)
+            var mean = [Float](repeating: 0, count: m)
+            for s in pool { for j in 0..<m { mean[j] += thumb(s)[j] / Float(pool.count) } }
+            #expect(pool.allSatisfy { distance(thumb($0), mean) >= distance(thumb(chosen[0]), mean) })
+            #expect(pool.allSatisfy { distance(thumb($0), thumb(chosen[0])) <= distance(thumb(chosen[1]), thumb(chosen[0])) })
+            #expect(pairs.palette(of: pool, size: pool.count + 3) == pool)
+            for seed in 0..<12 {
+                var rng = SplitMix64(seed: 5, stream: seed)
+                let pair = pairs.pair(split: 0, label: group, rng: &rng)
+                #expect(!pair.sprites.isEmpty && pair.sprites.allSatisfy(chosen.contains), "group \(group), seed \(seed)")
+            }
+        }
+        #expect(limited > 0, "no group has more sprites than the palette")
+    }
+
     /// The swapped-in sprite is of the asked group (its pool) and, by default (every sprite of the
     /// group a candidate), the closest there on the thumbnails, drawing nothing: a function of
     /// the input. With a few random candidates it is still of the group, and a sprite in the pool

@@ -18,6 +18,10 @@ public struct RestylePairs: Sendable {
     /// group, so that the output is a function of the input (its nearest sprites in the group)
     /// and a model's one-step estimate need not average over choices.
     public var candidates = 0
+    /// Sprites per group that outputs draw from (0: the whole group): a fixed palette, chosen
+    /// once per group by `palette(of:size:)`, so that a model has a few sprites per group to
+    /// learn to draw rather than hundreds.
+    public var palette = 0
     /// Share of scenes whose input sprites are drawn as outlines.
     public var outlineShare = 0.15
     /// Side of the thumbnails that choose a swapped-in sprite.
@@ -53,6 +57,8 @@ public struct RestylePairs: Sendable {
         public var label: Int
         /// Whether the input's sprites are outlines.
         public var outlined: Bool
+        /// The sprites drawn in `output`, one per placement.
+        public var sprites: [Int]
     }
 
     /// A pair from `split`'s sprites, the output in `label`'s group (nil: drawn uniformly).
@@ -63,10 +69,12 @@ public struct RestylePairs: Sendable {
         let layout = composer.layout(split: split, rng: &rng)
         let outlined = rng.nextUnitDouble() < outlineShare
         var swapped = layout
+        let groupPool = composer.sprites(split: split, group: group)
+        let pool = palette > 0 ? self.palette(of: groupPool, size: palette) : groupPool
         // An outline shows a sprite's shape, not its colours: the swapped sprite is then the
         // closest in coverage only.
         swapped.placements = layout.placements.map { p in
-            (closest(to: p.sprite, among: composer.sprites(split: split, group: group), shapeOnly: outlined, rng: &rng), p.centreX, p.centreY, p.side)
+            (closest(to: p.sprite, among: pool, shapeOnly: outlined, rng: &rng), p.centreX, p.centreY, p.side)
         }
         var input: RGBImage
         if outlined {
@@ -85,7 +93,32 @@ public struct RestylePairs: Sendable {
         } else {
             input = composer.render(layout)
         }
-        return Pair(input: input, output: composer.render(swapped), label: group, outlined: outlined)
+        return Pair(input: input, output: composer.render(swapped), label: group, outlined: outlined,
+                    sprites: swapped.placements.map(\.sprite))
+    }
+
+    /// `size` sprites of `pool` spread over its thumbnails (luma and coverage): the one closest
+    /// to the pool's mean thumbnail first, then each time the one farthest from those chosen
+    /// (farthest-point sampling). Deterministic; the whole pool when it is not larger.
+    public func palette(of pool: [Int], size: Int) -> [Int] {
+        guard size < pool.count, size > 0 else { return pool }
+        let m = 2 * Self.thumbSide * Self.thumbSide
+        func distance(_ a: Int, _ b: [Float]) -> Float {
+            var d: Float = 0
+            for j in 0..<m { let e = thumbs[a * m + j] - b[j]; d += e * e }
+            return d
+        }
+        var mean = [Float](repeating: 0, count: m)
+        for s in pool { for j in 0..<m { mean[j] += thumbs[s * m + j] / Float(pool.count) } }
+        var chosen = [pool.min { distance($0, mean) < distance($1, mean) }!]
+        var nearest = pool.map { distance($0, Array(thumbs[chosen[0] * m ..< (chosen[0] + 1) * m])) }
+        while chosen.count < size {
+            let k = nearest.indices.max { nearest[$0] < nearest[$1] }!
+            chosen.append(pool[k])
+            let t = Array(thumbs[pool[k] * m ..< (pool[k] + 1) * m])
+            for i in pool.indices { nearest[i] = min(nearest[i], distance(pool[i], t)) }
+        }
+        return chosen
     }
 
     /// Of `candidates` sprites drawn from `pool` (0: all of them), the one whose thumbnail (luma
