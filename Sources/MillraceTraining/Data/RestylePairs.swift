@@ -19,9 +19,15 @@ public struct RestylePairs: Sendable {
     /// and a model's one-step estimate need not average over choices.
     public var candidates = 0
     /// Sprites per group that outputs draw from (0: the whole group): a fixed palette, chosen
-    /// once per group by `palette(of:size:)`, so that a model has a few sprites per group to
-    /// learn to draw rather than hundreds.
-    public var palette = 0
+    /// once per group by `palette(of:size:)` when this is set, so that a model has a few
+    /// sprites per group to learn to draw rather than hundreds.
+    public var palette = 0 {
+        didSet {
+            palettes = composer.pool.map { groups in groups.map { palette > 0 ? self.palette(of: $0, size: palette) : $0 } }
+        }
+    }
+    /// Per split and group, the sprites outputs draw from (`palette`).
+    private(set) var palettes: [[[Int]]]
     /// Share of scenes whose input sprites are drawn as outlines.
     public var outlineShare = 0.15
     /// Side of the thumbnails that choose a swapped-in sprite.
@@ -47,6 +53,7 @@ public struct RestylePairs: Sendable {
             }
         }
         self.thumbs = thumbs
+        palettes = composer.pool
     }
 
     /// One pair.
@@ -69,8 +76,7 @@ public struct RestylePairs: Sendable {
         let layout = composer.layout(split: split, rng: &rng)
         let outlined = rng.nextUnitDouble() < outlineShare
         var swapped = layout
-        let groupPool = composer.sprites(split: split, group: group)
-        let pool = palette > 0 ? self.palette(of: groupPool, size: palette) : groupPool
+        let pool = palettes[Int(split)][group]
         // An outline shows a sprite's shape, not its colours: the swapped sprite is then the
         // closest in coverage only.
         swapped.placements = layout.placements.map { p in
