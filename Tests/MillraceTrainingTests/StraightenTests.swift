@@ -153,18 +153,24 @@ import MillraceTestSupport
             // The trainer starts from the teacher's weights.
             let w0 = trainer.model.stateDict()
             for (name, t) in folder.model.stateDict() { #expect(w0[name]!.data == t.data) }
-            var first: [Double] = [], last: [Double] = []
-            for s in 0..<30 {
-                let l = trainer.trainStep()
-                if s < 5 { first.append(l) }
-                if s >= 25 { last.append(l) }
-            }
-            #expect(last.reduce(0, +) < 0.8 * first.reduce(0, +))
+            let (first, last) = Self.lossAtEnds(trainer)
+            #expect(last < 0.8 * first)
             // A chord label outside the model's classes is refused.
             var bad = chords
             bad.labels[0] = 7
             #expect(throws: TrainError.self) { _ = try FlowTrainer(folder: folder, chords: bad, options: opts) }
         }
+    }
+
+    /// Sums of the chord loss over the first and the last 5 of 30 training steps.
+    static func lossAtEnds(_ trainer: FlowTrainer) -> (first: Double, last: Double) {
+        var first = 0.0, last = 0.0
+        for k in 0..<30 {
+            let l = trainer.trainStep()
+            if k < 5 { first += l }
+            if k >= 25 { last += l }
+        }
+        return (first, last)
     }
 
     /// Restyle chords start from noise at t = 0 with the picture as condition and land where the
@@ -202,13 +208,8 @@ import MillraceTestSupport
             var opts = TrainerTests.options(steps: 30)
             opts.optimizer.learningRate = 2e-3
             let trainer = try FlowTrainer(folder: folder, chords: guided, options: opts)
-            var first: [Double] = [], last: [Double] = []
-            for k in 0..<30 {
-                let l = trainer.trainStep()
-                if k < 5 { first.append(l) }
-                if k >= 25 { last.append(l) }
-            }
-            #expect(last.reduce(0, +) < 0.8 * first.reduce(0, +))
+            let (first, last) = Self.lossAtEnds(trainer)
+            #expect(last < 0.8 * first)
             var bare = guided
             bare.conditions = []
             bare.conditionDimension = 0
