@@ -74,6 +74,8 @@ void mr_set_threads(int n) {
 
 void mr_set_thread_serial(int serial) { thread_serial = serial; }
 
+int mr_thread_serial(void) { return thread_serial; }
+
 int mr_parallel_parts(void) { return thread_serial ? 1 : kernel_threads; }
 
 void mr_keep_freed_memory(void) {

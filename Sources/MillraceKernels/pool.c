@@ -98,7 +98,10 @@ void mr_run_parts(int parts, void (*fn)(void *ctx, int part), void *ctx) {
         pthread_mutex_unlock(&w->lock);
         launched[p - 1] = 1;
     }
-    int serial_before = mr_parallel_parts() == 1;
+    /* The thread's own mark, not mr_parallel_parts() == 1: with one kernel thread set (as
+       another thread may do between a caller choosing its parts and this call) that would mark
+       the caller serial for good on the way out. */
+    int serial_before = mr_thread_serial();
     mr_set_thread_serial(1);
     fn(ctx, 0);
     mr_set_thread_serial(serial_before);

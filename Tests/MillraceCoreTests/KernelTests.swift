@@ -189,6 +189,33 @@ import Testing
         }
     }
 
+    /// A parallel region leaves its caller's serial mark as it found it, whatever the kernel
+    /// thread count is meanwhile. (It once read the mark as "parts == 1", so a region started
+    /// while one kernel thread was set left its caller serial for good, and that thread's later
+    /// forwards took another path and other roundings.)
+    @Test func aParallelRegionKeepsItsCallersSerialMark() {
+        GlobalKernelSettings.exclusive {
+            let before = mr_get_threads()
+            defer { mr_set_threads(before); mr_set_thread_serial(0) }
+            let tick: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void = { ctx, part in
+                ctx!.assumingMemoryBound(to: Int32.self)[Int(part)] = 1
+            }
+            for threads in [Int32(1), 2] {
+                for mark in [Int32(0), 1] {
+                    mr_set_threads(threads)
+                    mr_set_thread_serial(mark)
+                    var ran: [Int32] = [0, 0]
+                    ran.withUnsafeMutableBufferPointer { mr_run_parts(2, tick, $0.baseAddress) }
+                    #expect(ran == [1, 1])
+                    #expect(mr_thread_serial() == mark, "\(threads) kernel threads, caller marked \(mark)")
+                }
+            }
+            mr_set_thread_serial(0)
+            mr_set_threads(2)
+            #expect(mr_parallel_parts() == 2)
+        }
+    }
+
     /// Large enough to be split over the pool: every group is computed whole by one part, so two
     /// threads give the bytes one thread gives, and both match the reference (an odd number of
     /// groups over two parts included).

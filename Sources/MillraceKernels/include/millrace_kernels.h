@@ -53,6 +53,8 @@ void mr_set_threads(int n);
 /** Marks the calling thread serial (1): kernels called from it do not split (for callers that
  *  are themselves one of several parallel workers, such as data-parallel training). */
 void mr_set_thread_serial(int serial);
+/** Whether the calling thread is marked serial (mr_set_thread_serial), whatever mr_get_threads() is. */
+int mr_thread_serial(void);
 /** Parts the calling thread's kernels split into: 1 on a serial thread, else mr_get_threads(). */
 int mr_parallel_parts(void);
 /** Makes glibc keep freed memory (up to blocks of 32 MB, and a freed heap of up to 1 GB) for
