@@ -21,6 +21,8 @@ struct DatasetRestyleCommand: ParsableCommand {
         Example:
           gen dataset restyle --out data/restyle64.safetensors --count 20000
           gen dataset restyle --out data/restyle64-p6.safetensors --palette 6   # 6 emoji per group
+          gen dataset restyle --out data/restyle64-t3.safetensors --palette 3 \\
+              --palette-classifier assets/models/scene-classifier              # the 3 most typical, spread
         """)
 
     @Option(help: "Output file (.safetensors).")
@@ -35,6 +37,8 @@ struct DatasetRestyleCommand: ParsableCommand {
     var candidates: Int = 0
     @Option(help: "Draw outputs from a fixed palette of this many emoji per group, spread over the group's shapes (0: the whole group).")
     var palette: Int = 0
+    @Option(help: "With --palette: a classifier folder (e.g. assets/models/scene-classifier) that chooses each group's palette among the emoji it finds most typical of the group.")
+    var paletteClassifier: String?
     @Option(help: "Random seed of the layouts.")
     var seed: UInt64 = 0
     @OptionGroup var sources: EmojiSources
@@ -45,6 +49,7 @@ struct DatasetRestyleCommand: ParsableCommand {
         guard outlineShare >= 0 && outlineShare <= 1 else { throw ValidationError("--outline-share must be in [0, 1]") }
         guard candidates >= 0 else { throw ValidationError("--candidates must be 0 (all) or more") }
         guard palette >= 0 && palette <= 1000 else { throw ValidationError("--palette must be 0 (the whole group) to 1000") }
+        guard paletteClassifier == nil || palette > 0 else { throw ValidationError("--palette-classifier chooses a palette: give --palette K too") }
         // Inputs and outputs are held as floats before they are written: bound that first.
         let bytes = Double(count) * Double(6 * size * size) * 4
         guard bytes <= 8e9 else {
@@ -65,6 +70,9 @@ struct DatasetRestyleCommand: ParsableCommand {
             var pairs = RestylePairs(composer: SceneComposer(sprites: sprites, size: size))
             pairs.outlineShare = outlineShare
             pairs.candidates = candidates
+            if let path = paletteClassifier {
+                pairs.typicality = try Self.typicality(of: pairs, classifier: try EmojiClassifier.load(path: path), path: path)
+            }
             pairs.palette = palette
             let compose = LazyProgress("compose", unit: "pairs")
             let made = pairs.make(count: count, seed: seed, progress: compose.update)
@@ -77,16 +85,38 @@ struct DatasetRestyleCommand: ParsableCommand {
             ])
             let names = try JSONSerialization.data(withJSONObject: sprites.classNames)
             file.metadata = ["format": Self.format, "class_names": String(decoding: names, as: UTF8.self), "palette": String(palette)]
+            if let path = paletteClassifier { file.metadata["palette_classifier"] = path }
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try file.write(path: out, dtype: .f16)
             var perClass = [Int](repeating: 0, count: sprites.classNames.count)
             for l in made.labels { perClass[l] += 1 }
             print("wrote \(out): \(count) pairs of \(s)×\(s)")
-            for (name, n) in zip(sprites.classNames, perClass) {
-                print("  \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(n)")
+            for (g, (name, n)) in zip(sprites.classNames, perClass).enumerated() {
+                let drawn = palette > 0 ? "   palette: " + pairs.palettes[0][g].map { sprites.items[$0].name }.joined(separator: ", ") : ""
+                print("  \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(n)\(drawn)")
             }
         }
+    }
+
+    /// Each sprite's probability of its own group under `classifier`, which must know the
+    /// sprites' groups by the same names.
+    static func typicality(of pairs: RestylePairs, classifier: EmojiClassifier, path: String) throws -> [Float] {
+        let names = pairs.composer.sprites.classNames
+        guard classifier.config.classNames == names else {
+            throw CLIError("\(path): its classes (\(classifier.config.classNames.joined(separator: ", "))) are not the emoji groups (\(names.joined(separator: ", ")))")
+        }
+        let scenes = pairs.spriteScenes(), labels = pairs.composer.sprites.labels, k = names.count
+        var out: [Float] = []
+        for start in stride(from: 0, to: scenes.count, by: 64) {
+            let logits = classifier.forward(classifier.inputBatch(Array(scenes[start..<min(scenes.count, start + 64)])), training: false)
+            for r in 0..<logits.shape[0] {
+                let row = Array(logits.data[(r * k)..<((r + 1) * k)]), top = row.max()!
+                let e = row.map { exp($0 - top) }
+                out.append(e[Int(labels[start + r])] / e.reduce(0, +))
+            }
+        }
+        return out
     }
 
     /// Whether `path` is a restyle set (its metadata says so).

@@ -94,6 +94,7 @@ import MillraceTestSupport
         (["straighten", "--from-data", "x.mrds", "--start-times", "0.5,1", "--out", "OUT"], "start-times"),
         (["dataset", "scenes", "--out", "OUT", "--count", "10", "--held-out", "11"], "held-out"),
         (["dataset", "restyle", "--out", "OUT", "--count", "200000", "--size", "256"], "memory"),
+        (["dataset", "restyle", "--out", "OUT", "--palette-classifier", "assets/models/scene-classifier"], "--palette K"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "paint"], "'chords'"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "consistency", "--rounds", "0"], "rounds"),
         (["train", "--data", "x.safetensors", "--out", "OUT", "--hue-rotation", "2"], "hue-rotation"),
@@ -179,6 +180,12 @@ import MillraceTestSupport
         let (s1, out1, err1) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/pairs.safetensors", "--count", "12", "--size", "16"])
         #expect(s1 == 0, "stderr: \(err1)")
         #expect(out1.contains("12 pairs of 16×16"), "\(out1)")
+        // A palette of the shipped scene classifier's two most typical emoji per group.
+        let (s0, out0, err0) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/typical.safetensors", "--count", "4", "--size", "16",
+                                               "--palette", "2", "--palette-classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier"])
+        #expect(s0 == 0 && out0.components(separatedBy: "palette: ").count == 10, "stdout: \(out0), stderr: \(err0)")
+        let typical = try SafetensorsFile.read(path: dir + "/typical.safetensors").metadata
+        #expect(typical["palette"] == "2" && typical["palette_classifier"] != nil)
         let shape = ["--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1"]
         // A plain 9-class model of the same shape, as the composition model is for the real one.
         let ds = ImageDataset(size: 16, classNames: (0..<9).map { "g\($0)" }, labels: (0..<9).map(UInt8.init), split: [UInt8](repeating: 0, count: 9),

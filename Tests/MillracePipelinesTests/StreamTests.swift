@@ -147,10 +147,11 @@ import MillraceTestSupport
 
     /// With structure guidance on, the stream batch still equals the sequential run (each row
     /// is aligned to the frame it came from), the output differs from the unguided one, and it
-    /// is closer to the frame's luma. Out-of-range w or σ is refused.
-    @Test(arguments: [1, 2]) func structureGuidanceFollowsEachRowsOwnFrame(n: Int) throws {
-        let s = Fixtures.tinySampler()
-        let times = try StreamPipeline.times(strength: 0.8, steps: n)
+    /// is closer to the frame's luma; for a restyle model too, whose estimate is the change to
+    /// the frame (its coarse luma is pulled toward 0). Out-of-range w or σ is refused.
+    @Test(arguments: [1, 2], [false, true]) func structureGuidanceFollowsEachRowsOwnFrame(n: Int, restyle: Bool) throws {
+        let s = restyle ? Fixtures.tinyRestyleSampler() : Fixtures.tinySampler()
+        let times = try StreamPipeline.times(strength: restyle ? 1 : 0.8, steps: n)
         var settings = StreamSettings(classIndex: 1)
         settings.structure = 1
         let stream = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 4)

@@ -79,6 +79,33 @@ import Testing
         #expect(limited > 0, "no group has more sprites than the palette")
     }
 
+    /// With `typicality` (a classifier's scores), a group's palette starts from its most typical
+    /// sprite and is drawn from its `typicalShare` most typical ones only; `spriteScenes`, what
+    /// the classifier scores, draws each sprite alone at the centre over white.
+    @Test func typicalityChoosesThePalette() {
+        var pairs = RestylePairs(composer: SceneComposer(sprites: SceneComposerTests.sprites(perClass: 16), size: 24))
+        let n = pairs.composer.sprites.count
+        let score = (0..<n).map { Float(($0 * 37) % 23) }  // a fixed order unrelated to the sprites' looks
+        pairs.typicality = score
+        pairs.palette = 2
+        var limited = 0
+        for group in pairs.composer.classes(split: 0) {
+            let pool = pairs.composer.sprites(split: 0, group: group)
+            let ranked = pool.sorted { score[$0] != score[$1] ? score[$0] > score[$1] : $0 < $1 }
+            let chosen = pairs.palettes[0][group]
+            #expect(chosen.count == 2 && chosen[0] == ranked[0], "group \(group)")
+            #expect(chosen.allSatisfy(Set(ranked.prefix(RestylePairs.typicalShare(2))).contains), "group \(group)")
+            if pool.count > RestylePairs.typicalShare(2) { limited += 1 }
+        }
+        #expect(limited > 0, "no group has more sprites than the typical share")
+        let scenes = pairs.spriteScenes()
+        #expect(scenes.count == n)
+        for i in [0, n / 2, n - 1] {
+            let level = Float(i) / Float(n)  // the synthetic sprite's colour where it covers
+            #expect(abs(scenes[i].planes[12 * 24 + 12] - level) < 0.02 && scenes[i].planes[0] == 1, "sprite \(i)")
+        }
+    }
+
     /// The swapped-in sprite is of the asked group (its pool) and, by default (every sprite of the
     /// group a candidate), the closest there on the thumbnails, drawing nothing: a function of
     /// the input. With a few random candidates it is still of the group, and a sprite in the pool

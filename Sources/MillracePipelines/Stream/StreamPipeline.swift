@@ -303,8 +303,11 @@ public final class StreamPipeline {
             }
             var est = xs[i]
             est.addScaled(vg, 1 - ts[i])
-            if s.structure > 0 && !conditional && i < conds.count {
-                Self.alignStructure(&est, to: conds[i], weight: s.structure, sigma: s.structureSigma)
+            if s.structure > 0 && i < conds.count {
+                // A restyle model's estimate is the change to its frame, whose coarse luma
+                // matches the frame's where the change's is 0.
+                let target = conditional ? Tensor(shape: est.shape, data: [Float](repeating: 0, count: est.count)) : conds[i]
+                Self.alignStructure(&est, to: target, weight: s.structure, sigma: s.structureSigma)
             }
             estimates.append(est)
         }

@@ -21,13 +21,17 @@ public struct RestylePairs: Sendable {
     /// Sprites per group that outputs draw from (0: the whole group): a fixed palette, chosen
     /// once per group by `palette(of:size:)` when this is set, so that a model has a few
     /// sprites per group to learn to draw rather than hundreds.
-    public var palette = 0 {
-        didSet {
-            palettes = composer.pool.map { groups in groups.map { palette > 0 ? self.palette(of: $0, size: palette) : $0 } }
-        }
+    public var palette = 0 { didSet { choosePalettes() } }
+    /// How typical each sprite is of its group (higher: more), e.g. a classifier's probability
+    /// of the sprite's own group on `spriteScenes()`; nil: no preference. A palette then starts
+    /// from the group's most typical sprite and spreads over its most typical few
+    /// (`palette(of:size:)`), so that what a model learns to draw reads as the group.
+    public var typicality: [Float]? { didSet { choosePalettes() } }
+    private mutating func choosePalettes() {
+        palettes = composer.pool.map { groups in groups.map { palette > 0 ? self.palette(of: $0, size: palette) : $0 } }
     }
     /// Per split and group, the sprites outputs draw from (`palette`).
-    private(set) var palettes: [[[Int]]]
+    public private(set) var palettes: [[[Int]]]
     /// Share of scenes whose input sprites are drawn as outlines.
     public var outlineShare = 0.15
     /// Side of the thumbnails that choose a swapped-in sprite.
@@ -105,9 +109,18 @@ public struct RestylePairs: Sendable {
 
     /// `size` sprites of `pool` spread over its thumbnails (luma and coverage): the one closest
     /// to the pool's mean thumbnail first, then each time the one farthest from those chosen
-    /// (farthest-point sampling). Deterministic; the whole pool when it is not larger.
-    public func palette(of pool: [Int], size: Int) -> [Int] {
-        guard size < pool.count, size > 0 else { return pool }
+    /// (farthest-point sampling). With `typicality`, the group's most typical sprite first, and
+    /// the spread only over its `typicalShare(size)` most typical ones. Deterministic; the whole
+    /// pool when it is not larger.
+    public func palette(of whole: [Int], size: Int) -> [Int] {
+        guard size < whole.count, size > 0 else { return whole }
+        var pool = whole
+        if let t = typicality {
+            // Most typical first (ties by index, so the choice is deterministic).
+            pool = whole.sorted { t[$0] != t[$1] ? t[$0] > t[$1] : $0 < $1 }
+            pool = Array(pool.prefix(min(whole.count, Self.typicalShare(size))))
+            if size >= pool.count { return pool }
+        }
         let m = 2 * Self.thumbSide * Self.thumbSide
         func distance(_ a: Int, _ b: [Float]) -> Float {
             var d: Float = 0
@@ -116,7 +129,7 @@ public struct RestylePairs: Sendable {
         }
         var mean = [Float](repeating: 0, count: m)
         for s in pool { for j in 0..<m { mean[j] += thumbs[s * m + j] / Float(pool.count) } }
-        var chosen = [pool.min { distance($0, mean) < distance($1, mean) }!]
+        var chosen = [typicality == nil ? pool.min { distance($0, mean) < distance($1, mean) }! : pool[0]]
         var nearest = pool.map { distance($0, Array(thumbs[chosen[0] * m ..< (chosen[0] + 1) * m])) }
         while chosen.count < size {
             let k = nearest.indices.max { nearest[$0] < nearest[$1] }!
@@ -125,6 +138,19 @@ public struct RestylePairs: Sendable {
             for i in pool.indices { nearest[i] = min(nearest[i], distance(pool[i], t)) }
         }
         return chosen
+    }
+
+    /// How many of a group's most typical sprites a palette of `size` spreads over.
+    public static func typicalShare(_ size: Int) -> Int { max(3 * size, size + 8) }
+
+    /// Each sprite alone, centred at three quarters of the side over white: what a classifier
+    /// scores for `typicality`.
+    public func spriteScenes() -> [RGBImage] {
+        let n = composer.size, c = Float(n) / 2, side = Int((Float(n) * 0.75).rounded())
+        let white = RGBImage(width: n, height: n, fill: (1, 1, 1))
+        return (0..<composer.sprites.count).map { i in
+            composer.render(SceneComposer.Layout(background: white, placements: [(i, c, c, side)], label: Int(composer.sprites.labels[i]), members: [i]))
+        }
     }
 
     /// Of `candidates` sprites drawn from `pool` (0: all of them), the one whose thumbnail (luma
