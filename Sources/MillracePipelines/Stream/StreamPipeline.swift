@@ -124,7 +124,7 @@ public final class StreamPipeline {
         public var guidance: StreamGuidance
         public var scale: Float
         /// Structure guidance (`StreamSettings.structure`): `defaultStructure` for an image model,
-        /// off for a restyle model, which sees its frame whole.
+        /// off for a restyle model, which sees its frame whole (it applies there too when asked).
         public var structure: Float = 0
         public var structureSigma: Float = StreamPipeline.defaultStructureSigma
 
