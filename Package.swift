@@ -56,9 +56,9 @@ let package = Package(
         // Swift, lowest layer first.
         .target(name: "MillraceFormats"),
         .target(name: "MillraceCore", dependencies: ["MillraceFormats", "MillraceKernels", "CLAPACK"]),
-        .target(name: "MillraceImaging", dependencies: ["MillraceCore", "MillraceCodecs", "CFreeType"]),
-        .target(name: "MillraceTraining", dependencies: ["MillraceCore", "MillraceImaging", "CFreeType", "CHarfBuzz", "CMPI"]),
-        .target(name: "MillracePipelines", dependencies: ["MillraceCore", "MillraceImaging", "CKissFFT"]),
+        .target(name: "MillraceImaging", dependencies: ["MillraceFormats", "MillraceCore", "MillraceCodecs", "CFreeType"]),
+        .target(name: "MillraceTraining", dependencies: ["MillraceFormats", "MillraceCore", "MillraceImaging", "CFreeType", "CHarfBuzz", "CMPI"]),
+        .target(name: "MillracePipelines", dependencies: ["MillraceFormats", "MillraceCore", "MillraceImaging", "CKissFFT"]),
         .target(name: "MillraceHTTP", dependencies: ["MillracePipelines", "MillraceFormats", "CMillraceHTTP", "CMicroHTTPD"]),
         .executableTarget(name: "gen", dependencies: [
             "MillraceHTTP", "MillracePipelines", "MillraceTraining", "MillraceImaging", "MillraceCore",

@@ -17,7 +17,8 @@ struct DatasetRestyleCommand: ParsableCommand {
         --candidates drawn at random), at the same place and size. Only the train emoji are used. Written as safetensors ("input",
         "output", "labels", F16) for `gen train --data FILE`, which then trains a model whose
         condition is the input picture and whose class is the group to redraw it in.
-        Needs the same Debian packages as `gen dataset emoji`.
+        With --palette-classifier it also prints how often that classifier gives the output
+        pictures their pair's group. Needs the same Debian packages as `gen dataset emoji`.
         Example:
           gen dataset restyle --out data/restyle64.safetensors --count 20000
           gen dataset restyle --out data/restyle64-p6.safetensors --palette 6   # 6 emoji per group
@@ -91,10 +92,18 @@ struct DatasetRestyleCommand: ParsableCommand {
             try file.write(path: out, dtype: .f16)
             var perClass = [Int](repeating: 0, count: sprites.classNames.count)
             for l in made.labels { perClass[l] += 1 }
+            // How often the classifier gives an output picture its pair's group: what a model
+            // drawing these targets exactly would score.
+            var judged: [Double]?
+            if let path = paletteClassifier {
+                judged = try Self.agreement(outputs: made.outputs, labels: made.labels, size: s, classes: sprites.classNames.count,
+                                            classifier: try EmojiClassifier.load(path: path))
+            }
             print("wrote \(out): \(count) pairs of \(s)×\(s)")
             for (g, (name, n)) in zip(sprites.classNames, perClass).enumerated() {
+                let agreed = judged.map { $0[g].isNaN ? "   classifier agreement on the outputs –" : String(format: "   classifier agreement on the outputs %.2f", $0[g]) } ?? ""
                 let drawn = palette > 0 ? "   palette: " + pairs.palettes[0][g].map { sprites.items[$0].name }.joined(separator: ", ") : ""
-                print("  \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(n)\(drawn)")
+                print("  \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(n)\(agreed)\(drawn)")
             }
         }
     }
@@ -117,6 +126,22 @@ struct DatasetRestyleCommand: ParsableCommand {
             }
         }
         return out
+    }
+
+    /// Per group, the share of the first 2,000 outputs ([−1, 1], [N, 3, size, size]) of that
+    /// group that `classifier` assigns to it (NaN where there are none).
+    static func agreement(outputs: [Float], labels: [Int], size: Int, classes: Int, classifier: EmojiClassifier) throws -> [Double] {
+        let n = min(labels.count, 2000), per = 3 * size * size
+        var hits = [Int](repeating: 0, count: classes), seen = hits
+        for start in stride(from: 0, to: n, by: 64) {
+            let rows = start..<min(n, start + 64)
+            let images = rows.map { k in RGBImage(width: size, height: size, planes: outputs[(k * per)..<((k + 1) * per)].map { ($0 + 1) / 2 }) }
+            for (k, p) in zip(rows, classifier.predict(images)) {
+                seen[labels[k]] += 1
+                if p == labels[k] { hits[labels[k]] += 1 }
+            }
+        }
+        return zip(hits, seen).map { $1 > 0 ? Double($0) / Double($1) : .nan }
     }
 
     /// Whether `path` is a restyle set (its metadata says so).

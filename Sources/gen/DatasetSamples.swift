@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MillraceFormats
 import MillraceTraining
 import MillracePipelines
 
@@ -47,7 +48,7 @@ struct DatasetSamplesCommand: ParsableCommand {
                 print("\(file): '\(name)' (\(group), held-out image \(i))")
             }
             let json = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])
-            try (json + Data("\n".utf8)).write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("index.json")), options: .atomic)
+            try AtomicFile.write(json + Data("\n".utf8), to: (out as NSString).appendingPathComponent("index.json"))
         }
     }
 }

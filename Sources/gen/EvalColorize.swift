@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MillraceFormats
 import MillraceCore
 import MillraceImaging
 import MillraceTraining
@@ -123,8 +124,10 @@ struct EvalColorize: ParsableCommand {
             let pool = ReferencePool(folder: refs)
             try pool.index()
             if let perImage {
-                guard FileManager.default.createFile(atPath: perImage, contents: Data("set,index,method,psnr_rgb,psnr_ab,delta_e\n".utf8)) else {
-                    throw CLIError("cannot write \(perImage)")
+                do {
+                    try AtomicFile.write("set,index,method,psnr_rgb,psnr_ab,delta_e\n", to: perImage)
+                } catch {
+                    throw CLIError("cannot write \(perImage): \(error)")
                 }
             }
             var report: [String: Any] = [:]

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MillraceFormats
 import MillraceCore
 import MillraceImaging
 import MillraceTraining
@@ -164,11 +165,11 @@ struct EvalTable: ParsableCommand {
             }
             bar.finish()
             let md = markdownReport(cells, models: modelPairs.map(\.0))
-            if let markdown { try Data(md.utf8).write(to: URL(fileURLWithPath: markdown), options: .atomic) } else { print(md) }
+            if let markdown { try AtomicFile.write(Data(md.utf8), to: markdown) } else { print(md) }
             if let json {
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try enc.encode(cells).write(to: URL(fileURLWithPath: json), options: .atomic)
+                try AtomicFile.write(enc.encode(cells), to: json)
             }
             if let plot { try chart(cells, models: modelPairs.map(\.0)).render().writePNG(path: plot) }
         }

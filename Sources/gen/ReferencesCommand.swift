@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MillraceFormats
 import MillraceImaging
 import MillraceTraining
 import MillracePipelines
@@ -86,7 +87,7 @@ struct ReferencesCommand: ParsableCommand {
             var bytes = 0
             func write(_ image: RGBImage, _ name: String, in dir: String) throws {
                 let data = try image.pngData()
-                try Data(data).write(to: URL(fileURLWithPath: (dir as NSString).appendingPathComponent(name)), options: .atomic)
+                try AtomicFile.write(Data(data), to: (dir as NSString).appendingPathComponent(name))
                 bytes += data.count
             }
             // Emoji: train split only.

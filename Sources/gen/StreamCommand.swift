@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MillraceFormats
 import MillraceCore
 import MillraceImaging
 import MillraceTraining
@@ -169,7 +170,7 @@ struct StreamCommand: ParsableCommand {
             if let c = session.measures.lumaCorrelation { summary["luma_correlation"] = c }
             if let f = session.measures.flickerStatic { summary["flicker_static"] = f }
             let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
-            try data.write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("summary.json")), options: .atomic)
+            try AtomicFile.write(data, to: (out as NSString).appendingPathComponent("summary.json"))
             print(String(decoding: data, as: UTF8.self))
         }
     }

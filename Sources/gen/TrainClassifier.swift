@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MillraceFormats
 import MillraceCore
 import MillraceTraining
 
@@ -114,7 +115,7 @@ struct TrainClassifier: ParsableCommand {
                 trainSeconds: trainSeconds, totalSeconds: totalSeconds, machine: machine,
                 held: held, train: train, trainCount: trainCount, heldCount: heldCount)
             let cardPath = (out as NSString).appendingPathComponent("MODEL_CARD.md")
-            try Data(card.utf8).write(to: URL(fileURLWithPath: cardPath), options: .atomic)
+            try AtomicFile.write(Data(card.utf8), to: cardPath)
 
             print("wrote \(out) (\(trainer.step) steps in \(ProgressBar.clock(trainSeconds)), \(String(format: "%.0f", Double(steps * batch) / max(trainSeconds, 1e-9))) img/s)")
             print(String(format: "held-out accuracy %.2f%% (%d images; balanced %.2f%%; train split %.2f%%)",

@@ -184,6 +184,7 @@ import MillraceTestSupport
         let (s0, out0, err0) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/typical.safetensors", "--count", "4", "--size", "16",
                                                "--palette", "2", "--palette-classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier"])
         #expect(s0 == 0 && out0.components(separatedBy: "palette: ").count == 10, "stdout: \(out0), stderr: \(err0)")
+        #expect(out0.components(separatedBy: "classifier agreement on the outputs").count == 10, "\(out0)")
         let typical = try SafetensorsFile.read(path: dir + "/typical.safetensors").metadata
         #expect(typical["palette"] == "2" && typical["palette_classifier"] != nil)
         let shape = ["--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1"]

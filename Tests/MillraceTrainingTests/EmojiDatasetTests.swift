@@ -59,7 +59,7 @@ private func temporaryDirectory() throws -> URL {
 
 private func writeMiniEmojiTest(in directory: URL) throws -> String {
     let path = directory.appendingPathComponent("emoji-test.txt").path
-    try miniEmojiTest.write(toFile: path, atomically: true, encoding: .utf8)
+    try miniEmojiTest.write(toFile: path, atomically: false, encoding: .utf8)
     return path
 }
 

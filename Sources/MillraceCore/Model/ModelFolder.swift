@@ -120,12 +120,10 @@ public struct ModelFolder {
     public static func write(model: UNet2DModel, flow: FlowConfig, to path: String,
                              metadata: [String: String] = [:]) throws {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        try model.config.jsonData().write(to: URL(fileURLWithPath: (path as NSString).appendingPathComponent("config.json")),
-                                          options: .atomic)
+        try AtomicFile.write(model.config.jsonData(), to: (path as NSString).appendingPathComponent("config.json"))
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try enc.encode(flow).write(to: URL(fileURLWithPath: (path as NSString).appendingPathComponent("flow.json")),
-                                   options: .atomic)
+        try AtomicFile.write(enc.encode(flow), to: (path as NSString).appendingPathComponent("flow.json"))
         try SafetensorsFile(tensors: model.stateDict(), metadata: metadata)
             .write(path: (path as NSString).appendingPathComponent("model.safetensors"))
     }

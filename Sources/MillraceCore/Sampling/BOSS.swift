@@ -288,21 +288,9 @@ public enum BOSS {
         return "\(x)"
     }
 
-    /// Writes to a temporary file in the same folder, then renames it over `path`.
+    /// Writes `data` over `path` atomically (`AtomicFile.write`).
     static func writeAtomically(_ data: Data, path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let dir = url.deletingLastPathComponent()
-        let temp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        do {
-            try data.write(to: temp)
-        } catch {
-            throw ModelError.io("cannot write '\(path)': \(error.localizedDescription)")
-        }
-        guard rename(temp.path, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(at: temp)
-            throw ModelError.io("cannot write '\(path)': \(reason)")
-        }
+        do { try AtomicFile.write(data, to: path) } catch let failure as AtomicFile.Failure { throw ModelError.io(failure.description) }
     }
 }
 

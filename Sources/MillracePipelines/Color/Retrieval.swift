@@ -1,4 +1,5 @@
 import Foundation
+import MillraceFormats
 import MillraceImaging
 
 /// A rectangle of an image, in pixels.
@@ -192,7 +193,7 @@ public final class ReferencePool: @unchecked Sendable {
         install(try build(stamps))
         rebuilt = true
         if let data = try? JSONEncoder().encode(file!) {
-            try? data.write(to: URL(fileURLWithPath: cachePath), options: .atomic)
+            try? AtomicFile.write(data, to: cachePath)
         }
         return true
     }

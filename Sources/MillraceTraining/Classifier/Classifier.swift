@@ -351,7 +351,7 @@ public final class EmojiClassifier: ParameterContainer {
         }
         let configPath = (path as NSString).appendingPathComponent(Self.configFileName)
         do {
-            try config.jsonData().write(to: URL(fileURLWithPath: configPath), options: .atomic)
+            try AtomicFile.write(config.jsonData(), to: configPath)
         } catch {
             throw ModelError.io("cannot write \(configPath): \(error.localizedDescription)")
         }

@@ -5,6 +5,7 @@ import Glibc
 import Darwin
 #endif
 import MillraceCore
+import MillraceFormats
 import MillraceImaging
 
 /// An error from building, writing or reading a dataset, with a message meant for people.
@@ -202,17 +203,10 @@ public struct ImageDataset: Sendable, Equatable {
         } catch {
             throw DatasetError.io("cannot create directory \(directory.path) for dataset \(path): \(error.localizedDescription)")
         }
-        let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())").path
         do {
-            try Data(bytes).write(to: URL(fileURLWithPath: temporary))
-        } catch {
-            try? FileManager.default.removeItem(atPath: temporary)
-            throw DatasetError.io("cannot write dataset \(path): \(error.localizedDescription)")
-        }
-        if rename(temporary, path) != 0 {
-            let reason = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(atPath: temporary)
-            throw DatasetError.io("cannot move dataset into place at \(path): \(reason)")
+            try AtomicFile.write(bytes, to: path)
+        } catch let failure as AtomicFile.Failure {
+            throw DatasetError.io("cannot write dataset \(path): \(failure.description)")
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import MillraceFormats
 import MillraceImaging
 
 /// The training loss log, loss.csv: `step,loss,smoothed_loss,lr,images_per_second,elapsed_s`.
@@ -16,7 +17,7 @@ public struct LossLog {
                 if let s = Int(line.split(separator: ",").first ?? ""), s <= step { kept.append(String(line)) }
             }
         }
-        try (kept.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        try AtomicFile.write(kept.joined(separator: "\n") + "\n", to: path)
         guard let h = FileHandle(forWritingAtPath: path) else { throw TrainError.io("cannot open \(path) for writing") }
         h.seekToEndOfFile()
         handle = h
