@@ -34,7 +34,7 @@ import MillraceTestSupport
         deinit { service.beginShutdown(); server.stop() }
 
         static func staticDir() -> String {
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-static-\(getpid())").path
+            let dir = Fixtures.tempPath("static")
             try? FileManager.default.createDirectory(atPath: dir + "/sub", withIntermediateDirectories: true)
             try? Data("<!doctype html><title>t</title>".utf8).write(to: URL(fileURLWithPath: dir + "/index.html"))
             try? Data("body{}".utf8).write(to: URL(fileURLWithPath: dir + "/sub/app.css"))

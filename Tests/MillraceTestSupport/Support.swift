@@ -72,10 +72,18 @@ public enum Fixtures {
 
     /// A path under this process's scratch folder in the system's temporary directory.
     public static func tempPath(_ name: String) -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-tests-\(getpid())")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir.appendingPathComponent(name).path
+        (scratch as NSString).appendingPathComponent(name)
     }
+
+    /// This process's scratch folder, made empty on first use (a folder of an earlier process
+    /// with the same pid may be there) and removed when the process exits.
+    public static let scratch: String = {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-tests-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        atexit { try? FileManager.default.removeItem(atPath: Fixtures.scratch) }
+        return dir
+    }()
 
     /// A tiny class-conditional UNet (8×8, 3 classes, attention at the 4×4 level).
     public static func tinyUNetConfig() -> UNetConfig {

@@ -17,9 +17,9 @@ import MillraceTestSupport
     }
 
     static func tempDir(_ name: String) -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-cls-tests-\(getpid())")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let path = dir.appendingPathComponent(name).path
+        let dir = Fixtures.tempPath("classifier")
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = (dir as NSString).appendingPathComponent(name)
         try? FileManager.default.removeItem(atPath: path)
         return path
     }
