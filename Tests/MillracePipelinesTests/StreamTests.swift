@@ -95,6 +95,31 @@ import MillraceTestSupport
         #expect(!StreamPipeline.isRestyleModel(Fixtures.tinySampler()))
     }
 
+    /// A restyle model's state is the change to its frame: below strength 1 a frame enters slot 0
+    /// as no change, x_t0 = (1 − t0)·noise, and with blend β as the previous output's change to
+    /// it, β·(ŷ − frame), noised to t0.
+    @Test func aRestyleStreamBelowStrengthOneStartsFromTheChange() throws {
+        let s = Fixtures.tinyRestyleSampler()
+        let times = try StreamPipeline.times(strength: 0.5, steps: 1)
+        let t0 = times[0]
+        let f = Self.frames(2)
+        let plain = try StreamPipeline(sampler: s, times: times, settings: StreamSettings(classIndex: 1), seed: 5)
+        let first = try plain.process(f[0])
+        let (e0, _) = plain.evaluate([plain.noise[0].scaled(1 - t0)], [t0], refs: [nil], conds: [f[0]])
+        #expect(relativeError(first.data, StreamPipeline.adding(e0[0], f[0]).data) < 1e-5)
+        #expect(relativeError(plain.sequential(f[0]).data, first.data) < 1e-5)
+        var settings = StreamSettings(classIndex: 1)
+        settings.blend = 0.5
+        let blended = try StreamPipeline(sampler: s, times: times, settings: settings, seed: 5)
+        let out0 = try blended.process(f[0]), out1 = try blended.process(f[1])
+        #expect(relativeError(out0.data, first.data) < 1e-6, "nothing to blend with at the first frame")
+        var change = out0
+        change.addScaled(f[1], -1)
+        let (e1, _) = blended.evaluate([StreamPipeline.mix(change.scaled(0.5), t0, blended.noise[0])], [t0], refs: [nil], conds: [f[1]])
+        #expect(relativeError(out1.data, StreamPipeline.adding(e1[0], f[1]).data) < 1e-5)
+        #expect(relativeError(out1.data, try plain.process(f[1]).data) > 1e-4, "the blend changes the output")
+    }
+
     /// With blend β a frame enters as (1 − β)·frame + β·(the previous output): the second output
     /// of a blended stream equals an unblended stream's output for that mixture.
     @Test func blendMixesThePreviousOutputIntoTheEnteringFrame() throws {

@@ -403,13 +403,7 @@ public final class StreamPipeline {
             throw StreamError.badFrame("frame has non-finite values (NaN or infinity); it was not processed")
         }
         let n = slots
-        // Temporal blending: the frame that enters leans on the previous output.
-        var entering = frame
-        if settings.blend > 0, let previous = previousOutput {
-            entering = frame.scaled(1 - settings.blend)
-            entering.addScaled(previous, settings.blend)
-        }
-        let x0 = Self.mix(entering, times[0], noise[0])
+        let x0 = Self.mix(entering(frame, previous: previousOutput), times[0], noise[0])
         if buffer == nil {
             // Warm-up: run this frame stage by stage; row i of the buffer gets its stage-i state.
             var rows: [Tensor] = [], refs: [Tensor] = []
@@ -453,10 +447,27 @@ public final class StreamPipeline {
         return output
     }
 
+    /// What enters slot 0, to be noised to t_0: the frame, leaning on the previous output with
+    /// blend β, (1 − β)·frame + β·ŷ. A restyle model's state is the change to its frame, so for
+    /// one it is no change, or with β the previous output's change to this frame, β·(ŷ − frame);
+    /// at strength 1 (t_0 = 0) either is noise alone.
+    func entering(_ frame: Tensor, previous: Tensor?) -> Tensor {
+        let beta = previous == nil ? 0 : settings.blend
+        if conditional {
+            guard beta > 0, var change = previous else { return Tensor(zeros: frame.shape) }
+            change.addScaled(frame, -1)
+            return change.scaled(beta)
+        }
+        guard beta > 0, let previous else { return frame }
+        var out = frame.scaled(1 - beta)
+        out.addScaled(previous, beta)
+        return out
+    }
+
     /// The same computation without batching: frame f through the n stages one model call at a
     /// time (guidance `none`; the reference the stream-batch result must equal, §5).
     public func sequential(_ frame: Tensor) -> Tensor {
-        var x = Self.mix(frame, times[0], noise[0])
+        var x = Self.mix(entering(frame, previous: nil), times[0], noise[0])
         for i in 0..<slots {
             let (est, _) = evaluate([x], [times[i]], refs: [nil], conds: [frame])
             x = i + 1 < slots ? advance(row: x, estimate: est[0], slot: i) : est[0]
