@@ -40,6 +40,8 @@ struct DatasetRestyleCommand: ParsableCommand {
     var palette: Int = 0
     @Option(help: "With --palette: a classifier folder (e.g. assets/models/scene-classifier) that chooses each group's palette among the emoji it finds most typical of the group.")
     var paletteClassifier: String?
+    @Option(help: "With --palette-classifier: how many of each group's most typical emoji the palette spreads over (default: max(3K, K + 8); K: the K most typical).")
+    var palettePool: Int?
     @Option(help: "Random seed of the layouts.")
     var seed: UInt64 = 0
     @OptionGroup var sources: EmojiSources
@@ -51,6 +53,10 @@ struct DatasetRestyleCommand: ParsableCommand {
         guard candidates >= 0 else { throw ValidationError("--candidates must be 0 (all) or more") }
         guard palette >= 0 && palette <= 1000 else { throw ValidationError("--palette must be 0 (the whole group) to 1000") }
         guard paletteClassifier == nil || palette > 0 else { throw ValidationError("--palette-classifier chooses a palette: give --palette K too") }
+        if let n = palettePool {
+            guard paletteClassifier != nil else { throw ValidationError("--palette-pool needs --palette-classifier") }
+            guard n >= palette else { throw ValidationError("--palette-pool must be at least --palette (\(palette)), got \(n)") }
+        }
         // Inputs and outputs are held as floats before they are written: bound that first.
         let bytes = Double(count) * Double(6 * size * size) * 4
         guard bytes <= 8e9 else {
@@ -71,6 +77,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             var pairs = RestylePairs(composer: SceneComposer(sprites: sprites, size: size))
             pairs.outlineShare = outlineShare
             pairs.candidates = candidates
+            pairs.typicalPool = palettePool
             if let path = paletteClassifier {
                 pairs.typicality = try Self.typicality(of: pairs, classifier: try EmojiClassifier.load(path: path), path: path)
             }
@@ -87,6 +94,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             let names = try JSONSerialization.data(withJSONObject: sprites.classNames)
             file.metadata = ["format": Self.format, "class_names": String(decoding: names, as: UTF8.self), "palette": String(palette)]
             if let path = paletteClassifier { file.metadata["palette_classifier"] = path }
+            if let n = palettePool { file.metadata["palette_pool"] = String(n) }
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try file.write(path: out, dtype: .f16)

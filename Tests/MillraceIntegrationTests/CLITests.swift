@@ -95,6 +95,8 @@ import MillraceTestSupport
         (["dataset", "scenes", "--out", "OUT", "--count", "10", "--held-out", "11"], "held-out"),
         (["dataset", "restyle", "--out", "OUT", "--count", "200000", "--size", "256"], "memory"),
         (["dataset", "restyle", "--out", "OUT", "--palette-classifier", "assets/models/scene-classifier"], "--palette K"),
+        (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-pool", "5"], "--palette-classifier"),
+        (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-pool", "2", "--palette-classifier", "x"], "at least"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "paint"], "'chords'"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "consistency", "--rounds", "0"], "rounds"),
         (["train", "--data", "x.safetensors", "--out", "OUT", "--hue-rotation", "2"], "hue-rotation"),

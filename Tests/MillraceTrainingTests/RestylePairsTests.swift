@@ -98,6 +98,13 @@ import Testing
             if pool.count > RestylePairs.typicalShare(2) { limited += 1 }
         }
         #expect(limited > 0, "no group has more sprites than the typical share")
+        // A pool as large as the palette: the group's most typical sprites, most typical first.
+        pairs.typicalPool = 2
+        for group in pairs.composer.classes(split: 0) {
+            let pool = pairs.composer.sprites(split: 0, group: group)
+            let ranked = pool.sorted { score[$0] != score[$1] ? score[$0] > score[$1] : $0 < $1 }
+            #expect(pairs.palettes[0][group] == Array(ranked.prefix(2)), "group \(group)")
+        }
         let scenes = pairs.spriteScenes()
         #expect(scenes.count == n)
         for i in [0, n / 2, n - 1] {

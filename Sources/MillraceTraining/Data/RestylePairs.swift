@@ -27,6 +27,9 @@ public struct RestylePairs: Sendable {
     /// from the group's most typical sprite and spreads over its most typical few
     /// (`palette(of:size:)`), so that what a model learns to draw reads as the group.
     public var typicality: [Float]? { didSet { choosePalettes() } }
+    /// With `typicality`: how many of a group's most typical sprites its palette spreads over
+    /// (nil: `typicalShare(palette)`; `palette` itself: the most typical ones, not spread).
+    public var typicalPool: Int? { didSet { choosePalettes() } }
     private mutating func choosePalettes() {
         palettes = composer.pool.map { groups in groups.map { palette > 0 ? self.palette(of: $0, size: palette) : $0 } }
     }
@@ -110,7 +113,7 @@ public struct RestylePairs: Sendable {
     /// `size` sprites of `pool` spread over its thumbnails (luma and coverage): the one closest
     /// to the pool's mean thumbnail first, then each time the one farthest from those chosen
     /// (farthest-point sampling). With `typicality`, the group's most typical sprite first, and
-    /// the spread only over its `typicalShare(size)` most typical ones. Deterministic; the whole
+    /// the spread only over its `typicalPool` (default `typicalShare(size)`) most typical ones. Deterministic; the whole
     /// pool when it is not larger.
     public func palette(of whole: [Int], size: Int) -> [Int] {
         guard size < whole.count, size > 0 else { return whole }
@@ -118,7 +121,7 @@ public struct RestylePairs: Sendable {
         if let t = typicality {
             // Most typical first (ties by index, so the choice is deterministic).
             pool = whole.sorted { t[$0] != t[$1] ? t[$0] > t[$1] : $0 < $1 }
-            pool = Array(pool.prefix(min(whole.count, Self.typicalShare(size))))
+            pool = Array(pool.prefix(min(whole.count, max(size, typicalPool ?? Self.typicalShare(size)))))
             if size >= pool.count { return pool }
         }
         let m = 2 * Self.thumbSide * Self.thumbSide
