@@ -161,7 +161,7 @@ public enum Fixtures {
     /// A temporary reference pool of three colour images (red disc, blue bar, green stripes);
     /// `empty`: the folder without files.
     public static func referencePool(empty: Bool = false) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millrace-pool-\(UUID().uuidString)").path
+        let dir = tempPath("pool-\(UUID().uuidString)")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         if !empty {
             try picture(48, 48, kind: 0, ink: (0.9, 0.1, 0.1)).writePNG(path: dir + "/red-disc.png")
