@@ -306,8 +306,7 @@ public final class StreamPipeline {
             if s.structure > 0 && i < conds.count {
                 // A restyle model's estimate is the change to its frame, whose coarse luma
                 // matches the frame's where the change's is 0.
-                let target = conditional ? Tensor(shape: est.shape, data: [Float](repeating: 0, count: est.count)) : conds[i]
-                Self.alignStructure(&est, to: target, weight: s.structure, sigma: s.structureSigma)
+                Self.alignStructure(&est, to: conditional ? nil : conds[i], weight: s.structure, sigma: s.structureSigma)
             }
             estimates.append(est)
         }
@@ -332,15 +331,20 @@ public final class StreamPipeline {
     /// Structure guidance on one data estimate ([1, 3, H, W], model space): adds
     /// w·blur(Y(frame) − Y(estimate)) to every channel, Y the Rec. 601 luma and blur a Gaussian
     /// of σ pixels (edges clamped). Y of the result moves the share w of the way to the frame's
-    /// at coarse scales; the chroma and the fine detail stay the estimate's.
-    static func alignStructure(_ est: inout Tensor, to frame: Tensor, weight w: Float, sigma: Float) {
-        guard est.shape.count == 4, est.shape[1] == 3, frame.shape == est.shape else { return }
+    /// at coarse scales; the chroma and the fine detail stay the estimate's. A nil frame is a
+    /// target of zero luma (a restyle model's change that keeps its frame's).
+    static func alignStructure(_ est: inout Tensor, to frame: Tensor?, weight w: Float, sigma: Float) {
+        guard est.shape.count == 4, est.shape[1] == 3, frame == nil || frame!.shape == est.shape else { return }
         let h = est.shape[2], wd = est.shape[3], n = h * wd
         var d = [Float](repeating: 0, count: n)
         let k: [Float] = [0.299, 0.587, 0.114]
         for c in 0..<3 {
             let base = c * n
-            for p in 0..<n { d[p] += k[c] * (frame.data[base + p] - est.data[base + p]) }
+            if let frame {
+                for p in 0..<n { d[p] += k[c] * (frame.data[base + p] - est.data[base + p]) }
+            } else {
+                for p in 0..<n { d[p] -= k[c] * est.data[base + p] }
+            }
         }
         let blurred = gaussianBlur(d, width: wd, height: h, sigma: sigma)
         for c in 0..<3 {
