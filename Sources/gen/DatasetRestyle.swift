@@ -23,7 +23,7 @@ struct DatasetRestyleCommand: ParsableCommand {
           gen dataset restyle --out data/restyle64.safetensors --count 20000
           gen dataset restyle --out data/restyle64-p6.safetensors --palette 6   # 6 emoji per group
           gen dataset restyle --out data/restyle64-t3.safetensors --palette 3 \\
-              --palette-classifier assets/models/scene-classifier              # the 3 most typical, spread
+              --palette-classifier assets/models/scene-classifier              # 3 of the 11 most typical, spread
         """)
 
     @Option(help: "Output file (.safetensors).")
@@ -78,8 +78,9 @@ struct DatasetRestyleCommand: ParsableCommand {
             pairs.outlineShare = outlineShare
             pairs.candidates = candidates
             pairs.typicalPool = palettePool
-            if let path = paletteClassifier {
-                pairs.typicality = try Self.typicality(of: pairs, classifier: try EmojiClassifier.load(path: path), path: path)
+            let judge = try paletteClassifier.map { try EmojiClassifier.load(path: $0) }
+            if let judge, let path = paletteClassifier {
+                pairs.typicality = try Self.typicality(of: pairs, classifier: judge, path: path)
             }
             pairs.palette = palette
             let compose = LazyProgress("compose", unit: "pairs")
@@ -102,10 +103,8 @@ struct DatasetRestyleCommand: ParsableCommand {
             for l in made.labels { perClass[l] += 1 }
             // How often the classifier gives an output picture its pair's group: what a model
             // drawing these targets exactly would score.
-            var judged: [Double]?
-            if let path = paletteClassifier {
-                judged = try Self.agreement(outputs: made.outputs, labels: made.labels, size: s, classes: sprites.classNames.count,
-                                            classifier: try EmojiClassifier.load(path: path))
+            let judged = judge.map {
+                Self.agreement(outputs: made.outputs, labels: made.labels, size: s, classes: sprites.classNames.count, classifier: $0)
             }
             print("wrote \(out): \(count) pairs of \(s)×\(s)")
             for (g, (name, n)) in zip(sprites.classNames, perClass).enumerated() {
@@ -138,7 +137,7 @@ struct DatasetRestyleCommand: ParsableCommand {
 
     /// Per group, the share of the first 2,000 outputs ([−1, 1], [N, 3, size, size]) of that
     /// group that `classifier` assigns to it (NaN where there are none).
-    static func agreement(outputs: [Float], labels: [Int], size: Int, classes: Int, classifier: EmojiClassifier) throws -> [Double] {
+    static func agreement(outputs: [Float], labels: [Int], size: Int, classes: Int, classifier: EmojiClassifier) -> [Double] {
         let n = min(labels.count, 2000), per = 3 * size * size
         var hits = [Int](repeating: 0, count: classes), seen = hits
         for start in stride(from: 0, to: n, by: 64) {

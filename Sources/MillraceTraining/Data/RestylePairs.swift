@@ -31,6 +31,7 @@ public struct RestylePairs: Sendable {
     /// (nil: `typicalShare(palette)`; `palette` itself: the most typical ones, not spread).
     public var typicalPool: Int? { didSet { choosePalettes() } }
     private mutating func choosePalettes() {
+        precondition(typicality.map { $0.count == composer.sprites.count } ?? true, "typicality needs one score per sprite")
         palettes = composer.pool.map { groups in groups.map { palette > 0 ? self.palette(of: $0, size: palette) : $0 } }
     }
     /// Per split and group, the sprites outputs draw from (`palette`).
@@ -113,8 +114,8 @@ public struct RestylePairs: Sendable {
     /// `size` sprites of `pool` spread over its thumbnails (luma and coverage): the one closest
     /// to the pool's mean thumbnail first, then each time the one farthest from those chosen
     /// (farthest-point sampling). With `typicality`, the group's most typical sprite first, and
-    /// the spread only over its `typicalPool` (default `typicalShare(size)`) most typical ones. Deterministic; the whole
-    /// pool when it is not larger.
+    /// the spread only over its `typicalPool` (default `typicalShare(size)`) most typical ones.
+    /// Deterministic; the whole pool when it is not larger.
     public func palette(of whole: [Int], size: Int) -> [Int] {
         guard size < whole.count, size > 0 else { return whole }
         var pool = whole
@@ -130,9 +131,12 @@ public struct RestylePairs: Sendable {
             for j in 0..<m { let e = thumbs[a * m + j] - b[j]; d += e * e }
             return d
         }
-        var mean = [Float](repeating: 0, count: m)
-        for s in pool { for j in 0..<m { mean[j] += thumbs[s * m + j] / Float(pool.count) } }
-        var chosen = [typicality == nil ? pool.min { distance($0, mean) < distance($1, mean) }! : pool[0]]
+        var chosen = [pool[0]]  // the most typical, or else the closest to the mean thumbnail
+        if typicality == nil {
+            var mean = [Float](repeating: 0, count: m)
+            for s in pool { for j in 0..<m { mean[j] += thumbs[s * m + j] / Float(pool.count) } }
+            chosen = [pool.min { distance($0, mean) < distance($1, mean) }!]
+        }
         var nearest = pool.map { distance($0, Array(thumbs[chosen[0] * m ..< (chosen[0] + 1) * m])) }
         while chosen.count < size {
             let k = nearest.indices.max { nearest[$0] < nearest[$1] }!
