@@ -12,22 +12,24 @@ struct StreamCommand: ParsableCommand {
         commandName: "stream",
         abstract: "Restyle a folder of frames with the stream pipeline (stream batch, RCFG, similarity filter).",
         discussion: """
-        Frames (PNG or JPEG, sorted by name) are centre-cropped, resized to the model's size, noised
-        to t_0 = 1 − strength and denoised in n stages, one batched model call per frame. By
-        default the stream model (the composition model's image-to-image student) redraws each
-        frame in one jump from t_0 = 0.4, with full guidance at 3: two network rows per frame
-        (--rcfg none: one). --structure w gives each output the share w of its input's coarse
-        luma. Outputs are written under the same names as PNGs, with summary.json
-        (frames in, processed, skipped, errors, output fps,
-        mean latency, classifier_agreement: the fraction of processed outputs the evaluation
-        classifier assigns to --class, luma_correlation: how much of each input's layout its
+        Frames (PNG or JPEG, sorted by name) are centre-cropped, resized to the model's size, noised \
+        to t_0 = 1 − strength and denoised in n stages, one batched model call per frame. By \
+        default the stream model (assets/models/scenes64-restyle, a one-step restyle model: it \
+        sees the frame as a condition) redraws each frame as emoji of --class in one jump from \
+        noise, one network row per frame, with structure guidance 0.55: each output gets that \
+        share of its input's coarse light and dark. An image model (--model \
+        assets/models/scenes64-i2i) is noised from the frame instead (strength 0.6, full \
+        guidance at 3). Outputs are written under the same names as PNGs, with summary.json \
+        (frames in, processed, skipped, errors, output fps, \
+        mean latency, classifier_agreement: the fraction of processed outputs the evaluation \
+        classifier assigns to --class, luma_correlation: how much of each input's layout its \
         output keeps, and flicker_static; docs/STREAMS.md).
 
         Examples:
           gen stream --input assets/clips/scene --out out/stream --class "Animals & Nature"
-          gen stream --input assets/clips/scene --out out/s --class "Food & Drink" --strength 0.7
-          gen stream --input assets/clips/scene --out out/s --class Flags --rcfg none   # one row per frame
-          gen stream --input assets/clips/scene --out out/s --class Flags --structure 0.75  # the input's coarse luma
+          gen stream --input assets/clips/sketch --out out/s --class "Smileys & Emotion"
+          gen stream --input assets/clips/scene --out out/s --class "Food & Drink" --structure 0.75  # more of the input's light and dark
+          gen stream --input assets/clips/scene --out out/s --class Flags --model assets/models/scenes64-i2i --strength 0.7
           gen stream --input frames/ --out out/s --model assets/models/scenes64 --steps 8 --stepping euler --rcfg full --guidance 3
           gen stream --input frames/ --out out/s --blend 0.3 --no-filter --size 256x256
         """)
@@ -36,17 +38,17 @@ struct StreamCommand: ParsableCommand {
     var input: String
     @Option(help: "Output folder.")
     var out: String
-    @Option(help: "Model folder (default: the stream model, assets/models/scenes64-i2i: the composition model's image-to-image student; the emoji model where it is absent).")
+    @Option(help: "Model folder (default: the stream model, assets/models/scenes64-restyle; the composition model, then the emoji model, where it is absent).")
     var model: String?
     @Option(help: "How much of each frame is repainted: t_0 = 1 − strength (default: 1 for a restyle model, which sees the frame as its condition; \(StreamPipeline.defaultStrength) for an image model).")
     var strength: Float?
-    @Option(help: "Number of stages n (model rows per frame without guidance; default: \(StreamPipeline.restyleSteps) for a restyle model, \(StreamPipeline.defaultSteps) for an image model).")
+    @Option(help: "Number of stages n (model rows per frame without guidance; default: 1 for a one-step restyle model, \(StreamPipeline.restyleSteps) for another restyle model, \(StreamPipeline.defaultSteps) for an image model).")
     var steps: Int?
     @Option(help: "Explicit slot times, comma-separated (overrides --strength/--steps).")
     var tList: String?
-    @Option(help: "Guidance scale g (default: \(StreamPipeline.defaultScale)).")
+    @Option(help: "Guidance scale g (default: \(StreamPipeline.defaultScale) for an image model, \(StreamPipeline.restyleScale) for a restyle model).")
     var guidance: Float?
-    @Option(help: "Guidance mode: none, full, self, onetime (default: full where the model has a null class, else none).")
+    @Option(help: "Guidance mode: none, full, self, onetime (default: none for a one-step student, whose guidance is in its weights; else full where the model has a null class).")
     var rcfg: StreamGuidance?
     @Option(help: "RCFG damping δ in (0, 1].")
     var delta: Float = 1
@@ -54,7 +56,7 @@ struct StreamCommand: ParsableCommand {
     var stepping: StreamStepping?
     @Option(help: "Blend β in [0, 1) of the previous output into each entering frame (less flicker on still parts).")
     var blend: Float = 0
-    @Option(help: "Structure guidance w in [0, 1]: each output's coarse luma moves the share w of the way to its input's; colours and detail stay the model's (default: 0, off).")
+    @Option(help: "Structure guidance w in [0, 1]: each output's coarse luma moves the share w of the way to its input's; colours and detail stay the model's (default: \(StreamPipeline.restyleStudentStructure) for a one-step restyle model, \(StreamPipeline.restyleStructure) for another restyle model, 0 (off) for an image model).")
     var structure: Float?
     @Option(help: "σ in pixels, at the model's size, of the blur through which structure guidance compares luma (default: \(StreamPipeline.defaultStructureSigma)).")
     var structureSigma: Float?

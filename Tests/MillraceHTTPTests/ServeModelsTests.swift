@@ -85,13 +85,15 @@ import MillraceTestSupport
         #expect(defaults["stepping"] as? String == "euler" && defaults["rcfg"] as? String == "full")
         let plainDefaults = try #require(models[0]["stream_defaults"] as? [String: Any])
         #expect(plainDefaults["steps"] as? Int == StreamPipeline.defaultSteps && plainDefaults["stepping"] as? String == "renoise")
-        #expect(plainDefaults["structure"] as? Double == Double(StreamPipeline.defaultStructure) && defaults["structure"] as? Double == 0)
+        #expect(plainDefaults["structure"] as? Double == Double(StreamPipeline.defaultStructure))
+        #expect(abs((defaults["structure"] as? Double ?? 0) - Double(StreamPipeline.restyleStructure)) < 1e-6 && StreamPipeline.restyleStructure > 0)
         let r = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "tiny-restyle", "class": 1}"#))
         #expect(r.status == 201, "\(HardeningTests.text(r))")
         let id = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(r).utf8)) as? [String: Any])["id"] as? String
         let pipeline = try #require(s.scheduler.stream(id ?? "")?.withSession { $0.pipeline })
         let times = try StreamPipeline.times(strength: 1, steps: StreamPipeline.restyleSteps)
         #expect(pipeline.conditional && pipeline.times == times && pipeline.settings.stepping == .euler)
+        #expect(pipeline.settings.structure == StreamPipeline.restyleStructure)
         let g = s.handle(HardeningTests.request("POST", "/v1/generate", body: #"{"model": "tiny-restyle", "steps": 2, "upscale": 1}"#))
         #expect(g.status == 400 && HardeningTests.text(g).contains("restyle"), "\(HardeningTests.text(g))")
     }
@@ -144,17 +146,22 @@ import MillraceTestSupport
     }
 
     /// What `gen serve` serves without --model: emoji32 and its student, then the composition
-    /// model and its image-to-image student, which a stream that names no model runs on; a frame
-    /// of the scene clip goes through it and the stream reports its measures.
-    @Test func theShippedSetServesTheCompositionModelAndStreamsOnItsStudent() throws {
+    /// model, its image-to-image student and the restyle model, which a stream that names no
+    /// model runs on (one slot from noise, structure guidance on); a frame of the scene clip goes
+    /// through it and the stream reports its measures.
+    @Test func theShippedSetServesTheCompositionModelAndStreamsOnTheRestyleModel() throws {
         let paths = ModelFolder.defaultServedPaths()
         let s = MillraceService(folders: try paths.map { try ModelFolder.load($0) }, options: MillraceService.Options())
         defer { s.beginShutdown() }
-        #expect(s.models.map(\.name) == ["emoji32", "emoji32-1step", "scenes64", "scenes64-i2i"])
-        #expect(s.streamDefault.name == "scenes64-i2i" && s.streamDefault.folder.config.sampleSize == 64)
-        let created = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"class": "Animals & Nature", "steps": 1, "filter": false}"#))
+        #expect(s.models.map(\.name) == ["emoji32", "emoji32-1step", "scenes64", "scenes64-i2i", "scenes64-restyle"])
+        #expect(s.streamDefault.name == "scenes64-restyle" && s.streamDefault.folder.config.sampleSize == 64)
+        #expect(s.streamDefault.folder.flow.task == StreamPipeline.restyleTask)
+        let created = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"class": "Animals & Nature", "filter": false}"#))
         #expect(created.status == 201, "\(HardeningTests.text(created))")
         let id = try #require(try JSONSerialization.jsonObject(with: Data(HardeningTests.text(created).utf8)) as? [String: Any])["id"] as? String
+        let pipeline = try #require(s.scheduler.stream(id ?? "")?.withSession { $0.pipeline })
+        #expect(pipeline.conditional && pipeline.times == [0] && pipeline.settings.guidance == .none)
+        #expect(pipeline.settings.structure == StreamPipeline.restyleStudentStructure)
         let frame = try Data(contentsOf: URL(fileURLWithPath: Fixtures.repositoryRoot + "/assets/clips/scene/frame-000.png"))
         var stats: [String: Any] = [:]
         for _ in 0..<3 {

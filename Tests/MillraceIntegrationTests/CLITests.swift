@@ -173,8 +173,8 @@ import MillraceTestSupport
 
     /// The restyle model as a user makes and uses it: `gen dataset restyle` (pairs of scenes),
     /// `gen train` on the file (widening a plain model's conv_in with --init-from), `gen stream`
-    /// with the model, whose defaults are two Euler slots from noise with full guidance; and the
-    /// model is refused as an image generator.
+    /// with the model, whose defaults are two Euler slots from noise with full guidance and
+    /// structure guidance; and the model is refused as an image generator.
     @Test func restylePairsTrainAModelThatStreams() throws {
         let dir = Fixtures.tempPath("cli-restyle")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -212,6 +212,7 @@ import MillraceTestSupport
         let slots = try #require(summary["slots"] as? [Double])
         #expect(summary["processed"] as? Int == 4 && slots.count == StreamPipeline.restyleSteps && slots[0] == 0)
         #expect(summary["stepping"] as? String == "euler" && summary["guidance"] as? String == "full")
+        #expect(abs((summary["structure"] as? Double ?? 0) - Double(StreamPipeline.restyleStructure)) < 1e-6)
         #expect(summary["luma_correlation"] is Double && FileManager.default.fileExists(atPath: dir + "/out/f3.png"))
         let (s5, _, err5) = try GenCLI.run(["--steps", "2", "--model", dir + "/model", "--out", dir + "/gen.png"])
         #expect(s5 != 0 && err5.contains("restyle"), "stderr: \(err5)")
@@ -228,6 +229,8 @@ import MillraceTestSupport
         #expect(s7 == 0, "stderr: \(err7)")
         let summary1 = try #require(try JSONSerialization.jsonObject(with: Data(out7.utf8)) as? [String: Any])
         #expect((summary1["slots"] as? [Double]) == [0] && summary1["processed"] as? Int == 4)
+        #expect(summary1["guidance"] as? String == "none")
+        #expect(abs((summary1["structure"] as? Double ?? 0) - Double(StreamPipeline.restyleStudentStructure)) < 1e-6)
         // A set whose labels are not classes (NaN, out of range) is refused with the reason.
         var broken = try SafetensorsFile.read(path: dir + "/pairs.safetensors")
         for bad: Float in [.nan, 9, -1, 1.5] {

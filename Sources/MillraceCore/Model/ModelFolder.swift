@@ -188,8 +188,8 @@ extension ModelFolder {
         return shippedPath("emoji32") ?? "assets/models/emoji32"
     }
 
-    /// The shipped model streams run on by default: the composition model's image-to-image
-    /// student (docs/STREAMS.md), named by `streamModelName`, else the composition model itself;
+    /// The shipped model streams run on by default: the restyle model of scenes (docs/STREAMS.md),
+    /// named by `streamModelName`, else the composition model itself;
     /// `MILLRACE_STREAM_MODEL` overrides it. Falls back to `defaultPath()` where neither is shipped.
     public static func defaultStreamPath() -> String {
         if let env = ProcessInfo.processInfo.environment["MILLRACE_STREAM_MODEL"], !env.isEmpty { return env }
@@ -207,9 +207,9 @@ extension ModelFolder {
 
     /// The folder name, under assets/models, of the composition model (scenes of emoji).
     public static let compositionModelName = "scenes64"
-    /// The folder name, under assets/models, of the default stream model: the composition
-    /// model's image-to-image student.
-    public static let streamModelName = "scenes64-i2i"
+    /// The folder name, under assets/models, of the default stream model: a one-step restyle
+    /// model of scenes (docs/STREAMS.md).
+    public static let streamModelName = "scenes64-restyle"
 
     /// The folder name, under assets/models, of the in-context colorization model.
     public static let colorizationModelName = "colorize32"

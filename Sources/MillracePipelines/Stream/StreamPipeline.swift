@@ -101,9 +101,9 @@ public final class StreamPipeline {
 
     public var slots: Int { times.count }
 
-    /// The defaults of `gen stream` and `POST /v1/streams`: one slot at t_0 = 1 − 0.6, which the
-    /// stream model (the composition model's image-to-image student) jumps from in one row per
-    /// frame (docs/STREAMS.md, "The stream model").
+    /// The defaults of `gen stream` and `POST /v1/streams` on an image model: one slot at
+    /// t_0 = 1 − 0.6, which the composition model's image-to-image student (scenes64-i2i) jumps
+    /// from (docs/STREAMS.md). The stream model itself is a restyle model (`Defaults`).
     public static let defaultStrength: Float = 0.6
     public static let defaultSteps = 1
     /// Guidance of the defaults (`StreamSettings.defaults`): full classifier-free guidance at 3
@@ -112,19 +112,21 @@ public final class StreamPipeline {
     public static let defaultGuidance = StreamGuidance.full
     public static let defaultScale: Float = 3
 
-    /// What a stream runs with where nothing else is asked for, by the kind of model: a restyle
-    /// model redraws its frame from noise (strength 1) in `restyleSteps` Euler steps with full
-    /// guidance at `restyleScale` (docs/STREAMS.md, "A restyle model"); an image model (the
-    /// image-to-image student) jumps once from t_0 = 1 − `defaultStrength` with full guidance at
-    /// `defaultScale`.
+    /// What a stream runs with where nothing else is asked for, by the kind of model: a one-step
+    /// restyle student (the stream model) jumps once from noise, its guidance in its weights,
+    /// with structure guidance `restyleStudentStructure`; another restyle model redraws its frame
+    /// from noise (strength 1) in `restyleSteps` Euler steps with full guidance at
+    /// `restyleScale` and structure guidance `restyleStructure` (docs/STREAMS.md, "The stream
+    /// model"); an image model (the image-to-image student) jumps once from
+    /// t_0 = 1 − `defaultStrength` with full guidance at `defaultScale`.
     public struct Defaults: Sendable, Equatable {
         public var strength: Float
         public var steps: Int
         public var stepping: StreamStepping
         public var guidance: StreamGuidance
         public var scale: Float
-        /// Structure guidance (`StreamSettings.structure`): `defaultStructure` for an image model,
-        /// off for a restyle model, which sees its frame whole (it applies there too when asked).
+        /// Structure guidance (`StreamSettings.structure`): `restyleStructure` for a restyle
+        /// model, `defaultStructure` (off) for an image model.
         public var structure: Float = 0
         public var structureSigma: Float = StreamPipeline.defaultStructureSigma
 
@@ -136,12 +138,14 @@ public final class StreamPipeline {
                 stepping = .renoise
                 guidance = StreamPipeline.restyleStudentGuidance
                 scale = StreamPipeline.restyleStudentScale
+                structure = StreamPipeline.restyleStudentStructure
             } else if flow.task == StreamPipeline.restyleTask {
                 strength = 1
                 steps = StreamPipeline.restyleSteps
                 stepping = .euler
                 guidance = StreamPipeline.defaultGuidance
                 scale = StreamPipeline.restyleScale
+                structure = StreamPipeline.restyleStructure
             } else {
                 strength = StreamPipeline.defaultStrength
                 steps = StreamPipeline.defaultSteps
@@ -158,6 +162,15 @@ public final class StreamPipeline {
     /// option, with σ 1.5 px at 64×64.
     public static let defaultStructure: Float = 0
     public static let defaultStructureSigma: Float = 1.5
+
+    /// Structure guidance of a restyle model's defaults: the coarse luma of its estimate (the
+    /// change to the frame) moves the share w of the way to none. A restyle model draws its
+    /// group's few emoji at the frame's places, not in the frame's light and dark; structure
+    /// guidance gives back the light and dark and leaves the group to the model. Chosen on 40
+    /// rows of scene clips (docs/STREAMS.md, "The stream model"): 0.35 for two guided Euler slots,
+    /// 0.55 for a one-step student, whose drawing is softer.
+    public static let restyleStructure: Float = 0.35
+    public static let restyleStudentStructure: Float = 0.55
 
     /// Steps and guidance scale of a restyle model's defaults.
     public static let restyleSteps = 2
