@@ -200,9 +200,16 @@ import MillraceTestSupport
             bad.structureSigma = sigma
             #expect(throws: StreamError.self) { try stream.update(bad) }
         }
-        // The defaults leave it off (docs/STREAMS.md, "Structure guidance").
-        #expect(StreamSettings.defaults(classIndex: 0, flow: s.flow).structure == StreamPipeline.defaultStructure)
-        #expect(StreamSettings.defaults(classIndex: 0, flow: Fixtures.tinyRestyleSampler().flow).structure == 0)
+        // The defaults leave it off for an image model and turn it on for a restyle model, more
+        // for a one-step restyle student (docs/STREAMS.md, "Structure guidance").
+        let plainFlow = Fixtures.tinySampler().flow, restyleFlow = Fixtures.tinyRestyleSampler().flow
+        var studentFlow = restyleFlow
+        studentFlow.distilledGuidance = 2
+        #expect(StreamSettings.defaults(classIndex: 0, flow: plainFlow).structure == StreamPipeline.defaultStructure)
+        #expect(StreamPipeline.defaultStructure == 0)
+        #expect(StreamSettings.defaults(classIndex: 0, flow: restyleFlow).structure == StreamPipeline.restyleStructure)
+        #expect(StreamSettings.defaults(classIndex: 0, flow: studentFlow).structure == StreamPipeline.restyleStudentStructure)
+        #expect(StreamPipeline.restyleStructure > 0 && StreamPipeline.restyleStudentStructure > StreamPipeline.restyleStructure)
     }
 
     @Test func residualNegativeWithFullDeltaReproducesTheReference() {
