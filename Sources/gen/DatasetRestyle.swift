@@ -4,6 +4,7 @@ import MillraceCore
 import MillraceFormats
 import MillraceImaging
 import MillraceTraining
+import MillracePipelines
 
 /// `gen dataset restyle`: the training set of the image-to-image (restyle) model.
 struct DatasetRestyleCommand: ParsableCommand {
@@ -42,6 +43,8 @@ struct DatasetRestyleCommand: ParsableCommand {
     var paletteClassifier: String?
     @Option(help: "With --palette-classifier: how many of each group's most typical emoji the palette spreads over (default: max(3K, K + 8); K: the K most typical).")
     var palettePool: Int?
+    @Option(help: "With --palette-classifier: score each emoji blurred by a Gaussian of this σ in pixels, so that the palette holds emoji the classifier still knows when drawn softly (default: 0, sharp).")
+    var paletteBlur: Float = 0
     @Option(help: "Random seed of the layouts.")
     var seed: UInt64 = 0
     @OptionGroup var sources: EmojiSources
@@ -56,6 +59,10 @@ struct DatasetRestyleCommand: ParsableCommand {
         if let n = palettePool {
             guard paletteClassifier != nil else { throw ValidationError("--palette-pool needs --palette-classifier") }
             guard n >= palette else { throw ValidationError("--palette-pool must be at least --palette (\(palette)), got \(n)") }
+        }
+        if paletteBlur != 0 {
+            guard paletteClassifier != nil else { throw ValidationError("--palette-blur needs --palette-classifier") }
+            guard paletteBlur.isFinite && paletteBlur >= 0.5 && paletteBlur <= 8 else { throw ValidationError("--palette-blur must be 0 (off) or a σ in [0.5, 8] pixels") }
         }
         // Inputs and outputs are held as floats before they are written: bound that first.
         let bytes = Double(count) * Double(6 * size * size) * 4
@@ -80,7 +87,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             pairs.typicalPool = palettePool
             let judge = try paletteClassifier.map { try EmojiClassifier.load(path: $0) }
             if let judge, let path = paletteClassifier {
-                pairs.typicality = try Self.typicality(of: pairs, classifier: judge, path: path)
+                pairs.typicality = try Self.typicality(of: pairs, classifier: judge, path: path, blur: paletteBlur)
             }
             pairs.palette = palette
             let compose = LazyProgress("compose", unit: "pairs")
@@ -96,6 +103,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             file.metadata = ["format": Self.format, "class_names": String(decoding: names, as: UTF8.self), "palette": String(palette)]
             if let path = paletteClassifier { file.metadata["palette_classifier"] = path }
             if let n = palettePool { file.metadata["palette_pool"] = String(n) }
+            if paletteBlur > 0 { file.metadata["palette_blur"] = String(paletteBlur) }
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try file.write(path: out, dtype: .f16)
@@ -116,13 +124,24 @@ struct DatasetRestyleCommand: ParsableCommand {
     }
 
     /// Each sprite's probability of its own group under `classifier`, which must know the
-    /// sprites' groups by the same names.
-    static func typicality(of pairs: RestylePairs, classifier: EmojiClassifier, path: String) throws -> [Float] {
+    /// sprites' groups by the same names; with `blur` > 0 the sprite is scored through a
+    /// Gaussian blur of that σ (pixels), as a soft drawing of it would look.
+    static func typicality(of pairs: RestylePairs, classifier: EmojiClassifier, path: String, blur: Float = 0) throws -> [Float] {
         let names = pairs.composer.sprites.classNames
         guard classifier.config.classNames == names else {
             throw CLIError("\(path): its classes (\(classifier.config.classNames.joined(separator: ", "))) are not the emoji groups (\(names.joined(separator: ", ")))")
         }
-        let scenes = pairs.spriteScenes(), labels = pairs.composer.sprites.labels, k = names.count
+        var scenes = pairs.spriteScenes()
+        let labels = pairs.composer.sprites.labels, k = names.count
+        if blur > 0 {
+            scenes = scenes.map { im in
+                let n = im.width * im.height
+                let planes = (0..<3).flatMap { c in
+                    StreamPipeline.gaussianBlur(Array(im.planes[(c * n)..<((c + 1) * n)]), width: im.width, height: im.height, sigma: blur)
+                }
+                return RGBImage(width: im.width, height: im.height, planes: planes)
+            }
+        }
         var out: [Float] = []
         for start in stride(from: 0, to: scenes.count, by: 64) {
             let logits = classifier.forward(classifier.inputBatch(Array(scenes[start..<min(scenes.count, start + 64)])), training: false)

@@ -97,6 +97,8 @@ import MillraceTestSupport
         (["dataset", "restyle", "--out", "OUT", "--palette-classifier", "assets/models/scene-classifier"], "--palette K"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-pool", "5"], "--palette-classifier"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-pool", "2", "--palette-classifier", "x"], "at least"),
+        (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-blur", "1.5"], "--palette-blur needs --palette-classifier"),
+        (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-classifier", "x", "--palette-blur", "0.1"], "[0.5, 8]"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "paint"], "'chords'"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "consistency", "--rounds", "0"], "rounds"),
         (["train", "--data", "x.safetensors", "--out", "OUT", "--hue-rotation", "2"], "hue-rotation"),
@@ -184,11 +186,12 @@ import MillraceTestSupport
         #expect(out1.contains("12 pairs of 16×16"), "\(out1)")
         // A palette of the shipped scene classifier's two most typical emoji per group.
         let (s0, out0, err0) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/typical.safetensors", "--count", "4", "--size", "16",
-                                               "--palette", "2", "--palette-classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier"])
+                                               "--palette", "2", "--palette-classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier",
+                                               "--palette-blur", "1.5"])
         #expect(s0 == 0 && out0.components(separatedBy: "palette: ").count == 10, "stdout: \(out0), stderr: \(err0)")
         #expect(out0.components(separatedBy: "classifier agreement on the outputs").count == 10, "\(out0)")
         let typical = try SafetensorsFile.read(path: dir + "/typical.safetensors").metadata
-        #expect(typical["palette"] == "2" && typical["palette_classifier"] != nil)
+        #expect(typical["palette"] == "2" && typical["palette_classifier"] != nil && typical["palette_blur"] == "1.5")
         let shape = ["--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1"]
         // A plain 9-class model of the same shape, as the composition model is for the real one.
         let ds = ImageDataset(size: 16, classNames: (0..<9).map { "g\($0)" }, labels: (0..<9).map(UInt8.init), split: [UInt8](repeating: 0, count: 9),

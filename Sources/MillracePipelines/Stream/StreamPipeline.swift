@@ -367,7 +367,7 @@ public final class StreamPipeline {
     }
 
     /// A separable Gaussian blur of one plane (radius ⌈3σ⌉, edge pixels repeated).
-    static func gaussianBlur(_ x: [Float], width: Int, height: Int, sigma: Float) -> [Float] {
+    public static func gaussianBlur(_ x: [Float], width: Int, height: Int, sigma: Float) -> [Float] {
         let r = Int((3 * sigma).rounded(.up))
         var taps = (-r...r).map { Float(exp(-Double($0 * $0) / (2 * Double(sigma * sigma)))) }
         let total = taps.reduce(0, +)
