@@ -4,7 +4,6 @@ import MillraceCore
 import MillraceFormats
 import MillraceImaging
 import MillraceTraining
-import MillracePipelines
 
 /// `gen dataset restyle`: the training set of the image-to-image (restyle) model.
 struct DatasetRestyleCommand: ParsableCommand {
@@ -133,15 +132,7 @@ struct DatasetRestyleCommand: ParsableCommand {
         }
         var scenes = pairs.spriteScenes()
         let labels = pairs.composer.sprites.labels, k = names.count
-        if blur > 0 {
-            scenes = scenes.map { im in
-                let n = im.width * im.height
-                let planes = (0..<3).flatMap { c in
-                    StreamPipeline.gaussianBlur(Array(im.planes[(c * n)..<((c + 1) * n)]), width: im.width, height: im.height, sigma: blur)
-                }
-                return RGBImage(width: im.width, height: im.height, planes: planes)
-            }
-        }
+        if blur > 0 { scenes = scenes.map { $0.blurred(sigma: blur) } }
         var out: [Float] = []
         for start in stride(from: 0, to: scenes.count, by: 64) {
             let logits = classifier.forward(classifier.inputBatch(Array(scenes[start..<min(scenes.count, start + 64)])), training: false)

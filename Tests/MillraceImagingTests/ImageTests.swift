@@ -458,3 +458,25 @@ extension ImageTests {
     }
 }
 }
+
+// MARK: - Gaussian blur
+
+struct GaussianBlurTests {
+    /// A blur keeps a flat picture as it is, spreads a point symmetrically and keeps its mass
+    /// away from the edges; each plane of an image is blurred on its own.
+    @Test func blurKeepsFlatPlanesAndSpreadsAPointSymmetrically() {
+        let flat = GaussianBlur.plane([Float](repeating: 0.3, count: 36), width: 6, height: 6, sigma: 1.5)
+        #expect(flat.allSatisfy { abs($0 - 0.3) < 1e-6 })
+        var point = [Float](repeating: 0, count: 15 * 15)
+        point[7 * 15 + 7] = 1
+        let spread = GaussianBlur.plane(point, width: 15, height: 15, sigma: 1)
+        #expect(abs(spread.reduce(0, +) - 1) < 1e-5)
+        #expect(spread[7 * 15 + 7] < 0.2 && spread[7 * 15 + 7] == spread.max())
+        #expect(abs(spread[7 * 15 + 6] - spread[7 * 15 + 8]) < 1e-7 && abs(spread[6 * 15 + 7] - spread[7 * 15 + 6]) < 1e-7)
+        var image = RGBImage(width: 15, height: 15, fill: (0, 0.5, 1))
+        image.planes[7 * 15 + 7] = 1
+        let blurred = image.blurred(sigma: 1)
+        #expect(Array(blurred.planes[0..<225]) == spread)
+        #expect(blurred.planes[225..<675].allSatisfy { abs($0 - 0.5) < 1e-6 || abs($0 - 1) < 1e-6 })
+    }
+}

@@ -188,7 +188,7 @@ import MillraceTestSupport
             let source = fs[max(0, k - n + 1)]
             #expect(relativeError(out.data, reference.sequential(source).data) < 1e-5, "call \(k), n \(n)")
             func lumaError(_ t: Tensor) -> Float {
-                let a = StreamPipeline.gaussianBlur((0..<64).map { 0.299 * (t.data[$0] - source.data[$0]) + 0.587 * (t.data[64 + $0] - source.data[64 + $0])
+                let a = GaussianBlur.plane((0..<64).map { 0.299 * (t.data[$0] - source.data[$0]) + 0.587 * (t.data[64 + $0] - source.data[64 + $0])
                     + 0.114 * (t.data[128 + $0] - source.data[128 + $0]) }, width: 8, height: 8, sigma: 1.5)
                 return a.map { $0 * $0 }.reduce(0, +)
             }

@@ -1,5 +1,6 @@
 import Foundation
 import MillraceCore
+import MillraceImaging
 
 /// Guidance in a stream (docs/METHODS.md §6).
 public enum StreamGuidance: String, Sendable, CaseIterable, Codable {
@@ -359,35 +360,11 @@ public final class StreamPipeline {
                 for p in 0..<n { d[p] -= k[c] * est.data[base + p] }
             }
         }
-        let blurred = gaussianBlur(d, width: wd, height: h, sigma: sigma)
+        let blurred = GaussianBlur.plane(d, width: wd, height: h, sigma: sigma)
         for c in 0..<3 {
             let base = c * n
             for p in 0..<n { est.data[base + p] += w * blurred[p] }
         }
-    }
-
-    /// A separable Gaussian blur of one plane (radius ⌈3σ⌉, edge pixels repeated).
-    public static func gaussianBlur(_ x: [Float], width: Int, height: Int, sigma: Float) -> [Float] {
-        let r = Int((3 * sigma).rounded(.up))
-        var taps = (-r...r).map { Float(exp(-Double($0 * $0) / (2 * Double(sigma * sigma)))) }
-        let total = taps.reduce(0, +)
-        taps = taps.map { $0 / total }
-        var tmp = [Float](repeating: 0, count: x.count), out = tmp
-        for y in 0..<height {
-            for xx in 0..<width {
-                var acc: Float = 0
-                for (j, t) in taps.enumerated() { acc += t * x[y * width + min(max(xx + j - r, 0), width - 1)] }
-                tmp[y * width + xx] = acc
-            }
-        }
-        for y in 0..<height {
-            for xx in 0..<width {
-                var acc: Float = 0
-                for (j, t) in taps.enumerated() { acc += t * tmp[min(max(y + j - r, 0), height - 1) * width + xx] }
-                out[y * width + xx] = acc
-            }
-        }
-        return out
     }
 
     /// v_g = v_u + g·(v_c − v_u).
