@@ -197,7 +197,8 @@ extension ModelFolder {
     }
 
     /// What `gen serve` serves without `--model`: the emoji model first (the default), then the
-    /// composition model, each with its shipped students (the stream default is one of them).
+    /// composition model, each with the shipped models made from it (folders named after it:
+    /// emoji32-1step, scenes64-i2i, scenes64-restyle; the stream default is one of them).
     public static func defaultServedPaths() -> [String] {
         let base = defaultPath()
         var paths = [base] + studentPaths(of: base)
