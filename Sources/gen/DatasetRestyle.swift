@@ -24,6 +24,9 @@ struct DatasetRestyleCommand: ParsableCommand {
           gen dataset restyle --out data/restyle64-p6.safetensors --palette 6   # 6 emoji per group
           gen dataset restyle --out data/restyle64-t3.safetensors --palette 3 \\
               --palette-classifier assets/models/scene-classifier              # 3 of the 11 most typical, spread
+          gen dataset restyle --out data/restyle64-mix3.safetensors --palette 3 --palette-pool 3 \\
+              --palette-classifier assets/models/scene-classifier --palette-blur 1.5 \\
+              --palette-blur-groups "Smileys & Emotion,Objects,Symbols,Flags"  # blurred scores for 4 groups
         """)
 
     @Option(help: "Output file (.safetensors).")
@@ -44,6 +47,8 @@ struct DatasetRestyleCommand: ParsableCommand {
     var palettePool: Int?
     @Option(help: "With --palette-classifier: score each emoji blurred by a Gaussian of this σ in pixels, so that the palette holds emoji the classifier still knows when drawn softly (default: 0, sharp).")
     var paletteBlur: Float = 0
+    @Option(help: "With --palette-blur: the groups (comma-separated names) whose emoji are scored blurred; the others are scored sharp (default: all groups).")
+    var paletteBlurGroups: String?
     @Option(help: "Random seed of the layouts.")
     var seed: UInt64 = 0
     @OptionGroup var sources: EmojiSources
@@ -63,6 +68,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             guard paletteClassifier != nil else { throw ValidationError("--palette-blur needs --palette-classifier") }
             guard paletteBlur.isFinite && paletteBlur >= 0.5 && paletteBlur <= 8 else { throw ValidationError("--palette-blur must be 0 (off) or a σ in [0.5, 8] pixels") }
         }
+        guard paletteBlurGroups == nil || paletteBlur > 0 else { throw ValidationError("--palette-blur-groups needs --palette-blur") }
         // Inputs and outputs are held as floats before they are written: bound that first.
         let bytes = Double(count) * Double(6 * size * size) * 4
         guard bytes <= 8e9 else {
@@ -86,7 +92,8 @@ struct DatasetRestyleCommand: ParsableCommand {
             pairs.typicalPool = palettePool
             let judge = try paletteClassifier.map { try EmojiClassifier.load(path: $0) }
             if let judge, let path = paletteClassifier {
-                pairs.typicality = try Self.typicality(of: pairs, classifier: judge, path: path, blur: paletteBlur)
+                let blurred = try paletteBlurGroups.map { try Self.groups(named: $0, in: sprites.classNames) }
+                pairs.typicality = try Self.typicality(of: pairs, classifier: judge, path: path, blur: paletteBlur, blurredGroups: blurred)
             }
             pairs.palette = palette
             let compose = LazyProgress("compose", unit: "pairs")
@@ -103,6 +110,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             if let path = paletteClassifier { file.metadata["palette_classifier"] = path }
             if let n = palettePool { file.metadata["palette_pool"] = String(n) }
             if paletteBlur > 0 { file.metadata["palette_blur"] = String(paletteBlur) }
+            if let g = paletteBlurGroups { file.metadata["palette_blur_groups"] = g }
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try file.write(path: out, dtype: .f16)
@@ -124,15 +132,19 @@ struct DatasetRestyleCommand: ParsableCommand {
 
     /// Each sprite's probability of its own group under `classifier`, which must know the
     /// sprites' groups by the same names; with `blur` > 0 the sprite is scored through a
-    /// Gaussian blur of that σ (pixels), as a soft drawing of it would look.
-    static func typicality(of pairs: RestylePairs, classifier: EmojiClassifier, path: String, blur: Float = 0) throws -> [Float] {
+    /// Gaussian blur of that σ (pixels), as a soft drawing of it would look (only the sprites of
+    /// `blurredGroups` where it is given; the others sharp).
+    static func typicality(of pairs: RestylePairs, classifier: EmojiClassifier, path: String, blur: Float = 0,
+                           blurredGroups: Set<Int>? = nil) throws -> [Float] {
         let names = pairs.composer.sprites.classNames
         guard classifier.config.classNames == names else {
             throw CLIError("\(path): its classes (\(classifier.config.classNames.joined(separator: ", "))) are not the emoji groups (\(names.joined(separator: ", ")))")
         }
         var scenes = pairs.spriteScenes()
         let labels = pairs.composer.sprites.labels, k = names.count
-        if blur > 0 { scenes = scenes.map { $0.blurred(sigma: blur) } }
+        if blur > 0 {
+            for i in scenes.indices where blurredGroups?.contains(Int(labels[i])) ?? true { scenes[i] = scenes[i].blurred(sigma: blur) }
+        }
         var out: [Float] = []
         for start in stride(from: 0, to: scenes.count, by: 64) {
             let logits = classifier.forward(classifier.inputBatch(Array(scenes[start..<min(scenes.count, start + 64)])), training: false)
@@ -142,6 +154,21 @@ struct DatasetRestyleCommand: ParsableCommand {
                 out.append(e[Int(labels[start + r])] / e.reduce(0, +))
             }
         }
+        return out
+    }
+
+    /// The indices of the comma-separated group names in `list` (case-insensitive), or an error
+    /// naming the first unknown one.
+    static func groups(named list: String, in names: [String]) throws -> Set<Int> {
+        var out = Set<Int>()
+        for part in list.split(separator: ",") {
+            let name = part.trimmingCharacters(in: .whitespaces)
+            guard let g = names.firstIndex(where: { $0.caseInsensitiveCompare(name) == .orderedSame }) else {
+                throw CLIError("no group named '\(name)' (the groups: \(names.joined(separator: ", ")))")
+            }
+            out.insert(g)
+        }
+        guard !out.isEmpty else { throw CLIError("--palette-blur-groups names no group") }
         return out
     }
 

@@ -99,6 +99,7 @@ import MillraceTestSupport
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-pool", "2", "--palette-classifier", "x"], "at least"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-blur", "1.5"], "--palette-blur needs --palette-classifier"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-classifier", "x", "--palette-blur", "0.1"], "[0.5, 8]"),
+        (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-classifier", "x", "--palette-blur-groups", "Flags"], "needs --palette-blur"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "paint"], "'chords'"),
         (["straighten", "--from-data", "x.mrds", "--out", "OUT", "--objective", "consistency", "--rounds", "0"], "rounds"),
         (["train", "--data", "x.safetensors", "--out", "OUT", "--hue-rotation", "2"], "hue-rotation"),
@@ -187,11 +188,18 @@ import MillraceTestSupport
         // A palette of the shipped scene classifier's two most typical emoji per group.
         let (s0, out0, err0) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/typical.safetensors", "--count", "4", "--size", "16",
                                                "--palette", "2", "--palette-classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier",
-                                               "--palette-blur", "1.5"])
+                                               "--palette-blur", "1.5", "--palette-blur-groups", "flags, Objects"])
         #expect(s0 == 0 && out0.components(separatedBy: "palette: ").count == 10, "stdout: \(out0), stderr: \(err0)")
         #expect(out0.components(separatedBy: "classifier agreement on the outputs").count == 10, "\(out0)")
         let typical = try SafetensorsFile.read(path: dir + "/typical.safetensors").metadata
         #expect(typical["palette"] == "2" && typical["palette_classifier"] != nil && typical["palette_blur"] == "1.5")
+        #expect(typical["palette_blur_groups"] == "flags, Objects")
+        // An unknown group is named, and nothing is written.
+        let (s9, _, err9) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/bad.safetensors", "--count", "4", "--size", "16",
+                                            "--palette", "2", "--palette-classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier",
+                                            "--palette-blur", "1.5", "--palette-blur-groups", "Flags,Vehicles"])
+        #expect(s9 != 0 && err9.contains("no group named 'Vehicles'"), "stderr: \(err9)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/bad.safetensors"))
         let shape = ["--batch", "2", "--channels", "8,16", "--groups", "4", "--head-dim", "8", "--threads", "1"]
         // A plain 9-class model of the same shape, as the composition model is for the real one.
         let ds = ImageDataset(size: 16, classNames: (0..<9).map { "g\($0)" }, labels: (0..<9).map(UInt8.init), split: [UInt8](repeating: 0, count: 9),
@@ -294,6 +302,34 @@ import MillraceTestSupport
         #expect(stdout.contains("20 scenes of 16×16, 18 train / 2 held out"))
         let ds = try ImageDataset.read(path: out)
         #expect(ds.count == 20 && ds.size == 16 && ds.classNames.count == 9 && ds.indices(split: 1) == [18, 19])
+    }
+
+    /// `gen clips --scene` makes a clip of the emoji asked for: the frames asked for, at the
+    /// side asked for, the same bytes for the same seed, moving; an unknown emoji is named in
+    /// the error and nothing is written.
+    @Test func clipsSceneMakesADeterministicMovingClip() throws {
+        let dir = Fixtures.tempPath("cli-clips-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var runs: [[Data]] = []
+        for k in 0..<2 {
+            let (status, out, err) = try GenCLI.run(["clips", "--scene", "🐼 🚗 🍌", "--out", dir + "/\(k)", "--seed", "3",
+                                                      "--scene-size", "64", "--scene-frames", "4"])
+            #expect(status == 0, "stderr: \(err)")
+            #expect(out.contains("wrote 4 frames to \(dir)/\(k)"), "\(out)")
+            let names = try FileManager.default.contentsOfDirectory(atPath: dir + "/\(k)").sorted()
+            #expect(names == (0..<4).map { String(format: "frame-%03d.png", $0) })
+            runs.append(try names.map { try Data(contentsOf: URL(fileURLWithPath: dir + "/\(k)/" + $0)) })
+        }
+        #expect(runs[0] == runs[1], "the same seed gives the same frames")
+        let first = try RGBImage.decode([UInt8](runs[0][0])), last = try RGBImage.decode([UInt8](runs[0][3]))
+        #expect(first.width == 64 && first.height == 64)
+        #expect(first.planes != last.planes, "the emoji move")
+
+        let (status, _, err) = try GenCLI.run(["clips", "--scene", "fox, no such emoji", "--out", dir + "/bad",
+                                               "--scene-size", "64", "--scene-frames", "2"])
+        #expect(status != 0)
+        #expect(err.contains("'no such emoji'"), "\(err)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/bad"))
     }
 
     @Test func costsFilesThatAreNotSquareOrNegativeAreRefused() throws {
