@@ -54,7 +54,14 @@ struct ClipsCommand: ParsableCommand {
     @Option(help: "Seed of the --scene clip's sizes, starts and directions (and of its default background).")
     var seed: UInt64 = 0
 
+    /// Most frames per clip: a clip is held in memory before it is written.
+    static let maxFrames = 2000
+
     func validate() throws {
+        guard (1...Self.maxFrames).contains(frames) else { throw ValidationError("--frames must be between 1 and \(Self.maxFrames), got \(frames)") }
+        guard (1...Self.maxFrames).contains(sceneFrames) else {
+            throw ValidationError("--scene-frames must be between 1 and \(Self.maxFrames), got \(sceneFrames)")
+        }
         guard let scene else {
             guard data != nil else { throw ValidationError("Missing expected argument '--data <data>' (or give --scene for a clip of your own)") }
             guard background == nil else { throw ValidationError("--background is for --scene clips") }
@@ -65,7 +72,10 @@ struct ClipsCommand: ParsableCommand {
             throw ValidationError("--scene makes one clip in --out; give it without --data and --scenes")
         }
         guard (64...512).contains(sceneSize) else { throw ValidationError("--scene-size must be between 64 and 512, got \(sceneSize)") }
-        guard sceneFrames >= 1 else { throw ValidationError("--scene-frames must be at least 1, got \(sceneFrames)") }
+        let bytes = Double(sceneFrames) * Double(sceneSize * sceneSize) * 12   // RGB floats, held until written
+        guard bytes <= 2e9 else {
+            throw ValidationError("\(sceneFrames) frames of \(sceneSize)×\(sceneSize) need \(Int(bytes / 1e9)) GB of memory (at most 2): make fewer or smaller frames")
+        }
     }
 
     func run() throws {
