@@ -37,8 +37,8 @@ struct ClipsCommand: ParsableCommand {
 
     @Option(help: "Dataset file from `gen dataset emoji` (not needed with --scene).")
     var data: String?
-    @Option(help: "Output folder; with --scene, the clip's folder itself.")
-    var out: String = "assets/clips"
+    @Option(help: "Output folder (default: assets/clips); with --scene, the clip's folder itself (default: out/clips/scene).")
+    var out: String?
     @Option(help: "Frames per clip.")
     var frames: Int = 120
     @Flag(help: "Also write the scene clips (scene, scene-heldout, scene-noise, sketch).")
@@ -82,7 +82,7 @@ struct ClipsCommand: ParsableCommand {
         try runReportingErrors {
             if let scene {
                 let clip = try customSceneClip(scene)
-                try Self.write(clip, to: out)
+                try Self.write(clip, to: out ?? "out/clips/scene")
                 return
             }
             guard let data else { throw CLIError("give --data (or --scene)") }
@@ -98,7 +98,7 @@ struct ClipsCommand: ParsableCommand {
             var clips = [("still", still), ("moving", moving)]
             if scenes { clips += try sceneClips() }
             for (name, clip) in clips {
-                try Self.write(clip, to: (out as NSString).appendingPathComponent(name))
+                try Self.write(clip, to: ((out ?? "assets/clips") as NSString).appendingPathComponent(name))
             }
         }
     }
