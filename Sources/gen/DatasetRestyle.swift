@@ -27,6 +27,10 @@ struct DatasetRestyleCommand: ParsableCommand {
           gen dataset restyle --out data/restyle64-mix3.safetensors --palette 3 --palette-pool 3 \\
               --palette-classifier assets/models/scene-classifier --palette-blur 1.5 \\
               --palette-blur-groups "Smileys & Emotion,Objects,Symbols,Flags"  # blurred scores for 4 groups
+          gen dataset restyle --out data/restyle64-one3.safetensors --palette 3 --palette-pool 3 \
+              --palette-classifier assets/models/scene-classifier --palette-blur 1.5 \
+              --palette-blur-groups "Smileys & Emotion,Objects,Symbols,Flags" \
+              --palette-one "Objects,Symbols=🔢,Flags"             # one emoji for 3 groups
         """)
 
     @Option(help: "Output file (.safetensors).")
@@ -49,6 +53,8 @@ struct DatasetRestyleCommand: ParsableCommand {
     var paletteBlur: Float = 0
     @Option(help: "With --palette-blur: the groups (comma-separated names) whose emoji are scored blurred; the others are scored sharp (default: all groups).")
     var paletteBlurGroups: String?
+    @Option(help: ArgumentHelp("With --palette: groups whose palette is one emoji, comma-separated: a group's name for its first (the most typical, with --palette-classifier), or GROUP=EMOJI for that emoji (its character or CLDR name), so that a one-step model need not average over choices.", valueName: "groups"))
+    var paletteOne: String?
     @Option(help: "Random seed of the layouts.")
     var seed: UInt64 = 0
     @OptionGroup var sources: EmojiSources
@@ -69,6 +75,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             guard paletteBlur.isFinite && paletteBlur >= 0.5 && paletteBlur <= 8 else { throw ValidationError("--palette-blur must be 0 (off) or a σ in [0.5, 8] pixels") }
         }
         guard paletteBlurGroups == nil || paletteBlur > 0 else { throw ValidationError("--palette-blur-groups needs --palette-blur") }
+        guard paletteOne == nil || palette > 0 else { throw ValidationError("--palette-one needs --palette K") }
         // Inputs and outputs are held as floats before they are written: bound that first.
         let bytes = Double(count) * Double(6 * size * size) * 4
         guard bytes <= 8e9 else {
@@ -92,10 +99,11 @@ struct DatasetRestyleCommand: ParsableCommand {
             pairs.typicalPool = palettePool
             let judge = try paletteClassifier.map { try EmojiClassifier.load(path: $0) }
             if let judge, let path = paletteClassifier {
-                let blurred = try paletteBlurGroups.map { try Self.groups(named: $0, in: sprites.classNames) }
+                let blurred = try paletteBlurGroups.map { try Self.groups(named: $0, in: sprites.classNames, option: "--palette-blur-groups") }
                 pairs.typicality = try Self.typicality(of: pairs, classifier: judge, path: path, blur: paletteBlur, blurredGroups: blurred)
             }
             pairs.palette = palette
+            if let list = paletteOne { pairs.singleGroups = try Self.singleGroups(list, sprites: sprites) }
             let compose = LazyProgress("compose", unit: "pairs")
             let made = pairs.make(count: count, seed: seed, progress: compose.update)
             compose.finish()
@@ -111,6 +119,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             if let n = palettePool { file.metadata["palette_pool"] = String(n) }
             if paletteBlur > 0 { file.metadata["palette_blur"] = String(paletteBlur) }
             if let g = paletteBlurGroups { file.metadata["palette_blur_groups"] = g }
+            if let g = paletteOne { file.metadata["palette_one"] = g }
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try file.write(path: out, dtype: .f16)
@@ -159,7 +168,7 @@ struct DatasetRestyleCommand: ParsableCommand {
 
     /// The indices of the comma-separated group names in `list` (case-insensitive), or an error
     /// naming the first unknown one.
-    static func groups(named list: String, in names: [String]) throws -> Set<Int> {
+    static func groups(named list: String, in names: [String], option: String) throws -> Set<Int> {
         var out = Set<Int>()
         for part in list.split(separator: ",") {
             let name = part.trimmingCharacters(in: .whitespaces)
@@ -168,7 +177,29 @@ struct DatasetRestyleCommand: ParsableCommand {
             }
             out.insert(g)
         }
-        guard !out.isEmpty else { throw CLIError("--palette-blur-groups names no group") }
+        guard !out.isEmpty else { throw CLIError("\(option) names no group") }
+        return out
+    }
+
+    /// The groups of a --palette-one list ("Objects,Symbols=🔢"), each with its named sprite
+    /// (nil: the palette's first), or an error naming an unknown group or emoji, or an emoji
+    /// of another group.
+    static func singleGroups(_ list: String, sprites: EmojiSprites) throws -> [Int: Int?] {
+        var out: [Int: Int?] = [:]
+        for part in list.split(separator: ",") {
+            let entry = part.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            let group = try groups(named: entry[0], in: sprites.classNames, option: "--palette-one").first!
+            guard entry.count == 2 else { out[group] = .some(nil); continue }
+            let found = try ClipsCommand.resolveScene(entry[1], items: sprites.items)
+            guard found.count == 1, let sprite = found.first else {
+                throw CLIError("--palette-one: give one emoji for \(sprites.classNames[group]), not '\(entry[1])'")
+            }
+            guard Int(sprites.labels[sprite]) == group else {
+                throw CLIError("--palette-one: \(sprites.items[sprite].name) is in \(sprites.classNames[Int(sprites.labels[sprite])]), not \(sprites.classNames[group])")
+            }
+            out[group] = .some(sprite)
+        }
+        guard !out.isEmpty else { throw CLIError("--palette-one names no group") }
         return out
     }
 

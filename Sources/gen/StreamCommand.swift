@@ -22,7 +22,8 @@ struct StreamCommand: ParsableCommand {
         guidance at 3). Outputs are written under the same names as PNGs, with summary.json \
         (frames in, processed, skipped, errors, output fps, \
         mean latency, classifier_agreement: the fraction of processed outputs the evaluation \
-        classifier assigns to --class, luma_correlation: how much of each input's layout its \
+        classifier assigns to --class, classifier_votes: how many outputs it assigned to \
+        each group, luma_correlation: how much of each input's layout its \
         output keeps, and flicker_static; docs/STREAMS.md).
 
         Examples:
@@ -127,12 +128,15 @@ struct StreamCommand: ParsableCommand {
                 }
             }
             var pending: [RGBImage] = [], judged = 0, agreed = 0
+            var votes = [Int](repeating: 0, count: folder.flow.classNames.count)
             var judging = 0.0   // seconds spent classifying, left out of output_fps
             func judgePending() {
                 guard let judge, !pending.isEmpty else { return }
                 let t = Date()
                 defer { judging += Date().timeIntervalSince(t) }
-                agreed += judge.predict(pending).filter { $0 == settings.classIndex }.count
+                let predicted = judge.predict(pending)
+                agreed += predicted.filter { $0 == settings.classIndex }.count
+                for p in predicted where votes.indices.contains(p) { votes[p] += 1 }
                 judged += pending.count
                 pending.removeAll(keepingCapacity: true)
             }
@@ -167,7 +171,13 @@ struct StreamCommand: ParsableCommand {
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]
             judgePending()
-            if judge != nil { summary["classifier_agreement"] = Double(agreed) / Double(max(judged, 1)) }
+            if judge != nil {
+                summary["classifier_agreement"] = Double(agreed) / Double(max(judged, 1))
+                // What the classifier read instead: processed outputs per group it named.
+                var named: [String: Int] = [:]
+                for (k, n) in votes.enumerated() where n > 0 { named[folder.flow.classNames[k]] = n }
+                summary["classifier_votes"] = named
+            }
             // Structure and flicker (docs/STREAMS.md), measured by the session at the model's size.
             if let c = session.measures.lumaCorrelation { summary["luma_correlation"] = c }
             if let f = session.measures.flickerStatic { summary["flicker_static"] = f }

@@ -100,6 +100,7 @@ import MillraceTestSupport
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-blur", "1.5"], "--palette-blur needs --palette-classifier"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-classifier", "x", "--palette-blur", "0.1"], "[0.5, 8]"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-classifier", "x", "--palette-blur-groups", "Flags"], "needs --palette-blur"),
+        (["dataset", "restyle", "--out", "OUT", "--palette-one", "Flags"], "--palette-one needs --palette K"),
         (["clips", "--scene", "fox", "--out", "OUT", "--scene-frames", "100000"], "between 1 and 2000"),
         (["clips", "--data", "x.mrds", "--frames", "0"], "--frames"),
         (["clips", "--scene", "fox", "--out", "OUT", "--scene-frames", "2000", "--scene-size", "512"], "memory"),
@@ -191,12 +192,24 @@ import MillraceTestSupport
         // A palette of the shipped scene classifier's two most typical emoji per group.
         let (s0, out0, err0) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/typical.safetensors", "--count", "4", "--size", "16",
                                                "--palette", "2", "--palette-classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier",
-                                               "--palette-blur", "1.5", "--palette-blur-groups", "flags, Objects"])
+                                               "--palette-blur", "1.5", "--palette-blur-groups", "flags, Objects",
+                                               "--palette-one", "Flags, Symbols=keycap: 7"])
         #expect(s0 == 0 && out0.components(separatedBy: "palette: ").count == 10, "stdout: \(out0), stderr: \(err0)")
         #expect(out0.components(separatedBy: "classifier agreement on the outputs").count == 10, "\(out0)")
         let typical = try SafetensorsFile.read(path: dir + "/typical.safetensors").metadata
         #expect(typical["palette"] == "2" && typical["palette_classifier"] != nil && typical["palette_blur"] == "1.5")
         #expect(typical["palette_blur_groups"] == "flags, Objects")
+        // One emoji for Flags (its most typical) and the one named for Symbols; the others keep 2.
+        let drawn = out0.split(separator: "\n").filter { $0.contains("palette: ") }
+        #expect(drawn.first { $0.contains("Symbols") }?.hasSuffix("palette: keycap: 7") == true, "\(out0)")
+        #expect(drawn.first { $0.contains("Flags") }.map { !$0.contains(", ") } == true, "\(out0)")
+        #expect(drawn.first { $0.contains("Food & Drink") }.map { $0.contains(", ") } == true, "\(out0)")
+        #expect(typical["palette_one"] == "Flags, Symbols=keycap: 7")
+        // An emoji of another group is refused by name, and nothing is written.
+        let (sOne, _, errOne) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/bad.safetensors", "--count", "4", "--size", "16",
+                                                "--palette", "2", "--palette-one", "Symbols=🐼"])
+        #expect(sOne != 0 && errOne.contains("panda is in Animals & Nature, not Symbols"), "stderr: \(errOne)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/bad.safetensors"))
         // An unknown group is named, and nothing is written.
         let (s9, _, err9) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/bad.safetensors", "--count", "4", "--size", "16",
                                             "--palette", "2", "--palette-classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier",
@@ -239,11 +252,17 @@ import MillraceTestSupport
         let student = try ModelFolder.load(dir + "/student")
         #expect(student.flow.task == "restyle" && student.flow.distilledGuidance == 2 && student.flow.defaultGuidance == 1)
         let (s7, out7, err7) = try GenCLI.run(["stream", "--input", dir + "/frames", "--out", dir + "/out1", "--model", dir + "/student",
-                                               "--class", "2", "--no-filter", "--classifier", "none"])
+                                               "--class", "2", "--no-filter", "--classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier"])
         #expect(s7 == 0, "stderr: \(err7)")
         let summary1 = try #require(try JSONSerialization.jsonObject(with: Data(out7.utf8)) as? [String: Any])
         #expect((summary1["slots"] as? [Double]) == [0] && summary1["processed"] as? Int == 4)
         #expect(summary1["guidance"] as? String == "none")
+        // The classifier's reading of every processed output, by group: its share of --class is
+        // the agreement.
+        let votes = try #require(summary1["classifier_votes"] as? [String: Int], "\(summary1)")
+        #expect(votes.values.reduce(0, +) == 4 && votes.keys.allSatisfy(student.flow.classNames.contains), "\(votes)")
+        let agreement = try #require(summary1["classifier_agreement"] as? Double)
+        #expect(abs(agreement - Double(votes[student.flow.classNames[2]] ?? 0) / 4) < 1e-9, "\(summary1)")
         #expect(abs((summary1["structure"] as? Double ?? 0) - Double(StreamPipeline.restyleStudentStructure)) < 1e-6)
         // A set whose labels are not classes (NaN, out of range) is refused with the reason.
         var broken = try SafetensorsFile.read(path: dir + "/pairs.safetensors")

@@ -79,6 +79,27 @@ import Testing
         #expect(limited > 0, "no group has more sprites than the palette")
     }
 
+    /// `singleGroups`: a group given nil draws from the first sprite of its palette only, a group
+    /// given a sprite from that sprite only, in every output; the other groups keep `palette`.
+    @Test func singleGroupsDrawOneSprite() {
+        var pairs = RestylePairs(composer: SceneComposer(sprites: SceneComposerTests.sprites(perClass: 16), size: 24))
+        pairs.palette = 3
+        let groups = pairs.composer.classes(split: 0)
+        let (first, named, other) = (groups[0], groups[1], groups[2])
+        let wanted = pairs.composer.sprites(split: 0, group: named).last!
+        let before = pairs.palettes[0][first]
+        pairs.singleGroups = [first: Int?.none, named: wanted]
+        #expect(pairs.palettes[0][first] == [before[0]])
+        #expect(pairs.palettes[0][named] == [wanted])
+        #expect(pairs.palettes[0][other].count == 3)
+        var rng = SplitMix64(seed: 5)
+        for _ in 0..<8 {
+            let a = pairs.pair(split: 0, label: first, rng: &rng), b = pairs.pair(split: 0, label: named, rng: &rng)
+            #expect(!a.sprites.isEmpty && a.sprites.allSatisfy { $0 == before[0] })
+            #expect(!b.sprites.isEmpty && b.sprites.allSatisfy { $0 == wanted })
+        }
+    }
+
     /// With `typicality` (a classifier's scores), a group's palette starts from its most typical
     /// sprite and is drawn from its `typicalShare` most typical ones only; `spriteScenes`, what
     /// the classifier scores, draws each sprite alone at the centre over white.

@@ -30,9 +30,19 @@ public struct RestylePairs: Sendable {
     /// With `typicality`: how many of a group's most typical sprites its palette spreads over
     /// (nil: `typicalShare(palette)`; `palette` itself: the most typical ones, not spread).
     public var typicalPool: Int? { didSet { choosePalettes() } }
+    /// Groups whose palette is one sprite: the one given (a sprite index), or nil for the first
+    /// of `palette(of:size:)` (with `typicality`: the group's most typical). Outputs of such a
+    /// group are all that sprite, which a one-step model can draw without averaging over
+    /// choices; the other groups keep `palette`.
+    public var singleGroups: [Int: Int?] = [:] { didSet { choosePalettes() } }
     private mutating func choosePalettes() {
         precondition(typicality.map { $0.count == composer.sprites.count } ?? true, "typicality needs one score per sprite")
-        palettes = composer.pool.map { groups in groups.map { palette > 0 ? self.palette(of: $0, size: palette) : $0 } }
+        palettes = composer.pool.map { groups in
+            groups.enumerated().map { g, members in
+                if let one = singleGroups[g] { return one.map { [$0] } ?? self.palette(of: members, size: 1) }
+                return palette > 0 ? self.palette(of: members, size: palette) : members
+            }
+        }
     }
     /// Per split and group, the sprites outputs draw from (`palette`).
     public private(set) var palettes: [[[Int]]]
