@@ -3,7 +3,7 @@
 # animal, a vehicle or object and a food, drawn at random from fixed lists by SEED, over light
 # gradients), streams each in three of the 9 groups in turn (36 rows, each group 4 times) with
 # the filter off, and prints one row per stream (luma correlation, classifier agreement, flicker
-# on static pixels, frames/s) and a line per group: the rows meeting both bars (luma ≥ 0.75 and
+# on static pixels, frames/s, the group the classifier read most) and a line per group: the rows meeting both bars (luma ≥ 0.75 and
 # agreement ≥ 0.8).
 #
 #   scripts/stream-classes.sh                       # the defaults, clips of seed 23
@@ -40,8 +40,8 @@ fi
 groups=("Smileys & Emotion" "People & Body" "Animals & Nature" "Food & Drink" "Travel & Places" "Activities" "Objects" "Symbols" "Flags")
 rows="$out/rows-$seed.txt"
 : > "$rows"
-echo "| clip | class | luma correlation | classifier agreement | flicker (static) | frames/s |"
-echo "|---|---|---:|---:|---:|---:|"
+echo "| clip | class | luma correlation | classifier agreement | flicker (static) | frames/s | read most as |"
+echo "|---|---|---:|---:|---:|---:|---|"
 for i in $(seq 1 12); do
   for k in 0 1 2; do
     class=${groups[$(( (i * 3 + k) % 9 ))]}
@@ -49,7 +49,9 @@ for i in $(seq 1 12); do
     python3 - "$i" "$class" "$summary" <<'EOF' | tee -a "$rows"
 import json, sys
 i, c, s = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-print("| %s | %s | %.2f | %.2f | %.4f | %.1f |" % (i, c, s["luma_correlation"], s["classifier_agreement"], s["flicker_static"], s["output_fps"]))
+votes = s.get("classifier_votes") or {"-": 0}
+print("| %s | %s | %.2f | %.2f | %.4f | %.1f | %s |" % (i, c, s["luma_correlation"], s["classifier_agreement"], s["flicker_static"],
+                                                      s["output_fps"], max(votes, key=votes.get)))
 EOF
   done
 done
@@ -57,7 +59,7 @@ python3 - "$rows" <<'EOF'
 import sys
 rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in open(sys.argv[1])]
 groups, met = {}, 0
-for _, c, luma, agreement, flicker, fps in rows:
+for _, c, luma, agreement, flicker, fps, _ in rows:
     ok = float(luma) >= 0.75 and float(agreement) >= 0.8
     groups.setdefault(c, [0, 0]); groups[c][0] += ok; groups[c][1] += 1; met += ok
 print()
