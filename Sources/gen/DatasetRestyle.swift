@@ -27,10 +27,10 @@ struct DatasetRestyleCommand: ParsableCommand {
           gen dataset restyle --out data/restyle64-mix3.safetensors --palette 3 --palette-pool 3 \\
               --palette-classifier assets/models/scene-classifier --palette-blur 1.5 \\
               --palette-blur-groups "Smileys & Emotion,Objects,Symbols,Flags"  # blurred scores for 4 groups
-          gen dataset restyle --out data/restyle64-one3.safetensors --palette 3 --palette-pool 3 \
-              --palette-classifier assets/models/scene-classifier --palette-blur 1.5 \
-              --palette-blur-groups "Smileys & Emotion,Objects,Symbols,Flags" \
-              --palette-one "Objects,Symbols=🔢,Flags"             # one emoji for 3 groups
+          gen dataset restyle --out data/restyle64-one3.safetensors --palette 3 --palette-pool 3 \\
+              --palette-classifier assets/models/scene-classifier --palette-blur 1.5 \\
+              --palette-blur-groups "Smileys & Emotion,Objects,Symbols,Flags" \\
+              --palette-one "Objects=open file folder,Symbols=keycap: 7,Flags"  # one emoji for 3 groups
         """)
 
     @Option(help: "Output file (.safetensors).")
@@ -181,9 +181,9 @@ struct DatasetRestyleCommand: ParsableCommand {
         return out
     }
 
-    /// The groups of a --palette-one list ("Objects,Symbols=🔢"), each with its named sprite
-    /// (nil: the palette's first), or an error naming an unknown group or emoji, or an emoji
-    /// of another group.
+    /// The groups of a --palette-one list ("Objects,Symbols=keycap: 7"), each with its named
+    /// sprite (nil: the palette's first), or an error naming an unknown group or emoji, an emoji
+    /// of another group or a held-out one.
     static func singleGroups(_ list: String, sprites: EmojiSprites) throws -> [Int: Int?] {
         var out: [Int: Int?] = [:]
         for part in list.split(separator: ",") {
@@ -196,6 +196,10 @@ struct DatasetRestyleCommand: ParsableCommand {
             }
             guard Int(sprites.labels[sprite]) == group else {
                 throw CLIError("--palette-one: \(sprites.items[sprite].name) is in \(sprites.classNames[Int(sprites.labels[sprite])]), not \(sprites.classNames[group])")
+            }
+            // Outputs of the training set draw from it, and held-out emoji stay out of training.
+            guard sprites.split[sprite] == 0 else {
+                throw CLIError("--palette-one: \(sprites.items[sprite].name) is a held-out emoji; give one of the train split")
             }
             out[group] = .some(sprite)
         }

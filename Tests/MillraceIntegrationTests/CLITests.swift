@@ -209,6 +209,10 @@ import MillraceTestSupport
         let (sOne, _, errOne) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/bad.safetensors", "--count", "4", "--size", "16",
                                                 "--palette", "2", "--palette-one", "Symbols=🐼"])
         #expect(sOne != 0 && errOne.contains("panda is in Animals & Nature, not Symbols"), "stderr: \(errOne)")
+        // A held-out emoji (the panda) stays out of training.
+        let (sHeld, _, errHeld) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/bad.safetensors", "--count", "4", "--size", "16",
+                                                  "--palette", "2", "--palette-one", "Animals & Nature=panda"])
+        #expect(sHeld != 0 && errHeld.contains("panda is a held-out emoji"), "stderr: \(errHeld)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/bad.safetensors"))
         // An unknown group is named, and nothing is written.
         let (s9, _, err9) = try GenCLI.run(["dataset", "restyle", "--out", dir + "/bad.safetensors", "--count", "4", "--size", "16",
