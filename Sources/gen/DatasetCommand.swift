@@ -45,12 +45,14 @@ struct DatasetCommand: ParsableCommand {
             discussion: """
             Several emoji of mixed groups at random sizes and positions, cut at the borders and
             overlapping, over plain, gradient, landscape and sketch backgrounds; one scene in five
-            is a single emoji. A scene's class is the group of its largest emoji. The last
-            --held-out scenes use only the emoji that `gen dataset emoji` holds out.
-            Needs the same Debian packages as `gen dataset emoji`.
+            is a single emoji. A scene's class is the group of its largest emoji; with
+            --one-group every emoji of a scene is of that group (how a restyled picture looks;
+            docs/STREAMS.md judges stream outputs with a classifier trained on such scenes).
+            The last --held-out scenes use only the emoji that `gen dataset emoji` holds out. Needs the same Debian packages as `gen dataset emoji`.
             Examples:
               gen dataset scenes --out data/scenes64.mrds
               gen dataset scenes --out data/scenes64-small.mrds --count 2000 --held-out 200 --seed 1
+              gen dataset scenes --out data/groups64.mrds --one-group
             """)
         @Option(help: "Output dataset file.")
         var out: String
@@ -62,6 +64,8 @@ struct DatasetCommand: ParsableCommand {
         var heldOut: Int = 1_000
         @Option(help: "Random seed of the layouts.")
         var seed: UInt64 = 0
+        @Flag(help: "Draw every emoji of a scene from its class's group (default: about half of the smaller ones from any group).")
+        var oneGroup = false
         @OptionGroup var sources: EmojiSources
 
         func validate() throws {
@@ -76,7 +80,8 @@ struct DatasetCommand: ParsableCommand {
                 let sprites = try EmojiDatasetBuilder.buildSprites(size: size, fontPath: sources.font, emojiTestPath: sources.emojiTest, progress: render.update)
                 render.finish()
                 let compose = LazyProgress("compose", unit: "scenes")
-                let ds = SceneComposer(sprites: sprites, size: size).dataset(count: count, heldOut: heldOut, seed: seed, progress: compose.update)
+                let ds = SceneComposer(sprites: sprites, size: size).dataset(count: count, heldOut: heldOut, seed: seed,
+                                                                               sameGroup: oneGroup ? 1 : 0.5, progress: compose.update)
                 compose.finish()
                 try DatasetCommand.write(ds, to: out, what: "scenes of \(size)×\(size)")
             }

@@ -69,6 +69,22 @@ import Testing
         #expect(sizes.contains(1) && sizes.contains { $0 >= 3 })
     }
 
+    @Test func oneGroupScenesDrawEverySpriteFromTheLabelsGroup() {
+        let sprites = Self.sprites()
+        let composer = SceneComposer(sprites: sprites, size: 24)
+        var mixed = 0
+        for seed in 0..<60 as Range<UInt64> {
+            var r1 = SplitMix64(seed: seed), r2 = SplitMix64(seed: seed)
+            let one = composer.compose(split: 0, sameGroup: 1, rng: &r1)
+            #expect(one.members.allSatisfy { Int(sprites.labels[$0]) == one.label }, "every sprite of a one-group scene is of its group")
+            let any = composer.compose(split: 0, rng: &r2)
+            mixed += any.members.contains { Int(sprites.labels[$0]) != any.label } ? 1 : 0
+        }
+        #expect(mixed > 0, "by default some scenes mix groups")
+        let ds = composer.dataset(count: 30, heldOut: 6, seed: 2, sameGroup: 1)
+        #expect(ds.indices(split: 1) == Array(24..<30))
+    }
+
     @Test func theDatasetHasTheHeldOutScenesLastAndEveryClass() throws {
         let composer = SceneComposer(sprites: Self.sprites(), size: 16)
         let ds = composer.dataset(count: 90, heldOut: 9, seed: 4)

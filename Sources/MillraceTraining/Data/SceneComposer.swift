@@ -8,7 +8,8 @@ import MillraceImaging
 /// material of the scene clips.
 ///
 /// A scene's label is the group of its main sprite, the largest; about half of the others come
-/// from the same group and the rest from any group. Train scenes use train sprites only and
+/// from the same group and the rest from any group (`sameGroup` sets that share: 1 makes scenes
+/// drawn wholly in one group, what a restyled picture looks like). Train scenes use train sprites only and
 /// held-out scenes held-out sprites only, so no held-out emoji is ever seen in training.
 public struct SceneComposer: Sendable {
     /// The sprites scenes are made of.
@@ -71,9 +72,10 @@ public struct SceneComposer: Sendable {
     }
 
     /// A scene from `split`'s sprites whose main sprite is of `label` (nil: a class drawn
-    /// uniformly among those with sprites). Deterministic in `rng`.
-    public func compose(split: UInt8, label: Int? = nil, rng: inout SplitMix64) -> Scene {
-        let l = layout(split: split, label: label, rng: &rng)
+    /// uniformly among those with sprites); each other sprite is of the same group with
+    /// probability `sameGroup`, else of any group. Deterministic in `rng`.
+    public func compose(split: UInt8, label: Int? = nil, sameGroup: Double = 0.5, rng: inout SplitMix64) -> Scene {
+        let l = layout(split: split, label: label, sameGroup: sameGroup, rng: &rng)
         return Scene(image: render(l), label: l.label, members: l.members)
     }
 
@@ -85,7 +87,7 @@ public struct SceneComposer: Sendable {
     }
 
     /// The layout of a scene (what `compose` draws), deterministic in `rng`.
-    public func layout(split: UInt8, label: Int? = nil, rng: inout SplitMix64) -> Layout {
+    public func layout(split: UInt8, label: Int? = nil, sameGroup: Double = 0.5, rng: inout SplitMix64) -> Layout {
         let classes = classes(split: split)
         precondition(!classes.isEmpty, "split \(split) has no sprites")
         let group = label ?? classes[Int(rng.next() % UInt64(classes.count))]
@@ -108,7 +110,7 @@ public struct SceneComposer: Sendable {
         var placements: [(sprite: Int, centreX: Float, centreY: Float, side: Int)] = [(members[0], uniform(0.2, 0.8, &rng) * s, uniform(0.2, 0.8, &rng) * s,
                                                        Int((s * uniform(0.35, 0.7, &rng)).rounded()))]
         for _ in 0..<others {
-            let g = rng.nextUnitDouble() < 0.5 ? group : classes[Int(rng.next() % UInt64(classes.count))]
+            let g = rng.nextUnitDouble() < sameGroup ? group : classes[Int(rng.next() % UInt64(classes.count))]
             let i = pick(g)
             members.append(i)
             // Centres up to a tenth of the side outside the frame: sprites cut at the borders.
@@ -249,8 +251,10 @@ public struct SceneComposer: Sendable {
 extension SceneComposer {
     /// `count` scenes as a dataset: `heldOut` of them (the last ones) from held-out sprites with
     /// split 1, the rest from train sprites with split 0. Classes are drawn uniformly, so every
-    /// group has about the same number of scenes. Deterministic in `seed`.
-    public func dataset(count: Int, heldOut: Int, seed: UInt64, progress: ((Int, Int) -> Void)? = nil) -> ImageDataset {
+    /// group has about the same number of scenes; `sameGroup` as in `compose`. Deterministic in
+    /// `seed`.
+    public func dataset(count: Int, heldOut: Int, seed: UInt64, sameGroup: Double = 0.5,
+                        progress: ((Int, Int) -> Void)? = nil) -> ImageDataset {
         precondition(count >= 1 && heldOut >= 0 && heldOut <= count, "need 0 ≤ held-out ≤ count and count ≥ 1")
         var labels: [UInt8] = [], split: [UInt8] = [], items: [DatasetItem] = []
         var pixels: [UInt8] = []
@@ -259,7 +263,7 @@ extension SceneComposer {
             if k % 256 == 0 { progress?(k, count) }
             let which: UInt8 = k >= count - heldOut ? 1 : 0
             var rng = SplitMix64(seed: seed, stream: k)
-            let scene = compose(split: which, rng: &rng)
+            let scene = compose(split: which, sameGroup: sameGroup, rng: &rng)
             pixels += scene.image.planes.map { UInt8(max(0, min(255, ($0 * 255).rounded()))) }
             labels.append(UInt8(scene.label))
             split.append(which)
