@@ -9,8 +9,8 @@ import MillraceImaging
 ///
 /// A scene's label is the group of its main sprite, the largest; about half of the others come
 /// from the same group and the rest from any group (`sameGroup` sets that share: 1 makes scenes
-/// drawn wholly in one group, what a restyled picture looks like). Train scenes use train sprites only and
-/// held-out scenes held-out sprites only, so no held-out emoji is ever seen in training.
+/// drawn wholly in one group, as a restyled picture is). Train scenes use train sprites only
+/// and held-out scenes held-out sprites only, so no held-out emoji is ever seen in training.
 public struct SceneComposer: Sendable {
     /// The sprites scenes are made of.
     public let sprites: EmojiSprites
