@@ -48,7 +48,8 @@ struct DatasetCommand: ParsableCommand {
             is a single emoji. A scene's class is the group of its largest emoji; with
             --one-group every emoji of a scene is of that group (how a restyled picture looks;
             docs/STREAMS.md judges stream outputs with a classifier trained on such scenes).
-            The last --held-out scenes use only the emoji that `gen dataset emoji` holds out. Needs the same Debian packages as `gen dataset emoji`.
+            The last --held-out scenes use only the emoji that `gen dataset emoji` holds out.
+            Needs the same Debian packages as `gen dataset emoji`.
             Examples:
               gen dataset scenes --out data/scenes64.mrds
               gen dataset scenes --out data/scenes64-small.mrds --count 2000 --held-out 200 --seed 1

@@ -328,7 +328,7 @@ import MillraceTestSupport
         #expect(stdout.contains("20 scenes of 16×16, 18 train / 2 held out"))
         let ds = try ImageDataset.read(path: out)
         #expect(ds.count == 20 && ds.size == 16 && ds.classNames.count == 9 && ds.indices(split: 1) == [18, 19])
-        // --one-group keeps each scene's class and layout draws but swaps its mixed-in emoji.
+        // --one-group keeps each scene's class (drawn first) and changes the emoji drawn with it.
         let one = Fixtures.tempPath("cli-scenes-one") + ".mrds"
         defer { try? FileManager.default.removeItem(atPath: one) }
         let (s2, _, e2) = try GenCLI.run(["dataset", "scenes", "--out", one, "--count", "20", "--held-out", "2", "--size", "16", "--one-group"])
