@@ -29,7 +29,7 @@ struct Serve: ParsableCommand {
     var host: String = "127.0.0.1"
     @Option(help: "Port (0: any free port).")
     var port: UInt16 = 8080
-    @Option(help: "Model folder; repeat to serve several (the first is the default, GET /v1/models lists them; default: the shipped emoji model, the composition model and their shipped students, assets/models/emoji32-* and scenes64-*; streams default to scenes64-restyle).")
+    @Option(help: "Model folder; repeat to serve several (the first is the default, GET /v1/models lists them; default: the shipped emoji model, the composition model and their shipped students, assets/models/emoji32-* and scenes64-*, and the stream model, scenes128-restyle, which streams default to).")
     var model: [String] = []
     @Option(name: .customLong("static"), help: "Folder of the page's files.")
     var staticDir: String = "web-static"

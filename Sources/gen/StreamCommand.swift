@@ -14,8 +14,8 @@ struct StreamCommand: ParsableCommand {
         discussion: """
         Frames (PNG or JPEG, sorted by name) are centre-cropped, resized to the model's size, noised \
         to t_0 = 1 − strength and denoised in n stages, one batched model call per frame. By \
-        default the stream model (assets/models/scenes64-restyle, a one-step restyle model: it \
-        sees the frame as a condition) redraws each frame as emoji of --class in one jump from \
+        default the stream model (assets/models/scenes128-restyle, a one-step restyle model at \
+        128×128: it sees the frame as a condition) redraws each frame as emoji of --class in one jump from \
         noise, one network row per frame, with structure guidance 0.55: each output gets that \
         share of its input's coarse light and dark. An image model (--model \
         assets/models/scenes64-i2i) is noised from the frame instead (strength 0.6, full \
@@ -39,7 +39,7 @@ struct StreamCommand: ParsableCommand {
     var input: String
     @Option(help: "Output folder.")
     var out: String
-    @Option(help: "Model folder (default: the stream model, assets/models/scenes64-restyle; the composition model, then the emoji model, where it is absent).")
+    @Option(help: "Model folder (default: the stream model, assets/models/scenes128-restyle; the composition model, then the emoji model, where it is absent).")
     var model: String?
     @Option(help: "How much of each frame is repainted: t_0 = 1 − strength (default: 1 for a restyle model, which sees the frame as its condition; \(StreamPipeline.defaultStrength) for an image model).")
     var strength: Float?

@@ -146,15 +146,16 @@ import MillraceTestSupport
     }
 
     /// What `gen serve` serves without --model: emoji32 and its student, then the composition
-    /// model, its image-to-image student and the restyle model, which a stream that names no
-    /// model runs on (one slot from noise, structure guidance on); a frame of the scene clip goes
-    /// through it and the stream reports its measures.
+    /// model, its image-to-image student and its 64×64 restyle model, then the stream model (a
+    /// 128×128 restyle model), which a stream that names no model runs on (one slot from noise,
+    /// structure guidance on); a frame of the scene clip goes through it and the stream reports
+    /// its measures.
     @Test func theShippedSetServesTheCompositionModelAndStreamsOnTheRestyleModel() throws {
         let paths = ModelFolder.defaultServedPaths()
         let s = MillraceService(folders: try paths.map { try ModelFolder.load($0) }, options: MillraceService.Options())
         defer { s.beginShutdown() }
-        #expect(s.models.map(\.name) == ["emoji32", "emoji32-1step", "scenes64", "scenes64-i2i", "scenes64-restyle"])
-        #expect(s.streamDefault.name == "scenes64-restyle" && s.streamDefault.folder.config.sampleSize == 64)
+        #expect(s.models.map(\.name) == ["emoji32", "emoji32-1step", "scenes64", "scenes64-i2i", "scenes64-restyle", "scenes128-restyle"])
+        #expect(s.streamDefault.name == "scenes128-restyle" && s.streamDefault.folder.config.sampleSize == 128)
         #expect(s.streamDefault.folder.flow.task == StreamPipeline.restyleTask)
         let created = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"class": "Animals & Nature", "filter": false}"#))
         #expect(created.status == 201, "\(HardeningTests.text(created))")

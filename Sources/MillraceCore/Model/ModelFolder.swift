@@ -198,19 +198,21 @@ extension ModelFolder {
 
     /// What `gen serve` serves without `--model`: the emoji model first (the default), then the
     /// composition model, each with the shipped models made from it (folders named after it:
-    /// emoji32-1step, scenes64-i2i, scenes64-restyle; the stream default is one of them).
+    /// emoji32-1step, scenes64-i2i, scenes64-restyle), then the stream model where it is not
+    /// among them (scenes128-restyle, drawn at 128×128).
     public static func defaultServedPaths() -> [String] {
         let base = defaultPath()
         var paths = [base] + studentPaths(of: base)
         if let scenes = shippedPath(compositionModelName) { paths += [scenes] + studentPaths(of: scenes) }
+        if let stream = shippedPath(streamModelName), !paths.contains(stream) { paths.append(stream) }
         return paths
     }
 
     /// The folder name, under assets/models, of the composition model (scenes of emoji).
     public static let compositionModelName = "scenes64"
     /// The folder name, under assets/models, of the default stream model: a one-step restyle
-    /// model of scenes (docs/STREAMS.md).
-    public static let streamModelName = "scenes64-restyle"
+    /// model of scenes at 128×128 (docs/STREAMS.md).
+    public static let streamModelName = "scenes128-restyle"
 
     /// The folder name, under assets/models, of the in-context colorization model.
     public static let colorizationModelName = "colorize32"
