@@ -301,12 +301,13 @@ struct BenchStream: ParsableCommand {
             }
             // What `gen stream` runs on this model without options (StreamPipeline.Defaults).
             // Measured twice, the first run discarded: the first figure of a process came out
-            // 1.7× slower than the same configuration later in the run (threads and buffers
-            // still starting; docs/BENCHMARKS.md, "The 128×128 stream model").
+            // 1.7× slower than the same configuration later in the run (docs/BENCHMARKS.md,
+            // "The 128×128 stream model").
             let d = StreamPipeline.Defaults(flow: folder.flow)
             let ownTimes = try StreamPipeline.times(strength: d.strength, steps: d.steps)
-            _ = try measure(times: ownTimes, settings: StreamSettings.defaults(classIndex: 0, flow: folder.flow), sequential: false)
-            let own = try measure(times: ownTimes, settings: StreamSettings.defaults(classIndex: 0, flow: folder.flow), sequential: false)
+            let ownSettings = StreamSettings.defaults(classIndex: 0, flow: folder.flow)
+            _ = try measure(times: ownTimes, settings: ownSettings, sequential: false)
+            let own = try measure(times: ownTimes, settings: ownSettings, sequential: false)
             let defaults: [String: Any] = ["strength": d.strength, "steps": d.steps, "stepping": d.stepping.rawValue,
                                            "guidance": folder.flow.nullClass == nil ? "none" : d.guidance.rawValue, "scale": d.scale,
                                            "fps": round2(own.fps), "cpu_ms_per_frame": round2(own.cpuMs)]
