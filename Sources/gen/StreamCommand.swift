@@ -61,6 +61,8 @@ struct StreamCommand: ParsableCommand {
     var structure: Float?
     @Option(help: "σ in pixels, at the model's size, of the blur through which structure guidance compares luma (default: \(StreamPipeline.defaultStructureSigma)).")
     var structureSigma: Float?
+    @Option(help: "Structure floor ρ in [0, 1): an output whose luma correlates with its input's by less than ρ gets more structure guidance (up to 1) until it reaches ρ; 0 turns it off (default: \(StreamPipeline.restyleStructureFloor) for a one-step restyle model, else 0).")
+    var structureFloor: Float?
     @Option(name: .customLong("class"), help: "Class name, index, or 'null'.")
     var className: String = "0"
     @Option(help: "Similarity threshold η of the filter.")
@@ -102,6 +104,7 @@ struct StreamCommand: ParsableCommand {
             settings.blend = blend
             if let structure { settings.structure = structure }
             if let structureSigma { settings.structureSigma = structureSigma }
+            if let structureFloor { settings.structureFloor = structureFloor }
             let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
             let session = StreamSession(pipeline: pipeline, filter: noFilter ? nil
                 : SimilarityFilter(threshold: similarity, maxSkip: maxSkip, side: SimilarityFilter.defaultSide, seed: seed))
@@ -168,6 +171,7 @@ struct StreamCommand: ParsableCommand {
                 "model": folder.path, "model_calls": pipeline.modelCalls, "slots": times, "guidance": mode.rawValue,
                 "stepping": settings.stepping.rawValue, "blend": blend,
                 "structure": settings.structure, "structure_sigma": settings.structureSigma,
+                "structure_floor": settings.structureFloor,
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]
             judgePending()

@@ -86,6 +86,7 @@ import MillraceTestSupport
         let plainDefaults = try #require(models[0]["stream_defaults"] as? [String: Any])
         #expect(plainDefaults["steps"] as? Int == StreamPipeline.defaultSteps && plainDefaults["stepping"] as? String == "renoise")
         #expect(plainDefaults["structure"] as? Double == Double(StreamPipeline.defaultStructure))
+        #expect(plainDefaults["structure_floor"] as? Double == 0 && defaults["structure_floor"] as? Double == 0)
         #expect(abs((defaults["structure"] as? Double ?? 0) - Double(StreamPipeline.restyleStructure)) < 1e-6 && StreamPipeline.restyleStructure > 0)
         let r = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "tiny-restyle", "class": 1}"#))
         #expect(r.status == 201, "\(HardeningTests.text(r))")
@@ -163,6 +164,7 @@ import MillraceTestSupport
         let pipeline = try #require(s.scheduler.stream(id ?? "")?.withSession { $0.pipeline })
         #expect(pipeline.conditional && pipeline.times == [0] && pipeline.settings.guidance == .none)
         #expect(pipeline.settings.structure == StreamPipeline.restyleStudentStructure)
+        #expect(pipeline.settings.structureFloor == StreamPipeline.restyleStructureFloor && StreamPipeline.restyleStructureFloor > 0)
         let frame = try Data(contentsOf: URL(fileURLWithPath: Fixtures.repositoryRoot + "/assets/clips/scene/frame-000.png"))
         var stats: [String: Any] = [:]
         for _ in 0..<3 {

@@ -111,6 +111,7 @@ import MillraceTestSupport
         (["stream", "--input", "OUT", "--out", "OUT", "--blend", "1"], "blend"),
         (["stream", "--input", "OUT", "--out", "OUT", "--structure", "2"], "structure"),
         (["stream", "--input", "OUT", "--out", "OUT", "--structure-sigma", "0"], "structure σ"),
+        (["stream", "--input", "OUT", "--out", "OUT", "--structure-floor", "1"], "structure floor"),
         (["eval", "table", "--nfe", "2,x"], "nfe"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--min-lr", "1e-5"], "--decay cosine"),
         (["train", "--data", "x.mrds", "--out", "OUT", "--decay", "linear"], "decay"),
@@ -268,6 +269,7 @@ import MillraceTestSupport
         let agreement = try #require(summary1["classifier_agreement"] as? Double)
         #expect(abs(agreement - Double(votes[student.flow.classNames[2]] ?? 0) / 4) < 1e-9, "\(summary1)")
         #expect(abs((summary1["structure"] as? Double ?? 0) - Double(StreamPipeline.restyleStudentStructure)) < 1e-6)
+        #expect(abs((summary1["structure_floor"] as? Double ?? 0) - Double(StreamPipeline.restyleStructureFloor)) < 1e-6)
         // A set whose labels are not classes (NaN, out of range) is refused with the reason.
         var broken = try SafetensorsFile.read(path: dir + "/pairs.safetensors")
         for bad: Float in [.nan, 9, -1, 1.5] {

@@ -170,6 +170,42 @@ import MillraceTestSupport
         #expect(moved < 0.02 * 0.4, "fine detail stays the estimate's (moved \(moved))")
     }
 
+    /// A structure floor raises w for an output whose luma (as shown: clipped to the image
+    /// range) correlates too little with its frame's, to the least w (within 0.01) that
+    /// reaches the floor, for an image model's
+    /// estimate and for a restyle model's change to its frame alike; an output already above
+    /// the floor is left exactly as w alone leaves it.
+    @Test(arguments: [false, true]) func structureFloorRaisesWOnlyWhereTheCorrelationIsBelowIt(change: Bool) throws {
+        var rng = TestRNG(seed: 5)
+        var frame = Tensor(zeros: [1, 3, 16, 16])
+        for c in 0..<3 { for y in 0..<16 { for x in 0..<16 {
+            frame.data[c * 256 + y * 16 + x] = 0.8 * sin(Float(x) / 3) * cos(Float(y) / 4) + 0.1 * Float(c)
+        } } }
+        // An output with no layout of its own: noise (for a change, the change that gives it).
+        let noise = rng.floats(768).map { 0.3 * $0 }
+        let est = Tensor(shape: [1, 3, 16, 16], data: change ? (0..<768).map { noise[$0] - frame.data[$0] } : noise)
+        // The picture's luma (each channel clipped to [−1, 1]) against the frame's.
+        func correlation(_ t: Tensor) -> Double {
+            func v(_ j: Int) -> Float { min(max(change ? t.data[j] + frame.data[j] : t.data[j], -1), 1) }
+            let out = (0..<256).map { 0.299 * v($0) + 0.587 * v(256 + $0) + 0.114 * v(512 + $0) }
+            return StreamMeasures.correlation(out, (0..<256).map { 0.299 * frame.data[$0] + 0.587 * frame.data[256 + $0] + 0.114 * frame.data[512 + $0] })
+        }
+        var atW = est, floored = est
+        StreamPipeline.alignStructure(&atW, to: frame, estimateIsChange: change, weight: 0.2, sigma: 1.5)
+        let w = StreamPipeline.alignStructure(&floored, to: frame, estimateIsChange: change, weight: 0.2, sigma: 1.5, floor: 0.8)
+        #expect(correlation(atW) < 0.8, "the test needs an output below the floor at w 0.2 (\(correlation(atW)))")
+        #expect(w > 0.2 && w <= 1)
+        #expect(correlation(floored) >= 0.8 - 1e-4, "floored correlation \(correlation(floored)), w \(w)")
+        var less = est
+        StreamPipeline.alignStructure(&less, to: frame, estimateIsChange: change, weight: w - 0.011, sigma: 1.5)
+        #expect(correlation(less) < 0.8, "w \(w) is the least that reaches the floor")
+        // Above the floor already: the same values as without it.
+        var above = est, plain = est
+        let kept = StreamPipeline.alignStructure(&above, to: frame, estimateIsChange: change, weight: w, sigma: 1.5, floor: 0.5)
+        StreamPipeline.alignStructure(&plain, to: frame, estimateIsChange: change, weight: w, sigma: 1.5)
+        #expect(kept == w && above.data == plain.data)
+    }
+
     /// With structure guidance on, the stream batch still equals the sequential run (each row
     /// is aligned to the frame it came from), the output differs from the unguided one, and it
     /// is closer to the frame's luma; for a restyle model too, whose estimate is the change to
@@ -200,6 +236,11 @@ import MillraceTestSupport
             bad.structureSigma = sigma
             #expect(throws: StreamError.self) { try stream.update(bad) }
         }
+        for rho in [Float(-0.1), 1, .nan] {
+            var bad = settings
+            bad.structureFloor = rho
+            #expect(throws: StreamError.self) { try stream.update(bad) }
+        }
         // The defaults leave it off for an image model and turn it on for a restyle model, more
         // for a one-step restyle student (docs/STREAMS.md, "Structure guidance").
         let plainFlow = Fixtures.tinySampler().flow, restyleFlow = Fixtures.tinyRestyleSampler().flow
@@ -210,6 +251,10 @@ import MillraceTestSupport
         #expect(StreamSettings.defaults(classIndex: 0, flow: restyleFlow).structure == StreamPipeline.restyleStructure)
         #expect(StreamSettings.defaults(classIndex: 0, flow: studentFlow).structure == StreamPipeline.restyleStudentStructure)
         #expect(StreamPipeline.restyleStructure > 0 && StreamPipeline.restyleStudentStructure > StreamPipeline.restyleStructure)
+        // The floor is on for a one-step restyle student only.
+        #expect(StreamSettings.defaults(classIndex: 0, flow: studentFlow).structureFloor == StreamPipeline.restyleStructureFloor)
+        #expect(StreamSettings.defaults(classIndex: 0, flow: restyleFlow).structureFloor == 0)
+        #expect(StreamSettings.defaults(classIndex: 0, flow: plainFlow).structureFloor == 0)
     }
 
     @Test func residualNegativeWithFullDeltaReproducesTheReference() {

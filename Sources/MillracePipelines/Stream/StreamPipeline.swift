@@ -45,6 +45,10 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     public var structure: Float = 0
     /// σ of that blur, in pixels at the model's size.
     public var structureSigma: Float = StreamPipeline.defaultStructureSigma
+    /// Structure floor ρ ∈ [0, 1): where an output's luma, after structure guidance w,
+    /// correlates with its frame's by less than ρ, w rises for that output (up to 1) until the
+    /// correlation reaches ρ; 0 turns it off (docs/STREAMS.md, "A floor on structure").
+    public var structureFloor: Float = 0
     public init(classIndex: Int) { self.classIndex = classIndex }
 
     /// The settings `gen stream` and `POST /v1/streams` start from: those of
@@ -57,6 +61,7 @@ public struct StreamSettings: Sendable, Equatable, Codable {
         s.stepping = d.stepping
         s.structure = d.structure
         s.structureSigma = d.structureSigma
+        s.structureFloor = d.structureFloor
         if flow.nullClass != nil { s.guidance = d.guidance }
         return s
     }
@@ -130,6 +135,9 @@ public final class StreamPipeline {
         /// model, `defaultStructure` (off) for an image model.
         public var structure: Float = 0
         public var structureSigma: Float = StreamPipeline.defaultStructureSigma
+        /// Structure floor (`StreamSettings.structureFloor`): `restyleStructureFloor` for a
+        /// one-step restyle student, 0 (off) otherwise.
+        public var structureFloor: Float = 0
 
         public init(flow: FlowConfig) {
             if flow.task == StreamPipeline.restyleTask && flow.distilledGuidance != nil {
@@ -140,6 +148,7 @@ public final class StreamPipeline {
                 guidance = StreamPipeline.restyleStudentGuidance
                 scale = StreamPipeline.restyleStudentScale
                 structure = StreamPipeline.restyleStudentStructure
+                structureFloor = StreamPipeline.restyleStructureFloor
             } else if flow.task == StreamPipeline.restyleTask {
                 strength = 1
                 steps = StreamPipeline.restyleSteps
@@ -172,6 +181,9 @@ public final class StreamPipeline {
     /// 0.55 for a one-step student, whose drawing is softer.
     public static let restyleStructure: Float = 0.35
     public static let restyleStudentStructure: Float = 0.55
+    /// Structure floor of a one-step restyle student's defaults (docs/STREAMS.md, "A floor on
+    /// structure").
+    public static let restyleStructureFloor: Float = 0.77
 
     /// Steps and guidance scale of a restyle model's defaults.
     public static let restyleSteps = 2
@@ -257,6 +269,9 @@ public final class StreamPipeline {
         guard s.structureSigma.isFinite && s.structureSigma >= 0.5 && s.structureSigma <= 16 else {
             throw StreamError.invalidSettings("structure σ must be in [0.5, 16] pixels, got \(s.structureSigma)")
         }
+        guard s.structureFloor.isFinite && s.structureFloor >= 0 && s.structureFloor < 1 else {
+            throw StreamError.invalidSettings("structure floor must be in [0, 1), got \(s.structureFloor)")
+        }
     }
 
     /// Changes class or guidance between frames.
@@ -317,10 +332,11 @@ public final class StreamPipeline {
             }
             var est = xs[i]
             est.addScaled(vg, 1 - ts[i])
-            if s.structure > 0 && i < conds.count {
+            if (s.structure > 0 || s.structureFloor > 0) && i < conds.count {
                 // A restyle model's estimate is the change to its frame, whose coarse luma
                 // matches the frame's where the change's is 0.
-                Self.alignStructure(&est, to: conditional ? nil : conds[i], weight: s.structure, sigma: s.structureSigma)
+                Self.alignStructure(&est, to: conds[i], estimateIsChange: conditional, weight: s.structure,
+                                    sigma: s.structureSigma, floor: s.structureFloor, bound: Float(sampler.flow.normScale))
             }
             estimates.append(est)
         }
@@ -343,28 +359,76 @@ public final class StreamPipeline {
     }
 
     /// Structure guidance on one data estimate ([1, 3, H, W], model space): adds
-    /// w·blur(Y(frame) − Y(estimate)) to every channel, Y the Rec. 601 luma and blur a Gaussian
-    /// of σ pixels (edges clamped). Y of the result moves the share w of the way to the frame's
-    /// at coarse scales; the chroma and the fine detail stay the estimate's. A nil frame is a
-    /// target of zero luma (a restyle model's change that keeps its frame's).
-    static func alignStructure(_ est: inout Tensor, to frame: Tensor?, weight w: Float, sigma: Float) {
-        guard est.shape.count == 4, est.shape[1] == 3, frame == nil || frame!.shape == est.shape else { return }
+    /// w·blur(Y(frame) − Y(output)) to every channel, Y the Rec. 601 luma and blur a Gaussian
+    /// of σ pixels (edges clamped). The output is the estimate, or frame + estimate where the
+    /// estimate is a restyle model's change to its frame. Y of the output moves the share w of
+    /// the way to the frame's at coarse scales; the chroma and the fine detail stay the model's.
+    /// With a floor ρ > 0, w rises (at most to 1) to the least value, within 0.01, at which the
+    /// correlation of the picture's luma with the frame's reaches ρ, or to the value of the
+    /// highest correlation where none does; the picture is the output with each channel
+    /// clipped to ±`bound` (the model space's image range), as it will be shown. Returns the w
+    /// used.
+    @discardableResult
+    static func alignStructure(_ est: inout Tensor, to frame: Tensor, estimateIsChange: Bool = false,
+                               weight w: Float, sigma: Float, floor rho: Float = 0, bound: Float = 1) -> Float {
+        guard est.shape.count == 4, est.shape[1] == 3, frame.shape == est.shape else { return 0 }
         let h = est.shape[2], wd = est.shape[3], n = h * wd
-        var d = [Float](repeating: 0, count: n)
         let k: [Float] = [0.299, 0.587, 0.114]
+        // The output's channels, and the luma of frame and output.
+        var out = est.data
+        if estimateIsChange { for j in 0..<(3 * n) { out[j] += frame.data[j] } }
+        var yFrame = [Float](repeating: 0, count: n), d = [Float](repeating: 0, count: n)
         for c in 0..<3 {
-            let base = c * n
-            if let frame {
-                for p in 0..<n { d[p] += k[c] * (frame.data[base + p] - est.data[base + p]) }
-            } else {
-                for p in 0..<n { d[p] -= k[c] * est.data[base + p] }
+            for p in 0..<n {
+                yFrame[p] += k[c] * frame.data[c * n + p]
+                d[p] += k[c] * (frame.data[c * n + p] - out[c * n + p])
             }
         }
         let blurred = GaussianBlur.plane(d, width: wd, height: h, sigma: sigma)
+        var weight = w
+        if rho > 0 {
+            let meanF = yFrame.reduce(0.0) { $0 + Double($1) } / Double(n)
+            let fc = yFrame.map { Double($0) - meanF }
+            let vf = fc.reduce(0.0) { $0 + $1 * $1 }
+            var y = [Double](repeating: 0, count: n)
+            // Correlation of the clipped picture's luma with the frame's at weight x.
+            func corr(_ x: Double) -> Double {
+                let xf = Float(x)
+                for p in 0..<n {
+                    var v = 0.0
+                    for c in 0..<3 { v += Double(k[c] * min(max(out[c * n + p] + xf * blurred[p], -bound), bound)) }
+                    y[p] = v
+                }
+                let m = y.reduce(0, +) / Double(n)
+                var cov = 0.0, vy = 0.0
+                for p in 0..<n { let u = y[p] - m; cov += u * fc[p]; vy += u * u }
+                return vy <= 0 || vf <= 0 ? 0 : cov / (vy * vf).squareRoot()
+            }
+            var best = (w: Double(w), c: corr(Double(w)))
+            if best.c < Double(rho) {
+                // Coarse steps of 0.05 to the first w that reaches ρ, then halves down to 0.01.
+                var lo = Double(w), hi: Double? = nil
+                while lo < 1 {
+                    let x = min(1, lo + 0.05), c = corr(x)
+                    if c >= Double(rho) { hi = x; best = (x, c); break }
+                    if c > best.c { best = (x, c) }
+                    lo = x
+                }
+                if var top = hi {
+                    while top - lo > 0.01 {
+                        let mid = (lo + top) / 2, c = corr(mid)
+                        if c >= Double(rho) { top = mid; best = (mid, c) } else { lo = mid }
+                    }
+                }
+            }
+            weight = Float(best.w)
+        }
+        guard weight > 0 else { return 0 }
         for c in 0..<3 {
             let base = c * n
-            for p in 0..<n { est.data[base + p] += w * blurred[p] }
+            for p in 0..<n { est.data[base + p] += weight * blurred[p] }
         }
+        return weight
     }
 
     /// v_g = v_u + g·(v_c − v_u).
