@@ -387,22 +387,16 @@ public final class StreamPipeline {
         let blurred = GaussianBlur.plane(d, width: wd, height: h, sigma: sigma)
         var weight = w
         if rho > 0 {
-            let meanF = yFrame.reduce(0.0) { $0 + Double($1) } / Double(n)
-            let fc = yFrame.map { Double($0) - meanF }
-            let vf = fc.reduce(0.0) { $0 + $1 * $1 }
-            var y = [Double](repeating: 0, count: n)
+            var y = [Float](repeating: 0, count: n)
             // Correlation of the clipped picture's luma with the frame's at weight x.
             func corr(_ x: Double) -> Double {
                 let xf = Float(x)
                 for p in 0..<n {
-                    var v = 0.0
-                    for c in 0..<3 { v += Double(k[c] * min(max(out[c * n + p] + xf * blurred[p], -bound), bound)) }
+                    var v: Float = 0
+                    for c in 0..<3 { v += k[c] * min(max(out[c * n + p] + xf * blurred[p], -bound), bound) }
                     y[p] = v
                 }
-                let m = y.reduce(0, +) / Double(n)
-                var cov = 0.0, vy = 0.0
-                for p in 0..<n { let u = y[p] - m; cov += u * fc[p]; vy += u * u }
-                return vy <= 0 || vf <= 0 ? 0 : cov / (vy * vf).squareRoot()
+                return StreamMeasures.correlation(y, yFrame)
             }
             var best = (w: Double(w), c: corr(Double(w)))
             if best.c < Double(rho) {
