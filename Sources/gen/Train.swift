@@ -202,7 +202,8 @@ struct Train: ParsableCommand {
                     if bar == nil {
                         let split = group.size > 1 ? "\(group.size) processes × \(opts.workers) worker(s) (rank 0's)" : "\(opts.workers) worker(s)"
                         note("training \(trainer.model.parameterCount) parameters on \(trainData.count) images, batch \(batch), \(split), \(Runtime.describe())")
-                        bar = ProgressBar("train", total: steps, unit: "img", initial: step - 1)
+                        // The bar starts its clock now, after this step: rates count the steps after it.
+                        bar = ProgressBar("train", total: steps, unit: "img", initial: step)
                     }
                     bar?.update(step, extra: String(format: "loss %.4f", smoothed), rateScale: Double(batch))
                 case .checkpointed: break

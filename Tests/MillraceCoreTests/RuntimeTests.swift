@@ -20,6 +20,17 @@ import MillraceTestSupport
         }
     }
 
+    /// A resumed job's bar rates only the work done since it started, and claims no rate before
+    /// it has one (a bar made right after a step once showed a million images a second).
+    @Test func progressRatesCountFromTheBarsStart() {
+        let bar = ProgressBar("train", total: 2000, unit: "img", initial: 1000)
+        #expect(bar.status(done: 1000, elapsed: 0.001) == "1000/2000 · 50% · ? img/s · ETA ?")
+        #expect(bar.status(done: 1001, elapsed: 0.5).hasSuffix("? img/s · ETA ?"))
+        // 10 steps of 32 images in 20 s: 16 img/s, 990 steps left at 0.5 step/s.
+        #expect(bar.status(done: 1010, elapsed: 20, extra: "loss 0.0800", rateScale: 32)
+                == "1010/2000 · 50% · loss 0.0800 · 16.0 img/s · ETA 33:00")
+    }
+
     @Test func sgemmMultiplies() {
         // [2x3] · [3x2]
         let a: [Float] = [1, 2, 3, 4, 5, 6], b: [Float] = [7, 8, 9, 10, 11, 12]

@@ -26,15 +26,8 @@ public final class ProgressBar {
     /// `rateScale` converts items/s into the unit shown (e.g. batch size for images/s).
     public func update(_ done: Int, extra: String = "", rateScale: Double = 1, force: Bool = false) {
         let now = Date()
-        let elapsed = now.timeIntervalSince(start)
-        let rate = elapsed > 0 ? Double(done - initial) / elapsed : 0
-        let eta = rate > 0 ? Double(total - done) / rate : 0
         let pct = Int(100 * Double(done) / Double(total))
-        var parts = ["\(done)/\(total)", "\(pct)%"]
-        if !extra.isEmpty { parts.append(extra) }
-        parts.append(String(format: "%.1f %@/s", rate * rateScale, unit))
-        parts.append("ETA \(Self.clock(eta))")
-        let text = parts.joined(separator: " · ")
+        let text = status(done: done, elapsed: now.timeIntervalSince(start), extra: extra, rateScale: rateScale)
         if isTTY {
             guard force || done >= total || now.timeIntervalSince(lastDraw) >= 0.1 else { return }
             lastDraw = now
@@ -50,6 +43,21 @@ public final class ProgressBar {
             lastDraw = now
             FileHandle.standardError.write(Data("\(label): \(text)\n".utf8))
         }
+    }
+
+    /// The text after the bar: `12/100 · 12% · extra · 3.1 it/s · ETA 0:28`. The rate counts the
+    /// items done since this bar started (after `initial`); until a second has passed, or while
+    /// nothing new is done, there is no rate to speak of, and rate and ETA read `?`.
+    public func status(done: Int, elapsed: Double, extra: String = "", rateScale: Double = 1) -> String {
+        let fresh = done - initial
+        let known = elapsed >= 1 && fresh > 0
+        let rate = known ? Double(fresh) / elapsed : 0
+        let pct = Int(100 * Double(done) / Double(total))
+        var parts = ["\(done)/\(total)", "\(pct)%"]
+        if !extra.isEmpty { parts.append(extra) }
+        parts.append(known ? String(format: "%.1f %@/s", rate * rateScale, unit) : "? \(unit)/s")
+        parts.append("ETA \(known ? Self.clock(Double(total - done) / rate) : "?")")
+        return parts.joined(separator: " · ")
     }
 
     /// Ends the bar's line.
