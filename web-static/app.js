@@ -112,7 +112,7 @@ function showModelChoices() {
   if ([...$("#gen-class").options].some((o) => o.value === cls)) $("#gen-class").value = cls;
   $("#gen-form").guidance.value = m.default_guidance;
 }
-// A model's stream defaults (strength, steps, guidance, stepping, structure and its floor) fill the Stream panel when it is picked.
+// A model's stream defaults (strength, steps, guidance, stepping, structure, its floor and target) fill the Stream panel when it is picked.
 function showStreamDefaults() {
   const m = models.find((x) => x.name === $("#stream-model").value);
   const d = m && m.stream_defaults;
@@ -121,6 +121,7 @@ function showStreamDefaults() {
   f.strength.value = d.strength; f.steps.value = d.steps; f.rcfg.value = d.rcfg;
   f.guidance.value = d.guidance; f.stepping.value = d.stepping; f.structure.value = d.structure;
   f.structure_floor.value = d.structure_floor;
+  if (d.structure_target) f.structure_target.value = d.structure_target;
 }
 fetch("/v1/models").then((r) => r.json()).then((j) => {
   models = j.models;
@@ -220,15 +221,15 @@ async function stopStream() {
 }
 $("#stream-stop").addEventListener("click", stopStream);
 
-// Live changes: a change of class, guidance mode, scale, stepping, blend, structure, its floor or filter is sent at once (PATCH).
+// Live changes: a change of class, guidance mode, scale, stepping, blend, structure, its floor or target, or filter is sent at once (PATCH).
 $("#stream-form").addEventListener("change", async (ev) => {
-  if (!streamId || !["class", "rcfg", "guidance", "stepping", "blend", "structure", "structure_floor", "filter"].includes(ev.target.name)) return;
+  if (!streamId || !["class", "rcfg", "guidance", "stepping", "blend", "structure", "structure_floor", "structure_target", "filter"].includes(ev.target.name)) return;
   const f = $("#stream-form");
   try {
     const r = await fetch("/v1/streams/" + streamId, { method: "PATCH", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ class: f.class.value, rcfg: f.rcfg.value, guidance: +f.guidance.value, stepping: f.stepping.value,
                              blend: +f.blend.value, structure: +f.structure.value, structure_floor: +f.structure_floor.value,
-                             filter: f.filter.checked }) });
+                             structure_target: f.structure_target.value, filter: f.filter.checked }) });
     document.body.dataset.streamPatchStatus = String(r.status);
     status(r.ok ? "stream settings changed" : "stream: " + (await r.json().catch(() => ({ error: r.statusText }))).error);
   } catch (e) {
@@ -251,8 +252,8 @@ $("#stream-form").addEventListener("submit", async (ev) => {
     const r = await fetch("/v1/streams", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ model: f.model.value || undefined, class: f.class.value, strength: +f.strength.value, steps: +f.steps.value,
                              rcfg: f.rcfg.value, guidance: +f.guidance.value, stepping: f.stepping.value, blend: +f.blend.value,
-                             structure: +f.structure.value, structure_floor: +f.structure_floor.value, filter: f.filter.checked,
-                             size: 256 }) });
+                             structure: +f.structure.value, structure_floor: +f.structure_floor.value,
+                             structure_target: f.structure_target.value, filter: f.filter.checked, size: 256 }) });
     j = await r.json();
     if (!r.ok) throw new Error(j.error);
   } catch (e) { status("stream: " + e.message); return; }

@@ -163,7 +163,8 @@ public final class MillraceService: @unchecked Sendable {
             let d = StreamPipeline.Defaults(flow: folder.flow)
             return ["strength": d.strength, "steps": d.steps, "stepping": d.stepping.rawValue,
                     "rcfg": (folder.flow.nullClass == nil ? StreamGuidance.none : d.guidance).rawValue, "guidance": d.scale,
-                    "structure": d.structure, "structure_floor": d.structureFloor]
+                    "structure": d.structure, "structure_floor": d.structureFloor,
+                    "structure_target": d.structureTarget.rawValue]
         }
     }
 

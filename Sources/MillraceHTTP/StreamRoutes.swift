@@ -35,13 +35,14 @@ extension MillraceService {
         if let w = try number("structure") { s.structure = w }
         if let σ = try number("structure_sigma") { s.structureSigma = σ }
         if let ρ = try number("structure_floor") { s.structureFloor = ρ }
+        if let target = try choice("structure_target", StructureTarget.self) { s.structureTarget = target }
         return s
     }
 
     func createStream(_ r: HTTPRequest) -> HTTPResponse {
         do {
             let d = try parseJSONObject(r.body)
-            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "structure", "structure_sigma", "structure_floor", "strength", "steps", "t_list", "similarity", "max_skip", "filter",
+            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "structure", "structure_sigma", "structure_floor", "structure_target", "strength", "steps", "t_list", "similarity", "max_skip", "filter",
                               "size", "seed", "model"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw RequestError("unknown parameter '\(unknown)'") }
             guard scheduler.streams.count < options.maxStreams else { return .error(429, "too many streams (limit \(options.maxStreams))") }
@@ -192,7 +193,7 @@ extension MillraceService {
                       "class": settings.classIndex, "rcfg": settings.guidance.rawValue, "guidance": settings.scale,
                       "stepping": settings.stepping.rawValue, "blend": settings.blend, "slots": times,
                       "structure": settings.structure, "structure_sigma": settings.structureSigma,
-                      "structure_floor": settings.structureFloor,
+                      "structure_floor": settings.structureFloor, "structure_target": settings.structureTarget.rawValue,
                       "luma_correlation": measures.lumaCorrelation as Any? ?? NSNull(),
                       "flicker_static": measures.flickerStatic as Any? ?? NSNull()])
     }
@@ -225,7 +226,7 @@ extension MillraceService {
         guard let entry = scheduler.stream(id) else { return .error(404, "no stream '\(id)'") }
         do {
             let d = try parseJSONObject(r.body)
-            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "structure", "structure_sigma", "structure_floor", "filter", "similarity", "max_skip"]
+            let known: Set = ["class", "rcfg", "guidance", "delta", "stepping", "blend", "structure", "structure_sigma", "structure_floor", "structure_target", "filter", "similarity", "max_skip"]
             if let unknown = d.keys.first(where: { !known.contains($0) }) { throw RequestError("unknown or fixed parameter '\(unknown)'") }
             // Every value is checked before anything changes: a bad PATCH leaves the stream as it was.
             let f = try filterFields(d)

@@ -9,6 +9,7 @@ extension Solver: ExpressibleByArgument {}
 extension SourceDistribution: ExpressibleByArgument {}
 extension StreamGuidance: ExpressibleByArgument {}
 extension StreamStepping: ExpressibleByArgument {}
+extension StructureTarget: ExpressibleByArgument {}
 
 /// Where the step times come from.
 enum ScheduleChoice: String, ExpressibleByArgument, CaseIterable {

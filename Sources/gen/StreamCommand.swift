@@ -17,7 +17,8 @@ struct StreamCommand: ParsableCommand {
         default the stream model (assets/models/scenes128-restyle, a one-step restyle model at \
         128×128: it sees the frame as a condition) redraws each frame as emoji of --class in one jump from \
         noise, one network row per frame, with structure guidance 0.55: each output gets that \
-        share of its input's coarse light and dark. An image model (--model \
+        share of its input's coarse light and dark (at the drawing's own contrast, more where \
+        its layout strays: --structure-floor). An image model (--model \
         assets/models/scenes64-i2i) is noised from the frame instead (strength 0.6, full \
         guidance at 3). Outputs are written under the same names as PNGs, with summary.json \
         (frames in, processed, skipped, errors, output fps, \
@@ -63,6 +64,8 @@ struct StreamCommand: ParsableCommand {
     var structureSigma: Float?
     @Option(help: "Structure floor ρ in [0, 1): an output whose luma correlates with its input's by less than ρ gets more structure guidance (up to 1) until it reaches ρ; 0 turns it off (default: \(StreamPipeline.restyleStructureFloor) for a one-step restyle model, else 0).")
     var structureFloor: Float?
+    @Option(help: "What structure guidance moves each output's coarse luma towards: frame (the input's luma) or matched (the input's layout at the output's own contrast, so dark drawings stay dark) (default: \(StreamPipeline.restyleStudentStructureTarget.rawValue) for a one-step restyle model, else frame).")
+    var structureTarget: StructureTarget?
     @Option(name: .customLong("class"), help: "Class name, index, or 'null'.")
     var className: String = "0"
     @Option(help: "Similarity threshold η of the filter.")
@@ -105,6 +108,7 @@ struct StreamCommand: ParsableCommand {
             if let structure { settings.structure = structure }
             if let structureSigma { settings.structureSigma = structureSigma }
             if let structureFloor { settings.structureFloor = structureFloor }
+            if let structureTarget { settings.structureTarget = structureTarget }
             let pipeline = try StreamPipeline(sampler: sampler, times: times, settings: settings, seed: seed)
             let session = StreamSession(pipeline: pipeline, filter: noFilter ? nil
                 : SimilarityFilter(threshold: similarity, maxSkip: maxSkip, side: SimilarityFilter.defaultSide, seed: seed))
@@ -172,6 +176,7 @@ struct StreamCommand: ParsableCommand {
                 "stepping": settings.stepping.rawValue, "blend": blend,
                 "structure": settings.structure, "structure_sigma": settings.structureSigma,
                 "structure_floor": settings.structureFloor,
+                "structure_target": settings.structureTarget.rawValue,
                 "class": folder.flow.classNames.indices.contains(settings.classIndex) ? folder.flow.classNames[settings.classIndex] : "null",
             ]
             judgePending()

@@ -87,6 +87,7 @@ import MillraceTestSupport
         #expect(plainDefaults["steps"] as? Int == StreamPipeline.defaultSteps && plainDefaults["stepping"] as? String == "renoise")
         #expect(plainDefaults["structure"] as? Double == Double(StreamPipeline.defaultStructure))
         #expect(plainDefaults["structure_floor"] as? Double == 0 && defaults["structure_floor"] as? Double == 0)
+        #expect(plainDefaults["structure_target"] as? String == "frame" && defaults["structure_target"] as? String == "frame")
         #expect(abs((defaults["structure"] as? Double ?? 0) - Double(StreamPipeline.restyleStructure)) < 1e-6 && StreamPipeline.restyleStructure > 0)
         let r = s.handle(HardeningTests.request("POST", "/v1/streams", body: #"{"model": "tiny-restyle", "class": 1}"#))
         #expect(r.status == 201, "\(HardeningTests.text(r))")
@@ -165,6 +166,7 @@ import MillraceTestSupport
         #expect(pipeline.conditional && pipeline.times == [0] && pipeline.settings.guidance == .none)
         #expect(pipeline.settings.structure == StreamPipeline.restyleStudentStructure)
         #expect(pipeline.settings.structureFloor == StreamPipeline.restyleStructureFloor && StreamPipeline.restyleStructureFloor > 0)
+        #expect(pipeline.settings.structureTarget == .matched)
         let frame = try Data(contentsOf: URL(fileURLWithPath: Fixtures.repositoryRoot + "/assets/clips/scene/frame-000.png"))
         var stats: [String: Any] = [:]
         for _ in 0..<3 {

@@ -185,18 +185,20 @@ import MillraceTestSupport
         }
         for bad in [#"{"stepping": "rk4"}"#, #"{"blend": 1}"#, #"{"blend": -0.1}"#, #"{"blend": "half"}"#,
                     #"{"structure": 1.5}"#, #"{"structure": -1}"#, #"{"structure": "all"}"#, #"{"structure_sigma": 0}"#,
-                    #"{"structure_floor": 1}"#, #"{"structure_floor": -0.2}"#] {
+                    #"{"structure_floor": 1}"#, #"{"structure_floor": -0.2}"#, #"{"structure_target": "luma"}"#,
+                    #"{"structure_target": 1}"#] {
             #expect(s.call("PATCH", "/v1/streams/\(id)", body: Array(bad.utf8)).status == 400, "\(bad)")
         }
         let state = try #require(try JSONSerialization.jsonObject(with: Data(s.call("GET", "/v1/streams/\(id)").body)) as? [String: Any])
         #expect(state["class"] as? Int == 1, "a refused PATCH changed the class: \(state)")
         #expect(state["stepping"] as? String == "renoise" && (state["blend"] as? Double) == 0, "\(state)")
         #expect((state["structure"] as? Double) == Double(StreamPipeline.defaultStructure), "the model's default structure guidance: \(state)")
-        #expect(s.call("PATCH", "/v1/streams/\(id)", body: Array(#"{"stepping": "euler", "blend": 0.25, "structure": 0.5, "structure_floor": 0.7}"#.utf8)).status == 200)
+        #expect(s.call("PATCH", "/v1/streams/\(id)", body: Array(#"{"stepping": "euler", "blend": 0.25, "structure": 0.5, "structure_floor": 0.7, "structure_target": "matched"}"#.utf8)).status == 200)
         let changed = try #require(try JSONSerialization.jsonObject(with: Data(s.call("GET", "/v1/streams/\(id)").body)) as? [String: Any])
         #expect(changed["stepping"] as? String == "euler" && (changed["blend"] as? Double) == 0.25, "\(changed)")
         #expect((changed["structure"] as? Double) == 0.5, "\(changed)")
         #expect(abs((changed["structure_floor"] as? Double ?? 0) - 0.7) < 1e-6, "\(changed)")
+        #expect(state["structure_target"] as? String == "frame" && changed["structure_target"] as? String == "matched", "\(changed)")
         // A viewer reads the output stream; frames posted meanwhile arrive as PNG parts.
         let viewer = DispatchQueue(label: "viewer")
         let got = ReplyBox()

@@ -270,6 +270,7 @@ import MillraceTestSupport
         #expect(abs(agreement - Double(votes[student.flow.classNames[2]] ?? 0) / 4) < 1e-9, "\(summary1)")
         #expect(abs((summary1["structure"] as? Double ?? 0) - Double(StreamPipeline.restyleStudentStructure)) < 1e-6)
         #expect(abs((summary1["structure_floor"] as? Double ?? 0) - Double(StreamPipeline.restyleStructureFloor)) < 1e-6)
+        #expect(summary1["structure_target"] as? String == StreamPipeline.restyleStudentStructureTarget.rawValue, "\(summary1)")
         // A set whose labels are not classes (NaN, out of range) is refused with the reason.
         var broken = try SafetensorsFile.read(path: dir + "/pairs.safetensors")
         for bad: Float in [.nan, 9, -1, 1.5] {

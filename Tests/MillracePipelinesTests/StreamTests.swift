@@ -170,6 +170,68 @@ import MillraceTestSupport
         #expect(moved < 0.02 * 0.4, "fine detail stays the estimate's (moved \(moved))")
     }
 
+    /// The matched target aims an output at its frame's luma with the departures from the
+    /// frame's median scaled up to the output's contrast where the output has more: at w = 1
+    /// the output's luma is m_f + max(1, σ_o/σ_f)·(Y(f) − m_f) at coarse scales (checked on
+    /// patterns that vary slowly, where the blur changes little) and correlates with the frame.
+    /// A dark, contrasted output keeps more of its dark than the frame target leaves it; a pale
+    /// one gets exactly the frame target; a flat frame has no layout to scale.
+    @Test(arguments: [false, true]) func matchedStructureScalesTheFramesLayoutToTheOutputsContrast(change: Bool) throws {
+        var frame = Tensor(zeros: [1, 3, 16, 16])
+        for c in 0..<3 { for y in 0..<16 { for x in 0..<16 {
+            frame.data[c * 256 + y * 16 + x] = 0.5 + 0.3 * sin(Float(x) / 5) * cos(Float(y) / 6)
+        } } }
+        func lumaPlane(_ t: Tensor, plus: Tensor? = nil) -> [Float] {
+            let k: [Float] = [0.299, 0.587, 0.114]
+            var y = [Float](repeating: 0, count: 256)
+            for c in 0..<3 {
+                for p in 0..<256 {
+                    let extra: Float = plus?.data[c * 256 + p] ?? 0
+                    y[p] += k[c] * (t.data[c * 256 + p] + extra)
+                }
+            }
+            return y
+        }
+        let yFrame = lumaPlane(frame)
+        let sdF = StreamPipeline.meanAndDeviation(yFrame).1, median = yFrame.sorted()[128]
+        // A dark output with a strong layout of its own, and a pale one with a faint one; both
+        // vary slowly and differ from the frame's layout.
+        for (base, amplitude) in [(Float(-0.5), Float(0.8)), (Float(0.6), Float(0.05))] {
+            var own = [Float](repeating: 0, count: 768)
+            for c in 0..<3 { for y in 0..<16 { for x in 0..<16 {
+                own[c * 256 + y * 16 + x] = base + amplitude * cos(Float(x) / 8 - Float(y) / 7) + 0.05 * Float(c)
+            } } }
+            let est = Tensor(shape: [1, 3, 16, 16], data: change ? (0..<768).map { own[$0] - frame.data[$0] } : own)
+            let yOwn = lumaPlane(Tensor(shape: [1, 3, 16, 16], data: own))
+            let sdO = StreamPipeline.meanAndDeviation(yOwn).1, contrasted = amplitude > 0.1
+            #expect((sdO > 1.5 * sdF) == contrasted, "the cases need one output above the frame's contrast and one below")
+            var matched = est, plain = est
+            StreamPipeline.alignStructure(&matched, to: frame, estimateIsChange: change, weight: 1, sigma: 1.5, target: .matched)
+            StreamPipeline.alignStructure(&plain, to: frame, estimateIsChange: change, weight: 1, sigma: 1.5)
+            let yMatched = lumaPlane(matched, plus: change ? frame : nil), yPlain = lumaPlane(plain, plus: change ? frame : nil)
+            // Inner pixels, away from the clamped borders of the blur.
+            for p in [5 * 16 + 5, 8 * 16 + 8, 10 * 16 + 6] {
+                let goal = median + max(1, sdO / sdF) * (yFrame[p] - median)
+                #expect(abs(yMatched[p] - goal) < 0.03, "pixel \(p): \(yMatched[p]) against \(goal)")
+            }
+            #expect(StreamMeasures.correlation(yMatched, yFrame) > 0.95)
+            #expect(StreamMeasures.correlation(yOwn, yFrame) < 0.5)
+            if contrasted {
+                // Its darkest quarter stays darker than the frame target leaves it.
+                let dark = yFrame.indices.sorted { yFrame[$0] < yFrame[$1] }.prefix(64)
+                let m = dark.map { yMatched[$0] }.reduce(0, +) / 64, q = dark.map { yPlain[$0] }.reduce(0, +) / 64
+                #expect(m < q - 0.05, "matched \(m), frame target \(q)")
+            } else {
+                #expect(matched.data == plain.data, "a pale output gets the frame target")
+            }
+            let flat = Tensor(shape: [1, 3, 16, 16], data: [Float](repeating: 0.2, count: 768))
+            var a = est, b = est
+            StreamPipeline.alignStructure(&a, to: flat, estimateIsChange: change, weight: 0.5, sigma: 1.5, target: .matched)
+            StreamPipeline.alignStructure(&b, to: flat, estimateIsChange: change, weight: 0.5, sigma: 1.5)
+            #expect(a.data == b.data)
+        }
+    }
+
     /// A structure floor raises w for an output whose luma (as shown: clipped to the image
     /// range) correlates too little with its frame's, to the least w (within 0.01) that
     /// reaches the floor, for an image model's

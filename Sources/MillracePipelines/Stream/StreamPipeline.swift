@@ -49,6 +49,9 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     /// correlates with its frame's by less than ρ, w rises for that output (up to 1) until the
     /// correlation reaches ρ; 0 turns it off (docs/STREAMS.md, "A floor on structure").
     public var structureFloor: Float = 0
+    /// What structure guidance pulls each output's coarse luma towards: the frame's luma, or
+    /// the frame's luma at the output's own mean and contrast (`StructureTarget`).
+    public var structureTarget: StructureTarget = .frame
     public init(classIndex: Int) { self.classIndex = classIndex }
 
     /// The settings `gen stream` and `POST /v1/streams` start from: those of
@@ -62,9 +65,24 @@ public struct StreamSettings: Sendable, Equatable, Codable {
         s.structure = d.structure
         s.structureSigma = d.structureSigma
         s.structureFloor = d.structureFloor
+        s.structureTarget = d.structureTarget
         if flow.nullClass != nil { s.guidance = d.guidance }
         return s
     }
+}
+
+/// The luma structure guidance pulls an output towards (docs/STREAMS.md, "Structure guidance").
+public enum StructureTarget: String, Sendable, CaseIterable, Codable {
+    /// The frame's luma Y(f): the output takes the frame's light and dark as they are.
+    case frame
+    /// The frame's luma with its departures from its median m_f (in a scene, the background)
+    /// scaled up to the output's contrast where the output has more: m_f + max(1, σ_o/σ_f)·(Y(f)
+    /// − m_f), σ the standard deviations of the two lumas. The output takes the frame's layout
+    /// at its own contrast, so a dark drawing on a light frame stays dark where it follows the
+    /// frame, while the background keeps its light; a pale drawing is aimed at the frame's luma
+    /// as it is. The anchor is the frame's, not the output's mean, so that the background's aim
+    /// does not move from frame to frame with the drawing's size and shade.
+    case matched
 }
 
 /// A problem with stream parameters or frames.
@@ -138,6 +156,9 @@ public final class StreamPipeline {
         /// Structure floor (`StreamSettings.structureFloor`): `restyleStructureFloor` for a
         /// one-step restyle student, 0 (off) otherwise.
         public var structureFloor: Float = 0
+        /// What structure guidance aims at (`StreamSettings.structureTarget`):
+        /// `restyleStudentStructureTarget` for a one-step restyle student, the frame otherwise.
+        public var structureTarget: StructureTarget = .frame
 
         public init(flow: FlowConfig) {
             if flow.task == StreamPipeline.restyleTask && flow.distilledGuidance != nil {
@@ -149,6 +170,7 @@ public final class StreamPipeline {
                 scale = StreamPipeline.restyleStudentScale
                 structure = StreamPipeline.restyleStudentStructure
                 structureFloor = StreamPipeline.restyleStructureFloor
+                structureTarget = StreamPipeline.restyleStudentStructureTarget
             } else if flow.task == StreamPipeline.restyleTask {
                 strength = 1
                 steps = StreamPipeline.restyleSteps
@@ -184,6 +206,9 @@ public final class StreamPipeline {
     /// Structure floor of a one-step restyle student's defaults (docs/STREAMS.md, "A floor on
     /// structure").
     public static let restyleStructureFloor: Float = 0.77
+    /// Structure target of a one-step restyle student's defaults: its drawings keep their own
+    /// contrast (docs/STREAMS.md, "Structure at the drawing's contrast").
+    public static let restyleStudentStructureTarget = StructureTarget.matched
 
     /// Steps and guidance scale of a restyle model's defaults.
     public static let restyleSteps = 2
@@ -336,7 +361,8 @@ public final class StreamPipeline {
                 // A restyle model's estimate is the change to its frame, whose coarse luma
                 // matches the frame's where the change's is 0.
                 Self.alignStructure(&est, to: conds[i], estimateIsChange: conditional, weight: s.structure,
-                                    sigma: s.structureSigma, floor: s.structureFloor, bound: Float(sampler.flow.normScale))
+                                    sigma: s.structureSigma, floor: s.structureFloor, bound: Float(sampler.flow.normScale),
+                                    target: s.structureTarget)
             }
             estimates.append(est)
         }
@@ -370,20 +396,34 @@ public final class StreamPipeline {
     /// used.
     @discardableResult
     static func alignStructure(_ est: inout Tensor, to frame: Tensor, estimateIsChange: Bool = false,
-                               weight w: Float, sigma: Float, floor rho: Float = 0, bound: Float = 1) -> Float {
+                               weight w: Float, sigma: Float, floor rho: Float = 0, bound: Float = 1,
+                               target: StructureTarget = .frame) -> Float {
         guard est.shape.count == 4, est.shape[1] == 3, frame.shape == est.shape else { return 0 }
         let h = est.shape[2], wd = est.shape[3], n = h * wd
         let k: [Float] = [0.299, 0.587, 0.114]
         // The output's channels, and the luma of frame and output.
         var out = est.data
         if estimateIsChange { for j in 0..<(3 * n) { out[j] += frame.data[j] } }
-        var yFrame = [Float](repeating: 0, count: n), d = [Float](repeating: 0, count: n)
+        var yFrame = [Float](repeating: 0, count: n), yOut = [Float](repeating: 0, count: n)
         for c in 0..<3 {
             for p in 0..<n {
                 yFrame[p] += k[c] * frame.data[c * n + p]
-                d[p] += k[c] * (frame.data[c * n + p] - out[c * n + p])
+                yOut[p] += k[c] * out[c * n + p]
             }
         }
+        // The luma to move towards: the frame's, or (matched) the frame's with its departures
+        // from its median, the background of a scene, scaled up to the output's contrast. A
+        // flat frame has no layout to scale, and is taken as it is.
+        var goal = yFrame
+        if target == .matched {
+            let sdF = Self.meanAndDeviation(yFrame).1, sdO = Self.meanAndDeviation(yOut).1
+            if sdF > 1e-4 && sdO > sdF {
+                let gain = sdO / sdF, median = Self.median(yFrame)
+                for p in 0..<n { goal[p] = median + gain * (yFrame[p] - median) }
+            }
+        }
+        var d = [Float](repeating: 0, count: n)
+        for p in 0..<n { d[p] = goal[p] - yOut[p] }
         let blurred = GaussianBlur.plane(d, width: wd, height: h, sigma: sigma)
         var weight = w
         if rho > 0 {
@@ -423,6 +463,21 @@ public final class StreamPipeline {
             for p in 0..<n { est.data[base + p] += weight * blurred[p] }
         }
         return weight
+    }
+
+    /// The median of a plane (the upper one of an even count).
+    static func median(_ v: [Float]) -> Float {
+        guard !v.isEmpty else { return 0 }
+        return v.sorted()[v.count / 2]
+    }
+
+    /// Mean and (population) standard deviation of a plane.
+    static func meanAndDeviation(_ v: [Float]) -> (Float, Float) {
+        guard !v.isEmpty else { return (0, 0) }
+        var sum = 0.0, sq = 0.0
+        for x in v { sum += Double(x); sq += Double(x) * Double(x) }
+        let mean = sum / Double(v.count)
+        return (Float(mean), Float(max(0, sq / Double(v.count) - mean * mean).squareRoot()))
     }
 
     /// v_g = v_u + g·(v_c − v_u).
