@@ -194,6 +194,12 @@ import MillraceTestSupport
         }
         let yFrame = lumaPlane(frame)
         let sdF = StreamPipeline.meanAndDeviation(yFrame).1, median = yFrame.sorted()[128]
+        // The median is taken from a histogram, to within 1/4096 of the range.
+        #expect(abs(StreamPipeline.median(yFrame) - median) <= (yFrame.max()! - yFrame.min()!) / 4096)
+        var rng = TestRNG(seed: 3)
+        let noise = rng.floats(10_001)
+        #expect(abs(StreamPipeline.median(noise) - noise.sorted()[5000]) <= (noise.max()! - noise.min()!) / 4096)
+        #expect(StreamPipeline.median([0.25, 0.25, 0.25]) == 0.25 && StreamPipeline.median([]) == 0)
         // A dark output with a strong layout of its own, and a pale one with a faint one; both
         // vary slowly and differ from the frame's layout.
         for (base, amplitude) in [(Float(-0.5), Float(0.8)), (Float(0.6), Float(0.05))] {
