@@ -50,7 +50,7 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     /// correlation reaches ρ; 0 turns it off (docs/STREAMS.md, "A floor on structure").
     public var structureFloor: Float = 0
     /// What structure guidance pulls each output's coarse luma towards: the frame's luma, or
-    /// the frame's luma at the output's own mean and contrast (`StructureTarget`).
+    /// the frame's layout at the output's own contrast (`StructureTarget`).
     public var structureTarget: StructureTarget = .frame
     public init(classIndex: Int) { self.classIndex = classIndex }
 
@@ -385,10 +385,12 @@ public final class StreamPipeline {
     }
 
     /// Structure guidance on one data estimate ([1, 3, H, W], model space): adds
-    /// w·blur(Y(frame) − Y(output)) to every channel, Y the Rec. 601 luma and blur a Gaussian
-    /// of σ pixels (edges clamped). The output is the estimate, or frame + estimate where the
-    /// estimate is a restyle model's change to its frame. Y of the output moves the share w of
-    /// the way to the frame's at coarse scales; the chroma and the fine detail stay the model's.
+    /// w·blur(G − Y(output)) to every channel, Y the Rec. 601 luma, blur a Gaussian of σ pixels
+    /// (edges clamped) and G the aim: Y(frame), or with `target` matched the frame's layout at
+    /// the output's contrast (`StructureTarget.matched`). The output is the estimate, or frame +
+    /// estimate where the estimate is a restyle model's change to its frame. Y of the output
+    /// moves the share w of the way to G at coarse scales; the chroma and the fine detail stay
+    /// the model's.
     /// With a floor ρ > 0, w rises (at most to 1) to the least value, within 0.01, at which the
     /// correlation of the picture's luma with the frame's reaches ρ, or to the value of the
     /// highest correlation where none does; the picture is the output with each channel
