@@ -193,7 +193,7 @@ import MillraceTestSupport
             return y
         }
         let yFrame = lumaPlane(frame)
-        let sdF = StreamPipeline.meanAndDeviation(yFrame).1, median = yFrame.sorted()[128]
+        let sdF = yFrame.meanAndDeviation().deviation, median = yFrame.sorted()[128]
         // The median is taken from a histogram, to within 1/4096 of the range.
         #expect(abs(StreamPipeline.median(yFrame) - median) <= (yFrame.max()! - yFrame.min()!) / 4096)
         var rng = TestRNG(seed: 3)
@@ -209,7 +209,7 @@ import MillraceTestSupport
             } } }
             let est = Tensor(shape: [1, 3, 16, 16], data: change ? (0..<768).map { own[$0] - frame.data[$0] } : own)
             let yOwn = lumaPlane(Tensor(shape: [1, 3, 16, 16], data: own))
-            let sdO = StreamPipeline.meanAndDeviation(yOwn).1, contrasted = amplitude > 0.1
+            let sdO = yOwn.meanAndDeviation().deviation, contrasted = amplitude > 0.1
             #expect((sdO > 1.5 * sdF) == contrasted, "the cases need one output above the frame's contrast and one below")
             var matched = est, plain = est
             StreamPipeline.alignStructure(&matched, to: frame, estimateIsChange: change, weight: 1, sigma: 1.5, target: .matched)

@@ -216,14 +216,8 @@ public final class Colorizer {
         let n = src.width * src.height, m = ref.width * ref.height
         var planes = src.planes
         for c in 1...2 {
-            func stats(_ p: [Float], _ off: Int, _ count: Int) -> (Float, Float) {
-                guard count > 0 else { return (0, 0) }
-                var s: Double = 0, s2: Double = 0
-                for i in 0..<count { let v = Double(p[off + i]); s += v; s2 += v * v }
-                let mu = s / Double(count)
-                return (Float(mu), Float(max(0, s2 / Double(count) - mu * mu).squareRoot()))
-            }
-            let (ms, ss) = stats(src.planes, c * n, n), (mr, sr) = stats(ref.planes, c * m, m)
+            let (ms, ss) = src.planes[(c * n)..<((c + 1) * n)].meanAndDeviation()
+            let (mr, sr) = ref.planes[(c * m)..<((c + 1) * m)].meanAndDeviation()
             let scale: Float = ss > 1e-3 ? sr / ss : 0
             for i in 0..<n { planes[c * n + i] = mr + (src.planes[c * n + i] - ms) * scale }
         }

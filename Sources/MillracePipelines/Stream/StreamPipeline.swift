@@ -71,6 +71,17 @@ public struct StreamSettings: Sendable, Equatable, Codable {
     }
 }
 
+extension Collection where Element == Float {
+    /// Mean and population standard deviation of the values, summed in Double; (0, 0) when empty.
+    public func meanAndDeviation() -> (mean: Float, deviation: Float) {
+        guard !isEmpty else { return (0, 0) }
+        var sum = 0.0, sq = 0.0
+        for x in self { sum += Double(x); sq += Double(x) * Double(x) }
+        let mean = sum / Double(count)
+        return (Float(mean), Float(Swift.max(0, sq / Double(count) - mean * mean).squareRoot()))
+    }
+}
+
 /// The luma structure guidance pulls an output towards (docs/STREAMS.md, "Structure guidance").
 public enum StructureTarget: String, Sendable, CaseIterable, Codable {
     /// The frame's luma Y(f): the output takes the frame's light and dark as they are.
@@ -418,7 +429,7 @@ public final class StreamPipeline {
         // flat frame has no layout to scale, and is taken as it is.
         var goal = yFrame
         if target == .matched {
-            let sdF = Self.meanAndDeviation(yFrame).1, sdO = Self.meanAndDeviation(yOut).1
+            let sdF = yFrame.meanAndDeviation().deviation, sdO = yOut.meanAndDeviation().deviation
             if sdF > 1e-4 && sdO > sdF {
                 let gain = sdO / sdF, median = Self.median(yFrame)
                 for p in 0..<n { goal[p] = median + gain * (yFrame[p] - median) }
@@ -481,15 +492,6 @@ public final class StreamPipeline {
             if 2 * seen > v.count { return lo + (Float(b) + 0.5) / scale }
         }
         return hi
-    }
-
-    /// Mean and (population) standard deviation of a plane.
-    static func meanAndDeviation(_ v: [Float]) -> (Float, Float) {
-        guard !v.isEmpty else { return (0, 0) }
-        var sum = 0.0, sq = 0.0
-        for x in v { sum += Double(x); sq += Double(x) * Double(x) }
-        let mean = sum / Double(v.count)
-        return (Float(mean), Float(max(0, sq / Double(v.count) - mean * mean).squareRoot()))
     }
 
     /// v_g = v_u + g·(v_c − v_u).
