@@ -15,7 +15,7 @@ struct DatasetRestyleCommand: ParsableCommand {
         emoji of any groups (in some examples drawn as pen outlines), the output with every
         emoji swapped for the closest-looking emoji of the example's group (of all of them, or of
         --candidates drawn at random), at the same place and size. Only the train emoji are used. Written as safetensors ("input",
-        "output", "labels", F16) for `gen train --data FILE`, which then trains a model whose
+        "output", "labels", and "coverage": how much the input's emoji cover each pixel; F16) for `gen train --data FILE`, which then trains a model whose
         condition is the input picture and whose class is the group to redraw it in.
         With --palette-classifier it also prints how often that classifier gives the output
         pictures their pair's group. Needs the same Debian packages as `gen dataset emoji`.
@@ -77,7 +77,7 @@ struct DatasetRestyleCommand: ParsableCommand {
         guard paletteBlurGroups == nil || paletteBlur > 0 else { throw ValidationError("--palette-blur-groups needs --palette-blur") }
         guard paletteOne == nil || palette > 0 else { throw ValidationError("--palette-one needs --palette K") }
         // Inputs and outputs are held as floats before they are written: bound that first.
-        let bytes = Double(count) * Double(6 * size * size) * 4
+        let bytes = Double(count) * Double(7 * size * size) * 4
         guard bytes <= 8e9 else {
             throw ValidationError("--count \(count) pairs of \(size)×\(size) need \(Int(bytes / 1e9)) GB of memory (at most 8): make fewer or smaller pairs")
         }
@@ -112,6 +112,7 @@ struct DatasetRestyleCommand: ParsableCommand {
                 "input": SafetensorsTensor(shape: [count, 3, s, s], data: made.inputs),
                 "output": SafetensorsTensor(shape: [count, 3, s, s], data: made.outputs),
                 "labels": SafetensorsTensor(shape: [count], data: made.labels.map(Float.init)),
+                "coverage": SafetensorsTensor(shape: [count, 1, s, s], data: made.coverage),
             ])
             let names = try JSONSerialization.data(withJSONObject: sprites.classNames)
             file.metadata = ["format": Self.format, "class_names": String(decoding: names, as: UTF8.self), "palette": String(palette)]

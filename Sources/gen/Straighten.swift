@@ -47,7 +47,9 @@ struct StraightenCommand: ParsableCommand {
         student is a one-step restyle model: each chord starts from noise with one of the set's \
         input pictures as condition (its group as class, one in ten the null class) and ends \
         where the teacher lands after --teacher-steps guided Euler steps; a stream on the \
-        student then needs one slot.
+        student then needs one slot. --keep-background keeps the teacher's change only where the \
+        input picture has emoji (the set's "coverage"), so that the student leaves the background \
+        as it is and each drawing keeps to its emoji's outline, and moves with it in a stream.
 
         Examples:
           gen straighten --nfe 4 --out runs/emoji32-straight-4
@@ -57,6 +59,8 @@ struct StraightenCommand: ParsableCommand {
             --objective consistency --rounds 5 --samples 384 --steps 250 --guidance 6
           gen straighten --model runs/restyle64 --from-data data/restyle64.safetensors --out runs/restyle64-1step \
             --samples 1024 --teacher-steps 6 --guidance 2 --steps 400
+          gen straighten --model runs/restyle128-c2 --from-data data/restyle128-cov.safetensors \
+            --out runs/restyle128-kb --samples 1024 --teacher-steps 16 --guidance 2 --steps 300 --keep-background
         """)
 
     @Option(help: "Steps N of the BOSS schedule to straighten for (not with --from-data).")
@@ -69,6 +73,8 @@ struct StraightenCommand: ParsableCommand {
     var teacherSteps: Int = 8
     @Option(help: "With --from-data: chords (the student's jump lands where the teacher's whole run does) or consistency (where the student's own jump from one teacher step further does; targets refreshed every round).")
     var objective: I2IObjective = .chords
+    @Flag(help: "With --from-data and a restyle set: keep the teacher's change only where the set's input pictures have emoji (its coverage), nothing of it on the background.")
+    var keepBackground = false
     @Option(help: "With --objective consistency: rounds of new targets (--steps are split over them).")
     var rounds: Int = 5
     @Option(help: "With --objective consistency: the teacher's step in t.")
@@ -105,6 +111,7 @@ struct StraightenCommand: ParsableCommand {
             guard nfe >= 1 && nfe <= 1000 else { throw ValidationError("--nfe must be between 1 and 1000") }
         } else {
             guard nfe == nil else { throw ValidationError("--nfe and --from-data exclude each other") }
+            guard !keepBackground || objective == .chords else { throw ValidationError("--keep-background takes the chords objective") }
             guard teacherSteps >= 1 && teacherSteps <= 1000 else { throw ValidationError("--teacher-steps must be between 1 and 1000") }
             if objective == .consistency {
                 guard rounds >= 1 && rounds <= steps else { throw ValidationError("--rounds must be between 1 and --steps") }
@@ -255,20 +262,37 @@ struct StraightenCommand: ParsableCommand {
         let g = guidance ?? Float(folder.flow.defaultGuidance)
         var rng = SplitMix64(seed: seed &+ 0x12)
         let cd = 3 * set.size * set.size
-        var conditions: [[Float]] = [], labels: [Int] = []
+        // The set's coverage, [N, 1, S, S] in [0, 1], for --keep-background.
+        let coverage = try keepBackground ? Self.coverage(of: file, path: data, count: set.count, size: set.size) : nil
+        let plane = set.size * set.size
+        var conditions: [[Float]] = [], labels: [Int] = [], inside: [[Float]] = []
         for _ in 0..<samples {
             let i = Int(rng.next() % UInt64(set.count))
             conditions.append(Array(set.condition[(i * cd)..<((i + 1) * cd)]))
             labels.append(rng.nextUnitDouble() < 0.1 ? (folder.flow.nullClass ?? set.labels[i]) : set.labels[i])
+            if let coverage { inside.append(Array(coverage[(i * plane)..<((i + 1) * plane)])) }
         }
         let bar = ProgressBar("teacher", total: samples, unit: "chords")
         let chords = try Straightening.restyleChords(sampler: sampler, conditions: conditions, labels: labels, steps: teacherSteps,
-                                                     guidance: g, seed: seed) { done, _ in bar.update(done) }
+                                                     guidance: g, seed: seed, inside: coverage == nil ? nil : inside) { done, _ in bar.update(done) }
         bar.finish()
         FileHandle.standardError.write(Data("straightening \(modelPath) for restyling in one jump from noise: \(chords.count) chords, batch \(batch)\n".utf8))
         let trainer = try writeStudent(folder: folder, chords: chords, guidance: g, metadata: [
-            "weights": "ema", "straightened_from": modelPath, "restyle": "from noise, teacher \(teacherSteps) Euler steps"])
+            "weights": "ema", "straightened_from": modelPath,
+            "restyle": "from noise, teacher \(teacherSteps) Euler steps" + (keepBackground ? ", its change kept inside the emoji" : "")])
         print("wrote \(out): a one-step restyle student (smoothed chord loss \(String(format: "%.4f", trainer.smoothedLoss))); stream with it: gen stream --model \(out)")
+    }
+
+    /// A restyle set's coverage of its input pictures' emoji ([count, 1, size, size], in
+    /// [0, 1]), or an error saying how to make a set that has it.
+    static func coverage(of file: SafetensorsFile, path: String, count: Int, size: Int) throws -> [Float] {
+        guard let t = file.tensors["coverage"] else {
+            throw CLIError("\(path) has no coverage of its emoji, which --keep-background needs: make the set again with gen dataset restyle")
+        }
+        guard t.shape == [count, 1, size, size], t.data.allSatisfy({ $0 >= 0 && $0 <= 1 }) else {
+            throw CLIError("\(path): coverage must be [\(count), 1, \(size), \(size)] with values in [0, 1], got \(t.shape)")
+        }
+        return t.data
     }
 
     /// --from-data: the image-to-image student.
@@ -279,6 +303,7 @@ struct StraightenCommand: ParsableCommand {
                 guard DatasetRestyleCommand.isRestyleSet(file) else { throw CLIError("\(data) is not a restyle set (made by gen dataset restyle) nor a dataset file") }
                 return try runRestyle(file: file, data: data)
             }
+            guard !keepBackground else { throw CLIError("--keep-background needs a restyle set (gen dataset restyle), not \(data)") }
             let modelPath = model ?? ModelFolder.defaultPath()
             let folder = try ModelFolder.load(modelPath)
             guard folder.flow.distilledGuidance == nil else {

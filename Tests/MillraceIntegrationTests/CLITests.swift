@@ -256,6 +256,27 @@ import MillraceTestSupport
         #expect(s6 == 0, "stderr: \(err6)")
         let student = try ModelFolder.load(dir + "/student")
         #expect(student.flow.task == "restyle" && student.flow.distilledGuidance == 2 && student.flow.defaultGuidance == 1)
+        // The set has its emoji's coverage, which --keep-background takes; a set without it, or
+        // an image dataset, is refused with the reason and nothing is written.
+        let pairsFile = try SafetensorsFile.read(path: dir + "/pairs.safetensors")
+        let coverage = try #require(pairsFile.tensors["coverage"])
+        #expect(coverage.shape == [pairsFile.tensors["labels"]!.shape[0], 1, 16, 16] && coverage.data.allSatisfy { $0 >= 0 && $0 <= 1 })
+        #expect(coverage.data.contains { $0 > 0.5 } && coverage.data.contains { $0 == 0 })
+        let keep = ["--samples", "4", "--teacher-steps", "2", "--guidance", "2", "--steps", "2", "--batch", "2", "--threads", "1", "--keep-background"]
+        let (sKeep, _, errKeep) = try GenCLI.run(["straighten", "--model", dir + "/model", "--from-data", dir + "/pairs.safetensors",
+                                                  "--out", dir + "/student-kb"] + keep)
+        #expect(sKeep == 0, "stderr: \(errKeep)")
+        #expect(try SafetensorsFile.read(path: dir + "/student-kb/model.safetensors").metadata["restyle"]?.contains("inside the emoji") == true)
+        var bare = pairsFile
+        bare.tensors["coverage"] = nil
+        try bare.write(path: dir + "/bare.safetensors", dtype: .f16)
+        let (sBare, _, errBare) = try GenCLI.run(["straighten", "--model", dir + "/model", "--from-data", dir + "/bare.safetensors",
+                                                  "--out", dir + "/never"] + keep)
+        #expect(sBare != 0 && errBare.contains("no coverage"), "stderr: \(errBare)")
+        let (sImages, _, errImages) = try GenCLI.run(["straighten", "--model", dir + "/plain", "--from-data", dir + "/plain.mrds",
+                                                      "--out", dir + "/never"] + keep)
+        #expect(sImages != 0 && errImages.contains("needs a restyle set"), "stderr: \(errImages)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/never"))
         let (s7, out7, err7) = try GenCLI.run(["stream", "--input", dir + "/frames", "--out", dir + "/out1", "--model", dir + "/student",
                                                "--class", "2", "--no-filter", "--classifier", Fixtures.repositoryRoot + "/assets/models/scene-classifier"])
         #expect(s7 == 0, "stderr: \(err7)")

@@ -205,5 +205,38 @@ import Testing
         let fifth = pairs.pair(split: 0, rng: &rng)
         #expect(made.labels[5] == fifth.label)
         #expect(Array(made.outputs[(5 * per)..<(6 * per)]) == fifth.output.planes.map { 2 * $0 - 1 })
+        #expect(made.coverage.count == 7 * 24 * 24)
+        #expect(Array(made.coverage[(5 * 576)..<(6 * 576)]) == fifth.coverage)
+    }
+
+    /// A pair's coverage is where its input's sprites are: 0 exactly where none is (drawn over
+    /// black and over white the picture keeps the background), else what they hide of the
+    /// background, 1 − (over white − over black); filled shapes for outlined inputs too.
+    @Test func coverageIsWhatTheInputsSpritesHide() {
+        let pairs = Self.pairs(outlines: 0.5)
+        let composer = pairs.composer, plane = composer.size * composer.size
+        var covered = 0
+        for seed in 0..<30 {
+            var rng = SplitMix64(seed: 5, stream: seed)
+            var copy = rng
+            let pair = pairs.pair(split: 0, label: seed % 3, rng: &rng)
+            let layout = composer.layout(split: 0, rng: &copy)
+            var black = layout, white = layout
+            black.background = RGBImage(width: composer.size, height: composer.size, fill: (0, 0, 0))
+            white.background = RGBImage(width: composer.size, height: composer.size, fill: (1, 1, 1))
+            let b = composer.render(black), w = composer.render(white)
+            let free = Self.uncovered(composer, layout)
+            #expect(pair.coverage.count == plane)
+            for p in 0..<plane {
+                if free[p] {
+                    #expect(pair.coverage[p] == 0, "seed \(seed) pixel \(p)")
+                } else {
+                    covered += 1
+                    let hidden = 1 - (w.planes[p] - b.planes[p])
+                    #expect(abs(pair.coverage[p] - hidden) < 1e-4, "seed \(seed) pixel \(p): \(pair.coverage[p]) against \(hidden)")
+                }
+            }
+        }
+        #expect(covered > 30 * plane / 10)
     }
 }

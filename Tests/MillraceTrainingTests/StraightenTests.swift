@@ -217,6 +217,35 @@ import MillraceTestSupport
         }
     }
 
+    /// With a weight plane per row, a restyle chord lands at the teacher's end scaled pixel by
+    /// pixel (all three channels), so that the student's jump keeps the picture where the
+    /// weight is 0; a plane of the wrong size is refused.
+    @Test func restyleChordsKeepTheTeachersChangeOnlyInside() throws {
+        try GlobalKernelSettings.exclusive {
+            let s = Fixtures.tinyRestyleSampler()
+            var rng = TestRNG(seed: 9)
+            let pictures = (0..<3).map { _ in rng.floats(3 * 8 * 8) }
+            let labels = [0, 1, 2]
+            let inside: [[Float]] = (0..<3).map { r in (0..<64).map { p in r == 0 ? 1 : r == 1 ? 0 : Float(p % 8) / 7 } }
+            let all = try Straightening.restyleChords(sampler: s, conditions: pictures, labels: labels, steps: 2, guidance: 2, seed: 4)
+            let kept = try Straightening.restyleChords(sampler: s, conditions: pictures, labels: labels, steps: 2, guidance: 2, seed: 4, inside: inside)
+            #expect(kept.states == all.states)
+            for r in 0..<3 {
+                for j in 0..<192 {
+                    let i = r * 192 + j
+                    let end = (all.states[i] + all.targets[i]) * inside[r][j % 64]
+                    #expect(abs(kept.states[i] + kept.targets[i] - end) < 1e-5, "row \(r) value \(j)")
+                }
+            }
+            // Row 1 keeps nothing: its jump lands on no change at all.
+            #expect(kept.targets[192..<384].elementsEqual(kept.states[192..<384].map { -$0 }))
+            #expect(throws: ModelError.self) {
+                _ = try Straightening.restyleChords(sampler: s, conditions: pictures, labels: labels, steps: 1, guidance: 1, seed: 4,
+                                                    inside: [[Float]](repeating: [1], count: 3))
+            }
+        }
+    }
+
     @Test func teacherCacheRoundTripAndKey() throws {
         let d = 3
         let teacher = Straightening.TeacherStates(grid: 4, samples: 2, dimension: d, labels: [0, 2], guidance: 1.5,

@@ -52,9 +52,14 @@ public enum Straightening {
     /// Gaussian noise N at t = 0 as a restyle stream's slot does, and lets the restyle teacher
     /// integrate [x; condition] from 0 to 1 in `steps` uniform Euler steps at `guidance`
     /// (null-class rows unguided). The chord x1 − N is the velocity whose single jump from the
-    /// noise lands where the teacher does. Batches of `batch` rows; deterministic in `seed`.
+    /// noise lands where the teacher does. With `inside` (one plane of weights in [0, 1] per row,
+    /// e.g. how much the input's emoji cover each pixel) the teacher's end, a change to the
+    /// picture, is scaled by it pixel by pixel before the chord is taken: the student learns
+    /// the teacher's drawing there and no change elsewhere. Batches of `batch` rows;
+    /// deterministic in `seed`.
     public static func restyleChords(sampler: FlowSampler, conditions: [[Float]], labels: [Int], steps: Int, guidance: Float,
-                                     seed: UInt64, batch: Int = 32, progress: ((Int, Int) -> Void)? = nil) throws -> Chords {
+                                     seed: UInt64, inside: [[Float]]? = nil, batch: Int = 32,
+                                     progress: ((Int, Int) -> Void)? = nil) throws -> Chords {
         let n = labels.count
         guard n >= 1, conditions.count == n else { throw ModelError.invalidArgument("restyle chords need one condition per label (\(conditions.count) conditions, \(n) labels)") }
         guard steps >= 1 else { throw ModelError.invalidArgument("the teacher needs at least 1 step") }
@@ -62,6 +67,11 @@ public enum Straightening {
         let plane = c.sampleSize * c.sampleSize, d = c.outChannels * plane, cd = (c.inChannels - c.outChannels) * plane
         guard cd > 0, conditions.allSatisfy({ $0.count == cd }) else {
             throw ModelError.invalidArgument("conditions must have \(cd) values (the model's condition planes)")
+        }
+        if let inside {
+            guard inside.count == n, inside.allSatisfy({ $0.count == plane }) else {
+                throw ModelError.invalidArgument("give one weight plane of \(plane) values per row")
+            }
         }
         let noise = GaussianSource.draw(count: n, shape: [c.outChannels, c.sampleSize, c.sampleSize], seed: seed &+ 1)
         var out = Chords(states: noise.data, targets: [], times: [Float](repeating: 0, count: n), labels: labels, dimension: d)
@@ -83,7 +93,10 @@ public enum Straightening {
                 x.addScaled(v, 1 / Float(steps))
             }
             for (r, s) in range.enumerated() {
-                for j in 0..<d { out.targets.append(x.data[r * d + j] - noise.data[s * d + j]) }
+                for j in 0..<d {
+                    let end = inside.map { x.data[r * d + j] * $0[s][j % plane] } ?? x.data[r * d + j]
+                    out.targets.append(end - noise.data[s * d + j])
+                }
             }
             progress?(range.upperBound, n)
         }

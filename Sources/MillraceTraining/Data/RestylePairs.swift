@@ -84,6 +84,10 @@ public struct RestylePairs: Sendable {
         public var outlined: Bool
         /// The sprites drawn in `output`, one per placement.
         public var sprites: [Int]
+        /// How much the input's sprites cover each pixel, in [0, 1] ([size·size]; filled
+        /// shapes also where the input draws them as outlines): where the picture has emoji,
+        /// as against its background.
+        public var coverage: [Float]
     }
 
     /// A pair from `split`'s sprites, the output in `label`'s group (nil: drawn uniformly).
@@ -118,7 +122,7 @@ public struct RestylePairs: Sendable {
             input = composer.render(layout)
         }
         return Pair(input: input, output: composer.render(swapped), label: group, outlined: outlined,
-                    sprites: swapped.placements.map(\.sprite))
+                    sprites: swapped.placements.map(\.sprite), coverage: composer.coverage(layout))
     }
 
     /// `size` sprites of `pool` spread over its thumbnails (luma and coverage): the one closest
@@ -233,34 +237,39 @@ public struct RestylePairs: Sendable {
     }
 
     /// `count` pairs, each from its own stream of `seed`, from the train sprites (split 0), the
-    /// asked groups uniform. Images [count, 3, size, size] in [−1, 1] (the model's space).
+    /// asked groups uniform. Images [count, 3, size, size] in [−1, 1] (the model's space), and
+    /// the inputs' coverage [count, size, size] in [0, 1].
     public func make(count: Int, split: UInt8 = 0, seed: UInt64,
-                     progress: ((Int, Int) -> Void)? = nil) -> (inputs: [Float], outputs: [Float], labels: [Int]) {
-        let per = 3 * composer.size * composer.size
+                     progress: ((Int, Int) -> Void)? = nil) -> (inputs: [Float], outputs: [Float], labels: [Int], coverage: [Float]) {
+        let plane = composer.size * composer.size, per = 3 * plane
         var inputs = [Float](repeating: 0, count: count * per), outputs = inputs
         var labels = [Int](repeating: 0, count: count)
+        var coverage = [Float](repeating: 0, count: count * plane)
         inputs.withUnsafeMutableBufferPointer { ip in
             outputs.withUnsafeMutableBufferPointer { op in
                 labels.withUnsafeMutableBufferPointer { lp in
-                    let box = UncheckedSendable((ip, op, lp, progress))
-                    let parts = max(1, min(count, ProcessInfo.processInfo.activeProcessorCount))
-                    DispatchQueue.concurrentPerform(iterations: parts) { part in
-                        let (ip, op, lp, progress) = box.value
-                        for k in (part * count / parts)..<((part + 1) * count / parts) {
-                            var rng = SplitMix64(seed: seed, stream: k)
-                            let p = pair(split: split, rng: &rng)
-                            for j in 0..<per {
-                                ip[k * per + j] = 2 * p.input.planes[j] - 1
-                                op[k * per + j] = 2 * p.output.planes[j] - 1
+                    coverage.withUnsafeMutableBufferPointer { cp in
+                        let box = UncheckedSendable((ip, op, lp, cp, progress))
+                        let parts = max(1, min(count, ProcessInfo.processInfo.activeProcessorCount))
+                        DispatchQueue.concurrentPerform(iterations: parts) { part in
+                            let (ip, op, lp, cp, progress) = box.value
+                            for k in (part * count / parts)..<((part + 1) * count / parts) {
+                                var rng = SplitMix64(seed: seed, stream: k)
+                                let p = pair(split: split, rng: &rng)
+                                for j in 0..<per {
+                                    ip[k * per + j] = 2 * p.input.planes[j] - 1
+                                    op[k * per + j] = 2 * p.output.planes[j] - 1
+                                }
+                                for j in 0..<plane { cp[k * plane + j] = p.coverage[j] }
+                                lp[k] = p.label
+                                if part == 0 && k % 256 == 0 { progress?(k * parts, count) }
                             }
-                            lp[k] = p.label
-                            if part == 0 && k % 256 == 0 { progress?(k * parts, count) }
                         }
                     }
                 }
             }
         }
         progress?(count, count)
-        return (inputs, outputs, labels)
+        return (inputs, outputs, labels, coverage)
     }
 }

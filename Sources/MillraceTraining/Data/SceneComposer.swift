@@ -132,25 +132,52 @@ public struct SceneComposer: Sendable {
     public func paste(_ index: Int, into image: inout RGBImage, centreX: Float, centreY: Float, side: Int) {
         guard side >= 1 else { return }
         let n = sprites.size, plane = n * n
-        let colour = RGBImage(width: n, height: n, planes: Array(sprites.colour[index * 3 * plane ..< (index + 1) * 3 * plane]))
-        let a = sprites.alpha[index * plane ..< (index + 1) * plane]
-        let coverage = RGBImage(width: n, height: n, planes: Array(a) + Array(a) + Array(a))
-        let c = side == n ? colour : side < n ? colour.resizedArea(width: side, height: side) : colour.resizedBilinear(width: side, height: side)
-        let k = side == n ? coverage : side < n ? coverage.resizedArea(width: side, height: side) : coverage.resizedBilinear(width: side, height: side)
+        let c = scaled(RGBImage(width: n, height: n, planes: Array(sprites.colour[index * 3 * plane ..< (index + 1) * 3 * plane])), side)
+        let ip = image.width * image.height, sp = side * side
+        overCoverage(index, width: image.width, height: image.height, centreX: centreX, centreY: centreY, side: side) { o, s, alpha in
+            for ch in 0..<3 {
+                // colour over white is c·α + (1 − α): over b it is that + (1 − α)(b − 1).
+                let v = c.planes[ch * sp + s] + (1 - alpha) * (image.planes[ch * ip + o] - 1)
+                image.planes[ch * ip + o] = min(1, max(0, v))
+            }
+        }
+    }
+
+    /// How much of each pixel `layout`'s sprites cover, in [0, 1] ([size·size], row-major): each
+    /// sprite's coverage where it is drawn, composited in drawing order as `render` draws them.
+    public func coverage(_ layout: Layout) -> [Float] {
+        var out = [Float](repeating: 0, count: size * size)
+        for p in layout.placements where p.side >= 1 {
+            overCoverage(p.sprite, width: size, height: size, centreX: p.centreX, centreY: p.centreY, side: p.side) { o, _, alpha in
+                out[o] = alpha + (1 - alpha) * out[o]
+            }
+        }
+        return out
+    }
+
+    /// An image of the sprites' side `n` resized to `side`×`side` as sprites are drawn (area
+    /// averaging down, bilinear up).
+    private func scaled(_ image: RGBImage, _ side: Int) -> RGBImage {
+        let n = sprites.size
+        return side == n ? image : side < n ? image.resizedArea(width: side, height: side) : image.resizedBilinear(width: side, height: side)
+    }
+
+    /// Calls `body(pixel, sprite pixel, α)` for each pixel of a `width`×`height` image that
+    /// sprite `index`, drawn at `side`×`side` centred on (`centreX`, `centreY`), covers (α > 0);
+    /// the parts outside the image are cut.
+    private func overCoverage(_ index: Int, width w: Int, height h: Int, centreX: Float, centreY: Float, side: Int,
+                              _ body: (Int, Int, Float) -> Void) {
+        let plane = sprites.size * sprites.size
+        let a = Array(sprites.alpha[index * plane ..< (index + 1) * plane])
+        let k = scaled(RGBImage(width: sprites.size, height: sprites.size, planes: a + a + a), side)
         let x0 = Int((centreX - Float(side) / 2).rounded()), y0 = Int((centreY - Float(side) / 2).rounded())
-        let w = image.width, h = image.height, ip = w * h, sp = side * side
         let ys = max(0, -y0), ye = min(side, h - y0), xs = max(0, -x0), xe = min(side, w - x0)
         guard ys < ye && xs < xe else { return }  // wholly outside
         for y in ys ..< ye {
             for x in xs ..< xe {
                 let alpha = min(1, max(0, k.planes[y * side + x]))
                 guard alpha > 0 else { continue }  // uncovered: the background stays exactly
-                let o = (y0 + y) * w + x0 + x
-                for ch in 0..<3 {
-                    // colour over white is c·α + (1 − α): over b it is that + (1 − α)(b − 1).
-                    let v = c.planes[ch * sp + y * side + x] + (1 - alpha) * (image.planes[ch * ip + o] - 1)
-                    image.planes[ch * ip + o] = min(1, max(0, v))
-                }
+                body((y0 + y) * w + x0 + x, y * side + x, alpha)
             }
         }
     }
