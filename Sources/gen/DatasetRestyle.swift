@@ -41,6 +41,8 @@ struct DatasetRestyleCommand: ParsableCommand {
     var count: Int = 20_000
     @Option(help: "Share of pairs whose input emoji are pen outlines.")
     var outlineShare: Double = 0.15
+    @Option(help: "Draw each swapped emoji at the largest size, down to half, at which at least this share of it lies within the emoji it replaces (0: at the same size).")
+    var fitInside: Float = 0
     @Option(help: "Emoji of the group each swapped emoji is chosen from, the closest-looking (0: all of the group, so the output is a function of the input).")
     var candidates: Int = 0
     @Option(help: "Draw outputs from a fixed palette of this many emoji per group, spread over the group's shapes (0: the whole group).")
@@ -63,6 +65,7 @@ struct DatasetRestyleCommand: ParsableCommand {
         guard size >= 16 && size <= 256 else { throw ValidationError("--size must be between 16 and 256") }
         guard count >= 1 && count <= 200_000 else { throw ValidationError("--count must be between 1 and 200000") }
         guard outlineShare >= 0 && outlineShare <= 1 else { throw ValidationError("--outline-share must be in [0, 1]") }
+        guard fitInside >= 0 && fitInside <= 1 else { throw ValidationError("--fit-inside must be a share in [0, 1]") }
         guard candidates >= 0 else { throw ValidationError("--candidates must be 0 (all) or more") }
         guard palette >= 0 && palette <= 1000 else { throw ValidationError("--palette must be 0 (the whole group) to 1000") }
         guard paletteClassifier == nil || palette > 0 else { throw ValidationError("--palette-classifier chooses a palette: give --palette K too") }
@@ -96,6 +99,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             var pairs = RestylePairs(composer: SceneComposer(sprites: sprites, size: size))
             pairs.outlineShare = outlineShare
             pairs.candidates = candidates
+            pairs.fitInside = fitInside
             pairs.typicalPool = palettePool
             let judge = try paletteClassifier.map { try EmojiClassifier.load(path: $0) }
             if let judge, let path = paletteClassifier {
@@ -121,6 +125,7 @@ struct DatasetRestyleCommand: ParsableCommand {
             if paletteBlur > 0 { file.metadata["palette_blur"] = String(paletteBlur) }
             if let g = paletteBlurGroups { file.metadata["palette_blur_groups"] = g }
             if let g = paletteOne { file.metadata["palette_one"] = g }
+            if fitInside > 0 { file.metadata["fit_inside"] = String(fitInside) }
             let dir = (out as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             try file.write(path: out, dtype: .f16)

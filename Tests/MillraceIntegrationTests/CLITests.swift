@@ -95,6 +95,7 @@ import MillraceTestSupport
         (["dataset", "scenes", "--out", "OUT", "--count", "10", "--held-out", "11"], "held-out"),
         (["dataset", "restyle", "--out", "OUT", "--count", "200000", "--size", "256"], "memory"),
         (["dataset", "restyle", "--out", "OUT", "--palette-classifier", "assets/models/scene-classifier"], "--palette K"),
+        (["dataset", "restyle", "--out", "OUT", "--fit-inside", "1.5"], "--fit-inside"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-pool", "5"], "--palette-classifier"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-pool", "2", "--palette-classifier", "x"], "at least"),
         (["dataset", "restyle", "--out", "OUT", "--palette", "3", "--palette-blur", "1.5"], "--palette-blur needs --palette-classifier"),

@@ -209,6 +209,35 @@ import Testing
         #expect(Array(made.coverage[(5 * 576)..<(6 * 576)]) == fifth.coverage)
     }
 
+    /// With `fitInside` a swapped sprite is drawn at the largest side at which that share of
+    /// it lies within the sprite it replaces: a full square in place of a small centred one at
+    /// half the side, a small one in place of a large one at the full side, a square in place
+    /// of a disc in between (the next larger side puts less than the share inside); without
+    /// it, at the same side.
+    @Test func fitInsideDrawsTheSwapWithinTheReplacedShape() {
+        let n = 16, plane = n * n
+        func shape(_ inside: (Float, Float) -> Bool) -> [Float] {
+            (0..<plane).map { p in inside((Float(p % n) + 0.5) / Float(n) - 0.5, (Float(p / n) + 0.5) / Float(n) - 0.5) ? 1 : 0 }
+        }
+        let full = shape { _, _ in true }, small = shape { abs($0) < 0.25 && abs($1) < 0.25 }, disc = shape { $0 * $0 + $1 * $1 < 0.25 }
+        let alpha = full + small + disc + full + small + disc + full + small + disc
+        let colour = (0..<9).flatMap { k in [Float](repeating: Float(k) / 9, count: 3 * plane) }
+        let sprites = EmojiSprites(size: n, classNames: ["a", "b", "c"], labels: [0, 0, 0, 1, 1, 1, 2, 2, 2], split: [UInt8](repeating: 0, count: 9),
+                                   colour: colour, alpha: alpha,
+                                   items: (0..<9).map { DatasetItem(codepoints: String(format: "%X", 0x1F600 + $0), name: "s\($0)", subgroup: "t") })
+        var pairs = RestylePairs(composer: SceneComposer(sprites: sprites, size: 32))
+        #expect(pairs.fittedSide(0, replacing: 1, side: 20) == 20)
+        pairs.fitInside = 0.9
+        #expect(pairs.fittedSide(0, replacing: 1, side: 20) == 10)
+        #expect(pairs.fittedSide(1, replacing: 0, side: 20) == 20)
+        #expect(pairs.fittedSide(0, replacing: 0, side: 20) == 20)
+        let side = pairs.fittedSide(0, replacing: 2, side: 40)
+        #expect(side > 20 && side < 40)
+        let scale = Float(side) / 40
+        #expect(pairs.shareInside(0, scale: scale, within: 2) >= 0.9)
+        #expect(pairs.shareInside(0, scale: scale + 0.05, within: 2) < 0.9)
+    }
+
     /// A pair's coverage is where its input's sprites are: 0 exactly where none is (drawn over
     /// black and over white the picture keeps the background), else what they hide of the
     /// background, 1 − (over white − over black); filled shapes for outlined inputs too.

@@ -48,6 +48,16 @@ public struct RestylePairs: Sendable {
     public private(set) var palettes: [[[Int]]]
     /// Share of scenes whose input sprites are drawn as outlines.
     public var outlineShare = 0.15
+    /// 0: a swapped-in sprite is drawn at the side of the sprite it replaces. Above 0: at the
+    /// largest side, down to half of that, at which at least this share of its coverage falls
+    /// within the replaced sprite's (at half, or where none reaches it, the side that puts the
+    /// most within), so that the output's drawing keeps to the input's shapes: a square swapped
+    /// for a round sprite is drawn inside the circle rather than over its corners.
+    public var fitInside: Float = 0
+    /// Side of the coverage masks that `fitInside` compares.
+    static let shapeSide = 32
+    /// Per sprite: its coverage at `shapeSide`².
+    let shapes: [Float]
     /// Side of the thumbnails that choose a swapped-in sprite.
     static let thumbSide = 8
     /// Per sprite: `thumbSide`² luma-over-white values, then as many coverage values.
@@ -71,7 +81,47 @@ public struct RestylePairs: Sendable {
             }
         }
         self.thumbs = thumbs
+        let m = Self.shapeSide
+        var shapes = [Float](repeating: 0, count: sprites.count * m * m)
+        for i in 0..<sprites.count {
+            let a = Array(sprites.alpha[i * plane ..< (i + 1) * plane])
+            let k = composer.scaled(RGBImage(width: n, height: n, planes: a + a + a), m)
+            for p in 0..<(m * m) { shapes[i * m * m + p] = k.planes[p] }
+        }
+        self.shapes = shapes
         palettes = composer.pool
+    }
+
+    /// The share of sprite `drawn`'s coverage, drawn at `scale` times the side of sprite
+    /// `within` about the same centre, that falls within `within`'s coverage.
+    func shareInside(_ drawn: Int, scale: Float, within: Int) -> Float {
+        let m = Self.shapeSide, mm = m * m
+        var inside: Float = 0, total: Float = 0
+        for v in 0..<m {
+            let y = Int(((Float(v) + 0.5) / Float(m) - 0.5) * scale * Float(m) + Float(m) / 2)
+            for u in 0..<m {
+                let b = shapes[drawn * mm + v * m + u]
+                guard b > 0 else { continue }
+                total += b
+                let x = Int(((Float(u) + 0.5) / Float(m) - 0.5) * scale * Float(m) + Float(m) / 2)
+                inside += b * shapes[within * mm + y * m + x]
+            }
+        }
+        return total > 0 ? inside / total : 1
+    }
+
+    /// The side to draw sprite `drawn` at in place of sprite `replaced` drawn at `side`
+    /// (`fitInside`).
+    func fittedSide(_ drawn: Int, replacing replaced: Int, side: Int) -> Int {
+        guard fitInside > 0 else { return side }
+        var best: (scale: Float, share: Float) = (1, -1)
+        for k in 0...10 {
+            let scale = 1 - Float(k) * 0.05
+            let share = shareInside(drawn, scale: scale, within: replaced)
+            if share >= fitInside { best = (scale, share); break }
+            if share > best.share { best = (scale, share) }
+        }
+        return max(1, Int((Float(side) * best.scale).rounded()))
     }
 
     /// One pair.
@@ -102,7 +152,8 @@ public struct RestylePairs: Sendable {
         // An outline shows a sprite's shape, not its colours: the swapped sprite is then the
         // closest in coverage only.
         swapped.placements = layout.placements.map { p in
-            (closest(to: p.sprite, among: pool, shapeOnly: outlined, rng: &rng), p.centreX, p.centreY, p.side)
+            let drawn = closest(to: p.sprite, among: pool, shapeOnly: outlined, rng: &rng)
+            return (drawn, p.centreX, p.centreY, fittedSide(drawn, replacing: p.sprite, side: p.side))
         }
         var input: RGBImage
         if outlined {

@@ -157,7 +157,7 @@ public struct SceneComposer: Sendable {
 
     /// An image of the sprites' side `n` resized to `side`×`side` as sprites are drawn (area
     /// averaging down, bilinear up).
-    private func scaled(_ image: RGBImage, _ side: Int) -> RGBImage {
+    func scaled(_ image: RGBImage, _ side: Int) -> RGBImage {
         let n = sprites.size
         return side == n ? image : side < n ? image.resizedArea(width: side, height: side) : image.resizedBilinear(width: side, height: side)
     }
