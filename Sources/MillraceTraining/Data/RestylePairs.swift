@@ -251,9 +251,7 @@ public struct RestylePairs: Sendable {
         for p in 0..<plane { luma[p] = 0.299 * c[p] + 0.587 * c[plane + p] + 0.114 * c[2 * plane + p] }
         let a = Array(sprites.alpha[index * plane ..< (index + 1) * plane])
         func scaled(_ v: [Float]) -> [Float] {
-            let img = RGBImage(width: n, height: n, planes: v + v + v)
-            let r = side == n ? img : side < n ? img.resizedArea(width: side, height: side) : img.resizedBilinear(width: side, height: side)
-            return Array(r.planes[0..<(side * side)])
+            Array(composer.scaled(RGBImage(width: n, height: n, planes: v + v + v), side).planes[0..<(side * side)])
         }
         let k = scaled(a), l = scaled(luma)
         var edge = [Bool](repeating: false, count: side * side)
