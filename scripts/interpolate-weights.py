@@ -6,8 +6,16 @@ shapes), as F32, keeping A's __metadata__: a model between two fine-tunes of one
     python3 scripts/interpolate-weights.py assets/models/scenes64-restyle/model.safetensors \\
         runs/restyle64-mix3-1step/model.safetensors 0.35 runs/restyle64-soup35/model.safetensors
 
-Refuses files whose tensors differ in names or shapes, and a outside [0, 1]."""
-import json, struct, sys
+With --extrapolate, a may lie outside [0, 1] (any finite value, |a| ≤ 10): a = 2 goes as far
+beyond B as B is from A, e.g. from a student of a teacher at guidance 2.5 (A) past one at 3 (B)
+towards one at 3.5 ("task arithmetic"; docs/STREAMS.md, "Past guidance 3").
+
+    python3 scripts/interpolate-weights.py --extrapolate runs/restyle128c2-g25-1step/model.safetensors \\
+        runs/restyle128c2-g3-1step/model.safetensors 2 runs/restyle128-g35x/model.safetensors
+
+Refuses files whose tensors differ in names or shapes, and a outside [0, 1] without
+--extrapolate."""
+import json, math, struct, sys
 from array import array
 
 # Plain Python (no numpy): F16 through struct's "e" format, F32 through array("f").
@@ -30,10 +38,16 @@ def read(path):
     return tensors, meta
 
 
-def main(path_a, path_b, share, out):
-    a = float(share)
-    if not 0 <= a <= 1:
-        sys.exit(f"error: the share of B must be in [0, 1], got {share}")
+def main(path_a, path_b, share, out, extrapolate=False):
+    try:
+        a = float(share)
+    except ValueError:
+        sys.exit(f"error: the share of B must be a number, got {share!r}")
+    if extrapolate:
+        if not (math.isfinite(a) and abs(a) <= 10):
+            sys.exit(f"error: with --extrapolate the share of B must be finite and within [-10, 10], got {share}")
+    elif not 0 <= a <= 1:
+        sys.exit(f"error: the share of B must be in [0, 1] (or pass --extrapolate), got {share}")
     ta, meta = read(path_a)
     tb, _ = read(path_b)
     if sorted(ta) != sorted(tb) or any(ta[k][0] != tb[k][0] for k in ta):
@@ -59,6 +73,7 @@ def main(path_a, path_b, share, out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    args = [x for x in sys.argv[1:] if x != "--extrapolate"]
+    if len(args) != 4:
         sys.exit(__doc__)
-    main(*sys.argv[1:])
+    main(*args, extrapolate=len(args) < len(sys.argv) - 1)

@@ -29,6 +29,29 @@ import Testing
         #expect(mix.tensors["b"]?.data == [1, 0, 6])
     }
 
+    @Test func extrapolateGoesPastTheSecondFileOnlyWhenAsked() throws {
+        let dir = Fixtures.tempPath("extrapolate")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try SafetensorsFile(tensors: ["w": SafetensorsTensor(shape: [3], data: [1, 2, -1])]).write(path: dir + "/a.safetensors")
+        try SafetensorsFile(tensors: ["w": SafetensorsTensor(shape: [3], data: [2, 2, 0.5])]).write(path: dir + "/b.safetensors")
+        let args = [dir + "/a.safetensors", dir + "/b.safetensors", "2", dir + "/past.safetensors"]
+        // a = 2: as far beyond B as B is from A, 2·B − A.
+        let (status, out, err) = try runProcess("/usr/bin/python3", [Self.script, "--extrapolate"] + args)
+        #expect(status == 0, "stderr: \(err)")
+        #expect(out.contains("-1·A + 2·B"), "\(out)")
+        #expect(try SafetensorsFile.read(path: dir + "/past.safetensors").tensors["w"]?.data == [3, 2, 2])
+        try FileManager.default.removeItem(atPath: dir + "/past.safetensors")
+        // Without the flag, or with a share that is not finite or too far, nothing is written.
+        for bad in [[Self.script] + args, [Self.script, "--extrapolate", args[0], args[1], "nan", args[3]],
+                    [Self.script, "--extrapolate", args[0], args[1], "11", args[3]],
+                    [Self.script, args[0], args[1], "half", args[3]]] {
+            let (s, _, e) = try runProcess("/usr/bin/python3", bad)
+            #expect(s != 0 && e.contains("share of B"), "stderr: \(e)")
+            #expect(!FileManager.default.fileExists(atPath: dir + "/past.safetensors"))
+        }
+    }
+
     @Test func interpolateWeightsRefusesFilesThatDoNotMatch() throws {
         let dir = Fixtures.tempPath("interpolate-bad")
         defer { try? FileManager.default.removeItem(atPath: dir) }
