@@ -8,10 +8,11 @@ shapes), as F32, keeping A's __metadata__: a model between two fine-tunes of one
 
 With --extrapolate, a may lie outside [0, 1] (any finite value, |a| ≤ 10): a = 2 goes as far
 beyond B as B is from A, e.g. from a student of a teacher at guidance 2.5 (A) past one at 3 (B)
-towards one at 3.5 ("task arithmetic"; docs/STREAMS.md, "Past guidance 3").
+towards one at 3.5 ("task arithmetic"; docs/STREAMS.md, "Past guidance 3, and more of the
+clipped student").
 
     python3 scripts/interpolate-weights.py --extrapolate runs/restyle128c2-g25-1step/model.safetensors \\
-        runs/restyle128c2-g3-1step/model.safetensors 2 runs/restyle128-g35x/model.safetensors
+        runs/restyle128c2-g3-1step/model.safetensors 2 runs/restyle128-g35/model.safetensors
 
 Refuses files whose tensors differ in names or shapes, and a outside [0, 1] without
 --extrapolate."""
