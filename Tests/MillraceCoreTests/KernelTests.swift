@@ -246,9 +246,19 @@ import Testing
         }
     }
 
+    /// Whether OpenBLAS runs its AVX-512 kernels (those `gen` selects on an AVX-512 CPU). Its
+    /// Haswell kernels, which a test process may get on the same CPU, handle the tail rows and
+    /// columns of a part in another order than one serial call does (seen on an AMD EPYC,
+    /// 2026-12-08: differences in the last bits from row 144 of 300 on 2 cores).
+    static let blasKernelsAreAVX512: Bool = {
+        let name = String(cString: mr_blas_corename()).lowercased()
+        return ["skylakex", "cooperlake", "sapphirerapids"].contains { name.contains($0) }
+    }()
+
     /// Linear layers split over the pool by rows, or by output features when there are fewer
     /// rows than features (an 8x8 image's attention: 64 rows of 256), and attention split by
-    /// (batch, head) pairs: the bytes of one core on 2 and 3, and the references.
+    /// (batch, head) pairs: the bytes of one core on 2 and 3 with OpenBLAS's AVX-512 kernels
+    /// (within 1e-5 with others), and the references.
     @Test func linearAndAttentionSplitsMatchOneThread() {
         GlobalKernelSettings.exclusive {
             let before = mr_get_threads()
@@ -267,8 +277,13 @@ import Testing
                     var yr = [Float](repeating: .nan, count: n * outF)
                     mr_ref_linear_forward(i32(n), i32(inF), i32(outF), x, w, bias ? b : nil, &yr)
                     let tag = "linear \(n)x\(inF)->\(outF) bias \(bias)"
-                    Self.expectSame(outs[1], outs[0], "\(tag): 2 threads")
-                    Self.expectSame(outs[2], outs[0], "\(tag): 3 threads")
+                    if Self.blasKernelsAreAVX512 {
+                        Self.expectSame(outs[1], outs[0], "\(tag): 2 threads")
+                        Self.expectSame(outs[2], outs[0], "\(tag): 3 threads")
+                    } else {
+                        Self.expectClose(outs[1], outs[0], rel: 1e-5, "\(tag): 2 threads")
+                        Self.expectClose(outs[2], outs[0], rel: 1e-5, "\(tag): 3 threads")
+                    }
                     Self.expectClose(outs[0], yr, "\(tag): reference")
                 }
             }
