@@ -246,10 +246,11 @@ import Testing
         }
     }
 
-    /// Whether OpenBLAS runs its AVX-512 kernels (those `gen` selects on an AVX-512 CPU). Its
-    /// Haswell kernels, which a test process may get on the same CPU, handle the tail rows and
-    /// columns of a part in another order than one serial call does (seen on an AMD EPYC,
-    /// 2026-12-08: differences in the last bits from row 144 of 300 on 2 cores).
+    /// Whether OpenBLAS runs its AVX-512 kernels (those `gen` selects on an AVX-512 CPU unless
+    /// OPENBLAS_CORETYPE says otherwise). Its Haswell kernels handle the tail rows and columns of
+    /// a part in another order than one serial call does (seen on an AMD EPYC whose environment
+    /// set OPENBLAS_CORETYPE=Haswell, 2026-12-08: the last bits differ from row 144 of 300 on 2
+    /// cores).
     static let blasKernelsAreAVX512: Bool = {
         let name = String(cString: mr_blas_corename()).lowercased()
         return ["skylakex", "cooperlake", "sapphirerapids"].contains { name.contains($0) }
