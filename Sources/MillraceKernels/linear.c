@@ -33,7 +33,8 @@ static void linear_forward_part(void *ctx, int part) {
     if (j->by_features) {
         /* ranges start on multiples of 32 features, so that each part's features fall in the
            same groups of OpenBLAS's kernel as in one serial call: the same bytes on any number
-           of cores with its AVX-512 kernels, which gen selects (its Haswell kernels order a
+           of cores with its AVX-512 kernels, which gen selects unless OPENBLAS_CORETYPE says
+           otherwise (its Haswell kernels order a
            part's tail differently: the last bits differ); the last part also takes the
            remainder */
         const int blocks = (j->out + 31) / 32;
